@@ -1,0 +1,196 @@
+//! `tritium`: the one command. Each subcommand is a thin wrapper: parse flags, call one library
+//! function, print. Errors are printed once, with their chain, and give exit code 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tritium_model::{Backend, ModelConfig};
+use tritium_train::{BenchConfig, run_bench};
+
+#[derive(Parser)]
+#[command(
+    name = "tritium",
+    version,
+    about = "Train, fine-tune, export and run BitNet b1.58 (ternary) language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parameter counts and the memory a training step needs, for a run config.
+    Info(InfoArgs),
+    /// Time training steps (forward + backward + AdamW) on random tokens: tokens/s and peak RSS.
+    BenchTrain(BenchTrainArgs),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Run config (TOML with a [model] table), e.g. configs/tiny.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Batch size for the memory estimate.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Sequence length for the memory estimate (default: the model's max_seq_len).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    /// Run config (TOML with a [model] table).
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Sequence length (default: the model's max_seq_len).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Steps per timed window.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Timed windows; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    windows: usize,
+    /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(a) => info(a),
+        Command::BenchTrain(a) => bench_train(a),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<ModelConfig> {
+    let cfg = ModelConfig::from_toml_file(path)?;
+    for w in cfg.warnings() {
+        eprintln!("warning: {}: {w}", path.display());
+    }
+    Ok(cfg)
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+fn info(a: InfoArgs) -> Result<()> {
+    let cfg = load_config(&a.config)?;
+    let seq = a.seq.unwrap_or(cfg.max_seq_len);
+    let p = cfg.param_count();
+    let mem = cfg.train_step_bytes(a.batch, seq);
+    if a.json {
+        let v = serde_json::json!({
+            "config": a.config,
+            "params": { "total": p.total(), "ternary": p.ternary, "full_precision": p.full_precision },
+            "train_step": {
+                "batch": a.batch, "seq": seq,
+                "weights_and_optimizer_bytes": mem.weights_and_optimizer,
+                "activation_bytes": mem.activations,
+                "total_bytes": mem.total(),
+            },
+        });
+        println!("{v:#}");
+        return Ok(());
+    }
+    let m = |n: usize| n as f64 / 1e6;
+    println!("{}", a.config.display());
+    println!(
+        "  model       d_model {} · {} layers · {} heads ({} kv) · d_ff {} · vocab {} · ctx {} · {:?} ffn · {:?}",
+        cfg.d_model,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.kv_heads(),
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.max_seq_len,
+        cfg.ffn_act,
+        cfg.quant
+    );
+    println!("  parameters  {:.2}M total", m(p.total()));
+    println!(
+        "              {:.2}M ternary (BitLinear weights)",
+        m(p.ternary)
+    );
+    println!(
+        "              {:.2}M full precision (embedding/tied head {:.2}M, norms {:.3}M)",
+        m(p.full_precision),
+        m(cfg.vocab_size * cfg.d_model),
+        m(p.full_precision - cfg.vocab_size * cfg.d_model)
+    );
+    println!(
+        "  train step  batch {} × {} tokens: ~{:.0} MiB (weights + grads + AdamW {:.0} MiB, activations {:.0} MiB; estimate)",
+        a.batch,
+        seq,
+        mem.total() as f64 / MIB,
+        mem.weights_and_optimizer as f64 / MIB,
+        mem.activations as f64 / MIB
+    );
+    Ok(())
+}
+
+fn bench_train(a: BenchTrainArgs) -> Result<()> {
+    let cfg = load_config(&a.config)?;
+    let bench = BenchConfig {
+        batch: a.batch,
+        seq: a.seq.unwrap_or(cfg.max_seq_len),
+        warmup: a.warmup,
+        steps: a.steps,
+        windows: a.windows.max(1),
+        backend: Backend::parse(&a.device)?,
+        seed: a.seed,
+    };
+    let r =
+        run_bench(&cfg, &bench).with_context(|| format!("benchmarking {}", a.config.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let rates: Vec<String> = r
+        .window_tokens_per_s
+        .iter()
+        .map(|x| format!("{x:.1}"))
+        .collect();
+    println!(
+        "{} on {}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB)",
+        a.config.display(),
+        r.backend,
+        r.batch,
+        r.seq,
+        r.params as f64 / 1e6,
+        r.tokens_per_s,
+        rates.join(", "),
+        r.final_loss,
+        r.peak_rss_mib
+            .map(|v| format!("{v:.0} MiB"))
+            .unwrap_or_else(|| "n/a".into()),
+        r.estimated_mib
+    );
+    Ok(())
+}

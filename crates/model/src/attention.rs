@@ -1,0 +1,81 @@
+//! Causal self-attention with grouped-query heads, RoPE and BitNet's sub-norm before the output
+//! projection (`a = rmsnorm(attn)·attn_sub_norm; x += Wo·a`).
+
+use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::bitlinear::BitLinear;
+use crate::config::ModelConfig;
+use crate::rope;
+
+// Legend: B batch, T time, D d_model, H query heads, KV key/value heads, hd head width.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub wq: BitLinear, // [H·hd, D]
+    pub wk: BitLinear, // [KV·hd, D]
+    pub wv: BitLinear, // [KV·hd, D]
+    pub sub_norm: RmsNorm,
+    pub wo: BitLinear, // [D, H·hd]
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub rope_theta: f32,
+}
+
+impl Attention {
+    pub fn new(c: &ModelConfig, device: &Device) -> Self {
+        let hd = c.head_dim();
+        let kv_dim = c.kv_heads() * hd;
+        Self {
+            wq: BitLinear::new(c.d_model, c.d_model, c.quant, device),
+            wk: BitLinear::new(c.d_model, kv_dim, c.quant, device),
+            wv: BitLinear::new(c.d_model, kv_dim, c.quant, device),
+            sub_norm: RmsNormConfig::new(c.d_model)
+                .with_epsilon(c.norm_eps as f64)
+                .init(device),
+            wo: BitLinear::new(c.d_model, c.d_model, c.quant, device),
+            n_heads: c.n_heads,
+            n_kv_heads: c.kv_heads(),
+            rope_theta: c.rope_theta,
+        }
+    }
+
+    /// `h: [B, T, D]` (already normed) → `[B, T, D]`, the block's attention branch.
+    pub fn forward(&self, h: Tensor<3>, lambda: f32) -> Tensor<3> {
+        let [b, t, d] = h.dims();
+        let (nh, nkv) = (self.n_heads, self.n_kv_heads);
+        let hd = d / nh;
+        let heads = |x: Tensor<3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2); // [B, n, T, hd]
+        let q = heads(self.wq.forward(h.clone(), lambda), nh);
+        let k = heads(self.wk.forward(h.clone(), lambda), nkv);
+        let v = heads(self.wv.forward(h, lambda), nkv);
+
+        let (cos, sin) = rope::tables(0, t, hd, self.rope_theta, &q.device());
+        let q = rope::apply(q, &cos, &sin);
+        let k = rope::apply(k, &cos, &sin);
+        let k = repeat_kv(k, nh / nkv); // [B, H, T, hd]
+        let v = repeat_kv(v, nh / nkv);
+
+        let options = AttentionModuleOptions {
+            scale: None, // 1/√hd
+            softcap: None,
+            is_causal: true,
+        };
+        let a = attention(q, k, v, None, None, options); // [B, H, T, hd]
+        let a = a.swap_dims(1, 2).reshape([b, t, d]);
+        self.wo.forward(self.sub_norm.forward(a), lambda)
+    }
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` consecutive query heads
+/// (query head i reads KV head i / n_rep, as llama.cpp does).
+pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, kv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, n_rep, t, hd])
+        .reshape([b, kv * n_rep, t, hd])
+}

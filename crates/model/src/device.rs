@@ -1,0 +1,52 @@
+//! Which Burn backend runs the model, chosen at run time among those compiled in by cargo features.
+
+use burn::prelude::*;
+
+use crate::Error;
+
+/// A compute backend. `Flex` (pure-Rust CPU) is always the default; the others need their feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Flex,
+    Ndarray,
+    Wgpu,
+}
+
+impl Backend {
+    pub const NAMES: [&'static str; 3] = ["flex", "ndarray", "wgpu"];
+
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "flex" => Ok(Self::Flex),
+            "ndarray" => Ok(Self::Ndarray),
+            "wgpu" => Ok(Self::Wgpu),
+            other => Err(Error::Config(format!(
+                "unknown device {other:?}; expected one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// The plain (inference) device; call `.autodiff()` on it to train.
+    pub fn device(self) -> Result<Device, Error> {
+        let missing = |feature: &str| {
+            Err(Error::Config(format!(
+                "device {feature:?} is not compiled in; rebuild with `--features {feature}`"
+            )))
+        };
+        match self {
+            #[cfg(feature = "flex")]
+            Self::Flex => Ok(Device::flex()),
+            #[cfg(feature = "ndarray")]
+            Self::Ndarray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[allow(unreachable_patterns)]
+            Self::Flex => missing("flex"),
+            #[allow(unreachable_patterns)]
+            Self::Ndarray => missing("ndarray"),
+            #[allow(unreachable_patterns)]
+            Self::Wgpu => missing("wgpu"),
+        }
+    }
+}

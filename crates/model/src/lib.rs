@@ -1,0 +1,66 @@
+//! BitNet b1.58 language models as Burn modules.
+//!
+//! [`ModelConfig`] (the `[model]` table of a run config) builds a [`Transformer`]: a LLaMA-style
+//! decoder whose linear layers are [`BitLinear`]s, laid out exactly as llama.cpp's `bitnet`
+//! architecture so exported weights run there unchanged. In the forward pass each `BitLinear` sees
+//! absmean-ternary weights and per-token absmax int8 activations ([`quant`]); gradients flow
+//! straight through to the full-precision latent weights.
+//!
+//! ```no_run
+//! use tritium_model::{Backend, ModelConfig, Transformer, cross_entropy};
+//! use burn::prelude::*;
+//! let cfg = ModelConfig::from_toml_file("configs/tiny.toml".as_ref()).unwrap();
+//! let dev = Backend::Flex.device().unwrap().autodiff();
+//! let model = Transformer::new(&cfg, &dev);
+//! let ids = Tensor::<2, Int>::zeros([1, 8], &dev);
+//! let loss = cross_entropy(model.forward(ids.clone()), ids);
+//! let grads = loss.backward();
+//! ```
+
+pub mod attention;
+pub mod bitlinear;
+pub mod config;
+pub mod device;
+pub mod ffn;
+pub mod quant;
+pub mod rope;
+pub mod transformer;
+
+#[cfg(test)]
+mod testing;
+
+pub use bitlinear::BitLinear;
+pub use config::{FfnAct, ModelConfig, ParamCount, Quant, TrainMemory};
+pub use device::Backend;
+pub use transformer::{Block, Transformer, cross_entropy};
+
+/// Re-exported so dependants use the exact Burn this crate was built with.
+pub use burn;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {msg}")]
+    InFile { path: PathBuf, msg: String },
+}
+
+impl Error {
+    /// Prefixes a message with the file it came from.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Config(msg) => Error::InFile {
+                path: path.to_path_buf(),
+                msg,
+            },
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Whole-model properties: causality, and grouped-query attention equals multi-head attention
+//! when the key/value heads are repeated.
+
+mod common;
+
+use burn::module::Param;
+use burn::prelude::*;
+use common::{dev, values};
+use tritium_model::{FfnAct, ModelConfig, Quant, Transformer};
+
+fn cfg(n_kv_heads: usize) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 50,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: Some(n_kv_heads),
+        d_ff: 64,
+        ffn_act: FfnAct::Silu,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        max_seq_len: 16,
+        quant: Quant::Ternary,
+        quant_warmup_steps: 0,
+    }
+}
+
+fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
+    Tensor::<1, Int>::from_ints(v, device).reshape([1, v.len()])
+}
+
+#[test]
+fn changing_a_later_token_never_changes_earlier_logits() {
+    let d = dev();
+    d.seed(7);
+    for quant in [Quant::Ternary, Quant::None] {
+        let model = Transformer::new(&ModelConfig { quant, ..cfg(2) }, &d);
+        let a = [3, 14, 15, 9, 26, 5, 35, 8];
+        let base = values(model.forward(ids(&a, &d)));
+        for pos in 1..a.len() {
+            let mut b = a;
+            b[pos] = (b[pos] + 17) % 50;
+            let other = values(model.forward(ids(&b, &d)));
+            let v = 50;
+            assert_eq!(
+                &base[..pos * v],
+                &other[..pos * v],
+                "{quant:?}: position < {pos} changed"
+            );
+            assert_ne!(
+                &base[pos * v..(pos + 1) * v],
+                &other[pos * v..(pos + 1) * v],
+                "{quant:?}: the changed position must change"
+            );
+        }
+    }
+}
+
+#[test]
+fn gqa_equals_mha_with_repeated_kv_heads() {
+    let d = dev();
+    d.seed(11);
+    let gqa = Transformer::new(&cfg(2), &d);
+    let mut mha = Transformer::new(&cfg(4), &d);
+    // Copy everything; expand k and v: MHA head j uses GQA kv head j / 2 (hd = 8 rows each).
+    let repeat_rows = |w: Tensor<2>| -> Tensor<2> {
+        let heads: Vec<Tensor<2>> = (0..4)
+            .map(|j| w.clone().slice([(j / 2) * 8..(j / 2) * 8 + 8, 0..32]))
+            .collect();
+        Tensor::cat(heads, 0)
+    };
+    mha.tok_embd.weight = Param::from_tensor(gqa.tok_embd.weight.val());
+    mha.output_norm.gamma = Param::from_tensor(gqa.output_norm.gamma.val());
+    for (m, g) in mha.blocks.iter_mut().zip(&gqa.blocks) {
+        m.attn_norm.gamma = Param::from_tensor(g.attn_norm.gamma.val());
+        m.attn.wq.weight = Param::from_tensor(g.attn.wq.weight.val());
+        m.attn.wk.weight = Param::from_tensor(repeat_rows(g.attn.wk.weight.val()));
+        m.attn.wv.weight = Param::from_tensor(repeat_rows(g.attn.wv.weight.val()));
+        m.attn.sub_norm.gamma = Param::from_tensor(g.attn.sub_norm.gamma.val());
+        m.attn.wo.weight = Param::from_tensor(g.attn.wo.weight.val());
+        m.ffn_norm.gamma = Param::from_tensor(g.ffn_norm.gamma.val());
+        m.ffn.gate.weight = Param::from_tensor(g.ffn.gate.weight.val());
+        m.ffn.up.weight = Param::from_tensor(g.ffn.up.weight.val());
+        m.ffn.sub_norm.gamma = Param::from_tensor(g.ffn.sub_norm.gamma.val());
+        m.ffn.down.weight = Param::from_tensor(g.ffn.down.weight.val());
+    }
+    let x = ids(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &d);
+    let a = values(gqa.forward(x.clone()));
+    let b = values(mha.forward(x));
+    // Repeating rows keeps mean|W| (the ternary scale) and the quantized values, so the two graphs
+    // compute the same numbers up to float summation order.
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= 1e-5 * scale, "max error {err} (scale {scale})");
+}
