@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
+mod train_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "tritium",
@@ -22,6 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a BitNet b1.58 model from scratch (or resume a run).
+    Train(train_cmd::TrainArgs),
+    /// Tokenizer tools.
+    #[command(subcommand)]
+    Tokenizer(train_cmd::TokenizerCmd),
+    /// Data tools.
+    #[command(subcommand)]
+    Data(train_cmd::DataCmd),
     /// Parameter counts and the memory a training step needs, for a run config.
     Info(InfoArgs),
     /// Time training steps (forward + backward + AdamW) on random tokens: tokens/s and peak RSS.
@@ -85,6 +95,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(a) => train_cmd::train(a),
+        Command::Tokenizer(c) => train_cmd::tokenizer(c),
+        Command::Data(c) => train_cmd::data(c),
         Command::Info(a) => info(a),
         Command::BenchTrain(a) => bench_train(a),
     }

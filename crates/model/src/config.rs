@@ -124,6 +124,16 @@ impl ModelConfig {
         self.n_kv_heads.unwrap_or(self.n_heads)
     }
 
+    /// The quantization blend λ at optimizer step `step` (0-based): ramps linearly from 0 to 1 over
+    /// `quant_warmup_steps`, then stays at 1. Always 1 when there is no warm-up.
+    pub fn quant_lambda(&self, step: usize) -> f32 {
+        if self.quant_warmup_steps == 0 {
+            1.0
+        } else {
+            (step as f32 / self.quant_warmup_steps as f32).min(1.0)
+        }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
@@ -336,6 +346,15 @@ mod tests {
         let w = c.warnings();
         assert_eq!(w.len(), 2);
         assert!(w[0].contains("d_model = 32") && w[0].contains("256"));
+    }
+
+    #[test]
+    fn quant_lambda_ramps() {
+        let mut c = cfg(TINY).unwrap();
+        assert_eq!(c.quant_lambda(0), 1.0);
+        c.quant_warmup_steps = 4;
+        let l: Vec<f32> = (0..6).map(|s| c.quant_lambda(s)).collect();
+        assert_eq!(l, vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.0]);
     }
 
     #[test]

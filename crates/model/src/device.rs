@@ -38,6 +38,7 @@ impl Backend {
             #[cfg(feature = "flex")]
             Self::Flex => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
+            #[allow(deprecated)] // kept for comparison while Burn still ships it
             Self::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),

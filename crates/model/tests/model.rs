@@ -96,3 +96,46 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(err <= 1e-5 * scale, "max error {err} (scale {scale})");
 }
+
+#[test]
+fn rmsnorm_by_hand() {
+    // x = [3, 4]: mean(x²) = 12.5, rms = √(12.5 + 1e-5); gains [1, 2].
+    use burn::nn::RmsNormConfig;
+    let d = dev();
+    let mut norm = RmsNormConfig::new(2).with_epsilon(1e-5).init(&d);
+    norm.gamma = Param::from_tensor(Tensor::<1>::from_floats([1.0, 2.0], &d));
+    let y = values(norm.forward(Tensor::<1>::from_floats([3.0, 4.0], &d).reshape([1, 2])));
+    let rms = (12.5f64 + 1e-5).sqrt();
+    let expect = [(3.0 / rms) as f32, (8.0 / rms) as f32];
+    for (a, b) in y.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-6, "{y:?} vs {expect:?}");
+    }
+}
+
+#[test]
+fn quant_none_is_a_plain_linear_layer() {
+    // With quant = "none" a BitLinear computes x·Wᵀ exactly; with ternary it differs.
+    use tritium_model::BitLinear;
+    let d = dev();
+    let w = Tensor::<1>::from_floats([0.3, -0.2, 0.05, 0.7, 0.1, -0.4], &d).reshape([2, 3]);
+    let x = Tensor::<1>::from_floats([1.0, 2.0, -3.0], &d).reshape([1, 3]);
+    let mut lin = BitLinear::new(3, 2, Quant::None, &d);
+    lin.weight = Param::from_tensor(w.clone());
+    // By hand: [0.3 - 0.4 - 0.15, 0.7 + 0.2 + 1.2] = [-0.25, 2.1]
+    let y = values(lin.forward(x.clone(), 1.0));
+    assert!(
+        (y[0] + 0.25).abs() < 1e-6 && (y[1] - 2.1).abs() < 1e-6,
+        "{y:?}"
+    );
+    lin.quant = Quant::Ternary;
+    // g = mean|W| = 1.75/6; W/g = [1.03, -0.69, 0.17, 2.4, 0.34, -1.37] → [1, -1, 0, 1, 0, -1]·g.
+    // s = 127/3: x_q = x exactly (1·s, 2·s, -3·s round to 42, 85, -127 → /s = 0.992, 2.008, -3).
+    let g = 1.75f32 / 6.0;
+    let s = 127.0f32 / 3.0;
+    let xq = [42.0 / s, 85.0 / s, -127.0 / s];
+    let expect = [g * (xq[0] - xq[1]), g * (xq[0] - xq[2])];
+    let y = values(lin.forward(x, 1.0));
+    for (a, b) in y.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-5, "{y:?} vs {expect:?}");
+    }
+}

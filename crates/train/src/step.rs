@@ -1,74 +1,75 @@
-//! One training step: forward → cross-entropy → backward → AdamW update.
+//! One optimizer step, shared by the training loop and the benchmark so the benchmark measures
+//! exactly what training runs: micro-batches (forward → cross-entropy → backward → accumulate) →
+//! global-norm clipping → AdamW.
 
-use tritium_model::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use tritium_model::burn::optim::{GradientsAccumulator, GradientsParams};
 use tritium_model::burn::prelude::*;
 use tritium_model::{Transformer, cross_entropy};
 
-/// AdamW settings. Burn's defaults differ from PyTorch's (eps 1e-5, weight decay 1e-4), so every
-/// field is explicit; the values here are PyTorch's BitNet recipe defaults.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct OptimConfig {
+use crate::optim::{AdamW, grad_norm};
+
+/// Per-step knobs from the schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct StepParams {
     pub lr: f64,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub weight_decay: f64,
+    /// Quantization blend λ.
+    pub lambda: f32,
+    /// Global-norm clip threshold; 0 disables clipping.
+    pub grad_clip: f32,
 }
 
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1.5e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }
-    }
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutput {
+    /// Mean loss over the micro-batches, before the update.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
 }
 
-/// A model and its optimizer state.
-pub struct TrainStep {
-    // `optim.step` takes the model by value and returns the updated one; the `Option` lets it move
-    // out without a stand-in clone, which would hold a second reference to every weight and defeat
-    // the backend's in-place updates.
-    model: Option<Transformer>,
-    optim: tritium_model::burn::optim::ModuleOptimizer,
-}
+/// A loss or gradient norm that is NaN or infinite; the update was not applied.
+#[derive(Debug, Clone, Copy)]
+pub struct NonFinite(pub f32);
 
-impl TrainStep {
-    pub fn new(model: Transformer, cfg: &OptimConfig) -> Self {
-        let optim = AdamWConfig::new()
-            .with_beta_1(cfg.beta1)
-            .with_beta_2(cfg.beta2)
-            .with_epsilon(cfg.eps)
-            .with_weight_decay(cfg.weight_decay)
-            .init();
-        Self {
-            model: Some(model),
-            optim,
-        }
-    }
-
-    /// One update on `inputs → targets` (`[B, T]` each) at learning rate `lr` with quantization
-    /// blend `lambda`; returns the loss before the update.
-    pub fn step(
-        &mut self,
-        inputs: Tensor<2, Int>,
-        targets: Tensor<2, Int>,
-        lr: f64,
-        lambda: f32,
-    ) -> f32 {
-        let model = self.model.take().expect("model is always put back");
-        let logits = model.forward_blend(inputs, lambda);
-        let loss = cross_entropy(logits, targets);
+pub fn train_step(
+    model: Transformer,
+    optim: &mut AdamW,
+    micro_batches: usize,
+    mut batch: impl FnMut(usize) -> (Tensor<2, Int>, Tensor<2, Int>),
+    p: StepParams,
+) -> Result<(Transformer, StepOutput), NonFinite> {
+    let mut acc = GradientsAccumulator::<Transformer>::new();
+    let mut losses = Vec::with_capacity(micro_batches);
+    let n = micro_batches.max(1) as f32;
+    // One micro-batch at a time, so only one graph's activations are alive.
+    for micro in 0..micro_batches {
+        let (x, y) = batch(micro);
+        let loss = cross_entropy(model.forward_blend(x, p.lambda), y);
         let value = loss.clone().inner().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        self.model = Some(self.optim.step(lr, model, grads));
-        value
+        if !value.is_finite() {
+            return Err(NonFinite(value));
+        }
+        losses.push(value);
+        let loss = if n > 1.0 { loss / n } else { loss };
+        acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
     }
-
-    pub fn model(&self) -> &Transformer {
-        self.model.as_ref().expect("model is always put back")
+    let grads = acc.grads();
+    let norm = grad_norm(&model, &grads);
+    if !norm.is_finite() {
+        return Err(NonFinite(norm));
     }
+    let clip = if p.grad_clip > 0.0 && norm > p.grad_clip {
+        p.grad_clip / norm
+    } else {
+        1.0
+    };
+    let model = optim.step(model, grads, p.lr, p.weight_decay, clip);
+    let loss = losses.iter().sum::<f32>() / n;
+    Ok((
+        model,
+        StepOutput {
+            loss,
+            grad_norm: norm,
+        },
+    ))
 }

@@ -1,0 +1,303 @@
+//! `tritium train`, `tritium tokenizer train`, `tritium data prepare`: flags → library calls, and
+//! the progress display (an indicatif bar on a terminal, plain log lines otherwise).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tritium_train::data::prepare;
+use tritium_train::text::documents;
+use tritium_train::tokenizer::{Tokenizer, train_bpe};
+use tritium_train::{Event, RunConfig, TrainOptions};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Run config (TOML with [model], [data], [train]). With --resume, defaults to the run's own config.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set max_steps=100 --set model.quant=none (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default: runs/<config file stem>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum TokenizerCmd {
+    /// Train a byte-level BPE (GPT-2 pre-tokenizer, <|endoftext|> special token).
+    Train {
+        /// Text files (.txt, .gz, .xz, JSONL with "text").
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        #[arg(long)]
+        vocab_size: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Tokenize text into flat token files (train.bin, val.bin, meta.json) for training.
+    Prepare {
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Every n-th document goes to the validation split.
+        #[arg(long, default_value_t = 20)]
+        val_every: usize,
+    },
+}
+
+pub fn tokenizer(cmd: TokenizerCmd) -> Result<()> {
+    match cmd {
+        TokenizerCmd::Train {
+            input,
+            vocab_size,
+            out,
+        } => {
+            if vocab_size < 257 {
+                bail!("--vocab-size {vocab_size}: must exceed the 256 byte tokens");
+            }
+            let mut docs = Vec::new();
+            for p in &input {
+                docs.extend(documents(p)?);
+            }
+            if docs.is_empty() {
+                bail!("no text in {:?}", input);
+            }
+            train_bpe(&docs, vocab_size, &out)?;
+            let t = Tokenizer::load(&out)?;
+            println!(
+                "wrote {} ({} tokens, end-of-text id {})",
+                out.display(),
+                t.vocab_size(),
+                t.eot_id
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn data(cmd: DataCmd) -> Result<()> {
+    match cmd {
+        DataCmd::Prepare {
+            tokenizer,
+            input,
+            out,
+            val_every,
+        } => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let r = prepare(&tok, &input, &out, val_every)?;
+            let m = &r.meta;
+            println!(
+                "{}: {} train tokens ({} documents), {} validation tokens ({} documents), {} per token; {:.1} MB of text in {:.2} s = {:.1} MB/s",
+                out.display(),
+                m.train_tokens,
+                m.train_documents,
+                m.val_tokens,
+                m.val_documents,
+                if m.token_bytes == 2 { "u16" } else { "u32" },
+                m.text_bytes as f64 / 1e6,
+                r.seconds,
+                m.text_bytes as f64 / 1e6 / r.seconds
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let (config_path, out, resume) = match (&a.resume, &a.config) {
+        (Some(run), cfg) => (
+            cfg.clone().unwrap_or_else(|| run.join("config.toml")),
+            run.clone(),
+            true,
+        ),
+        (None, Some(cfg)) => {
+            let stem = cfg
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            (
+                cfg.clone(),
+                a.out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("runs").join(stem)),
+                false,
+            )
+        }
+        (None, None) => bail!("give --config FILE for a new run, or --resume RUN_DIR"),
+    };
+    let config = RunConfig::load(&config_path, &a.set)?;
+    for w in config.model.warnings() {
+        eprintln!("warning: {}: {w}", config_path.display());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C while the checkpoint is written: leave at once (the checkpoint
+                // is atomic, so the last good one survives).
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let mut view = Progress::new(out.clone());
+    let summary = tritium_train::train(
+        TrainOptions {
+            config,
+            out: out.clone(),
+            resume,
+            stop,
+        },
+        &mut |e| view.event(e),
+    )
+    .with_context(|| format!("training run {}", out.display()))?;
+    view.finish();
+    if summary.interrupted {
+        println!(
+            "interrupted at step {}; continue with: tritium train --resume {}",
+            summary.step,
+            out.display()
+        );
+    } else {
+        let val = summary
+            .last_val_loss
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "done: step {}, validation loss {val}; run in {}",
+            summary.step,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Renders training events: a bar on a terminal, one line per logged step otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    tty: bool,
+    out: PathBuf,
+    log_every: usize,
+}
+
+impl Progress {
+    fn new(out: PathBuf) -> Self {
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            out,
+            log_every: 10,
+        }
+    }
+
+    fn line(&self, s: String) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Prepared {
+                dir,
+                tokens,
+                seconds,
+                text_bytes,
+            } => self.line(format!(
+                "prepared {} tokens into {} ({:.1} MB/s)",
+                tokens,
+                dir.display(),
+                text_bytes as f64 / 1e6 / seconds
+            )),
+            Event::Start {
+                first_step,
+                max_steps,
+                tokens_per_step,
+                params,
+                train_tokens,
+                val_tokens,
+                unigram_entropy,
+            } => {
+                self.line(format!(
+                    "{}: {:.2}M parameters, {} tokens/step, data {} train / {} val tokens (validation unigram entropy {:.3} nats), steps {}..{}",
+                    self.out.display(),
+                    params as f64 / 1e6,
+                    tokens_per_step,
+                    train_tokens,
+                    val_tokens,
+                    unigram_entropy,
+                    first_step,
+                    max_steps
+                ));
+                self.log_every = (max_steps / 50).clamp(1, 100);
+                if self.tty {
+                    let bar = ProgressBar::new(max_steps as u64).with_style(
+                        ProgressStyle::with_template(
+                            "{bar:30} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                        )
+                        .expect("static template"),
+                    );
+                    bar.set_position(first_step as u64);
+                    bar.reset_eta();
+                    self.bar = Some(bar);
+                }
+            }
+            Event::Step(r) => {
+                let msg = format!(
+                    "loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s",
+                    r.loss.unwrap_or(f64::NAN),
+                    r.lr.unwrap_or(0.0),
+                    r.grad_norm.unwrap_or(0.0),
+                    r.tokens_per_s.unwrap_or(0.0)
+                );
+                match &self.bar {
+                    Some(b) => {
+                        b.set_position(r.step as u64);
+                        b.set_message(msg);
+                    }
+                    None if r.step % self.log_every == 0 => eprintln!("step {} | {msg}", r.step),
+                    None => {}
+                }
+            }
+            Event::Eval {
+                step,
+                val_loss,
+                sample,
+            } => {
+                self.line(format!("step {step} | validation loss {val_loss:.4}"));
+                if let Some(s) = sample {
+                    self.line(format!("  sample: {}", s.replace('\n', " ")));
+                }
+            }
+            Event::Checkpoint { step, path } => {
+                self.line(format!("step {step} | checkpoint {}", path.display()))
+            }
+            Event::Interrupted { step } => self.line(format!(
+                "stopping at step {step} (Ctrl-C): checkpoint written"
+            )),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

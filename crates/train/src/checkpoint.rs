@@ -1,0 +1,217 @@
+//! Checkpoints: `runs/NAME/checkpoints/step-N/` holds the model (`model.bpk`, Burn's burnpack), the
+//! optimizer moments (`optim.bin`) and `state.json` (step, tokens, config, tokenizer hash). A
+//! checkpoint is written into a temporary directory and renamed into place, then `latest` is
+//! rewritten atomically, so a crash at any moment leaves the previous checkpoint whole.
+//!
+//! The data position and RNG need no state of their own: training windows are a pure function of
+//! (seed, step), so the step is the position.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tritium_model::Transformer;
+use tritium_model::burn::prelude::*;
+use tritium_model::burn::store::ModuleRecord;
+
+use crate::config::RunConfig;
+use crate::fsutil::write_atomic;
+use crate::optim::{AdamW, AdamWConfig, param_sizes};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+    #[error("{dir}: no checkpoint to resume from (no `latest` pointer); start a fresh run instead")]
+    None { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub format: u32,
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub tokens: u64,
+    pub best_val_loss: Option<f64>,
+    pub tokenizer_hash: String,
+    pub config: RunConfig,
+}
+
+/// `checkpoints/` of a run directory.
+pub fn dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// Writes `step-N` atomically, points `latest` at it, and prunes all but the newest `keep`.
+pub fn save(
+    run: &Path,
+    model: &Transformer,
+    optim: &AdamW,
+    state: &State,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let root = dir(run);
+    let name = format!("step-{}", state.step);
+    let final_dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let model_path = tmp.join("model.bpk");
+    model
+        .clone()
+        .into_record()
+        .save(&model_path)
+        .map_err(|e| CheckpointError::Bad {
+            path: model_path.clone(),
+            msg: e.to_string(),
+        })?;
+    sync_file(&model_path).map_err(io(&model_path))?;
+    let optim_path = tmp.join("optim.bin");
+    optim.save(&optim_path).map_err(io(&optim_path))?;
+    let state_path = tmp.join("state.json");
+    write_atomic(
+        &state_path,
+        serde_json::to_string_pretty(state)
+            .expect("state serializes")
+            .as_bytes(),
+    )
+    .map_err(io(&state_path))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    write_atomic(&root.join("latest"), name.as_bytes()).map_err(io(&root.join("latest")))?;
+    prune(&root, keep);
+    Ok(final_dir)
+}
+
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// Keeps the newest `keep` `step-N` directories (never the one `latest` names).
+fn prune(root: &Path, keep: usize) {
+    let latest = std::fs::read_to_string(root.join("latest")).unwrap_or_default();
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("step-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep.max(1));
+    for (_, p) in steps.into_iter().take(excess) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy() == latest.trim())
+        {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// The directory `latest` points at.
+pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
+    let root = dir(run);
+    let pointer = root.join("latest");
+    let name = match std::fs::read_to_string(&pointer) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CheckpointError::None {
+                dir: run.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: pointer,
+                source,
+            });
+        }
+    };
+    if !name.starts_with("step-") || name.contains('/') {
+        return Err(CheckpointError::Bad {
+            path: pointer,
+            msg: format!("names {name:?}, not a step-N directory"),
+        });
+    }
+    Ok(root.join(name))
+}
+
+pub fn read_state(ckpt: &Path) -> Result<State, CheckpointError> {
+    let path = ckpt.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let state: State = serde_json::from_str(&text).map_err(|e| CheckpointError::Bad {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    if state.format != FORMAT {
+        return Err(CheckpointError::Bad {
+            path,
+            msg: format!(
+                "checkpoint format {} is not {FORMAT}, which this build reads",
+                state.format
+            ),
+        });
+    }
+    Ok(state)
+}
+
+/// Loads model and optimizer from `ckpt` for `cfg`, refusing a checkpoint of another model shape.
+pub fn load(
+    ckpt: &Path,
+    cfg: &RunConfig,
+    device: &Device,
+) -> Result<(Transformer, AdamW, State), CheckpointError> {
+    let state = read_state(ckpt)?;
+    if state.config.model != cfg.model {
+        return Err(CheckpointError::Bad {
+            path: ckpt.to_path_buf(),
+            msg: format!(
+                "checkpoint is of another model ([model] there: {:?}; here: {:?}); resume with its own config",
+                state.config.model, cfg.model
+            ),
+        });
+    }
+    let model_path = ckpt.join("model.bpk");
+    let bad = |msg: String| CheckpointError::Bad {
+        path: model_path.clone(),
+        msg,
+    };
+    let record = ModuleRecord::load(&model_path).map_err(|e| bad(e.to_string()))?;
+    let model = Transformer::new(&cfg.model, device)
+        .try_load_record(record)
+        .map_err(|e| bad(e.to_string()))?;
+    let optim_path = ckpt.join("optim.bin");
+    let adam = AdamWConfig {
+        beta1: cfg.train.beta1,
+        beta2: cfg.train.beta2,
+        eps: cfg.train.eps,
+    };
+    let optim = AdamW::load(adam, &optim_path, &param_sizes(&model), device).map_err(|msg| {
+        CheckpointError::Bad {
+            path: optim_path,
+            msg,
+        }
+    })?;
+    Ok((model, optim, state))
+}

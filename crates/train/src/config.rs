@@ -1,0 +1,391 @@
+//! `RunConfig`: one TOML file with `[model]`, `[data]` and `[train]` tables, validated once, with
+//! `--set key=value` overrides applied before validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tritium_model::ModelConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {msg}")]
+    Invalid { origin: String, msg: String },
+}
+
+/// Learning-rate schedule after the linear warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Cosine decay from `lr` to `min_lr` at `max_steps`.
+    Cosine,
+    /// BitNet b1.58's recipe: linear decay from `lr`; at the midpoint the rate drops to `lr2` and
+    /// decays linearly to `min_lr`, and weight decay goes to 0 for the second half.
+    TwoStage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A Hugging Face tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// Prepared data directory (`tritium data prepare`). Prepared from `inputs` if missing.
+    pub prepared: PathBuf,
+    /// Text files to prepare from when `prepared` does not exist yet.
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    /// Every n-th document goes to the validation split.
+    #[serde(default = "default_val_every")]
+    pub val_every: usize,
+}
+
+fn default_val_every() -> usize {
+    20
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub max_steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    pub lr: f64,
+    /// Final learning rate.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Second-stage peak for `two-stage` (defaults to lr / 2... see `lr_at`).
+    #[serde(default)]
+    pub lr2: Option<f64>,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// Global-norm gradient clipping; 0 disables it.
+    pub grad_clip: f32,
+    pub eval_every: usize,
+    /// Validation batches per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    #[serde(default = "one")]
+    pub log_every: usize,
+    pub seed: u64,
+    /// Tokens generated for the sample shown at each evaluation (0: none).
+    #[serde(default)]
+    pub sample_tokens: usize,
+    #[serde(default)]
+    pub sample_prompt: String,
+    /// Compute backend (flex, ndarray, wgpu).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.95
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn default_eval_batches() -> usize {
+    8
+}
+fn default_device() -> String {
+    "flex".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `overrides` (`key=value`; a bare key is looked up in the `[train]`,
+    /// `[model]` and `[data]` tables, or name it `table.key`), and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            msg: e.to_string(),
+        })?;
+        for o in overrides {
+            apply_override(&mut value, o).map_err(|msg| ConfigError::Invalid {
+                origin: format!("--set {o}"),
+                msg,
+            })?;
+        }
+        Self::from_table(value, &origin)
+    }
+
+    pub fn from_table(value: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |msg: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            msg,
+        };
+        let cfg: RunConfig = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        cfg.model.validate().map_err(|e| invalid(e.to_string()))?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        for (key, v) in [
+            ("max_steps", t.max_steps),
+            ("batch_size", t.batch_size),
+            ("seq_len", t.seq_len),
+            ("grad_accum", t.grad_accum),
+            ("eval_every", t.eval_every),
+            ("eval_batches", t.eval_batches),
+            ("checkpoint_every", t.checkpoint_every),
+            ("keep_checkpoints", t.keep_checkpoints),
+            ("log_every", t.log_every),
+        ] {
+            if v == 0 {
+                return Err(format!("[train].{key} must be at least 1"));
+            }
+        }
+        if t.seq_len > self.model.max_seq_len {
+            return Err(format!(
+                "[train].seq_len = {} exceeds [model].max_seq_len = {}",
+                t.seq_len, self.model.max_seq_len
+            ));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(format!("[train].lr = {} must be a positive number", t.lr));
+        }
+        if !(t.min_lr.is_finite() && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return Err(format!(
+                "[train].min_lr = {} must be between 0 and lr = {}",
+                t.min_lr, t.lr
+            ));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(format!(
+                "[train].weight_decay = {} must be ≥ 0",
+                t.weight_decay
+            ));
+        }
+        if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
+            return Err(format!(
+                "[train].grad_clip = {} must be ≥ 0 (0 disables clipping)",
+                t.grad_clip
+            ));
+        }
+        for (key, b) in [("beta1", t.beta1), ("beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(format!("[train].{key} = {b} must be in [0, 1)"));
+            }
+        }
+        if t.warmup_steps > t.max_steps {
+            return Err(format!(
+                "[train].warmup_steps = {} exceeds max_steps = {}",
+                t.warmup_steps, t.max_steps
+            ));
+        }
+        if self.data.val_every < 2 {
+            return Err("[data].val_every must be at least 2".into());
+        }
+        tritium_model::Backend::parse(&t.device).map_err(|e| format!("[train].device: {e}"))?;
+        Ok(())
+    }
+
+    /// Learning rate at optimizer step `step` (0-based):
+    /// 1. linear warm-up from lr/warmup to lr over `warmup_steps`;
+    /// 2. cosine: lr → min_lr over the remaining steps;
+    /// 3. two-stage: lr → (lr + lr2)/2 linearly over the first half, then lr2 → min_lr.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let t = &self.train;
+        if step < t.warmup_steps {
+            return t.lr * (step + 1) as f64 / t.warmup_steps as f64;
+        }
+        let span = (t.max_steps - t.warmup_steps).max(1) as f64;
+        let progress = ((step - t.warmup_steps) as f64 / span).min(1.0);
+        match t.schedule {
+            Schedule::Cosine => {
+                t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+            Schedule::TwoStage => {
+                let lr2 = t.lr2.unwrap_or(t.lr * 0.5);
+                if step < t.max_steps / 2 {
+                    let half = ((t.max_steps / 2).saturating_sub(t.warmup_steps)).max(1) as f64;
+                    let p = (step - t.warmup_steps) as f64 / half;
+                    t.lr + (0.5 * (t.lr + lr2) - t.lr) * p
+                } else {
+                    let half = (t.max_steps - t.max_steps / 2).max(1) as f64;
+                    let p = ((step - t.max_steps / 2) as f64 / half).min(1.0);
+                    lr2 + (t.min_lr - lr2) * p
+                }
+            }
+        }
+    }
+
+    /// Weight decay at `step`: constant, except 0 in the second half of the two-stage schedule.
+    pub fn weight_decay_at(&self, step: usize) -> f64 {
+        match self.train.schedule {
+            Schedule::TwoStage if step >= self.train.max_steps / 2 => 0.0,
+            _ => self.train.weight_decay,
+        }
+    }
+}
+
+/// `key=value` onto the table. The value is parsed as TOML (so `3`, `1e-3`, `"x"`, `true`), falling
+/// back to a plain string.
+fn apply_override(root: &mut toml::Table, o: &str) -> Result<(), String> {
+    let (key, raw) = o.split_once('=').ok_or("expected key=value")?;
+    let key = key.trim();
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (table, field) = match key.split_once('.') {
+        Some((t, f)) => (t.to_string(), f.to_string()),
+        None => {
+            let found = ["train", "model", "data"].into_iter().find(|t| {
+                root.get(*t)
+                    .and_then(|v| v.as_table())
+                    .is_some_and(|t| t.contains_key(key))
+            });
+            match found {
+                Some(t) => (t.to_string(), key.to_string()),
+                // Keys with defaults may be absent from the file: they belong to [train] unless known.
+                None if MODEL_KEYS.contains(&key) => ("model".into(), key.into()),
+                None if DATA_KEYS.contains(&key) => ("data".into(), key.into()),
+                None => ("train".into(), key.into()),
+            }
+        }
+    };
+    let t = root
+        .entry(table.clone())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .ok_or(format!("[{table}] is not a table"))?;
+    t.insert(field, value);
+    Ok(())
+}
+
+const MODEL_KEYS: &[&str] = &[
+    "n_kv_heads",
+    "ffn_act",
+    "rope_theta",
+    "norm_eps",
+    "quant",
+    "quant_warmup_steps",
+];
+const DATA_KEYS: &[&str] = &["inputs", "val_every"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml")
+    }
+
+    #[test]
+    fn bundled_configs_load() {
+        let c = RunConfig::load(&tiny(), &[]).unwrap();
+        assert_eq!(c.model.d_model, 256);
+        let big = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bitnet-125m.toml");
+        RunConfig::load(&big, &[]).unwrap();
+    }
+
+    #[test]
+    fn overrides_reach_their_tables() {
+        let c = RunConfig::load(
+            &tiny(),
+            &[
+                "max_steps=7".into(),
+                "lr=1e-3".into(),
+                "model.quant=\"none\"".into(),
+                "quant=none".into(),
+                "schedule=two-stage".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.max_steps, 7);
+        assert_eq!(c.train.lr, 1e-3);
+        assert_eq!(c.model.quant, tritium_model::Quant::None);
+        assert_eq!(c.train.schedule, Schedule::TwoStage);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let e = RunConfig::load(&tiny(), &["max_stepz=7".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_stepz"), "{e}");
+        let e = RunConfig::load(&tiny(), &["batch_size=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[train].batch_size"), "{e}");
+        let e = RunConfig::load(&tiny(), &["seq_len=100000".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_seq_len"), "{e}");
+        let e = RunConfig::load(&tiny(), &["lr=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[train].lr"), "{e}");
+        let e = RunConfig::load(&tiny(), &["device=tpu".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tpu"), "{e}");
+        let e = RunConfig::load(Path::new("nope.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.toml"), "{e}");
+    }
+
+    #[test]
+    fn schedules_by_hand() {
+        let mut c = RunConfig::load(&tiny(), &[]).unwrap();
+        c.train.lr = 1.0;
+        c.train.min_lr = 0.0;
+        c.train.warmup_steps = 10;
+        c.train.max_steps = 110;
+        c.train.schedule = Schedule::Cosine;
+        assert!((c.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(60) - 0.5).abs() < 1e-12); // half-way through the cosine
+        assert!(c.lr_at(110).abs() < 1e-12);
+        assert_eq!(c.weight_decay_at(100), c.train.weight_decay);
+        c.train.schedule = Schedule::TwoStage;
+        c.train.lr2 = Some(0.4);
+        // First half (steps 10..55): 1.0 → 0.7 linearly; at 55 it drops to 0.4 → 0 at 110.
+        assert!((c.lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(54) - (1.0 - 0.3 * 44.0 / 45.0)).abs() < 1e-12);
+        assert!((c.lr_at(55) - 0.4).abs() < 1e-12);
+        assert!(c.lr_at(110).abs() < 1e-12);
+        assert_eq!(c.weight_decay_at(54), c.train.weight_decay);
+        assert_eq!(c.weight_decay_at(55), 0.0);
+    }
+}

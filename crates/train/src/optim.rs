@@ -1,0 +1,241 @@
+//! AdamW with PyTorch's semantics, global-norm gradient clipping, and a state file we own.
+//!
+//! Burn's `AdamW` differs from PyTorch in its defaults and applies one weight decay to every tensor,
+//! and Burn has no global-norm clipping. This one decays matrices only (like the PyTorch anchor and
+//! nanoGPT: norms' gains are not decayed), takes the weight decay per step (BitNet's two-stage
+//! schedule sets it to 0 for the second half), and saves its moments to a small binary file so a
+//! checkpoint resumes exactly.
+
+use std::io::Read;
+use std::path::Path;
+
+use tritium_model::burn::module::{ModuleMapper, ModuleVisitor, Param};
+use tritium_model::burn::optim::GradientsParams;
+use tritium_model::burn::prelude::*;
+
+/// Settings that stay fixed for a run (learning rate and weight decay come per step).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+/// Moments per parameter, in the model's traversal order (which is fixed by its structure).
+pub struct AdamW {
+    cfg: AdamWConfig,
+    /// Optimizer steps taken (for bias correction).
+    pub t: u64,
+    state: Vec<Option<(Tensor<1>, Tensor<1>)>>,
+}
+
+const MAGIC: &[u8; 8] = b"TRTMADW1";
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig) -> Self {
+        Self {
+            cfg,
+            t: 0,
+            state: Vec::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient; returns the updated model.
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        grads: GradientsParams,
+        lr: f64,
+        weight_decay: f64,
+        clip_scale: f32,
+    ) -> M {
+        self.t += 1;
+        // Bias corrections for this step, in f64.
+        let t = self.t as i32;
+        let bc1 = 1.0 - (self.cfg.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.cfg.beta2 as f64).powi(t);
+        let mut mapper = Mapper {
+            opt: self,
+            grads,
+            index: 0,
+            lr,
+            weight_decay,
+            clip_scale,
+            bc1,
+            bc2,
+        };
+        model.map(&mut mapper)
+    }
+
+    /// Writes the moments as raw little-endian f32 with a small header.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&self.t.to_le_bytes());
+        buf.extend_from_slice(&(self.state.len() as u64).to_le_bytes());
+        for s in &self.state {
+            match s {
+                None => buf.extend_from_slice(&u64::MAX.to_le_bytes()),
+                Some((m, v)) => {
+                    let m = m.to_data().try_to_vec::<f32>().expect("f32 moments");
+                    let v = v.to_data().try_to_vec::<f32>().expect("f32 moments");
+                    buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+                    for x in m.iter().chain(&v) {
+                        buf.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+        crate::fsutil::write_atomic(path, &buf)
+    }
+
+    /// Reads what [`Self::save`] wrote; `sizes` are the parameter sizes in traversal order, checked
+    /// against the file so a state from another model shape is refused.
+    pub fn load(
+        cfg: AdamWConfig,
+        path: &Path,
+        sizes: &[usize],
+        device: &Device,
+    ) -> Result<Self, String> {
+        let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        let mut r = bytes.as_slice();
+        let u64_ = |r: &mut &[u8]| -> Result<u64, String> {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b)
+                .map_err(|_| "file is truncated".to_string())?;
+            Ok(u64::from_le_bytes(b))
+        };
+        if r.len() < 8 || &r[..8] != MAGIC {
+            return Err("not an optimizer state file (bad magic)".into());
+        }
+        r = &r[8..];
+        let t = u64_(&mut r)?;
+        let n = u64_(&mut r)? as usize;
+        if n != sizes.len() {
+            return Err(format!(
+                "holds {n} parameters, the model has {}",
+                sizes.len()
+            ));
+        }
+        let mut state = Vec::with_capacity(n);
+        for (i, &size) in sizes.iter().enumerate() {
+            let len = u64_(&mut r)?;
+            if len == u64::MAX {
+                state.push(None);
+                continue;
+            }
+            if len as usize != size {
+                return Err(format!(
+                    "parameter {i} has {len} moments, the model has {size} weights"
+                ));
+            }
+            let need = 8 * size;
+            if r.len() < need {
+                return Err("file is truncated".into());
+            }
+            let floats: Vec<f32> = r[..need]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            r = &r[need..];
+            let m = Tensor::<1>::from_floats(&floats[..size], device);
+            let v = Tensor::<1>::from_floats(&floats[size..], device);
+            state.push(Some((m, v)));
+        }
+        if !r.is_empty() {
+            return Err("trailing bytes after the last parameter".into());
+        }
+        Ok(Self { cfg, t, state })
+    }
+}
+
+struct Mapper<'a> {
+    opt: &'a mut AdamW,
+    grads: GradientsParams,
+    index: usize,
+    lr: f64,
+    weight_decay: f64,
+    clip_scale: f32,
+    bc1: f64,
+    bc2: f64,
+}
+
+impl ModuleMapper for Mapper<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let i = self.index;
+        self.index += 1;
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.dims();
+        let n: usize = shape.iter().product();
+        let c = self.opt.cfg;
+        let mut p = tensor.inner().reshape([n]);
+        let mut g = grad.reshape([n]);
+        if self.clip_scale != 1.0 {
+            g = g * self.clip_scale;
+        }
+        if self.opt.state.len() <= i {
+            self.opt.state.resize_with(i + 1, || None);
+        }
+        let (m, v) = match self.opt.state[i].take() {
+            Some((m, v)) => (
+                m * c.beta1 + g.clone() * (1.0 - c.beta1),
+                v * c.beta2 + g.square() * (1.0 - c.beta2),
+            ),
+            None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+        };
+        // Decoupled weight decay on matrices only, as PyTorch's AdamW with a no-decay group for
+        // vectors (norm gains).
+        if D >= 2 && self.weight_decay != 0.0 {
+            p = p * (1.0 - self.lr * self.weight_decay) as f32;
+        }
+        let step = (m.clone() / self.bc1 as f32) / ((v.clone() / self.bc2 as f32).sqrt() + c.eps);
+        let p = p - step * self.lr as f32;
+        self.opt.state[i] = Some((m, v));
+        let mut updated = Tensor::<D>::from_inner(p.reshape(shape));
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// Global L2 norm of all gradients (one number, like `torch.nn.utils.clip_grad_norm_`).
+pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f32 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = Norm { grads, sum: None };
+    model.visit(&mut v);
+    v.sum.map(|s| s.into_scalar::<f32>().sqrt()).unwrap_or(0.0)
+}
+
+/// Sizes of every float parameter, in traversal order.
+pub fn param_sizes<M: Module>(model: &M) -> Vec<usize> {
+    struct Sizes(Vec<usize>);
+    impl ModuleVisitor for Sizes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.shape().num_elements());
+        }
+    }
+    let mut s = Sizes(Vec::new());
+    model.visit(&mut s);
+    s.0
+}

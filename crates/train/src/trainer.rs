@@ -1,0 +1,425 @@
+//! The training loop, read top to bottom: set up (data, model, optimizer, maybe a checkpoint), then
+//! per step: learning rate → micro-batches (forward, backward, accumulate) → clip → AdamW → log →
+//! maybe evaluate and sample → maybe checkpoint → stop at `max_steps` or when asked to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tritium_model::burn::prelude::*;
+use tritium_model::burn::tensor::activation::softmax;
+use tritium_model::{Backend, Transformer, cross_entropy};
+
+use crate::checkpoint::{self, CheckpointError, State};
+use crate::config::RunConfig;
+use crate::data::{DataError, Dataset, TokenFile, prepare, splitmix64, window_start};
+use crate::metrics::{self, Row};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::step::{NonFinite, StepParams, train_step};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] tritium_model::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "loss became {loss} at step {step}; stopped without saving it (the last good checkpoint is kept; lower lr or raise warmup_steps)"
+    )]
+    NonFinite { step: usize, loss: f32 },
+}
+
+/// What the loop reports as it goes; the CLI turns these into a progress bar or log lines.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Start {
+        first_step: usize,
+        max_steps: usize,
+        tokens_per_step: usize,
+        params: usize,
+        train_tokens: usize,
+        val_tokens: usize,
+        unigram_entropy: f64,
+    },
+    Prepared {
+        dir: PathBuf,
+        tokens: usize,
+        seconds: f64,
+        text_bytes: usize,
+    },
+    Step(Row),
+    Eval {
+        step: usize,
+        val_loss: f64,
+        sample: Option<String>,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Interrupted {
+        step: usize,
+    },
+}
+
+pub struct TrainOptions {
+    pub config: RunConfig,
+    /// The run directory (`runs/NAME`).
+    pub out: PathBuf,
+    /// Continue from the run's latest checkpoint.
+    pub resume: bool,
+    /// Set by a Ctrl-C handler: checkpoint and return at the next step boundary.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Summary {
+    pub step: usize,
+    pub last_val_loss: Option<f64>,
+    pub interrupted: bool,
+}
+
+pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summary, TrainError> {
+    let cfg = &opts.config;
+    let t = &cfg.train;
+    let run = &opts.out;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+
+    // --- data -----------------------------------------------------------------------------------
+    let tok = Tokenizer::load(&cfg.data.tokenizer)?;
+    if !cfg.data.prepared.join("meta.json").exists() {
+        if cfg.data.inputs.is_empty() {
+            return Err(TrainError::Config(format!(
+                "{}: no prepared data there and [data].inputs is empty; run `tritium data prepare` or list inputs",
+                cfg.data.prepared.display()
+            )));
+        }
+        let r = prepare(
+            &tok,
+            &cfg.data.inputs,
+            &cfg.data.prepared,
+            cfg.data.val_every,
+        )?;
+        on_event(Event::Prepared {
+            dir: cfg.data.prepared.clone(),
+            tokens: r.meta.train_tokens + r.meta.val_tokens,
+            seconds: r.seconds,
+            text_bytes: r.meta.text_bytes,
+        });
+    }
+    let data = Dataset::open(&cfg.data.prepared, Some(&tok))?;
+    data.check_window(t.seq_len)?;
+    if data.meta.vocab_size > cfg.model.vocab_size {
+        return Err(TrainError::Config(format!(
+            "[model].vocab_size = {} is smaller than the tokenizer's {} tokens ({}); raise it",
+            cfg.model.vocab_size,
+            data.meta.vocab_size,
+            cfg.data.tokenizer.display()
+        )));
+    }
+
+    // --- model and optimizer ----------------------------------------------------------------------
+    let device = Backend::parse(&t.device)?.device()?.autodiff();
+    let adam = AdamWConfig {
+        beta1: t.beta1,
+        beta2: t.beta2,
+        eps: t.eps,
+    };
+    let metrics_path = run.join("metrics.jsonl");
+    let (mut model, mut optim, mut step, mut tokens) = if opts.resume {
+        let ckpt = checkpoint::latest(run)?;
+        let (model, optim, state) = checkpoint::load(&ckpt, cfg, &device)?;
+        if state.tokenizer_hash != tok.hash {
+            return Err(TrainError::Config(format!(
+                "{}: checkpoint was trained with another tokenizer than {}",
+                ckpt.display(),
+                cfg.data.tokenizer.display()
+            )));
+        }
+        // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
+        metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
+        (model, optim, state.step, state.tokens)
+    } else {
+        if checkpoint::latest(run).is_ok() {
+            return Err(TrainError::Config(format!(
+                "{} already holds checkpoints; pass --resume {} to continue it, or choose another --out",
+                run.display(),
+                run.display()
+            )));
+        }
+        std::fs::create_dir_all(run).map_err(io(run))?;
+        device.seed(t.seed);
+        let _ = std::fs::remove_file(&metrics_path);
+        (
+            Transformer::new(&cfg.model, &device),
+            AdamW::new(adam),
+            0usize,
+            0u64,
+        )
+    };
+    let config_path = run.join("config.toml");
+    let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::fsutil::write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
+
+    let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+    on_event(Event::Start {
+        first_step: step,
+        max_steps: t.max_steps,
+        tokens_per_step,
+        params: cfg.model.param_count().total(),
+        train_tokens: data.train.len(),
+        val_tokens: data.val.len(),
+        unigram_entropy: data.val.unigram_entropy(),
+    });
+
+    let mut best_val: Option<f64> = None;
+    let mut last_val = None;
+    let save = |model: &Transformer, optim: &AdamW, step: usize, tokens: u64, best: Option<f64>| {
+        let state = State {
+            format: checkpoint::FORMAT,
+            step,
+            tokens,
+            best_val_loss: best,
+            tokenizer_hash: tok.hash.clone(),
+            config: cfg.clone(),
+        };
+        checkpoint::save(run, model, optim, &state, t.keep_checkpoints)
+    };
+
+    // --- the loop ---------------------------------------------------------------------------------
+    while step < t.max_steps {
+        if opts.stop.load(Ordering::SeqCst) {
+            let path = save(&model, &optim, step, tokens, best_val)?;
+            on_event(Event::Checkpoint { step, path });
+            on_event(Event::Interrupted { step });
+            return Ok(Summary {
+                step,
+                last_val_loss: last_val,
+                interrupted: true,
+            });
+        }
+        let started = Instant::now();
+        let lr = cfg.lr_at(step);
+        let lambda = cfg.model.quant_lambda(step);
+
+        let params = StepParams {
+            lr,
+            weight_decay: cfg.weight_decay_at(step),
+            lambda,
+            grad_clip: t.grad_clip,
+        };
+        let micro = |m: usize| {
+            batch(
+                &data.train,
+                t.batch_size,
+                t.seq_len,
+                |row| window_start(t.seed, step, m, row, data.train.len(), t.seq_len),
+                &device,
+            )
+        };
+        let (next, out) = train_step(model, &mut optim, t.grad_accum, micro, params).map_err(
+            |NonFinite(loss)| TrainError::NonFinite {
+                step: step + 1,
+                loss,
+            },
+        )?;
+        model = next;
+        step += 1;
+        tokens += tokens_per_step as u64;
+
+        let secs = started.elapsed().as_secs_f64();
+        let row = Row {
+            step,
+            tokens,
+            loss: Some(out.loss as f64),
+            lr: Some(lr),
+            grad_norm: Some(out.grad_norm as f64),
+            tokens_per_s: Some(tokens_per_step as f64 / secs),
+            val_loss: None,
+        };
+        if step % t.log_every == 0 || step == t.max_steps {
+            metrics::append(&metrics_path, &row).map_err(io(&metrics_path))?;
+        }
+        on_event(Event::Step(row));
+
+        if step % t.eval_every == 0 || step == t.max_steps {
+            let val = evaluate(
+                &model,
+                &data.val,
+                t.eval_batches,
+                t.batch_size,
+                t.seq_len,
+                &device,
+            );
+            last_val = Some(val);
+            best_val = Some(best_val.map_or(val, |b: f64| b.min(val)));
+            let row = Row {
+                step,
+                tokens,
+                loss: None,
+                lr: None,
+                grad_norm: None,
+                tokens_per_s: None,
+                val_loss: Some(val),
+            };
+            metrics::append(&metrics_path, &row).map_err(io(&metrics_path))?;
+            let svg = run.join("loss.svg");
+            crate::fsutil::write_atomic(
+                &svg,
+                metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes(),
+            )
+            .map_err(io(&svg))?;
+            let sample = (t.sample_tokens > 0).then(|| {
+                generate(
+                    &model,
+                    &tok,
+                    &t.sample_prompt,
+                    t.sample_tokens,
+                    cfg.model.max_seq_len,
+                    t.seed ^ step as u64,
+                    &device,
+                )
+            });
+            on_event(Event::Eval {
+                step,
+                val_loss: val,
+                sample,
+            });
+        }
+        if step % t.checkpoint_every == 0 || step == t.max_steps {
+            let path = save(&model, &optim, step, tokens, best_val)?;
+            on_event(Event::Checkpoint { step, path });
+        }
+    }
+    Ok(Summary {
+        step,
+        last_val_loss: last_val,
+        interrupted: false,
+    })
+}
+
+/// `[B, T]` inputs and next-token targets from windows starting where `start(row)` says.
+pub(crate) fn batch(
+    file: &TokenFile,
+    b: usize,
+    t: usize,
+    start: impl Fn(usize) -> usize,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let mut x = Vec::with_capacity(b * t);
+    let mut y = Vec::with_capacity(b * t);
+    let mut w = Vec::with_capacity(t + 1);
+    for row in 0..b {
+        w.clear();
+        file.window(start(row), t + 1, &mut w);
+        x.extend_from_slice(&w[..t]);
+        y.extend_from_slice(&w[1..]);
+    }
+    let mk = |v: Vec<i64>| Tensor::<1, Int>::from_ints(v.as_slice(), device).reshape([b, t]);
+    (mk(x), mk(y))
+}
+
+/// Mean validation loss over `batches` fixed batches of evenly spaced windows (the same windows at
+/// every evaluation, so the curve is comparable step to step).
+pub fn evaluate(
+    model: &Transformer,
+    val: &TokenFile,
+    batches: usize,
+    b: usize,
+    t: usize,
+    device: &Device,
+) -> f64 {
+    let model = model.valid();
+    let device = device.clone().inner();
+    let n = batches * b;
+    let stride = (val.len() - t - 1) / n.max(1);
+    let mut total = 0.0;
+    for i in 0..batches {
+        let (x, y) = batch(
+            val,
+            b,
+            t,
+            |row| ((i * b + row) * stride).min(val.len() - t - 1),
+            &device,
+        );
+        total += cross_entropy(model.forward(x), y).into_scalar::<f32>() as f64;
+    }
+    total / batches as f64
+}
+
+/// Samples `n` tokens after `prompt` (temperature 0.8, top-k 40), recomputing the window each token;
+/// a quick look at what the model learned, not the inference engine.
+pub fn generate(
+    model: &Transformer,
+    tok: &Tokenizer,
+    prompt: &str,
+    n: usize,
+    ctx: usize,
+    seed: u64,
+    device: &Device,
+) -> String {
+    let model = model.valid();
+    let device = device.clone().inner();
+    let mut ids: Vec<u32> = tok.encode(prompt).unwrap_or_default();
+    if ids.is_empty() {
+        ids.push(tok.eot_id);
+    }
+    let start = ids.len();
+    let mut rng = seed;
+    for _ in 0..n {
+        let window = &ids[ids.len().saturating_sub(ctx)..];
+        let x = Tensor::<1, Int>::from_ints(
+            window
+                .iter()
+                .map(|&i| i as i64)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &device,
+        )
+        .reshape([1, window.len()]);
+        let logits = model.forward(x);
+        let [_, len, v] = logits.dims();
+        let last = logits.slice([0..1, len - 1..len, 0..v]).reshape([v]);
+        let probs: Vec<f32> = softmax(last / 0.8, 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        idx.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        idx.truncate(40);
+        let mass: f32 = idx.iter().map(|&i| probs[i]).sum();
+        rng = splitmix64(rng);
+        let mut u = (rng >> 11) as f32 / (1u64 << 53) as f32 * mass;
+        let mut next = idx[0];
+        for &i in &idx {
+            u -= probs[i];
+            if u <= 0.0 {
+                next = i;
+                break;
+            }
+        }
+        ids.push(next as u32);
+        if next as u32 == tok.eot_id {
+            break;
+        }
+    }
+    let _ = start;
+    tok.decode(&ids)
+}
