@@ -154,7 +154,7 @@ impl ModelConfig {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(
                 "d_model",
                 format!(
@@ -163,7 +163,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(
                 "n_heads",
                 format!(
@@ -173,7 +173,7 @@ impl ModelConfig {
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return bad(
                 "n_kv_heads",
                 format!(

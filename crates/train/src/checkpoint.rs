@@ -215,3 +215,140 @@ pub fn load(
     })?;
     Ok((model, optim, state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tritium_model::Backend;
+
+    fn cfg() -> RunConfig {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml");
+        let mut c = RunConfig::load(&p, &[]).unwrap();
+        c.model.vocab_size = 64;
+        c.model.d_model = 32;
+        c.model.n_heads = 2;
+        c.model.n_kv_heads = Some(2);
+        c.model.d_ff = 64;
+        c.model.n_layers = 1;
+        c
+    }
+
+    fn state(step: usize, c: &RunConfig) -> State {
+        State {
+            format: FORMAT,
+            step,
+            tokens: 0,
+            best_val_loss: None,
+            tokenizer_hash: "h".into(),
+            config: c.clone(),
+        }
+    }
+
+    #[test]
+    fn a_failed_save_keeps_the_last_good_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&c.model, &dev);
+        let optim = AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+        });
+        save(d.path(), &model, &optim, &state(5, &c), 3).unwrap();
+        // Make the next save fail the way a full disk or a permission error would: here a file
+        // sits where its temporary directory must go.
+        std::fs::write(dir(d.path()).join(".step-10.tmp"), "in the way").unwrap();
+        let e = save(d.path(), &model, &optim, &state(10, &c), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".step-10.tmp"), "{e}");
+        let latest_dir = latest(d.path()).unwrap();
+        assert!(latest_dir.ends_with("step-5"));
+        assert!(!dir(d.path()).join("step-10").exists());
+        let (_, _, s) = load(&latest_dir, &c, &dev).unwrap();
+        assert_eq!(s.step, 5);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&c.model, &dev);
+        let optim = AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+        });
+        for step in [1, 2, 3, 4] {
+            save(d.path(), &model, &optim, &state(step, &c), 2).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir(d.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["latest", "step-3", "step-4"]);
+    }
+
+    #[test]
+    fn optimizer_state_round_trips_and_refuses_other_shapes() {
+        use tritium_model::burn::optim::GradientsParams;
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg();
+        let dev = Backend::Flex.device().unwrap().autodiff();
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+        };
+        let model = Transformer::new(&c.model, &dev);
+        let mut optim = AdamW::new(adam);
+        let ids = Tensor::<1, Int>::from_ints([1, 2, 3, 4, 5, 6], &dev).reshape([1, 6]);
+        let loss = tritium_model::cross_entropy(model.forward(ids.clone()), ids);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(model, grads, 1e-3, 0.1, 1.0);
+        save(d.path(), &model, &optim, &state(1, &c), 2).unwrap();
+        let ckpt = latest(d.path()).unwrap();
+        let (_, loaded, _) = load(&ckpt, &c, &dev).unwrap();
+        // Byte-identical when written again: every moment survived the round trip.
+        let again = d.path().join("again.bin");
+        loaded.save(&again).unwrap();
+        assert_eq!(
+            std::fs::read(&again).unwrap(),
+            std::fs::read(ckpt.join("optim.bin")).unwrap()
+        );
+        assert_eq!(loaded.t, 1);
+
+        let mut other = c.clone();
+        other.model.d_ff = 128;
+        let e = load(&ckpt, &other, &dev).err().unwrap().to_string();
+        assert!(e.contains("another model"), "{e}");
+        let sizes = param_sizes(&Transformer::new(&other.model, &dev));
+        let e = AdamW::load(adam, &ckpt.join("optim.bin"), &sizes, &dev)
+            .err()
+            .unwrap();
+        assert!(e.contains("moments"), "{e}");
+        let e = AdamW::load(adam, &ckpt.join("optim.bin"), &sizes[..3], &dev)
+            .err()
+            .unwrap();
+        assert!(e.contains("parameters"), "{e}");
+        let good = param_sizes(&model);
+        std::fs::write(&again, b"garbage!").unwrap();
+        assert!(
+            AdamW::load(adam, &again, &good, &dev)
+                .err()
+                .unwrap()
+                .contains("magic")
+        );
+        let bytes = std::fs::read(ckpt.join("optim.bin")).unwrap();
+        std::fs::write(&again, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(
+            AdamW::load(adam, &again, &good, &dev)
+                .err()
+                .unwrap()
+                .contains("truncated")
+        );
+    }
+}

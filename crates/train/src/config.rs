@@ -322,7 +322,7 @@ mod tests {
         let c = RunConfig::load(
             &tiny(),
             &[
-                "max_steps=7".into(),
+                "max_steps=70".into(),
                 "lr=1e-3".into(),
                 "model.quant=\"none\"".into(),
                 "quant=none".into(),
@@ -330,7 +330,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.train.max_steps, 7);
+        assert_eq!(c.train.max_steps, 70);
         assert_eq!(c.train.lr, 1e-3);
         assert_eq!(c.model.quant, tritium_model::Quant::None);
         assert_eq!(c.train.schedule, Schedule::TwoStage);

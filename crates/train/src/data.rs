@@ -256,15 +256,15 @@ impl Dataset {
                 ),
             });
         }
-        if let Some(t) = tokenizer {
-            if t.hash != meta.tokenizer_hash {
-                return Err(DataError::TokenizerMismatch {
-                    dir: dir.to_path_buf(),
-                    tokenizer: t.path.clone(),
-                    data_hash: meta.tokenizer_hash.clone(),
-                    tok_hash: t.hash.clone(),
-                });
-            }
+        if let Some(t) = tokenizer
+            && t.hash != meta.tokenizer_hash
+        {
+            return Err(DataError::TokenizerMismatch {
+                dir: dir.to_path_buf(),
+                tokenizer: t.path.clone(),
+                data_hash: meta.tokenizer_hash.clone(),
+                tok_hash: t.hash.clone(),
+            });
         }
         let open = |name: &str, expect: usize| -> Result<TokenFile, DataError> {
             let path = dir.join(name);
@@ -400,7 +400,7 @@ mod tests {
         );
 
         let out = d.path().join("prep");
-        prepare(&tok, &[input.clone()], &out, 2).unwrap();
+        prepare(&tok, std::slice::from_ref(&input), &out, 2).unwrap();
         let ds = Dataset::open(&out, Some(&tok)).unwrap();
         let e = ds.check_window(1000).unwrap_err().to_string();
         assert!(

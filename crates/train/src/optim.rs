@@ -113,14 +113,15 @@ impl AdamW {
         r = &r[8..];
         let t = u64_(&mut r)?;
         let n = u64_(&mut r)? as usize;
-        if n != sizes.len() {
+        // A state saved before the first step holds no parameters yet.
+        if n != 0 && n != sizes.len() {
             return Err(format!(
                 "holds {n} parameters, the model has {}",
                 sizes.len()
             ));
         }
         let mut state = Vec::with_capacity(n);
-        for (i, &size) in sizes.iter().enumerate() {
+        for (i, &size) in sizes.iter().enumerate().take(n) {
             let len = u64_(&mut r)?;
             if len == u64::MAX {
                 state.push(None);

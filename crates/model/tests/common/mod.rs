@@ -1,4 +1,6 @@
 //! Shared by the integration tests: loading named weights into a model.
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
 use burn::module::Param;
 use burn::prelude::*;
