@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
+mod gguf_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -32,6 +33,10 @@ enum Command {
     /// Data tools.
     #[command(subcommand)]
     Data(train_cmd::DataCmd),
+    /// Write a checkpoint as a GGUF file for llama.cpp's `bitnet` architecture.
+    Export(gguf_cmd::ExportArgs),
+    /// Show a GGUF file's metadata and tensors.
+    Inspect(gguf_cmd::InspectArgs),
     /// Parameter counts and the memory a training step needs, for a run config.
     Info(InfoArgs),
     /// Time training steps (forward + backward + AdamW) on random tokens: tokens/s and peak RSS.
@@ -98,6 +103,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train_cmd::train(a),
         Command::Tokenizer(c) => train_cmd::tokenizer(c),
         Command::Data(c) => train_cmd::data(c),
+        Command::Export(a) => gguf_cmd::export(a),
+        Command::Inspect(a) => gguf_cmd::inspect(a),
         Command::Info(a) => info(a),
         Command::BenchTrain(a) => bench_train(a),
     }

@@ -179,9 +179,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .last_val_loss
             .map(|v| format!("{v:.4}"))
             .unwrap_or_else(|| "n/a".into());
+        let rss = tritium_train::bench::peak_rss_mib()
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "n/a".into());
         println!(
-            "done: step {}, validation loss {val}; run in {}",
+            "done: step {}, validation loss {val}; {:.1} tokens/s over the loop (evaluation and checkpoints included), peak RSS {rss}; run in {}",
             summary.step,
+            summary.loop_tokens_per_s,
             out.display()
         );
     }

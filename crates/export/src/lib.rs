@@ -1,1 +1,328 @@
-//! placeholder
+//! Checkpoint → GGUF for llama.cpp's `bitnet` architecture.
+//!
+//! [`export`] loads a checkpoint, ternarizes every BitLinear weight with the model's own quantizer
+//! (so the stored trits are exactly those the trained model computed with), packs them as TQ2_0,
+//! TQ1_0 or I2_S, and writes the embedding, norms, architecture keys and tokenizer through
+//! `tritium_gguf::Writer`, to a temporary file renamed into place.
+//!
+//! The per-tensor scale `s = mean|W|` is stored exactly by default: TQ blocks hold the trits with
+//! d = 1 and an F32 `blk.N.*.scale` tensor holds `s` (llama.cpp multiplies it in after the matmul).
+//! `ScaleMode::Folded` instead puts fp16(s) into every block's `d` (no extra tensors; 11-bit
+//! mantissa, so within 4.9e-4 relative).
+
+pub mod names;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tritium_gguf::blocks::{
+    encode_f16, encode_f32, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
+};
+use tritium_gguf::{GgmlType, Value, Writer};
+use tritium_model::burn::prelude::*;
+use tritium_model::quant::weight_scale;
+use tritium_model::{Backend, BitLinear, FfnAct, Transformer};
+use tritium_train::checkpoint::{self, CheckpointError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] tritium_model::Error),
+    #[error("{path}: tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error(
+        "tensor {tensor}: rows of {row} weights are not a multiple of 256, which {ty} needs; export with --type i2_s, or make d_model and d_ff multiples of 256"
+    )]
+    RowLength {
+        tensor: String,
+        row: usize,
+        ty: &'static str,
+    },
+    #[error("tensor {tensor}: {n} weights is not a multiple of 128, which I2_S packs")]
+    I2sLength { tensor: String, n: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    Tq2_0,
+    Tq1_0,
+    I2S,
+}
+
+impl WeightType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tq2_0" => Self::Tq2_0,
+            "tq1_0" => Self::Tq1_0,
+            "i2_s" => Self::I2S,
+            _ => return None,
+        })
+    }
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            Self::Tq2_0 => GgmlType::Tq2_0,
+            Self::Tq1_0 => GgmlType::Tq1_0,
+            Self::I2S => GgmlType::I2S,
+        }
+    }
+    /// `general.file_type`: llama.cpp's MOSTLY_TQ1_0 = 36, MOSTLY_TQ2_0 = 37; bitnet.cpp's I2_S = 40.
+    fn file_type(self) -> u32 {
+        match self {
+            Self::Tq1_0 => 36,
+            Self::Tq2_0 => 37,
+            Self::I2S => 40,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleMode {
+    /// Trits with d = 1 plus an exact F32 `.scale` tensor per projection.
+    Exact,
+    /// fp16 scale in every block; no extra tensors.
+    Folded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbdType {
+    F16,
+    F32,
+    Q8_0,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub weights: WeightType,
+    pub scale: ScaleMode,
+    pub embd: EmbdType,
+}
+
+#[derive(Debug)]
+pub struct ExportReport {
+    pub checkpoint: PathBuf,
+    pub file_bytes: usize,
+    pub ternary_weights: usize,
+    pub ternary_bytes: usize,
+    pub total_params: usize,
+    pub seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+impl ExportReport {
+    pub fn ternary_bpw(&self) -> f64 {
+        self.ternary_bytes as f64 * 8.0 / self.ternary_weights as f64
+    }
+    pub fn file_bpw(&self) -> f64 {
+        self.file_bytes as f64 * 8.0 / self.total_params as f64
+    }
+}
+
+/// Ternary trits (row-major `[out, in]`) and the scale of one BitLinear, computed by the same Burn
+/// ops the forward pass uses.
+pub fn ternarize(layer: &BitLinear) -> (Vec<i8>, f32) {
+    let w = layer.weight.val();
+    let g = weight_scale(&w);
+    let q = (w / g.clone()).round().clamp(-1.0, 1.0);
+    let q: Vec<i8> = q
+        .into_data()
+        .convert::<f32>()
+        .iter::<f32>()
+        .map(|v| v as i8)
+        .collect();
+    let g = g.into_data().iter::<f32>().next().expect("one scale");
+    (q, g)
+}
+
+/// The seven projections of a block, in `names::PROJECTIONS` order.
+pub fn projections(b: &tritium_model::Block) -> [&BitLinear; 7] {
+    [
+        &b.attn.wq,
+        &b.attn.wk,
+        &b.attn.wv,
+        &b.attn.wo,
+        &b.ffn.gate,
+        &b.ffn.up,
+        &b.ffn.down,
+    ]
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().iter::<f32>().collect()
+}
+
+pub fn export(
+    ckpt_or_run: &Path,
+    opts: &ExportOptions,
+    out: &Path,
+) -> Result<ExportReport, ExportError> {
+    let start = Instant::now();
+    let ckpt = checkpoint::resolve(ckpt_or_run)?;
+    let device = Backend::Flex.device()?;
+    let (model, state) = checkpoint::load_model(&ckpt, &device)?;
+    let cfg = &state.config.model;
+    let mut warnings = Vec::new();
+    if cfg.ffn_act == FfnAct::Relu2 {
+        warnings.push(format!(
+            "ffn_act = relu2: upstream llama.cpp's bitnet architecture always runs SiLU and will compute wrong logits; tritium's engine reads {} = \"relu2\"",
+            names::FFN_ACT
+        ));
+    }
+    let tok_path = if ckpt.join("tokenizer.json").exists() {
+        ckpt.join("tokenizer.json")
+    } else {
+        state.config.data.tokenizer.clone()
+    };
+    let vocab = tokenizer::read(&tok_path, cfg.vocab_size)?;
+
+    let mut w = Writer::new();
+    w.kv("general.architecture", Value::String(names::ARCH.into()))
+        .kv("general.type", Value::String("model".into()))
+        .kv(
+            "general.name",
+            Value::String(format!("tritium {}", ckpt.display())),
+        )
+        .kv("general.file_type", Value::U32(opts.weights.file_type()))
+        .kv("general.quantization_version", Value::U32(2))
+        .kv(names::CONTEXT_LENGTH, Value::U32(cfg.max_seq_len as u32))
+        .kv(names::EMBEDDING_LENGTH, Value::U32(cfg.d_model as u32))
+        .kv(names::BLOCK_COUNT, Value::U32(cfg.n_layers as u32))
+        .kv(names::FEED_FORWARD_LENGTH, Value::U32(cfg.d_ff as u32))
+        .kv(names::HEAD_COUNT, Value::U32(cfg.n_heads as u32))
+        .kv(names::HEAD_COUNT_KV, Value::U32(cfg.kv_heads() as u32))
+        .kv(names::ROPE_FREQ_BASE, Value::F32(cfg.rope_theta))
+        .kv(
+            names::ROPE_DIMENSION_COUNT,
+            Value::U32(cfg.head_dim() as u32),
+        )
+        .kv(names::RMS_EPS, Value::F32(cfg.norm_eps))
+        .kv(names::VOCAB_SIZE, Value::U32(cfg.vocab_size as u32))
+        .kv(
+            names::FFN_ACT,
+            Value::String(match cfg.ffn_act {
+                FfnAct::Silu => "silu".into(),
+                FfnAct::Relu2 => "relu2".into(),
+            }),
+        );
+    for (k, v) in vocab.metadata() {
+        w.kv(k, v);
+    }
+
+    let embd = values(model.tok_embd.weight.val());
+    let embd_dims = [cfg.d_model as u64, cfg.vocab_size as u64];
+    match opts.embd {
+        EmbdType::F16 => w.tensor(
+            names::TOKEN_EMBD,
+            &embd_dims,
+            GgmlType::F16,
+            encode_f16(&embd),
+        ),
+        EmbdType::F32 => w.tensor(
+            names::TOKEN_EMBD,
+            &embd_dims,
+            GgmlType::F32,
+            encode_f32(&embd),
+        ),
+        EmbdType::Q8_0 => w.tensor(
+            names::TOKEN_EMBD,
+            &embd_dims,
+            GgmlType::Q8_0,
+            quantize_q8_0(&embd),
+        ),
+    };
+    let norm = |w: &mut Writer, name: &str, t: Tensor<1>| {
+        let v = values(t);
+        w.tensor(name, &[v.len() as u64], GgmlType::F32, encode_f32(&v));
+    };
+    norm(&mut w, names::OUTPUT_NORM, model.output_norm.gamma.val());
+
+    let (mut ternary_weights, mut ternary_bytes) = (0, 0);
+    for (n, b) in model.blocks.iter().enumerate() {
+        let gains = [&b.attn_norm, &b.attn.sub_norm, &b.ffn_norm, &b.ffn.sub_norm];
+        for (stem, g) in names::BLOCK_NORMS.iter().zip(gains) {
+            norm(&mut w, &names::weight(n, stem), g.gamma.val());
+        }
+        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
+            let name = names::weight(n, stem);
+            let [rows, cols] = layer.weight.dims();
+            let (q, s) = ternarize(layer);
+            let bytes = match opts.weights {
+                WeightType::Tq2_0 | WeightType::Tq1_0 => {
+                    if cols % 256 != 0 {
+                        let ty = opts.weights.ggml().name();
+                        return Err(ExportError::RowLength {
+                            tensor: name,
+                            row: cols,
+                            ty,
+                        });
+                    }
+                    let x: Vec<f32> = match opts.scale {
+                        ScaleMode::Exact => q.iter().map(|&v| v as f32).collect(),
+                        ScaleMode::Folded => q.iter().map(|&v| v as f32 * s).collect(),
+                    };
+                    if opts.weights == WeightType::Tq2_0 {
+                        quantize_tq2_0(&x)
+                    } else {
+                        quantize_tq1_0(&x)
+                    }
+                }
+                WeightType::I2S => {
+                    if q.len() % 128 != 0 {
+                        return Err(ExportError::I2sLength {
+                            tensor: name,
+                            n: q.len(),
+                        });
+                    }
+                    quantize_i2_s(&q, s)
+                }
+            };
+            ternary_weights += q.len();
+            ternary_bytes += bytes.len();
+            w.tensor(
+                &name,
+                &[cols as u64, rows as u64],
+                opts.weights.ggml(),
+                bytes,
+            );
+            if opts.weights != WeightType::I2S && opts.scale == ScaleMode::Exact {
+                w.tensor(
+                    &names::scale(n, stem),
+                    &[1],
+                    GgmlType::F32,
+                    encode_f32(&[s]),
+                );
+            }
+        }
+    }
+
+    let bytes = w.to_bytes();
+    // Temp file + rename: a failed or interrupted export never leaves a partial file under `out`.
+    tritium_train::fsutil::write_atomic(out, &bytes).map_err(|source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(ExportReport {
+        checkpoint: ckpt,
+        file_bytes: bytes.len(),
+        ternary_weights,
+        ternary_bytes,
+        total_params: cfg.param_count().total(),
+        seconds: start.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// Model parameters the export keeps only for reference in tests: the Burn model of a checkpoint.
+pub fn load(
+    ckpt_or_run: &Path,
+) -> Result<(Transformer, tritium_train::checkpoint::State), ExportError> {
+    let ckpt = checkpoint::resolve(ckpt_or_run)?;
+    Ok(checkpoint::load_model(&ckpt, &Backend::Flex.device()?)?)
+}

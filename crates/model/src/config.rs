@@ -349,6 +349,20 @@ mod tests {
     }
 
     #[test]
+    fn bitnet_125m_has_124m_parameters() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bitnet-125m.toml");
+        let c = ModelConfig::from_toml_file(&path).unwrap();
+        // Per block: 4·d² (q, k, v, o; no GQA) + 3·d·d_ff (gate, up, down) + 3·d + d_ff (norm gains);
+        // plus vocab·d (embedding, tied head) and d (output norm).
+        let (d, f, v, l) = (768usize, 2048usize, 50257usize, 12usize);
+        let formula = l * (4 * d * d + 3 * d * f + 3 * d + f) + v * d + d;
+        assert_eq!(formula, 123_585_024); // also what PyTorch's anchor counts for this shape
+        assert_eq!(c.param_count().total(), formula);
+        assert!((c.param_count().total() as i64 - 124_000_000).abs() <= 2_000_000);
+        assert_eq!(c.param_count().ternary, l * (4 * d * d + 3 * d * f));
+    }
+
+    #[test]
     fn quant_lambda_ramps() {
         let mut c = cfg(TINY).unwrap();
         assert_eq!(c.quant_lambda(0), 1.0);

@@ -81,6 +81,12 @@ pub fn save(
     sync_file(&model_path).map_err(io(&model_path))?;
     let optim_path = tmp.join("optim.bin");
     optim.save(&optim_path).map_err(io(&optim_path))?;
+    // The tokenizer travels with the weights, so export and evaluation need nothing else.
+    let tok_src = &state.config.data.tokenizer;
+    let tok_path = tmp.join("tokenizer.json");
+    if let Ok(bytes) = std::fs::read(tok_src) {
+        write_atomic(&tok_path, &bytes).map_err(io(&tok_path))?;
+    }
     let state_path = tmp.join("state.json");
     write_atomic(
         &state_path,
@@ -174,6 +180,36 @@ pub fn read_state(ckpt: &Path) -> Result<State, CheckpointError> {
         });
     }
     Ok(state)
+}
+
+/// The model of a checkpoint, built from the checkpoint's own config (for export and evaluation).
+pub fn load_model(ckpt: &Path, device: &Device) -> Result<(Transformer, State), CheckpointError> {
+    let state = read_state(ckpt)?;
+    let model_path = ckpt.join("model.bpk");
+    let bad = |msg: String| CheckpointError::Bad {
+        path: model_path.clone(),
+        msg,
+    };
+    let record = ModuleRecord::load(&model_path).map_err(|e| bad(e.to_string()))?;
+    let model = Transformer::new(&state.config.model, device)
+        .try_load_record(record)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((model, state))
+}
+
+/// A run directory (its latest checkpoint) or a `step-N` directory itself.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join("state.json").exists() {
+        Ok(path.to_path_buf())
+    } else if dir(path).exists() {
+        latest(path)
+    } else {
+        Err(CheckpointError::Bad {
+            path: path.to_path_buf(),
+            msg: "neither a checkpoint (no state.json) nor a run directory (no checkpoints/)"
+                .into(),
+        })
+    }
 }
 
 /// Loads model and optimizer from `ckpt` for `cfg`, refusing a checkpoint of another model shape.

@@ -91,6 +91,9 @@ pub struct Summary {
     pub step: usize,
     pub last_val_loss: Option<f64>,
     pub interrupted: bool,
+    /// Tokens trained by this invocation, over the wall time of its loop (evaluation, logging and
+    /// checkpointing included): the figure to hold against `bench-train`.
+    pub loop_tokens_per_s: f64,
 }
 
 pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summary, TrainError> {
@@ -204,6 +207,11 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
 
     // --- the loop ---------------------------------------------------------------------------------
+    let loop_start = Instant::now();
+    let first_step = step;
+    let rate = |step: usize| {
+        ((step - first_step) * tokens_per_step) as f64 / loop_start.elapsed().as_secs_f64()
+    };
     while step < t.max_steps {
         if opts.stop.load(Ordering::SeqCst) {
             let path = save(&model, &optim, step, tokens, best_val)?;
@@ -213,6 +221,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 step,
                 last_val_loss: last_val,
                 interrupted: true,
+                loop_tokens_per_s: rate(step),
             });
         }
         let started = Instant::now();
@@ -312,6 +321,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         step,
         last_val_loss: last_val,
         interrupted: false,
+        loop_tokens_per_s: rate(step),
     })
 }
 

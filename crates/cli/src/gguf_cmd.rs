@@ -1,0 +1,144 @@
+//! `tritium export` and `tritium inspect`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export as run_export};
+use tritium_gguf::Gguf;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A checkpoint directory (runs/NAME/checkpoints/step-N) or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Ternary weight type: tq2_0 (2.06 bpw, llama.cpp), tq1_0 (1.69 bpw, llama.cpp), i2_s (bitnet.cpp).
+    #[arg(long = "type", default_value = "tq2_0")]
+    ty: String,
+    /// exact: trits with d = 1 plus F32 `.scale` tensors; folded: fp16 scale in every block.
+    #[arg(long, default_value = "exact")]
+    scale: String,
+    /// Token embedding type: f16, f32 or q8_0.
+    #[arg(long, default_value = "f16")]
+    embd: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    file: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let weights = WeightType::parse(&a.ty)
+        .with_context(|| format!("--type {}: expected tq2_0, tq1_0 or i2_s", a.ty))?;
+    let scale = match a.scale.as_str() {
+        "exact" => ScaleMode::Exact,
+        "folded" => ScaleMode::Folded,
+        s => bail!("--scale {s}: expected exact or folded"),
+    };
+    let embd = match a.embd.as_str() {
+        "f16" => EmbdType::F16,
+        "f32" => EmbdType::F32,
+        "q8_0" => EmbdType::Q8_0,
+        s => bail!("--embd {s}: expected f16, f32 or q8_0"),
+    };
+    let r = run_export(
+        &a.checkpoint,
+        &ExportOptions {
+            weights,
+            scale,
+            embd,
+        },
+        &a.out,
+    )
+    .with_context(|| format!("exporting {}", a.checkpoint.display()))?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "wrote {} from {}: {:.2} MB, ternary tensors {:.4} bits/weight, whole file {:.3} bits/parameter, in {:.2} s",
+        a.out.display(),
+        r.checkpoint.display(),
+        r.file_bytes as f64 / 1e6,
+        r.ternary_bpw(),
+        r.file_bpw(),
+        r.seconds
+    );
+    Ok(())
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let f = std::fs::File::open(&a.file).with_context(|| a.file.display().to_string())?;
+    // SAFETY: a read-only private map of a file this process does not modify; a file changed by
+    // another program while mapped is outside what any mmap reader can guard against.
+    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| a.file.display().to_string())?;
+    let g = Gguf::parse(&map).with_context(|| a.file.display().to_string())?;
+    if a.json {
+        let meta: serde_json::Map<String, serde_json::Value> = g
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.display())))
+            .collect();
+        let tensors: Vec<serde_json::Value> = g
+            .tensors
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "type": t.ty.name(), "shape": t.dims, "bytes": t.nbytes, "offset": t.offset,
+                "bits_per_weight": t.nbytes as f64 * 8.0 / t.n_elements() as f64}))
+            .collect();
+        return print_all(&format!(
+            "{:#}\n",
+            serde_json::json!({"version": g.version, "alignment": g.alignment, "metadata": meta, "tensors": tensors})
+        ));
+    }
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: GGUF v{}, {} metadata entries, {} tensors, alignment {}",
+        a.file.display(),
+        g.version,
+        g.metadata.len(),
+        g.tensors.len(),
+        g.alignment
+    );
+    for (k, v) in &g.metadata {
+        let _ = writeln!(s, "  {k:<45} {}", v.display());
+    }
+    let _ = writeln!(
+        s,
+        "  {:<34} {:>6} {:>16} {:>12} {:>8}",
+        "tensor", "type", "shape", "bytes", "bpw"
+    );
+    for t in &g.tensors {
+        let shape = t
+            .dims
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("×");
+        let _ = writeln!(
+            s,
+            "  {:<34} {:>6} {:>16} {:>12} {:>8.4}",
+            t.name,
+            t.ty.name(),
+            shape,
+            t.nbytes,
+            t.nbytes as f64 * 8.0 / t.n_elements() as f64
+        );
+    }
+    print_all(&s)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends quietly instead of panicking like `print!`.
+fn print_all(s: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(s.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

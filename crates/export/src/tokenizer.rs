@@ -1,0 +1,154 @@
+//! `tokenizer.ggml.*` metadata from a Hugging Face byte-level BPE `tokenizer.json`.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use tritium_gguf::Value;
+
+use crate::ExportError;
+
+/// llama.cpp token types.
+const NORMAL: i32 = 1;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+
+pub struct GgufVocab {
+    pub tokens: Vec<String>,
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub eot: Option<u32>,
+}
+
+/// Reads vocabulary, merges and added tokens, padding with `[PAD{i}]` up to `rows` (the embedding
+/// rows) so the token list and the embedding agree, as llama.cpp requires.
+pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
+    let bad = |msg: String| ExportError::Tokenizer {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let json: Json = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let model = &json["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return Err(bad(format!(
+            "model type {} is not BPE; only byte-level BPE tokenizers export as gpt2",
+            model["type"]
+        )));
+    }
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("no model.vocab".into()))?;
+    let mut tokens: Vec<Option<(String, i32)>> = Vec::new();
+    let mut put = |id: usize, tok: &str, ty: i32| -> Result<(), ExportError> {
+        if id >= rows.max(1) * 4 + 1_000_000 {
+            return Err(bad(format!("token id {id} is absurd")));
+        }
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some((tok.to_string(), ty));
+        Ok(())
+    };
+    for (tok, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| bad(format!("vocab id of {tok:?} is not a number")))?
+            as usize;
+        put(id, tok, NORMAL)?;
+    }
+    let mut eot = None;
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let id = added["id"]
+            .as_u64()
+            .ok_or_else(|| bad("added token without id".into()))? as usize;
+        let content = added["content"]
+            .as_str()
+            .ok_or_else(|| bad("added token without content".into()))?;
+        let special = added["special"].as_bool().unwrap_or(false);
+        put(id, content, if special { CONTROL } else { USER_DEFINED })?;
+        if ["<|endoftext|>", "</s>", "<eos>"].contains(&content) {
+            eot = Some(id as u32);
+        }
+    }
+    if tokens.len() > rows {
+        return Err(bad(format!(
+            "{} tokens, but the model's embedding has only {rows} rows",
+            tokens.len()
+        )));
+    }
+    let mut list = Vec::with_capacity(rows);
+    let mut types = Vec::with_capacity(rows);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..rows {
+        let (tok, ty) = match tokens.get(i).cloned().flatten() {
+            Some(t) => t,
+            None => (format!("[PAD{i}]"), UNUSED),
+        };
+        if !seen.insert(tok.clone()) {
+            return Err(bad(format!(
+                "token {tok:?} appears twice; GGUF token lists must be unique"
+            )));
+        }
+        list.push(tok);
+        types.push(ty);
+    }
+    let merges = model["merges"]
+        .as_array()
+        .ok_or_else(|| bad("no model.merges".into()))?
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or(""),
+                p[1].as_str().unwrap_or("")
+            )),
+            other => Err(bad(format!("merge {other} is neither \"a b\" nor [a, b]"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GgufVocab {
+        tokens: list,
+        types,
+        merges,
+        eot,
+    })
+}
+
+impl GgufVocab {
+    pub fn metadata(&self) -> Vec<(&'static str, Value)> {
+        let mut kv = vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(
+                    self.tokens
+                        .iter()
+                        .map(|t| Value::String(t.clone()))
+                        .collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(self.types.iter().map(|&t| Value::I32(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                Value::Array(
+                    self.merges
+                        .iter()
+                        .map(|m| Value::String(m.clone()))
+                        .collect(),
+                ),
+            ),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+            ("tokenizer.ggml.add_eos_token", Value::Bool(false)),
+        ];
+        if let Some(eot) = self.eot {
+            kv.push(("tokenizer.ggml.bos_token_id", Value::U32(eot)));
+            kv.push(("tokenizer.ggml.eos_token_id", Value::U32(eot)));
+        }
+        kv
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Training-step throughput, tritium against PyTorch eager, back to back on this machine.
+#
+#   scripts/bench-train.sh tiny   [BATCH SEQ]   # configs/tiny.toml vs torch_bitnet.py --config tiny
+#   scripts/bench-train.sh 125m   [BATCH SEQ]   # configs/bitnet-125m.toml vs --config 125m
+#
+# Needs a release build (with `--features ndarray` to include the ndarray row) and, for the PyTorch
+# row, PY pointing at a Python with torch (default: python3) and ANCHORS at the anchor scripts
+# (default: ../shared/anchors). Shapes are matched with torch_bitnet.py's --set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which=${1:-tiny}
+PY=${PY:-python3}
+ANCHORS=${ANCHORS:-../shared/anchors}
+BIN=target/release/tritium
+case $which in
+  tiny) cfg=configs/tiny.toml; batch=${2:-8}; seq=${3:-256}; torch="--config tiny --set ffn=768 --set vocab=4096"; steps=5; windows=3 ;;
+  125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=2 ;;
+  *) echo "usage: $0 tiny|125m [BATCH SEQ]" >&2; exit 2 ;;
+esac
+for dev in ${DEVICES:-flex ndarray}; do
+  echo "== tritium $dev"
+  $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --device $dev || true
+done
+echo "== pytorch eager fp32"
+$PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 | grep RESULT
+if [ "${BF16:-1}" = 1 ]; then
+  echo "== pytorch eager bf16 autocast"
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --autocast bf16 | grep RESULT
+fi
