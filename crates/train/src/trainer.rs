@@ -391,7 +391,6 @@ pub fn generate(
     if ids.is_empty() {
         ids.push(tok.eot_id);
     }
-    let start = ids.len();
     let mut rng = seed;
     for _ in 0..n {
         let window = &ids[ids.len().saturating_sub(ctx)..];
@@ -430,6 +429,5 @@ pub fn generate(
             break;
         }
     }
-    let _ = start;
     tok.decode(&ids)
 }
