@@ -22,7 +22,7 @@ use tritium_gguf::blocks::{
 use tritium_gguf::{GgmlType, Value, Writer};
 use tritium_model::burn::prelude::*;
 use tritium_model::quant::weight_scale;
-use tritium_model::{Backend, BitLinear, FfnAct, Transformer};
+use tritium_model::{Backend, BitLinear, FfnAct};
 use tritium_train::checkpoint::{self, CheckpointError};
 
 #[derive(Debug, thiserror::Error)]
@@ -317,12 +317,4 @@ pub fn export(
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
-}
-
-/// Model parameters the export keeps only for reference in tests: the Burn model of a checkpoint.
-pub fn load(
-    ckpt_or_run: &Path,
-) -> Result<(Transformer, tritium_train::checkpoint::State), ExportError> {
-    let ckpt = checkpoint::resolve(ckpt_or_run)?;
-    Ok(checkpoint::load_model(&ckpt, &Backend::Flex.device()?)?)
 }

@@ -228,15 +228,7 @@ pub fn load(
             ),
         });
     }
-    let model_path = ckpt.join("model.bpk");
-    let bad = |msg: String| CheckpointError::Bad {
-        path: model_path.clone(),
-        msg,
-    };
-    let record = ModuleRecord::load(&model_path).map_err(|e| bad(e.to_string()))?;
-    let model = Transformer::new(&cfg.model, device)
-        .try_load_record(record)
-        .map_err(|e| bad(e.to_string()))?;
+    let (model, state) = load_model(ckpt, device)?;
     let optim_path = ckpt.join("optim.bin");
     let adam = AdamWConfig {
         beta1: cfg.train.beta1,
