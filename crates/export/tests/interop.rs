@@ -71,11 +71,7 @@ fn checkpoint(dir: &Path, overrides: &[&str]) -> (PathBuf, Transformer) {
         tokenizer_hash: String::new(),
         config: cfg,
     };
-    let optim = AdamW::new(AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-    });
+    let optim = AdamW::new(AdamWConfig::default());
     let path = checkpoint::save(dir, &model, &optim, &state, 1).unwrap();
     (path, model)
 }

@@ -44,11 +44,7 @@ pub fn run_bench(
     let device = cfg.backend.device()?.autodiff();
     device.seed(cfg.seed);
     let mut model = Transformer::new(model_cfg, &device);
-    let mut optim = AdamW::new(AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-    });
+    let mut optim = AdamW::new(AdamWConfig::default());
     let params = StepParams {
         lr: 1e-3,
         weight_decay: 0.1,

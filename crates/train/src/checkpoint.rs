@@ -272,17 +272,18 @@ mod tests {
         }
     }
 
+    /// A fresh model and optimizer for `cfg()` on the CPU.
+    fn fresh(c: &RunConfig) -> (Device, Transformer, AdamW) {
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&c.model, &dev);
+        (dev, model, AdamW::new(AdamWConfig::default()))
+    }
+
     #[test]
     fn a_failed_save_keeps_the_last_good_checkpoint() {
         let d = tempfile::tempdir().unwrap();
         let c = cfg();
-        let dev = Backend::Flex.device().unwrap();
-        let model = Transformer::new(&c.model, &dev);
-        let optim = AdamW::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-        });
+        let (dev, model, optim) = fresh(&c);
         save(d.path(), &model, &optim, &state(5, &c), 3).unwrap();
         // Make the next save fail the way a full disk or a permission error would: here a file
         // sits where its temporary directory must go.
@@ -302,13 +303,7 @@ mod tests {
     fn pruning_keeps_the_newest() {
         let d = tempfile::tempdir().unwrap();
         let c = cfg();
-        let dev = Backend::Flex.device().unwrap();
-        let model = Transformer::new(&c.model, &dev);
-        let optim = AdamW::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-        });
+        let (_, model, optim) = fresh(&c);
         for step in [1, 2, 3, 4] {
             save(d.path(), &model, &optim, &state(step, &c), 2).unwrap();
         }
@@ -326,11 +321,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cfg();
         let dev = Backend::Flex.device().unwrap().autodiff();
-        let adam = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-        };
+        let adam = AdamWConfig::default();
         let model = Transformer::new(&c.model, &dev);
         let mut optim = AdamW::new(adam);
         let ids = Tensor::<1, Int>::from_ints([1, 2, 3, 4, 5, 6], &dev).reshape([1, 6]);

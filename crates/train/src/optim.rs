@@ -21,6 +21,17 @@ pub struct AdamWConfig {
     pub eps: f32,
 }
 
+impl Default for AdamWConfig {
+    /// PyTorch's AdamW with BitNet's betas: (0.9, 0.95), eps 1e-8.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+        }
+    }
+}
+
 /// Moments per parameter, in the model's traversal order (which is fixed by its structure).
 pub struct AdamW {
     cfg: AdamWConfig,
