@@ -10,6 +10,7 @@ use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
 mod gguf_cmd;
+mod run_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -41,6 +42,10 @@ enum Command {
     Info(InfoArgs),
     /// Time training steps (forward + backward + AdamW) on random tokens: tokens/s and peak RSS.
     BenchTrain(BenchTrainArgs),
+    /// Generate text from a GGUF with the bundled engine (or chat with --chat).
+    Run(run_cmd::RunArgs),
+    /// Prompt-processing and generation speed of the bundled engine on a GGUF, like llama-bench.
+    Bench(run_cmd::BenchArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +112,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => gguf_cmd::inspect(a),
         Command::Info(a) => info(a),
         Command::BenchTrain(a) => bench_train(a),
+        Command::Run(a) => run_cmd::run(a),
+        Command::Bench(a) => run_cmd::bench(a),
     }
 }
 

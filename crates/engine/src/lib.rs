@@ -1,1 +1,161 @@
-//! placeholder
+//! tritium's inference engine: runs `bitnet` GGUF files (TQ2_0, TQ1_0 or I2_S ternary weights)
+//! with packed ternary × int8 kernels, computing exactly what the trained model computed. No Burn.
+//!
+//! Data flow: [`model::Model::load`] (mmap, validate, pack) → [`forward::Session`] (KV cache,
+//! forward pass) → [`sample::Sampler`] → [`generate`] (the token loop with stop conditions).
+
+pub mod forward;
+pub mod kernels;
+pub mod matrix;
+pub mod model;
+pub mod quant;
+pub mod sample;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use forward::{Logits, Session};
+pub use model::Model;
+pub use sample::{Sampler, SamplerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Gguf { path: PathBuf, source: tritium_gguf::Error },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Context(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Runs the engine's parallel loops on `threads` threads (0: one per core). Call once, first.
+pub fn set_threads(threads: usize) {
+    // A second call (tests) finds the pool built; that is fine.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}
+
+/// What ended a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Eos,
+    StopString,
+    Length,
+    Context,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop: Stop,
+    /// Seconds for the prompt (through the first token's logits) and for the rest.
+    pub prompt_seconds: f64,
+    pub gen_seconds: f64,
+}
+
+/// Generates up to `n` tokens after `prompt` (token ids), streaming text pieces to `on_text`.
+/// Stops at the end-of-sequence token, at any of `stops` (the stop string is cut from the text), at
+/// `n` tokens or when the context is full.
+pub fn generate(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    n: usize,
+    stops: &[String],
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation, Error> {
+    let tok = &sess.model.tokenizer;
+    if prompt.is_empty() {
+        return Err(Error::Context("the prompt is empty".into()));
+    }
+    if sess.pos + prompt.len() > sess.ctx {
+        return Err(Error::Context(format!(
+            "the prompt has {} tokens but the context holds {} (raise --ctx up to the model's {})",
+            prompt.len(),
+            sess.ctx - sess.pos,
+            sess.model.cfg.ctx
+        )));
+    }
+    let start = Instant::now();
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut logits = sess.forward(prompt, Logits::Last)?.to_vec();
+    let prompt_seconds = start.elapsed().as_secs_f64();
+    let gen_start = Instant::now();
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut stream = tokenizer::StreamDecoder::default();
+    let mut held = String::new(); // text not yet shown because it may begin a stop string
+    let mut stop = Stop::Length;
+    while out.len() < n {
+        let next = sampler.sample(&logits, &history);
+        if Some(next) == tok.eos {
+            stop = Stop::Eos;
+            break;
+        }
+        out.push(next);
+        history.push(next);
+        held.push_str(&stream.push(tok, next));
+        if let Some((at, _)) = stops.iter().filter_map(|s| held.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i) {
+            held.truncate(at);
+            on_text(&held);
+            text.push_str(&held);
+            held.clear();
+            stop = Stop::StopString;
+            break;
+        }
+        // Show everything that cannot be the start of a stop string.
+        let keep = stops.iter().map(|s| longest_prefix_suffix(&held, s)).max().unwrap_or(0);
+        let show = held.len() - keep;
+        if show > 0 {
+            on_text(&held[..show]);
+            text.push_str(&held[..show]);
+            held.drain(..show);
+        }
+        if out.len() == n {
+            break;
+        }
+        if sess.pos >= sess.ctx {
+            stop = Stop::Context;
+            break;
+        }
+        logits.copy_from_slice(sess.forward(&[next], Logits::Last)?);
+    }
+    if stop != Stop::StopString && !held.is_empty() {
+        on_text(&held);
+        text.push_str(&held);
+    }
+    Ok(Generation { prompt_tokens: prompt.len(), tokens: out, text, stop, prompt_seconds, gen_seconds: gen_start.elapsed().as_secs_f64() })
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of `stop` (on char bounds).
+fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&k| stop.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..k]))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_prefix_suffix;
+
+    #[test]
+    fn held_back_text_is_a_possible_stop_prefix() {
+        assert_eq!(longest_prefix_suffix("hello ###", "### End"), 3);
+        assert_eq!(longest_prefix_suffix("hello #", "### End"), 1);
+        assert_eq!(longest_prefix_suffix("hello", "### End"), 0);
+        assert_eq!(longest_prefix_suffix("ab", "b"), 0, "a whole stop string is found, not held");
+    }
+}

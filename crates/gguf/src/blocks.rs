@@ -136,6 +136,47 @@ pub fn dequantize_tq1_0(bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// The codes `t ∈ {0, 1, 2, 3}` (value `(t − 1)·d`) of one 66-byte TQ2_0 block, in element order,
+/// and its `d`.
+pub fn tq2_0_codes(blk: &[u8], out: &mut [u8; QK_K]) -> f32 {
+    for h in 0..2 {
+        for m in 0..32 {
+            let byte = blk[32 * h + m];
+            for l in 0..4 {
+                out[128 * h + 32 * l + m] = (byte >> (2 * l)) & 3;
+            }
+        }
+    }
+    f16::from_le_bytes([blk[64], blk[65]]).to_f32()
+}
+
+/// The codes (always 0..=2) of one 54-byte TQ1_0 block, in element order, and its `d`.
+pub fn tq1_0_codes(blk: &[u8], out: &mut [u8; QK_K]) -> f32 {
+    for n in 0..5 {
+        for m in 0..32 {
+            out[m + 32 * n] = digit(blk[m], n as u32);
+        }
+        for m in 0..16 {
+            out[160 + m + 16 * n] = digit(blk[32 + m], n as u32);
+        }
+    }
+    for n in 0..4 {
+        for j in 0..4 {
+            out[240 + j + 4 * n] = digit(blk[48 + j], n as u32);
+        }
+    }
+    f16::from_le_bytes([blk[52], blk[53]]).to_f32()
+}
+
+/// The codes of one 32-byte I2_S block of 128 elements, in element order.
+pub fn i2_s_codes(blk: &[u8], out: &mut [u8; I2S_BLOCK]) {
+    for j in 0..32 {
+        for (g, shift) in [6u8, 4, 2, 0].into_iter().enumerate() {
+            out[32 * g + j] = (blk[j] >> shift) & 3;
+        }
+    }
+}
+
 /// `quantize_row_q8_0_ref`: per 32 values, `d = absmax/127`, `q = round(x/d)` (half away from zero).
 pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     assert_eq!(x.len() % 32, 0, "Q8_0 rows hold whole 32-element blocks");
@@ -277,6 +318,33 @@ mod tests {
             assert_eq!(i2.len(), GgmlType::I2S.nbytes(q.len()));
             let exact: Vec<f32> = qf.iter().map(|v| v * scale).collect();
             assert_eq!(dequantize(GgmlType::I2S, &i2, q.len()), exact);
+        }
+    }
+
+    #[test]
+    fn codes_agree_with_dequantize() {
+        let q = trits(512, 9);
+        let qf: Vec<f32> = q.iter().map(|&v| v as f32 * 0.5).collect();
+        let mut c = [0u8; QK_K];
+        for (ty, bytes, stride) in [
+            (GgmlType::Tq2_0, quantize_tq2_0(&qf), TQ2_0_BYTES),
+            (GgmlType::Tq1_0, quantize_tq1_0(&qf), TQ1_0_BYTES),
+        ] {
+            let deq = dequantize(ty, &bytes, 512);
+            for (b, blk) in bytes.chunks_exact(stride).enumerate() {
+                let d = if ty == GgmlType::Tq2_0 { tq2_0_codes(blk, &mut c) } else { tq1_0_codes(blk, &mut c) };
+                for e in 0..QK_K {
+                    assert_eq!((c[e] as f32 - 1.0) * d, deq[256 * b + e], "{} block {b} element {e}", ty.name());
+                }
+            }
+        }
+        let i2 = quantize_i2_s(&q, 0.25);
+        let mut c = [0u8; I2S_BLOCK];
+        for (b, blk) in i2[..128].chunks_exact(32).enumerate() {
+            i2_s_codes(blk, &mut c);
+            for e in 0..I2S_BLOCK {
+                assert_eq!(c[e] as i8 - 1, q[128 * b + e]);
+            }
         }
     }
 

@@ -1,0 +1,311 @@
+//! `tritium run` (generate text, or chat) and `tritium bench` (prompt and generation speed, like
+//! llama-bench) on the bundled engine.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tritium_engine::{Logits, Model, Sampler, SamplerConfig, Session, Stop, generate};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The GGUF file (written by `tritium export`, or any `bitnet` GGUF with TQ1_0/TQ2_0/I2_S weights).
+    pub model: PathBuf,
+    /// Prompt text.
+    #[arg(short, long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    pub stops: Vec<String>,
+    /// Context size (default: the model's context length).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Worker threads (default: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Interactive chat using the file's chat template (or a ChatML default).
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print timings to stderr.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub model: PathBuf,
+    /// Prompt tokens processed in one batch.
+    #[arg(long, default_value_t = 128)]
+    pub pp: usize,
+    /// Tokens generated one at a time after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub tg: usize,
+    /// Timed repeats (after one untimed warm-up); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Also measure the machine's streaming read bandwidth and report decode as a fraction of it.
+    #[arg(long)]
+    pub bandwidth: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load(path: &PathBuf, threads: usize) -> Result<Model> {
+    tritium_engine::set_threads(threads);
+    Model::load(path).map_err(anyhow::Error::from)
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = load(&a.model, a.threads)?;
+    let ctx = a.ctx.unwrap_or(model.cfg.ctx);
+    let mut sess = Session::new(&model, ctx)?;
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
+    });
+    if a.chat {
+        return chat(&a, &mut sess, &mut sampler);
+    }
+    let prompt = model.tokenizer.encode(&a.prompt).map_err(tritium_engine::Error::Tokenizer)?;
+    let prompt = if prompt.is_empty() {
+        // An empty prompt starts from the end-of-text token, as training's documents do.
+        vec![model.tokenizer.bos.or(model.tokenizer.eos).context("the prompt is empty and the model has no BOS/EOS token to start from")?]
+    } else {
+        prompt
+    };
+    let stdout = std::io::stdout();
+    print!("{}", a.prompt);
+    let g = generate(&mut sess, &mut sampler, &prompt, a.n_predict, &a.stops, |piece| {
+        let mut out = stdout.lock();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    println!();
+    if a.verbose {
+        eprintln!(
+            "load {:.3} s ({} ternary kernels: {}), first token {:.3} s after start; prompt {} tokens {:.1} tok/s; generated {} tokens {:.1} tok/s; stop: {:?}",
+            model.load_seconds,
+            model.weight_type.name(),
+            sess.isa.name(),
+            t0.elapsed().as_secs_f64() - g.gen_seconds,
+            g.prompt_tokens,
+            g.prompt_tokens as f64 / g.prompt_seconds,
+            g.tokens.len(),
+            g.tokens.len().saturating_sub(1) as f64 / g.gen_seconds.max(1e-9),
+            g.stop
+        );
+    }
+    Ok(())
+}
+
+const DEFAULT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn chat(a: &RunArgs, sess: &mut Session, sampler: &mut Sampler) -> Result<()> {
+    let tok = &sess.model.tokenizer;
+    let template = tok.chat_template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", &template).context("tokenizer.chat_template does not parse")?;
+    let tpl = env.get_template("chat")?;
+    let mut messages: Vec<(String, String)> = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(("system".into(), s.clone()));
+    }
+    let mut stops = a.stops.clone();
+    stops.push("<|im_end|>".into());
+    let mut in_cache: Vec<u32> = Vec::new();
+    let stdin = std::io::stdin();
+    eprintln!("chat: type a message, an empty line to quit.");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(("user".into(), line.trim_end().to_string()));
+        let ctx: Vec<minijinja::Value> = messages
+            .iter()
+            .map(|(r, c)| minijinja::context! { role => r, content => c })
+            .collect();
+        let text = tpl.render(minijinja::context! { messages => ctx, add_generation_prompt => true })?;
+        let ids = tok.encode(&text).map_err(tritium_engine::Error::Tokenizer)?;
+        // Reuse the cache for the part of the conversation already run.
+        let common = in_cache.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        sess.pos = common;
+        let g = generate(sess, sampler, &ids[common..], a.n_predict, &stops, |p| {
+            print!("{p}");
+            let _ = std::io::stdout().flush();
+        })?;
+        println!();
+        in_cache = ids;
+        in_cache.extend(&g.tokens);
+        if g.stop == Stop::Context {
+            bail!("the conversation filled the context of {} tokens", sess.ctx);
+        }
+        messages.push(("assistant".into(), g.text));
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Streaming read bandwidth with the engine's threads: each reads its share of a 512 MiB buffer.
+fn read_bandwidth_gbs() -> f64 {
+    use rayon::prelude::*;
+    let n = 64 << 20; // u64s
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: u64 = buf.par_chunks(1 << 20).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).reduce(|| 0, u64::wrapping_add);
+        let gbs = (n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9;
+        std::hint::black_box(s);
+        best = best.max(gbs);
+    }
+    best
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let start = Instant::now();
+    let model = load(&a.model, a.threads)?;
+    let load_s = start.elapsed().as_secs_f64();
+    if a.pp + a.tg > model.cfg.ctx {
+        bail!("pp + tg = {} exceeds the model's context of {}", a.pp + a.tg, model.cfg.ctx);
+    }
+    let mut sess = Session::new(&model, a.pp + a.tg)?;
+    let v = model.cfg.vocab as u64;
+    // Prompt ids spread over the vocabulary, fixed so runs compare.
+    let prompt: Vec<u32> = (0..a.pp as u64).map(|i| ((i * 2654435761 + 17) % v) as u32).collect();
+    // Time to first token: load + a one-token prompt.
+    let t = Instant::now();
+    sess.forward(&prompt[..1], Logits::Last)?;
+    let first_token_s = load_s + t.elapsed().as_secs_f64();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for rep in 0..=a.reps {
+        sess.reset();
+        let t = Instant::now();
+        let logits = sess.forward(&prompt, Logits::Last)?;
+        let mut next = tritium_engine::sample::argmax(&logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect::<Vec<_>>());
+        let pp_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..a.tg {
+            let l = sess.forward(&[next], Logits::Last)?;
+            next = argmax_f32(l);
+        }
+        let tg_s = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            pp.push(a.pp as f64 / pp_s);
+            tg.push(a.tg as f64 / tg_s);
+        }
+    }
+    let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
+    let c = &model.cfg;
+    let ternary_weights = c.n_layers * (2 * c.d_model * c.d_model + 2 * c.d_model * c.kv_dim() + 3 * c.d_model * c.d_ff);
+    let file_ternary_bpw = match model.weight_type {
+        tritium_gguf::GgmlType::Tq2_0 => 2.0625,
+        tritium_gguf::GgmlType::Tq1_0 => 1.6875,
+        tritium_gguf::GgmlType::I2S => 2.0,
+        _ => f64::NAN,
+    };
+    let head_bytes = match model.lm_head() {
+        tritium_engine::kernels::FloatRows::F16(_) => 2,
+        tritium_engine::kernels::FloatRows::F32(_) => 4,
+    } * c.vocab
+        * c.d_model;
+    // Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows) and the LM head.
+    let bytes_per_token = model.packed_bytes + head_bytes;
+    let bw = if a.bandwidth { Some(read_bandwidth_gbs()) } else { None };
+    let rss = tritium_train::bench::peak_rss_mib();
+    let report = serde_json::json!({
+        "model": a.model.display().to_string(),
+        "weight_type": model.weight_type.name(),
+        "isa": sess.isa.name(),
+        "threads": rayon::current_num_threads(),
+        "ternary_weights": ternary_weights,
+        "file_ternary_bits_per_weight": file_ternary_bpw,
+        "file_bytes": model.file_bytes,
+        "load_seconds": load_s,
+        "first_token_seconds": first_token_s,
+        "pp": a.pp, "tg": a.tg, "reps": a.reps,
+        "pp_tokens_per_s": pp_med,
+        "pp_min": pp.first(), "pp_max": pp.last(),
+        "tg_tokens_per_s": tg_med,
+        "tg_min": tg.first(), "tg_max": tg.last(),
+        "bytes_per_token": bytes_per_token,
+        "decode_gbs": bytes_per_token as f64 * tg_med / 1e9,
+        "read_bandwidth_gbs": bw,
+        "bandwidth_fraction": bw.map(|b| bytes_per_token as f64 * tg_med / 1e9 / b),
+        "peak_rss_mib": rss,
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token{}",
+            a.model.display(),
+            model.weight_type.name(),
+            rayon::current_num_threads(),
+            sess.isa.name(),
+            a.pp,
+            pp_med,
+            pp[0],
+            pp[pp.len() - 1],
+            a.tg,
+            tg_med,
+            tg[0],
+            tg[tg.len() - 1],
+            load_s,
+            first_token_s,
+            rss.unwrap_or(f64::NAN),
+            bytes_per_token as f64 / 1e6,
+            match bw {
+                Some(b) => format!(", decode at {:.1} GB/s = {:.0}% of the measured {b:.1} GB/s", bytes_per_token as f64 * tg_med / 1e9, 100.0 * bytes_per_token as f64 * tg_med / 1e9 / b),
+                None => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn argmax_f32(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

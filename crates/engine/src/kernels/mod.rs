@@ -1,0 +1,277 @@
+//! The hot loops: ternary × int8 dot products and the f16/f32 LM-head dot products.
+//!
+//! Every kernel exists as a scalar reference (`scalar.rs`) and as SIMD versions (`x86.rs`: AVX2 and
+//! AVX-512 VNNI; `neon.rs`: aarch64). The ternary kernels accumulate in integers, so the SIMD ones
+//! equal the reference exactly by construction; the float kernels fix one summation order (16
+//! interleaved lanes, fused multiply-add, then a pairwise tree) that the scalar reference spells out,
+//! so they too are equal bit for bit. Tests compare every variant the CPU can run.
+//!
+//! Packed ternary layout (ours, built at load time from TQ2_0, TQ1_0 or I2_S): each row is padded to
+//! a multiple of 256 weights and stored as 64-byte blocks; byte `j` of a block holds the 2-bit codes
+//! `t = q + 1` of elements `j`, `64 + j`, `128 + j`, `192 + j` in bits 0–1, 2–3, 4–5, 6–7. A shift by
+//! `2l` and a mask therefore give 64 consecutive codes, matched by 64 consecutive activations (or
+//! two runs of 32 for AVX2) with no shuffles. `Σ q·x = Σ t·x − Σ x`; the code is unsigned and the
+//! activation signed, which is exactly what `vpdpbusd` / `vpmaddubsw` multiply.
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+/// Weights per packed block.
+pub const BLOCK: usize = 256;
+
+/// One packed block of 256 ternary codes: a cache line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Block64(pub [u8; 64]);
+
+impl Block64 {
+    /// All codes 1, i.e. all weights 0 (used for padding).
+    pub const ZERO: Block64 = Block64([0x55; 64]);
+
+    pub fn set(&mut self, e: usize, code: u8) {
+        let (j, l) = (e % 64, e / 64);
+        self.0[j] = (self.0[j] & !(3 << (2 * l))) | ((code & 3) << (2 * l));
+    }
+
+    pub fn get(&self, e: usize) -> u8 {
+        (self.0[e % 64] >> (2 * (e / 64))) & 3
+    }
+}
+
+/// Which instruction set the kernels use; chosen once at start-up from what the CPU reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+}
+
+impl Isa {
+    /// The fastest set this CPU supports (`TRITIUM_ISA=scalar|avx2|avx512` narrows it, for tests
+    /// and comparisons).
+    pub fn detect() -> Isa {
+        let want = std::env::var("TRITIUM_ISA").ok();
+        let all = Self::available();
+        if let Some(w) = want
+            && let Some(i) = all.iter().find(|i| i.name() == w)
+        {
+            return *i;
+        }
+        *all.last().expect("scalar is always available")
+    }
+
+    /// Every set this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                v.push(Isa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                v.push(Isa::Avx512Vnni);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                v.push(Isa::Neon);
+            }
+        }
+        v
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => "avx512",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// `out[t] = Σ_j code(w, j) · x[t][j]` over `w.len()` blocks, for each token row `x[t]`
+/// (`xs[t]` holds at least `64·4·w.len()` activations). Integer results: exact.
+pub fn ternary_dots(isa: Isa, w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let n = w.len() * BLOCK;
+    assert!(xs.iter().all(|x| x.len() >= n) && out.len() == xs.len());
+    match isa {
+        Isa::Scalar => scalar::ternary_dots(w, xs, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512Vnni` is only constructed when the CPU reports avx512f/bw/vnni, and
+        // the lengths were checked above.
+        Isa::Avx512Vnni => unsafe { x86::ternary_dots_avx512(w, xs, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for avx2.
+        Isa::Avx2 => unsafe { x86::ternary_dots_avx2(w, xs, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `Isa::Neon` is only constructed when the CPU reports neon; lengths checked above.
+        Isa::Neon => unsafe { neon::ternary_dots(w, xs, out) },
+    }
+}
+
+/// `out[r] = Σ_j code(row r, j) · x[j]` for consecutive rows of `nb` blocks each (`w.len() = out.len()·nb`):
+/// the decode path, one call per matrix slice instead of one per row.
+pub fn ternary_matvec(isa: Isa, w: &[Block64], nb: usize, x: &[i8], out: &mut [i32]) {
+    assert!(w.len() == out.len() * nb && x.len() >= nb * BLOCK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512Vnni` is only constructed when the CPU reports avx512f/bw/vnni, and
+        // the lengths were checked above.
+        Isa::Avx512Vnni => unsafe { x86::ternary_matvec_avx512(w, nb, x, out) },
+        _ => {
+            for (r, o) in out.iter_mut().enumerate() {
+                ternary_dots(isa, &w[r * nb..(r + 1) * nb], &[x], std::slice::from_mut(o));
+            }
+        }
+    }
+}
+
+/// Float weight rows for the LM head (the tied embedding), in the file's own encoding.
+#[derive(Clone, Copy, Debug)]
+pub enum FloatRows<'a> {
+    F32(&'a [f32]),
+    /// Little-endian IEEE half floats, as raw bits.
+    F16(&'a [u16]),
+}
+
+/// `out[r·xs.len() + t] = w[r] · xs[t]` for rows `rows` of `w` (row length `d`, a multiple of 16),
+/// in the canonical summation order described at the top of this module.
+pub fn float_dots(isa: Isa, w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+    assert!(d.is_multiple_of(16));
+    assert!(xs.iter().all(|x| x.len() == d) && out.len() == rows.len() * xs.len());
+    match w {
+        FloatRows::F32(v) => assert!(v.len() >= rows.end * d),
+        FloatRows::F16(v) => assert!(v.len() >= rows.end * d),
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: constructed only when the CPU has avx512f; bounds checked above.
+        Isa::Avx512Vnni => unsafe { x86::float_dots_avx512(w, d, rows, xs, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: constructed only when the CPU has avx2, fma and f16c; bounds checked above.
+        Isa::Avx2 => unsafe { x86::float_dots_avx2(w, d, rows, xs, out) },
+        _ => scalar::float_dots(w, d, rows, xs, out),
+    }
+}
+
+/// `a · b` in 16 independent lanes (vectorizable; a plain sum is a serial chain under IEEE
+/// ordering), compiled for the widest vector unit the CPU has.
+pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx512Vnni` implies avx512f; the body is safe code.
+        Isa::Avx512Vnni => unsafe { x86::dot_avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` implies avx2 and fma; the body is safe code.
+        Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
+        _ => dot_body(a, b),
+    }
+}
+
+/// One attention head for one query: `out = softmax(q·kᵢ·scale) · vᵢ` over the first
+/// `keys.len() / q.len()` positions (`keys`, `values`: position-major, head width `q.len()`);
+/// `scores` is scratch. Compiled like [`dot`].
+pub fn attend(isa: Isa, q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Isa::Avx512Vnni => unsafe { x86::attend_avx512(q, keys, values, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, values, scale, scores, out) },
+        _ => attend_body(q, keys, values, scale, scores, out),
+    }
+}
+
+#[inline(always)]
+pub(crate) fn attend_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = q.len();
+    let n = keys.len() / hd;
+    // Plain index loops: iterator adaptors here would be instantiated outside the caller's
+    // target features and lose the wide vectors.
+    scores.clear();
+    scores.resize(n, 0.0);
+    let mut mx = f32::NEG_INFINITY;
+    for p in 0..n {
+        let s = dot_body(q, &keys[p * hd..(p + 1) * hd]) * scale;
+        scores[p] = s;
+        mx = mx.max(s);
+    }
+    let mut z = 0.0;
+    for p in 0..n {
+        let e = (scores[p] - mx).exp();
+        scores[p] = e;
+        z += e;
+    }
+    out.fill(0.0);
+    for p in 0..n {
+        axpy_body(scores[p] / z, &values[p * hd..(p + 1) * hd], out);
+    }
+}
+
+/// `out += w · v`, compiled like [`dot`].
+pub fn axpy(isa: Isa, w: f32, v: &[f32], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Isa::Avx512Vnni => unsafe { x86::axpy_avx512(w, v, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Isa::Avx2 => unsafe { x86::axpy_avx2(w, v, out) },
+        _ => axpy_body(w, v, out),
+    }
+}
+
+#[inline(always)]
+pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let n = a.len().min(b.len());
+    let whole = n / 16 * 16;
+    for c in (0..whole).step_by(16) {
+        let (x, y) = (&a[c..c + 16], &b[c..c + 16]);
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0;
+    for i in whole..n {
+        tail += a[i] * b[i];
+    }
+    reduce16(lanes) + tail
+}
+
+#[inline(always)]
+pub(crate) fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += w * x;
+    }
+}
+
+/// The canonical reduction of 16 lane sums: pairwise, halving (8+8, 4+4, 2+2, 1+1).
+#[inline(always)]
+pub fn reduce16(mut l: [f32; 16]) -> f32 {
+    let mut n = 16;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            l[i] += l[i + n];
+        }
+    }
+    l[0]
+}

@@ -1,0 +1,394 @@
+//! x86-64 kernels: AVX-512 VNNI (`vpdpbusd`, 64 code×activation products per instruction) and AVX2
+//! (`vpmaddubsw` + `vpmaddwd`). Callers (`super::ternary_dots`, `super::float_dots`) check the CPU
+//! features and the slice lengths; these functions trust both.
+
+use std::arch::x86_64::*;
+
+use super::{Block64, FloatRows, reduce16};
+
+// ---------------------------------------------------------------------------------------------
+// Ternary × int8
+
+/// # Safety
+/// The CPU must support avx512f, avx512bw and avx512vnni; every `xs[t]` must hold `256·w.len()`
+/// values and `out.len() == xs.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let mut t = 0;
+    // Tiles of 8 tokens share each unpacked weight block; a lone token uses four accumulators so
+    // the `vpdpbusd` dependency chains overlap.
+    while t + 8 <= xs.len() {
+        // SAFETY: forwarded contract.
+        unsafe { tile512::<8>(w, &xs[t..t + 8], &mut out[t..t + 8]) };
+        t += 8;
+    }
+    while t + 4 <= xs.len() {
+        // SAFETY: forwarded contract.
+        unsafe { tile512::<4>(w, &xs[t..t + 4], &mut out[t..t + 4]) };
+        t += 4;
+    }
+    while t < xs.len() {
+        // SAFETY: forwarded contract.
+        out[t] = unsafe { one512(w, xs[t]) };
+        t += 1;
+    }
+}
+
+/// How far ahead the ternary kernels prefetch weight bytes.
+const PF_BYTES: usize = 2048;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn codes512(blk: &Block64) -> [__m512i; 4] {
+    let m = _mm512_set1_epi8(3);
+    // SAFETY: a Block64 is 64 bytes aligned to 64.
+    let w = unsafe { _mm512_load_si512(blk.0.as_ptr().cast()) };
+    [
+        _mm512_and_si512(w, m),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(w), m),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(w), m),
+        _mm512_and_si512(_mm512_srli_epi16::<6>(w), m),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let mut acc = [_mm512_setzero_si512(); NT];
+    for (b, blk) in w.iter().enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        // SAFETY: caller guarantees avx512 support.
+        let c = unsafe { codes512(blk) };
+        for (l, c) in c.iter().enumerate() {
+            for t in 0..NT {
+                // SAFETY: 256·b + 64·l + 64 ≤ 256·w.len() ≤ xs[t].len().
+                let x = unsafe { _mm512_loadu_si512(xs[t].as_ptr().add(256 * b + 64 * l).cast()) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], *c, x);
+            }
+        }
+    }
+    for t in 0..NT {
+        out[t] = _mm512_reduce_add_epi32(acc[t]);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn one512(w: &[Block64], x: &[i8]) -> i32 {
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for (b, blk) in w.iter().enumerate() {
+        // Rows are contiguous: fetch ahead into the next rows (never faults; see `ftile512`).
+        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        // SAFETY: caller guarantees avx512 support.
+        let c = unsafe { codes512(blk) };
+        for l in 0..4 {
+            // SAFETY: 256·b + 64·l + 64 ≤ x.len().
+            let xv = unsafe { _mm512_loadu_si512(x.as_ptr().add(256 * b + 64 * l).cast()) };
+            acc[l] = _mm512_dpbusd_epi32(acc[l], c[l], xv);
+        }
+    }
+    let s = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+    _mm512_reduce_add_epi32(s)
+}
+
+/// # Safety
+/// The CPU must support avx512f, avx512bw and avx512vnni; `w.len() == out.len()·nb` and `x` holds
+/// `256·nb` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn ternary_matvec_avx512(w: &[Block64], nb: usize, x: &[i8], out: &mut [i32]) {
+    for (row, o) in w.chunks_exact(nb).zip(out.iter_mut()) {
+        // SAFETY: forwarded contract.
+        *o = unsafe { one512(row, x) };
+    }
+}
+
+/// # Safety
+/// The CPU must support avx2; lengths as for [`ternary_dots_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn ternary_dots_avx2(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let mut t = 0;
+    while t + 4 <= xs.len() {
+        // SAFETY: forwarded contract.
+        unsafe { tile256::<4>(w, &xs[t..t + 4], &mut out[t..t + 4]) };
+        t += 4;
+    }
+    while t < xs.len() {
+        // SAFETY: forwarded contract.
+        unsafe { tile256::<1>(w, &xs[t..t + 1], &mut out[t..t + 1]) };
+        t += 1;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum256_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile256<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let m = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); NT];
+    for (b, blk) in w.iter().enumerate() {
+        for h in 0..2 {
+            // SAFETY: bytes 32h..32h+32 of an aligned 64-byte block.
+            let wv = unsafe { _mm256_load_si256(blk.0.as_ptr().add(32 * h).cast()) };
+            let c = [
+                _mm256_and_si256(wv, m),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(wv), m),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(wv), m),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(wv), m),
+            ];
+            for (l, c) in c.iter().enumerate() {
+                for t in 0..NT {
+                    // SAFETY: 256·b + 64·l + 32·h + 32 ≤ xs[t].len().
+                    let x = unsafe {
+                        _mm256_loadu_si256(xs[t].as_ptr().add(256 * b + 64 * l + 32 * h).cast())
+                    };
+                    // Codes ≤ 2, |x| ≤ 128: pair sums ≤ 512, far from i16 saturation.
+                    let p = _mm256_maddubs_epi16(*c, x);
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+    }
+    for t in 0..NT {
+        // SAFETY: caller guarantees avx2.
+        out[t] = unsafe { hsum256_epi32(acc[t]) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float rows (LM head): canonical order = 16 lanes, fused multiply-add, pairwise reduction.
+
+/// # Safety
+/// The CPU must support avx512f; `w` holds `rows.end·d` values, `d % 16 == 0`, every `xs[t]` has
+/// `d` values and `out.len() == rows.len()·xs.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn float_dots_avx512(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+    let nt = xs.len();
+    let mut r = rows.start;
+    let mut i = 0;
+    // Four rows at a time when there are few tokens (independent FMA chains); otherwise one row
+    // against four tokens.
+    let rr = if nt < 4 { 4 } else { 1 };
+    while r < rows.end {
+        let n = rr.min(rows.end - r);
+        let mut t = 0;
+        while t < nt {
+            let k = if n == 1 { 4.min(nt - t) } else { 1 };
+            // SAFETY: forwarded contract; the tile stays inside rows and tokens.
+            unsafe {
+                match (n, k) {
+                    (4, 1) => ftile512::<4, 1>(w, d, r, &xs[t..t + 1], out, i, nt, t),
+                    (1, 4) => ftile512::<1, 4>(w, d, r, &xs[t..t + 4], out, i, nt, t),
+                    (1, 3) => ftile512::<1, 3>(w, d, r, &xs[t..t + 3], out, i, nt, t),
+                    (1, 2) => ftile512::<1, 2>(w, d, r, &xs[t..t + 2], out, i, nt, t),
+                    _ => {
+                        for a in 0..n {
+                            ftile512::<1, 1>(w, d, r + a, &xs[t..t + 1], out, i + a, nt, t)
+                        }
+                    }
+                }
+            }
+            t += k;
+        }
+        r += n;
+        i += n;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn load16_512(w: FloatRows, at: usize) -> __m512 {
+    // SAFETY: caller keeps `at + 16` within the rows.
+    unsafe {
+        match w {
+            FloatRows::F32(v) => _mm512_loadu_ps(v.as_ptr().add(at)),
+            FloatRows::F16(v) => _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(at).cast())),
+        }
+    }
+}
+
+const PF_ROWS: usize = 8;
+
+/// Rows `r..r+RR` against tokens `t0..t0+NT`; results go to `out[(i + a)·nt + t0 + b]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn ftile512<const RR: usize, const NT: usize>(
+    w: FloatRows,
+    d: usize,
+    r: usize,
+    xs: &[&[f32]],
+    out: &mut [f32],
+    i: usize,
+    nt: usize,
+    t0: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NT]; RR];
+    // Rows r..r+RR are contiguous; prefetch the group PF_ROWS rows ahead, two lines per step, so
+    // more misses are in flight than the hardware prefetcher alone keeps (decode is bound by this).
+    let (base, elem) = match w {
+        FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
+        FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
+    };
+    let ahead = base.wrapping_add((r + PF_ROWS) * d * elem);
+    let step = RR * d * elem / (d / 16);
+    for c in 0..d / 16 {
+        // Prefetches never fault, so addresses past the end are harmless (wrapping arithmetic).
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step));
+        if step > 64 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step + 64));
+        }
+        let mut xv = [_mm512_setzero_ps(); NT];
+        for t in 0..NT {
+            // SAFETY: 16c + 16 ≤ d = xs[t].len().
+            xv[t] = unsafe { _mm512_loadu_ps(xs[t].as_ptr().add(16 * c)) };
+        }
+        for a in 0..RR {
+            // SAFETY: (r + a)·d + 16c + 16 ≤ rows.end·d.
+            let wv = unsafe { load16_512(w, (r + a) * d + 16 * c) };
+            for t in 0..NT {
+                acc[a][t] = _mm512_fmadd_ps(wv, xv[t], acc[a][t]);
+            }
+        }
+    }
+    for a in 0..RR {
+        for t in 0..NT {
+            let mut lanes = [0f32; 16];
+            // SAFETY: 16 f32 into a 16-element array.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[a][t]) };
+            out[(i + a) * nt + t0 + t] = reduce16(lanes);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support avx2, fma and f16c; lengths as for [`float_dots_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn float_dots_avx2(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+    let nt = xs.len();
+    for (i, r) in rows.enumerate() {
+        for (t, x) in xs.iter().enumerate() {
+            // Lanes 0–7 and 8–15 of the canonical 16 live in two registers.
+            let mut lo = _mm256_setzero_ps();
+            let mut hi = _mm256_setzero_ps();
+            for c in 0..d / 16 {
+                let at = r * d + 16 * c;
+                // SAFETY: at + 16 ≤ rows.end·d; 16c + 16 ≤ d = x.len().
+                unsafe {
+                    let (wl, wh) = match w {
+                        FloatRows::F32(v) => (_mm256_loadu_ps(v.as_ptr().add(at)), _mm256_loadu_ps(v.as_ptr().add(at + 8))),
+                        FloatRows::F16(v) => (
+                            _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at).cast())),
+                            _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at + 8).cast())),
+                        ),
+                    };
+                    lo = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x.as_ptr().add(16 * c)), lo);
+                    hi = _mm256_fmadd_ps(wh, _mm256_loadu_ps(x.as_ptr().add(16 * c + 8)), hi);
+                }
+            }
+            let mut lanes = [0f32; 16];
+            // SAFETY: two 8-float stores into a 16-element array.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+            }
+            out[i * nt + t] = reduce16(lanes);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small float helpers (attention, norms): the generic bodies, compiled with wide vectors.
+
+/// # Safety
+/// The CPU must support avx512f.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    super::dot_body(a, b)
+}
+
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    super::dot_body(a, b)
+}
+
+/// # Safety
+/// The CPU must support avx512f.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn axpy_avx512(w: f32, v: &[f32], out: &mut [f32]) {
+    super::axpy_body(w, v, out)
+}
+
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
+    super::axpy_body(w, v, out)
+}
+
+/// # Safety
+/// The CPU must support avx512f; `keys` and `values` hold the same whole number of `q.len()`-wide
+/// rows and `out.len() == q.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = q.len();
+    if !hd.is_multiple_of(16) || hd > 256 {
+        return super::attend_body(q, keys, values, scale, scores, out);
+    }
+    let n = keys.len() / hd;
+    let c = hd / 16;
+    let mut qv = [_mm512_setzero_ps(); 16];
+    for (i, v) in qv.iter_mut().enumerate().take(c) {
+        // SAFETY: 16i + 16 ≤ hd = q.len().
+        *v = unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * i)) };
+    }
+    scores.clear();
+    scores.resize(n, 0.0);
+    let mut mx = f32::NEG_INFINITY;
+    for p in 0..n {
+        let k = keys[p * hd..(p + 1) * hd].as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        for (i, qv) in qv.iter().enumerate().take(c) {
+            // SAFETY: row p has hd = 16c values.
+            acc = _mm512_fmadd_ps(*qv, unsafe { _mm512_loadu_ps(k.add(16 * i)) }, acc);
+        }
+        let s = _mm512_reduce_add_ps(acc) * scale;
+        scores[p] = s;
+        mx = mx.max(s);
+    }
+    let mut z = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - mx).exp();
+        z += *s;
+    }
+    let mut ov = [_mm512_setzero_ps(); 16];
+    for p in 0..n {
+        let w = _mm512_set1_ps(scores[p] / z);
+        let v = values[p * hd..(p + 1) * hd].as_ptr();
+        for (i, o) in ov.iter_mut().enumerate().take(c) {
+            // SAFETY: row p has hd = 16c values.
+            *o = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.add(16 * i)) }, *o);
+        }
+    }
+    for (i, o) in ov.iter().enumerate().take(c) {
+        // SAFETY: 16i + 16 ≤ hd = out.len().
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), *o) };
+    }
+}
+
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    super::attend_body(q, k, v, scale, scores, out)
+}

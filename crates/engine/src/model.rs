@@ -1,0 +1,301 @@
+//! Loading a `bitnet` GGUF: memory-map the file, check every hyperparameter and every tensor's
+//! type and shape against the architecture before reading any weight, then pack the ternary
+//! projections into the kernels' layout. The embedding (the largest tensor) stays in the map.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use memmap2::Mmap;
+use tritium_gguf::{GgmlType, Gguf, TensorInfo, Value};
+
+use crate::kernels::FloatRows;
+use crate::matrix::TernaryMatrix;
+use crate::tokenizer::Tokenizer;
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    Relu2,
+}
+
+/// The architecture's hyperparameters, from the `bitnet.*` keys.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_ff: usize,
+    pub vocab: usize,
+    pub ctx: usize,
+    pub rope_theta: f32,
+    pub eps: f32,
+    pub act: Act,
+}
+
+impl Config {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim()
+    }
+}
+
+// Legend: D d_model, F d_ff, KV kv_dim, V vocab.
+pub struct Layer {
+    pub attn_norm: Vec<f32>, // [D]
+    pub wqkv: TernaryMatrix, // [D + 2·KV, D]: Q, K and V stacked
+    pub attn_sub_norm: Vec<f32>,
+    pub wo: TernaryMatrix, // [D, D]
+    pub ffn_norm: Vec<f32>,
+    pub wgu: TernaryMatrix, // [2F, D]: gate then up
+    pub ffn_sub_norm: Vec<f32>, // [F]
+    pub wdown: TernaryMatrix, // [D, F]
+}
+
+/// Float rows of the embedding / LM head: kept in the memory map (F16, F32) or converted (Q8_0).
+enum Rows {
+    Mapped { offset: usize, len: usize, ty: GgmlType },
+    Owned(Vec<f32>),
+}
+
+pub struct Model {
+    pub path: PathBuf,
+    pub cfg: Config,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    embd: Rows,
+    head: Option<Rows>,
+    pub tokenizer: Tokenizer,
+    pub weight_type: GgmlType,
+    pub file_bytes: usize,
+    pub packed_bytes: usize,
+    pub load_seconds: f64,
+    map: Arc<Mmap>,
+    pub metadata: Vec<(String, Value)>,
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Model, Error> {
+        let start = Instant::now();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
+        // file truncated by another process while mapped is outside what any mmap reader can
+        // defend against (llama.cpp shares the assumption).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = Arc::new(map);
+        let g = Gguf::parse(&map).map_err(|e| Error::Gguf { path: path.to_path_buf(), source: e })?;
+        let bad = |msg: String| Error::Invalid { path: path.to_path_buf(), msg };
+        let cfg = read_config(&g).map_err(bad)?;
+        let tokenizer = Tokenizer::from_gguf(&g, cfg.vocab).map_err(|m| bad(format!("tokenizer: {m}")))?;
+        let w = Weights { g: &g };
+        let (d, f, kv, v) = (cfg.d_model, cfg.d_ff, cfg.kv_dim(), cfg.vocab);
+        let embd_t = w.tensor("token_embd.weight", &[d, v], &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0]).map_err(bad)?;
+        let head_t = match g.tensor("output.weight") {
+            None => None,
+            Some(_) => Some(w.tensor("output.weight", &[d, v], &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0]).map_err(bad)?),
+        };
+        let output_norm = w.vector("output_norm.weight", d).map_err(bad)?;
+        // Validate every tensor of every layer before packing anything.
+        let mut weight_type = None;
+        for n in 0..cfg.n_layers {
+            for (stem, cols, rows) in [("attn_q", d, d), ("attn_k", d, kv), ("attn_v", d, kv), ("attn_output", d, d), ("ffn_gate", d, f), ("ffn_up", d, f), ("ffn_down", f, d)] {
+                let t = w.ternary(n, stem, cols, rows).map_err(bad)?;
+                match weight_type {
+                    None => weight_type = Some(t.ty),
+                    Some(ty) if ty != t.ty => weight_type = Some(GgmlType::F32), // mixed: reported only
+                    _ => {}
+                }
+            }
+        }
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for n in 0..cfg.n_layers {
+            let p = |stem: &str, cols: usize, rows: usize| w.pack(n, stem, cols, rows).map_err(bad);
+            layers.push(Layer {
+                attn_norm: w.vector(&format!("blk.{n}.attn_norm.weight"), d).map_err(bad)?,
+                wqkv: TernaryMatrix::stack(vec![p("attn_q", d, d)?, p("attn_k", d, kv)?, p("attn_v", d, kv)?]),
+                attn_sub_norm: w.vector(&format!("blk.{n}.attn_sub_norm.weight"), d).map_err(bad)?,
+                wo: p("attn_output", d, d)?,
+                ffn_norm: w.vector(&format!("blk.{n}.ffn_norm.weight"), d).map_err(bad)?,
+                wgu: TernaryMatrix::stack(vec![p("ffn_gate", d, f)?, p("ffn_up", d, f)?]),
+                ffn_sub_norm: w.vector(&format!("blk.{n}.ffn_sub_norm.weight"), f).map_err(bad)?,
+                wdown: p("ffn_down", f, d)?,
+            });
+        }
+        let rows = |t: &TensorInfo| match t.ty {
+            GgmlType::F16 | GgmlType::F32 => Rows::Mapped { offset: t.offset, len: t.nbytes, ty: t.ty },
+            _ => Rows::Owned(g.dequantize(t)),
+        };
+        let embd = rows(embd_t);
+        let head = head_t.map(rows);
+        let packed_bytes = layers.iter().map(|l| l.wqkv.bytes() + l.wo.bytes() + l.wgu.bytes() + l.wdown.bytes()).sum();
+        let metadata = g.metadata.clone();
+        drop(g);
+        let model = Model {
+            path: path.to_path_buf(),
+            cfg,
+            layers,
+            output_norm,
+            embd,
+            head,
+            tokenizer,
+            weight_type: weight_type.unwrap_or(GgmlType::Tq2_0),
+            file_bytes: map.len(),
+            packed_bytes,
+            load_seconds: 0.0,
+            map,
+            metadata,
+        };
+        // Every row must decode as the declared float type (alignment for the in-place view).
+        model.float_rows(&model.embd).map_err(bad)?;
+        if let Some(h) = &model.head {
+            model.float_rows(h).map_err(bad)?;
+        }
+        Ok(Model { load_seconds: start.elapsed().as_secs_f64(), ..model })
+    }
+
+    fn float_rows<'a>(&'a self, r: &'a Rows) -> Result<FloatRows<'a>, String> {
+        match r {
+            Rows::Owned(v) => Ok(FloatRows::F32(v)),
+            Rows::Mapped { offset, len, ty } => {
+                let bytes = &self.map[*offset..*offset + *len];
+                let cast = |e| format!("embedding data is misaligned ({e:?})");
+                Ok(match ty {
+                    GgmlType::F16 => FloatRows::F16(bytemuck::try_cast_slice(bytes).map_err(cast)?),
+                    _ => FloatRows::F32(bytemuck::try_cast_slice(bytes).map_err(cast)?),
+                })
+            }
+        }
+    }
+
+    /// The token embedding, `[V, D]` row-major.
+    pub fn embedding(&self) -> FloatRows<'_> {
+        self.float_rows(&self.embd).expect("checked at load")
+    }
+
+    /// The LM head: `output.weight` if the file has one, else the tied embedding.
+    pub fn lm_head(&self) -> FloatRows<'_> {
+        self.float_rows(self.head.as_ref().unwrap_or(&self.embd)).expect("checked at load")
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+fn read_config(g: &Gguf) -> Result<Config, String> {
+    match g.get("general.architecture").and_then(Value::as_str) {
+        Some("bitnet") => {}
+        Some(a) => return Err(format!("general.architecture is {a:?}; tritium runs \"bitnet\" models")),
+        None => return Err("general.architecture is missing".into()),
+    }
+    let u = |key: &str| -> Result<usize, String> {
+        let k = format!("bitnet.{key}");
+        let v = g.get(&k).ok_or_else(|| format!("{k} is missing"))?;
+        let n = v.as_u32().ok_or_else(|| format!("{k} = {} is not an unsigned integer", v.display()))? as usize;
+        if n == 0 {
+            return Err(format!("{k} is 0"));
+        }
+        Ok(n)
+    };
+    let f = |key: &str, default: f32| -> Result<f32, String> {
+        let k = format!("bitnet.{key}");
+        match g.get(&k) {
+            None => Ok(default),
+            Some(v) => v.as_f32().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| format!("{k} = {} is not a positive float", v.display())),
+        }
+    };
+    let d_model = u("embedding_length")?;
+    let n_heads = u("attention.head_count")?;
+    let n_kv_heads = match g.get("bitnet.attention.head_count_kv") {
+        None => n_heads,
+        Some(_) => u("attention.head_count_kv")?,
+    };
+    let vocab = match g.tensor("token_embd.weight") {
+        Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
+        _ => return Err("tensor token_embd.weight is missing or not 2-D".into()),
+    };
+    let cfg = Config {
+        d_model,
+        n_layers: u("block_count")?,
+        n_heads,
+        n_kv_heads,
+        d_ff: u("feed_forward_length")?,
+        vocab,
+        ctx: u("context_length")?,
+        rope_theta: f("rope.freq_base", 10000.0)?,
+        eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
+        act: match g.get("bitnet.feed_forward_activation").map(|v| v.as_str()) {
+            None | Some(Some("silu")) => Act::Silu,
+            Some(Some("relu2")) => Act::Relu2,
+            Some(v) => return Err(format!("bitnet.feed_forward_activation = {v:?}: expected \"silu\" or \"relu2\"")),
+        },
+    };
+    if !d_model.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) || !cfg.head_dim().is_multiple_of(2) {
+        return Err(format!(
+            "embedding_length {d_model}, head_count {n_heads}, head_count_kv {n_kv_heads}: heads must divide the width evenly into even head sizes, and KV heads the heads"
+        ));
+    }
+    if let Some(v) = g.get("bitnet.rope.dimension_count")
+        && v.as_u32() != Some(cfg.head_dim() as u32)
+    {
+        return Err(format!("bitnet.rope.dimension_count = {} but the head size is {}; partial RoPE is not supported", v.display(), cfg.head_dim()));
+    }
+    if let Some(v) = g.get("bitnet.vocab_size")
+        && v.as_u32() != Some(vocab as u32)
+    {
+        return Err(format!("bitnet.vocab_size = {} but token_embd.weight has {vocab} rows", v.display()));
+    }
+    if cfg.n_layers > 4096 {
+        return Err(format!("bitnet.block_count = {} is absurd", cfg.n_layers));
+    }
+    Ok(cfg)
+}
+
+struct Weights<'g, 'a> {
+    g: &'g Gguf<'a>,
+}
+
+impl<'g, 'a> Weights<'g, 'a> {
+    fn tensor(&self, name: &str, dims: &[usize], types: &[GgmlType]) -> Result<&'g TensorInfo, String> {
+        let t = self.g.tensor(name).ok_or_else(|| format!("tensor {name} is missing"))?;
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            return Err(format!("tensor {name} has shape {:?}, the architecture needs {want:?}", t.dims));
+        }
+        if !types.contains(&t.ty) {
+            let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+            return Err(format!("tensor {name} is {}, expected one of {names:?}", t.ty.name()));
+        }
+        Ok(t)
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, String> {
+        let t = self.tensor(name, &[n], &[GgmlType::F32, GgmlType::F16])?;
+        Ok(self.g.dequantize(t))
+    }
+
+    fn ternary(&self, n: usize, stem: &str, cols: usize, rows: usize) -> Result<&'g TensorInfo, String> {
+        let t = self.tensor(&format!("blk.{n}.{stem}.weight"), &[cols, rows], &[GgmlType::Tq2_0, GgmlType::Tq1_0, GgmlType::I2S])?;
+        if t.ty == GgmlType::I2S && !cols.is_multiple_of(128) {
+            return Err(format!("tensor {}: I2_S rows must be multiples of 128 weights, not {cols}", t.name));
+        }
+        Ok(t)
+    }
+
+    fn pack(&self, n: usize, stem: &str, cols: usize, rows: usize) -> Result<TernaryMatrix, String> {
+        let t = self.ternary(n, stem, cols, rows)?;
+        let scale_name = format!("blk.{n}.{stem}.scale");
+        let extra = match self.g.tensor(&scale_name) {
+            None => 1.0,
+            Some(_) => {
+                let s = self.tensor(&scale_name, &[1], &[GgmlType::F32])?;
+                self.g.dequantize(s)[0]
+            }
+        };
+        TernaryMatrix::from_gguf(t.ty, self.g.data(t), cols, rows, extra).map_err(|e| format!("tensor {}: {e}", t.name))
+    }
+}

@@ -1,0 +1,128 @@
+//! The GGUF's own tokenizer (`tokenizer.ggml.*`, model "gpt2": byte-level BPE), rebuilt as a
+//! Hugging Face `tokenizers` BPE so encoding is the same code training used.
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+use tritium_gguf::{Gguf, Value};
+
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub eos: Option<u32>,
+    pub bos: Option<u32>,
+    pub add_bos: bool,
+    /// `tokenizer.chat_template`, if the file carries one.
+    pub chat_template: Option<String>,
+}
+
+fn strings(v: Option<&Value>, key: &str) -> Result<Vec<String>, String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.as_str().map(str::to_string).ok_or_else(|| format!("{key}[{i}] is not a string")))
+            .collect(),
+        Some(_) => Err(format!("{key} is not an array")),
+        None => Err(format!("{key} is missing")),
+    }
+}
+
+impl Tokenizer {
+    pub fn from_gguf(g: &Gguf, vocab_rows: usize) -> Result<Tokenizer, String> {
+        match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
+            Some("gpt2") => {}
+            other => return Err(format!("tokenizer.ggml.model = {other:?}; only \"gpt2\" (byte-level BPE) is supported")),
+        }
+        let tokens = strings(g.get("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens")?;
+        if tokens.len() > vocab_rows {
+            return Err(format!("{} tokens but the embedding has {vocab_rows} rows", tokens.len()));
+        }
+        let types: Vec<i32> = match g.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.iter().map(|v| if let Value::I32(t) = v { *t } else { 1 }).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let merges = strings(g.get("tokenizer.ggml.merges"), "tokenizer.ggml.merges")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| format!("tokenizer.ggml.merges[{i}] = {m:?} is not \"a b\""))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.clone(), i as u32).is_some() {
+                return Err(format!("token {t:?} appears twice"));
+            }
+        }
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| format!("BPE: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)));
+        inner.with_post_processor(Some(PostProcessorWrapper::ByteLevel(byte_level)));
+        inner.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
+            .map(|(s, t)| AddedToken::from(s.clone(), *t == CONTROL))
+            .collect();
+        inner.add_special_tokens(&special);
+        let id = |k: &str| g.get(k).and_then(Value::as_u32).filter(|&i| (i as usize) < tokens.len());
+        Ok(Tokenizer {
+            inner,
+            eos: id("tokenizer.ggml.eos_token_id"),
+            bos: id("tokenizer.ggml.bos_token_id"),
+            add_bos: matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
+            chat_template: g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+        })
+    }
+
+    /// Token ids of `text` (a BOS first if the file asks for one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos
+            && let Some(b) = self.bos
+        {
+            ids.push(b);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_default()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Turns a growing list of token ids into printable text pieces, holding back bytes that do not
+/// yet form a whole UTF-8 character.
+#[derive(Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl StreamDecoder {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids);
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
+            return String::new();
+        }
+        let Some(piece) = text.get(self.printed..).map(str::to_string) else {
+            return String::new();
+        };
+        self.printed = text.len();
+        piece
+    }
+}

@@ -1,0 +1,204 @@
+//! Every SIMD kernel the CPU can run equals the scalar reference bit for bit, and the packed matrix
+//! product equals a float64 product of the dequantized weights and activations.
+
+use tritium_engine::kernels::{self, Block64, FloatRows, Isa};
+use tritium_engine::matrix::TernaryMatrix;
+use tritium_engine::quant::QuantActs;
+use tritium_gguf::GgmlType;
+use tritium_gguf::blocks::{dequantize, quantize_i2_s, quantize_tq1_0, quantize_tq2_0};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+}
+
+#[test]
+fn ternary_simd_equals_scalar() {
+    let mut rng = Rng(1);
+    let isas = Isa::available();
+    eprintln!("testing {:?}", isas);
+    for nb in [1usize, 2, 3, 8] {
+        // Codes 0..=3 (3 is not ternary but a corrupt file may hold it: every kernel must agree).
+        let w: Vec<Block64> = (0..nb)
+            .map(|_| {
+                let mut b = Block64([0; 64]);
+                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
+                b
+            })
+            .collect();
+        for ntok in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
+            let xs: Vec<Vec<i8>> = (0..ntok)
+                .map(|t| {
+                    (0..nb * 256)
+                        .map(|i| match (t + i) % 97 {
+                            0 => -128,
+                            1 => 127,
+                            _ => rng.next() as i8,
+                        })
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[i8]> = xs.iter().map(|v| v.as_slice()).collect();
+            let mut want = vec![0i32; ntok];
+            kernels::ternary_dots(Isa::Scalar, &w, &refs, &mut want);
+            // The reference against a direct sum from the layout's definition.
+            for t in 0..ntok {
+                let direct: i32 = (0..nb * 256).map(|e| w[e / 256].get(e % 256) as i32 * xs[t][e] as i32).sum();
+                assert_eq!(want[t], direct);
+            }
+            for &isa in &isas {
+                let mut got = vec![0i32; ntok];
+                kernels::ternary_dots(isa, &w, &refs, &mut got);
+                assert_eq!(got, want, "{isa:?} nb={nb} ntok={ntok}");
+            }
+        }
+    }
+}
+
+#[test]
+fn float_simd_equals_scalar() {
+    let mut rng = Rng(2);
+    for d in [16usize, 48, 64, 256] {
+        let rows = 11;
+        let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
+        let w16: Vec<u16> = w32.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        for ntok in [1usize, 2, 3, 4, 5, 9] {
+            let xs: Vec<Vec<f32>> = (0..ntok).map(|_| (0..d).map(|_| rng.f32() * 3.0).collect()).collect();
+            let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+            for w in [FloatRows::F32(&w32), FloatRows::F16(&w16)] {
+                for range in [0..rows, 3..10] {
+                    let mut want = vec![0f32; range.len() * ntok];
+                    kernels::float_dots(Isa::Scalar, w, d, range.clone(), &refs, &mut want);
+                    for &isa in &Isa::available() {
+                        let mut got = vec![0f32; range.len() * ntok];
+                        kernels::float_dots(isa, w, d, range.clone(), &refs, &mut got);
+                        let (gb, wb): (Vec<u32>, Vec<u32>) = (got.iter().map(|v| v.to_bits()).collect(), want.iter().map(|v| v.to_bits()).collect());
+                        assert_eq!(gb, wb, "{isa:?} d={d} ntok={ntok} rows={range:?}");
+                    }
+                    // And the canonical order is a dot product (f64 check, loose).
+                    for (i, r) in range.clone().enumerate() {
+                        for t in 0..ntok {
+                            let exact: f64 = (0..d)
+                                .map(|j| {
+                                    let wv = match w {
+                                        FloatRows::F32(v) => v[r * d + j],
+                                        FloatRows::F16(v) => half::f16::from_bits(v[r * d + j]).to_f32(),
+                                    };
+                                    wv as f64 * xs[t][j] as f64
+                                })
+                                .sum();
+                            assert!((want[i * ntok + t] as f64 - exact).abs() < 1e-4, "{} vs {exact}", want[i * ntok + t]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn trits(rng: &mut Rng, n: usize) -> Vec<i8> {
+    (0..n).map(|i| if (i / 256) % 7 == 5 { 0 } else { (rng.next() % 3) as i8 - 1 }).collect()
+}
+
+/// y = W·x with W dequantized by the GGUF reader and x = q/s, in f64.
+fn reference(wdeq: &[f32], rows: usize, cols: usize, a: &QuantActs, t: usize) -> Vec<f64> {
+    let x = a.row(t);
+    (0..rows)
+        .map(|r| (0..cols).map(|j| wdeq[r * cols + j] as f64 * x[j] as f64).sum::<f64>() / a.scale[t] as f64)
+        .collect()
+}
+
+#[test]
+fn packed_matmul_equals_dequantized_product_for_every_format() {
+    let mut rng = Rng(3);
+    for (rows, cols) in [(5usize, 256usize), (33, 768), (7, 512)] {
+        let q = trits(&mut rng, rows * cols);
+        let s = 0.0123f32;
+        let qf: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        let folded: Vec<f32> = qf.iter().map(|v| v * s).collect();
+        let mut files = vec![
+            (GgmlType::Tq2_0, quantize_tq2_0(&qf), s), // exact form: d = 1, scale tensor s
+            (GgmlType::Tq2_0, quantize_tq2_0(&folded), 1.0), // folded: d = fp16(s)
+            (GgmlType::Tq1_0, quantize_tq1_0(&qf), s),
+            (GgmlType::I2S, quantize_i2_s(&q, s), 1.0),
+        ];
+        // Per-block scales that differ (a file quantized from float weights by llama.cpp).
+        let varied: Vec<f32> = qf.iter().enumerate().map(|(i, v)| v * (1.0 + (i / 256) as f32 * 0.25)).collect();
+        files.push((GgmlType::Tq2_0, quantize_tq2_0(&varied), 1.0));
+        for (k, (ty, bytes, extra)) in files.into_iter().enumerate() {
+            let m = TernaryMatrix::from_gguf(ty, &bytes, cols, rows, extra).unwrap();
+            // One block per row still has one scale per row.
+            assert_eq!(m.per_block, k == 4 && cols > 256, "case {k}");
+            let wdeq: Vec<f32> = dequantize(ty, &bytes, rows * cols).iter().map(|v| v * extra).collect();
+            for ntok in [1usize, 3, 10] {
+                let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32() * 4.0).collect();
+                let mut a = QuantActs::default();
+                a.quantize(&x, cols);
+                for &isa in &Isa::available() {
+                    let mut y = vec![0f32; ntok * rows];
+                    m.matmul(isa, &a, &mut y);
+                    for t in 0..ntok {
+                        let want = reference(&wdeq, rows, cols, &a, t);
+                        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+                        for r in 0..rows {
+                            let err = (y[t * rows + r] as f64 - want[r]).abs() / scale;
+                            assert!(err < 1e-5, "{} case {k} {isa:?} t={t} r={r}: {} vs {}", ty.name(), y[t * rows + r], want[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn i2_s_rows_of_128_are_padded() {
+    // cols = 384 = 1.5 packed blocks: the half block is padded with zero weights.
+    let mut rng = Rng(4);
+    let (rows, cols) = (3, 384);
+    let q = trits(&mut rng, rows * cols);
+    let m = TernaryMatrix::from_gguf(GgmlType::I2S, &quantize_i2_s(&q, 0.5), cols, rows, 1.0).unwrap();
+    assert_eq!(m.nb, 2);
+    for r in 0..rows {
+        for j in 0..512 {
+            let want = if j < cols { (q[r * cols + j] + 1) as u8 } else { 1 };
+            assert_eq!(m.blocks[r * 2 + j / 256].get(j % 256), want);
+        }
+    }
+}
+
+#[test]
+fn attention_simd_matches_scalar() {
+    let mut rng = Rng(5);
+    for hd in [16usize, 64, 40] {
+        for n in [1usize, 2, 7, 100] {
+            let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+            let k: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 2.0).collect();
+            let v: Vec<f32> = (0..n * hd).map(|_| rng.f32()).collect();
+            let mut want = vec![0f32; hd];
+            let mut scratch = Vec::new();
+            kernels::attend(Isa::Scalar, &q, &k, &v, 0.125, &mut scratch, &mut want);
+            // The reference against a direct softmax in f64.
+            let s: Vec<f64> = (0..n).map(|p| (0..hd).map(|j| q[j] as f64 * k[p * hd + j] as f64).sum::<f64>() * 0.125).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for j in 0..hd {
+                let o: f64 = (0..n).map(|p| (s[p] - m).exp() / z * v[p * hd + j] as f64).sum();
+                assert!((want[j] as f64 - o).abs() < 1e-5, "hd={hd} n={n}");
+            }
+            for &isa in &Isa::available() {
+                let mut got = vec![0f32; hd];
+                kernels::attend(isa, &q, &k, &v, 0.125, &mut scratch, &mut got);
+                for j in 0..hd {
+                    assert!((got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()), "{isa:?} hd={hd} n={n}: {} vs {}", got[j], want[j]);
+                }
+            }
+        }
+    }
+}
