@@ -98,20 +98,35 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.chat {
         return chat(&a, &mut sess, &mut sampler);
     }
-    let prompt = model.tokenizer.encode(&a.prompt).map_err(tritium_engine::Error::Tokenizer)?;
-    let prompt = if prompt.is_empty() {
-        // An empty prompt starts from the end-of-text token, as training's documents do.
-        vec![model.tokenizer.bos.or(model.tokenizer.eos).context("the prompt is empty and the model has no BOS/EOS token to start from")?]
-    } else {
-        prompt
-    };
+    let prompt = model
+        .tokenizer
+        .encode(&a.prompt)
+        .map_err(tritium_engine::Error::Tokenizer)?;
+    let prompt =
+        if prompt.is_empty() {
+            // An empty prompt starts from the end-of-text token, as training's documents do.
+            vec![
+                model.tokenizer.bos.or(model.tokenizer.eos).context(
+                    "the prompt is empty and the model has no BOS/EOS token to start from",
+                )?,
+            ]
+        } else {
+            prompt
+        };
     let stdout = std::io::stdout();
     print!("{}", a.prompt);
-    let g = generate(&mut sess, &mut sampler, &prompt, a.n_predict, &a.stops, |piece| {
-        let mut out = stdout.lock();
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
-    })?;
+    let g = generate(
+        &mut sess,
+        &mut sampler,
+        &prompt,
+        a.n_predict,
+        &a.stops,
+        |piece| {
+            let mut out = stdout.lock();
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        },
+    )?;
     println!();
     if a.verbose {
         eprintln!(
@@ -134,9 +149,13 @@ const DEFAULT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\
 
 fn chat(a: &RunArgs, sess: &mut Session, sampler: &mut Sampler) -> Result<()> {
     let tok = &sess.model.tokenizer;
-    let template = tok.chat_template.clone().unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
+    let template = tok
+        .chat_template
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
     let mut env = minijinja::Environment::new();
-    env.add_template("chat", &template).context("tokenizer.chat_template does not parse")?;
+    env.add_template("chat", &template)
+        .context("tokenizer.chat_template does not parse")?;
     let tpl = env.get_template("chat")?;
     let mut messages: Vec<(String, String)> = Vec::new();
     if let Some(s) = &a.system {
@@ -158,10 +177,18 @@ fn chat(a: &RunArgs, sess: &mut Session, sampler: &mut Sampler) -> Result<()> {
             .iter()
             .map(|(r, c)| minijinja::context! { role => r, content => c })
             .collect();
-        let text = tpl.render(minijinja::context! { messages => ctx, add_generation_prompt => true })?;
-        let ids = tok.encode(&text).map_err(tritium_engine::Error::Tokenizer)?;
+        let text =
+            tpl.render(minijinja::context! { messages => ctx, add_generation_prompt => true })?;
+        let ids = tok
+            .encode(&text)
+            .map_err(tritium_engine::Error::Tokenizer)?;
         // Reuse the cache for the part of the conversation already run.
-        let common = in_cache.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let common = in_cache
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         sess.pos = common;
         let g = generate(sess, sampler, &ids[common..], a.n_predict, &stops, |p| {
             print!("{p}");
@@ -190,7 +217,10 @@ fn read_bandwidth_gbs() -> f64 {
     let mut best = 0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        let s: u64 = buf.par_chunks(1 << 20).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).reduce(|| 0, u64::wrapping_add);
+        let s: u64 = buf
+            .par_chunks(1 << 20)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .reduce(|| 0, u64::wrapping_add);
         let gbs = (n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9;
         std::hint::black_box(s);
         best = best.max(gbs);
@@ -203,12 +233,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let model = load(&a.model, a.threads)?;
     let load_s = start.elapsed().as_secs_f64();
     if a.pp + a.tg > model.cfg.ctx {
-        bail!("pp + tg = {} exceeds the model's context of {}", a.pp + a.tg, model.cfg.ctx);
+        bail!(
+            "pp + tg = {} exceeds the model's context of {}",
+            a.pp + a.tg,
+            model.cfg.ctx
+        );
     }
     let mut sess = Session::new(&model, a.pp + a.tg)?;
     let v = model.cfg.vocab as u64;
     // Prompt ids spread over the vocabulary, fixed so runs compare.
-    let prompt: Vec<u32> = (0..a.pp as u64).map(|i| ((i * 2654435761 + 17) % v) as u32).collect();
+    let prompt: Vec<u32> = (0..a.pp as u64)
+        .map(|i| ((i * 2654435761 + 17) % v) as u32)
+        .collect();
     // Time to first token: load + a one-token prompt.
     let t = Instant::now();
     sess.forward(&prompt[..1], Logits::Last)?;
@@ -218,7 +254,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         sess.reset();
         let t = Instant::now();
         let logits = sess.forward(&prompt, Logits::Last)?;
-        let mut next = tritium_engine::sample::argmax(&logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect::<Vec<_>>());
+        let mut next = tritium_engine::sample::argmax(
+            &logits
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (i as u32, v))
+                .collect::<Vec<_>>(),
+        );
         let pp_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..a.tg {
@@ -233,7 +275,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
     let c = &model.cfg;
-    let ternary_weights = c.n_layers * (2 * c.d_model * c.d_model + 2 * c.d_model * c.kv_dim() + 3 * c.d_model * c.d_ff);
+    let ternary_weights = c.n_layers
+        * (2 * c.d_model * c.d_model + 2 * c.d_model * c.kv_dim() + 3 * c.d_model * c.d_ff);
     let file_ternary_bpw = match model.weight_type {
         tritium_gguf::GgmlType::Tq2_0 => 2.0625,
         tritium_gguf::GgmlType::Tq1_0 => 1.6875,
@@ -247,7 +290,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         * c.d_model;
     // Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows) and the LM head.
     let bytes_per_token = model.packed_bytes + head_bytes;
-    let bw = if a.bandwidth { Some(read_bandwidth_gbs()) } else { None };
+    let bw = if a.bandwidth {
+        Some(read_bandwidth_gbs())
+    } else {
+        None
+    };
     let rss = tritium_train::bench::peak_rss_mib();
     let report = serde_json::json!({
         "model": a.model.display().to_string(),
@@ -292,7 +339,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             rss.unwrap_or(f64::NAN),
             bytes_per_token as f64 / 1e6,
             match bw {
-                Some(b) => format!(", decode at {:.1} GB/s = {:.0}% of the measured {b:.1} GB/s", bytes_per_token as f64 * tg_med / 1e9, 100.0 * bytes_per_token as f64 * tg_med / 1e9 / b),
+                Some(b) => format!(
+                    ", decode at {:.1} GB/s = {:.0}% of the measured {b:.1} GB/s",
+                    bytes_per_token as f64 * tg_med / 1e9,
+                    100.0 * bytes_per_token as f64 * tg_med / 1e9 / b
+                ),
                 None => String::new(),
             }
         );

@@ -5,7 +5,9 @@ use tritium_engine::kernels::{self, Block64, FloatRows, Isa};
 fn main() {
     let isa = Isa::detect();
     let (v, d) = (32000usize, 768usize);
-    let w: Vec<u16> = (0..v * d).map(|i| half::f16::from_f32(((i * 7919) % 1000) as f32 * 1e-3).to_bits()).collect();
+    let w: Vec<u16> = (0..v * d)
+        .map(|i| half::f16::from_f32(((i * 7919) % 1000) as f32 * 1e-3).to_bits())
+        .collect();
     let x: Vec<f32> = (0..d).map(|i| i as f32 * 1e-3).collect();
     let mut out = vec![0f32; v];
     for _ in 0..3 {
@@ -14,12 +16,18 @@ fn main() {
             kernels::float_dots(isa, FloatRows::F16(&w), d, 0..v, &[&x], &mut out);
         }
         let s = t.elapsed().as_secs_f64() / 10.0;
-        println!("f16 head {v}x{d}: {:.3} ms, {:.1} GB/s", s * 1e3, (v * d * 2) as f64 / s / 1e9);
+        println!(
+            "f16 head {v}x{d}: {:.3} ms, {:.1} GB/s",
+            s * 1e3,
+            (v * d * 2) as f64 / s / 1e9
+        );
     }
     // Ternary: 85M weights as rows of 768.
     let rows = 85_000_000 / 768;
     let nb = 3;
-    let blocks: Vec<Block64> = (0..rows * nb).map(|i| Block64([(i % 251) as u8; 64])).collect();
+    let blocks: Vec<Block64> = (0..rows * nb)
+        .map(|i| Block64([(i % 251) as u8; 64]))
+        .collect();
     let xq: Vec<i8> = (0..nb * 256).map(|i| (i % 255) as i8).collect();
     let mut o = [0i32; 1];
     for _ in 0..3 {
@@ -30,6 +38,10 @@ fn main() {
             acc += o[0] as i64;
         }
         let s = t.elapsed().as_secs_f64();
-        println!("ternary {rows}x768 matvec: {:.3} ms, {:.1} GB/s ({acc})", s * 1e3, (rows * nb * 64) as f64 / s / 1e9);
+        println!(
+            "ternary {rows}x768 matvec: {:.3} ms, {:.1} GB/s ({acc})",
+            s * 1e3,
+            (rows * nb * 64) as f64 / s / 1e9
+        );
     }
 }

@@ -5,10 +5,10 @@
 
 use rayon::prelude::*;
 
+use crate::Error;
 use crate::kernels::{self, Isa};
 use crate::model::{Act, Model};
 use crate::quant::QuantActs;
-use crate::Error;
 
 /// Which positions need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +38,18 @@ impl<'m> Session<'m> {
     pub fn new(model: &'m Model, ctx: usize) -> Result<Session<'m>, Error> {
         let c = &model.cfg;
         if ctx == 0 || ctx > c.ctx {
-            return Err(Error::Context(format!("context {ctx} must be between 1 and the model's {}", c.ctx)));
+            return Err(Error::Context(format!(
+                "context {ctx} must be between 1 and the model's {}",
+                c.ctx
+            )));
         }
         let cache = c.n_layers * ctx * c.kv_dim();
         let bytes = cache as u128 * 8;
         if bytes > 64 << 30 {
-            return Err(Error::Context(format!("a KV cache for {ctx} tokens would take {} GiB; pass a smaller --ctx", bytes >> 30)));
+            return Err(Error::Context(format!(
+                "a KV cache for {ctx} tokens would take {} GiB; pass a smaller --ctx",
+                bytes >> 30
+            )));
         }
         let (hd, half) = (c.head_dim(), c.head_dim() / 2);
         let mut rope_cos = Vec::with_capacity(ctx * half);
@@ -91,7 +97,9 @@ impl<'m> Session<'m> {
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(Error::Context(format!("token id {bad} is outside the vocabulary of {v}")));
+            return Err(Error::Context(format!(
+                "token id {bad} is outside the vocabulary of {v}"
+            )));
         }
         let isa = self.isa;
         let p0 = self.pos;
@@ -102,9 +110,14 @@ impl<'m> Session<'m> {
         for (t, &tok) in tokens.iter().enumerate() {
             let row = &mut x[t * d..(t + 1) * d];
             match embd {
-                kernels::FloatRows::F32(e) => row.copy_from_slice(&e[tok as usize * d..(tok as usize + 1) * d]),
+                kernels::FloatRows::F32(e) => {
+                    row.copy_from_slice(&e[tok as usize * d..(tok as usize + 1) * d])
+                }
                 kernels::FloatRows::F16(e) => {
-                    for (o, &b) in row.iter_mut().zip(&e[tok as usize * d..(tok as usize + 1) * d]) {
+                    for (o, &b) in row
+                        .iter_mut()
+                        .zip(&e[tok as usize * d..(tok as usize + 1) * d])
+                    {
                         *o = half::f16::from_bits(b).to_f32();
                     }
                 }
@@ -196,14 +209,26 @@ impl<'m> Session<'m> {
             let q = &qkv[t * (d + 2 * kv) + head * hd..][..hd];
             let at = (li * c.n_kv_heads + head / group) * per_head;
             let n = (p0 + t + 1) * hd;
-            kernels::attend(isa, q, &self.k_cache[at..at + n], &self.v_cache[at..at + n], scale, scores, o);
+            kernels::attend(
+                isa,
+                q,
+                &self.k_cache[at..at + n],
+                &self.v_cache[at..at + n],
+                scale,
+                scores,
+                o,
+            );
         };
         // Threads pay off once there is real work: positions × heads × tokens.
         if nt * (p0 + nt) * c.n_heads < 8192 {
             let mut scores = Vec::new();
-            out.chunks_exact_mut(hd).enumerate().for_each(|x| work(&mut scores, x));
+            out.chunks_exact_mut(hd)
+                .enumerate()
+                .for_each(|x| work(&mut scores, x));
         } else {
-            out.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, work);
+            out.par_chunks_exact_mut(hd)
+                .enumerate()
+                .for_each_init(Vec::new, work);
         }
     }
 }
@@ -241,15 +266,17 @@ fn lm_head(isa: Isa, w: kernels::FloatRows, d: usize, v: usize, xs: &[&[f32]], o
     let nt = xs.len();
     let chunk = 256;
     let mut tmp = vec![0f32; v * nt]; // [row][token]
-    tmp.par_chunks_mut(chunk * nt).enumerate().for_each(|(c, dst)| {
-        let r0 = c * chunk;
-        let rows = r0..r0 + dst.len() / nt;
-        if d.is_multiple_of(16) {
-            kernels::float_dots(isa, w, d, rows, xs, dst);
-        } else {
-            kernels::scalar::float_dots_any(w, d, rows, xs, dst);
-        }
-    });
+    tmp.par_chunks_mut(chunk * nt)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let r0 = c * chunk;
+            let rows = r0..r0 + dst.len() / nt;
+            if d.is_multiple_of(16) {
+                kernels::float_dots(isa, w, d, rows, xs, dst);
+            } else {
+                kernels::scalar::float_dots_any(w, d, rows, xs, dst);
+            }
+        });
     for r in 0..v {
         for t in 0..nt {
             out[t * v + r] = tmp[r * nt + t];

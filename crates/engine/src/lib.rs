@@ -22,9 +22,15 @@ pub use sample::{Sampler, SamplerConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Gguf { path: PathBuf, source: tritium_gguf::Error },
+    Gguf {
+        path: PathBuf,
+        source: tritium_gguf::Error,
+    },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
     #[error("{0}")]
@@ -35,14 +41,19 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
 /// Runs the engine's parallel loops on `threads` threads (0: one per core). Call once, first.
 pub fn set_threads(threads: usize) {
     // A second call (tests) finds the pool built; that is fine.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
 }
 
 /// What ended a generation.
@@ -107,7 +118,11 @@ pub fn generate(
         out.push(next);
         history.push(next);
         held.push_str(&stream.push(tok, next));
-        if let Some((at, _)) = stops.iter().filter_map(|s| held.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i) {
+        if let Some((at, _)) = stops
+            .iter()
+            .filter_map(|s| held.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i)
+        {
             held.truncate(at);
             on_text(&held);
             text.push_str(&held);
@@ -116,7 +131,11 @@ pub fn generate(
             break;
         }
         // Show everything that cannot be the start of a stop string.
-        let keep = stops.iter().map(|s| longest_prefix_suffix(&held, s)).max().unwrap_or(0);
+        let keep = stops
+            .iter()
+            .map(|s| longest_prefix_suffix(&held, s))
+            .max()
+            .unwrap_or(0);
         let show = held.len() - keep;
         if show > 0 {
             on_text(&held[..show]);
@@ -136,14 +155,25 @@ pub fn generate(
         on_text(&held);
         text.push_str(&held);
     }
-    Ok(Generation { prompt_tokens: prompt.len(), tokens: out, text, stop, prompt_seconds, gen_seconds: gen_start.elapsed().as_secs_f64() })
+    Ok(Generation {
+        prompt_tokens: prompt.len(),
+        tokens: out,
+        text,
+        stop,
+        prompt_seconds,
+        gen_seconds: gen_start.elapsed().as_secs_f64(),
+    })
 }
 
 /// The length of the longest suffix of `text` that is a proper prefix of `stop` (on char bounds).
 fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
     (1..stop.len().min(text.len() + 1))
         .rev()
-        .find(|&k| stop.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..k]))
+        .find(|&k| {
+            stop.is_char_boundary(k)
+                && text.is_char_boundary(text.len() - k)
+                && text.ends_with(&stop[..k])
+        })
         .unwrap_or(0)
 }
 
@@ -156,6 +186,10 @@ mod tests {
         assert_eq!(longest_prefix_suffix("hello ###", "### End"), 3);
         assert_eq!(longest_prefix_suffix("hello #", "### End"), 1);
         assert_eq!(longest_prefix_suffix("hello", "### End"), 0);
-        assert_eq!(longest_prefix_suffix("ab", "b"), 0, "a whole stop string is found, not held");
+        assert_eq!(
+            longest_prefix_suffix("ab", "b"),
+            0,
+            "a whole stop string is found, not held"
+        );
     }
 }

@@ -2,8 +2,10 @@
 //! and the threaded matrix × activations product.
 
 use rayon::prelude::*;
-use tritium_gguf::blocks::{I2S_BLOCK, QK_K, TQ1_0_BYTES, TQ2_0_BYTES, i2_s_codes, tq1_0_codes, tq2_0_codes};
 use tritium_gguf::GgmlType;
+use tritium_gguf::blocks::{
+    I2S_BLOCK, QK_K, TQ1_0_BYTES, TQ2_0_BYTES, i2_s_codes, tq1_0_codes, tq2_0_codes,
+};
 
 use crate::kernels::{self, BLOCK, Block64, Isa};
 use crate::quant::QuantActs;
@@ -26,7 +28,13 @@ pub struct TernaryMatrix {
 impl TernaryMatrix {
     /// Packs a GGUF ternary tensor of ggml shape `[cols, rows]`, multiplying every block's own
     /// scale by `extra` (the exact `.scale` tensor tritium writes, or 1).
-    pub fn from_gguf(ty: GgmlType, data: &[u8], cols: usize, rows: usize, extra: f32) -> Result<Self, String> {
+    pub fn from_gguf(
+        ty: GgmlType,
+        data: &[u8],
+        cols: usize,
+        rows: usize,
+        extra: f32,
+    ) -> Result<Self, String> {
         let nb = cols.div_ceil(BLOCK);
         let mut m = TernaryMatrix {
             rows,
@@ -40,11 +48,12 @@ impl TernaryMatrix {
         let mut codes = [0u8; QK_K];
         match ty {
             GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
-                let (stride, f): (usize, fn(&[u8], &mut [u8; QK_K]) -> f32) = if ty == GgmlType::Tq2_0 {
-                    (TQ2_0_BYTES, tq2_0_codes)
-                } else {
-                    (TQ1_0_BYTES, tq1_0_codes)
-                };
+                let (stride, f): (usize, fn(&[u8], &mut [u8; QK_K]) -> f32) =
+                    if ty == GgmlType::Tq2_0 {
+                        (TQ2_0_BYTES, tq2_0_codes)
+                    } else {
+                        (TQ1_0_BYTES, tq1_0_codes)
+                    };
                 for (i, blk) in data.chunks_exact(stride).enumerate() {
                     let d = f(blk, &mut codes);
                     m.put(i, &codes, d * extra);
@@ -93,7 +102,9 @@ impl TernaryMatrix {
         for r in 0..self.rows {
             let s = &self.scales[r * nb..(r + 1) * nb];
             let first = s.iter().copied().find(|&v| v != 0.0).unwrap_or(0.0);
-            if s.iter().any(|&v| v != 0.0 && v.to_bits() != first.to_bits()) {
+            if s.iter()
+                .any(|&v| v != 0.0 && v.to_bits() != first.to_bits())
+            {
                 return; // genuinely per-block
             }
             row_scales.push(first);
@@ -117,12 +128,20 @@ impl TernaryMatrix {
         assert!(parts.iter().all(|p| p.cols == cols));
         let per_block = parts.iter().any(|p| p.per_block);
         let nb = parts[0].nb;
-        let mut out = TernaryMatrix { rows: 0, cols, nb, blocks: Vec::new(), scales: Vec::new(), per_block };
+        let mut out = TernaryMatrix {
+            rows: 0,
+            cols,
+            nb,
+            blocks: Vec::new(),
+            scales: Vec::new(),
+            per_block,
+        };
         for p in parts {
             out.rows += p.rows;
             out.blocks.extend_from_slice(&p.blocks);
             if per_block && !p.per_block {
-                out.scales.extend(p.scales.iter().flat_map(|&s| std::iter::repeat_n(s, nb)));
+                out.scales
+                    .extend(p.scales.iter().flat_map(|&s| std::iter::repeat_n(s, nb)));
             } else {
                 out.scales.extend_from_slice(&p.scales);
             }
@@ -146,10 +165,12 @@ impl TernaryMatrix {
         // Rows outer in the scratch ([row][token]) so threads own disjoint slices; transposed after.
         let mut tmp = vec![0f32; nt * self.rows];
         let chunk = chunk_rows(self.rows);
-        tmp.par_chunks_mut(chunk * nt).enumerate().for_each(|(c, dst)| {
-            let r0 = c * chunk;
-            self.rows_into(isa, a, r0..r0 + dst.len() / nt, dst);
-        });
+        tmp.par_chunks_mut(chunk * nt)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let r0 = c * chunk;
+                self.rows_into(isa, a, r0..r0 + dst.len() / nt, dst);
+            });
         for r in 0..self.rows {
             for t in 0..nt {
                 out[t * self.rows + r] = tmp[r * nt + t];
@@ -175,7 +196,13 @@ impl TernaryMatrix {
         let (nt, nb) = (a.ntok, self.nb);
         if nt == 1 && !self.per_block {
             let mut dots = vec![0i32; rows.len()];
-            kernels::ternary_matvec(isa, &self.blocks[rows.start * nb..rows.end * nb], nb, a.row(0), &mut dots);
+            kernels::ternary_matvec(
+                isa,
+                &self.blocks[rows.start * nb..rows.end * nb],
+                nb,
+                a.row(0),
+                &mut dots,
+            );
             let (sum, s) = (a.sum(0), a.scale[0]);
             for ((o, d), r) in dst.iter_mut().zip(dots).zip(rows) {
                 *o = (d - sum) as f32 * self.scales[r] / s;

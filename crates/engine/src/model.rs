@@ -9,10 +9,10 @@ use std::time::Instant;
 use memmap2::Mmap;
 use tritium_gguf::{GgmlType, Gguf, TensorInfo, Value};
 
+use crate::Error;
 use crate::kernels::FloatRows;
 use crate::matrix::TernaryMatrix;
 use crate::tokenizer::Tokenizer;
-use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -51,14 +51,18 @@ pub struct Layer {
     pub attn_sub_norm: Vec<f32>,
     pub wo: TernaryMatrix, // [D, D]
     pub ffn_norm: Vec<f32>,
-    pub wgu: TernaryMatrix, // [2F, D]: gate then up
+    pub wgu: TernaryMatrix,     // [2F, D]: gate then up
     pub ffn_sub_norm: Vec<f32>, // [F]
-    pub wdown: TernaryMatrix, // [D, F]
+    pub wdown: TernaryMatrix,   // [D, F]
 }
 
 /// Float rows of the embedding / LM head: kept in the memory map (F16, F32) or converted (Q8_0).
 enum Rows {
-    Mapped { offset: usize, len: usize, ty: GgmlType },
+    Mapped {
+        offset: usize,
+        len: usize,
+        ty: GgmlType,
+    },
     Owned(Vec<f32>),
 }
 
@@ -87,22 +91,50 @@ impl Model {
         // defend against (llama.cpp shares the assumption).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let map = Arc::new(map);
-        let g = Gguf::parse(&map).map_err(|e| Error::Gguf { path: path.to_path_buf(), source: e })?;
-        let bad = |msg: String| Error::Invalid { path: path.to_path_buf(), msg };
+        let g = Gguf::parse(&map).map_err(|e| Error::Gguf {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let bad = |msg: String| Error::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        };
         let cfg = read_config(&g).map_err(bad)?;
-        let tokenizer = Tokenizer::from_gguf(&g, cfg.vocab).map_err(|m| bad(format!("tokenizer: {m}")))?;
+        let tokenizer =
+            Tokenizer::from_gguf(&g, cfg.vocab).map_err(|m| bad(format!("tokenizer: {m}")))?;
         let w = Weights { g: &g };
         let (d, f, kv, v) = (cfg.d_model, cfg.d_ff, cfg.kv_dim(), cfg.vocab);
-        let embd_t = w.tensor("token_embd.weight", &[d, v], &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0]).map_err(bad)?;
+        let embd_t = w
+            .tensor(
+                "token_embd.weight",
+                &[d, v],
+                &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0],
+            )
+            .map_err(bad)?;
         let head_t = match g.tensor("output.weight") {
             None => None,
-            Some(_) => Some(w.tensor("output.weight", &[d, v], &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0]).map_err(bad)?),
+            Some(_) => Some(
+                w.tensor(
+                    "output.weight",
+                    &[d, v],
+                    &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0],
+                )
+                .map_err(bad)?,
+            ),
         };
         let output_norm = w.vector("output_norm.weight", d).map_err(bad)?;
         // Validate every tensor of every layer before packing anything.
         let mut weight_type = None;
         for n in 0..cfg.n_layers {
-            for (stem, cols, rows) in [("attn_q", d, d), ("attn_k", d, kv), ("attn_v", d, kv), ("attn_output", d, d), ("ffn_gate", d, f), ("ffn_up", d, f), ("ffn_down", f, d)] {
+            for (stem, cols, rows) in [
+                ("attn_q", d, d),
+                ("attn_k", d, kv),
+                ("attn_v", d, kv),
+                ("attn_output", d, d),
+                ("ffn_gate", d, f),
+                ("ffn_up", d, f),
+                ("ffn_down", f, d),
+            ] {
                 let t = w.ternary(n, stem, cols, rows).map_err(bad)?;
                 match weight_type {
                     None => weight_type = Some(t.ty),
@@ -115,23 +147,42 @@ impl Model {
         for n in 0..cfg.n_layers {
             let p = |stem: &str, cols: usize, rows: usize| w.pack(n, stem, cols, rows).map_err(bad);
             layers.push(Layer {
-                attn_norm: w.vector(&format!("blk.{n}.attn_norm.weight"), d).map_err(bad)?,
-                wqkv: TernaryMatrix::stack(vec![p("attn_q", d, d)?, p("attn_k", d, kv)?, p("attn_v", d, kv)?]),
-                attn_sub_norm: w.vector(&format!("blk.{n}.attn_sub_norm.weight"), d).map_err(bad)?,
+                attn_norm: w
+                    .vector(&format!("blk.{n}.attn_norm.weight"), d)
+                    .map_err(bad)?,
+                wqkv: TernaryMatrix::stack(vec![
+                    p("attn_q", d, d)?,
+                    p("attn_k", d, kv)?,
+                    p("attn_v", d, kv)?,
+                ]),
+                attn_sub_norm: w
+                    .vector(&format!("blk.{n}.attn_sub_norm.weight"), d)
+                    .map_err(bad)?,
                 wo: p("attn_output", d, d)?,
-                ffn_norm: w.vector(&format!("blk.{n}.ffn_norm.weight"), d).map_err(bad)?,
+                ffn_norm: w
+                    .vector(&format!("blk.{n}.ffn_norm.weight"), d)
+                    .map_err(bad)?,
                 wgu: TernaryMatrix::stack(vec![p("ffn_gate", d, f)?, p("ffn_up", d, f)?]),
-                ffn_sub_norm: w.vector(&format!("blk.{n}.ffn_sub_norm.weight"), f).map_err(bad)?,
+                ffn_sub_norm: w
+                    .vector(&format!("blk.{n}.ffn_sub_norm.weight"), f)
+                    .map_err(bad)?,
                 wdown: p("ffn_down", f, d)?,
             });
         }
         let rows = |t: &TensorInfo| match t.ty {
-            GgmlType::F16 | GgmlType::F32 => Rows::Mapped { offset: t.offset, len: t.nbytes, ty: t.ty },
+            GgmlType::F16 | GgmlType::F32 => Rows::Mapped {
+                offset: t.offset,
+                len: t.nbytes,
+                ty: t.ty,
+            },
             _ => Rows::Owned(g.dequantize(t)),
         };
         let embd = rows(embd_t);
         let head = head_t.map(rows);
-        let packed_bytes = layers.iter().map(|l| l.wqkv.bytes() + l.wo.bytes() + l.wgu.bytes() + l.wdown.bytes()).sum();
+        let packed_bytes = layers
+            .iter()
+            .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.wgu.bytes() + l.wdown.bytes())
+            .sum();
         let metadata = g.metadata.clone();
         drop(g);
         let model = Model {
@@ -154,7 +205,10 @@ impl Model {
         if let Some(h) = &model.head {
             model.float_rows(h).map_err(bad)?;
         }
-        Ok(Model { load_seconds: start.elapsed().as_secs_f64(), ..model })
+        Ok(Model {
+            load_seconds: start.elapsed().as_secs_f64(),
+            ..model
+        })
     }
 
     fn float_rows<'a>(&'a self, r: &'a Rows) -> Result<FloatRows<'a>, String> {
@@ -178,7 +232,8 @@ impl Model {
 
     /// The LM head: `output.weight` if the file has one, else the tied embedding.
     pub fn lm_head(&self) -> FloatRows<'_> {
-        self.float_rows(self.head.as_ref().unwrap_or(&self.embd)).expect("checked at load")
+        self.float_rows(self.head.as_ref().unwrap_or(&self.embd))
+            .expect("checked at load")
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -189,13 +244,20 @@ impl Model {
 fn read_config(g: &Gguf) -> Result<Config, String> {
     match g.get("general.architecture").and_then(Value::as_str) {
         Some("bitnet") => {}
-        Some(a) => return Err(format!("general.architecture is {a:?}; tritium runs \"bitnet\" models")),
+        Some(a) => {
+            return Err(format!(
+                "general.architecture is {a:?}; tritium runs \"bitnet\" models"
+            ));
+        }
         None => return Err("general.architecture is missing".into()),
     }
     let u = |key: &str| -> Result<usize, String> {
         let k = format!("bitnet.{key}");
         let v = g.get(&k).ok_or_else(|| format!("{k} is missing"))?;
-        let n = v.as_u32().ok_or_else(|| format!("{k} = {} is not an unsigned integer", v.display()))? as usize;
+        let n = v
+            .as_u32()
+            .ok_or_else(|| format!("{k} = {} is not an unsigned integer", v.display()))?
+            as usize;
         if n == 0 {
             return Err(format!("{k} is 0"));
         }
@@ -205,7 +267,10 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
         let k = format!("bitnet.{key}");
         match g.get(&k) {
             None => Ok(default),
-            Some(v) => v.as_f32().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| format!("{k} = {} is not a positive float", v.display())),
+            Some(v) => v
+                .as_f32()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| format!("{k} = {} is not a positive float", v.display())),
         }
     };
     let d_model = u("embedding_length")?;
@@ -231,10 +296,17 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
         act: match g.get("bitnet.feed_forward_activation").map(|v| v.as_str()) {
             None | Some(Some("silu")) => Act::Silu,
             Some(Some("relu2")) => Act::Relu2,
-            Some(v) => return Err(format!("bitnet.feed_forward_activation = {v:?}: expected \"silu\" or \"relu2\"")),
+            Some(v) => {
+                return Err(format!(
+                    "bitnet.feed_forward_activation = {v:?}: expected \"silu\" or \"relu2\""
+                ));
+            }
         },
     };
-    if !d_model.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) || !cfg.head_dim().is_multiple_of(2) {
+    if !d_model.is_multiple_of(n_heads)
+        || !n_heads.is_multiple_of(n_kv_heads)
+        || !cfg.head_dim().is_multiple_of(2)
+    {
         return Err(format!(
             "embedding_length {d_model}, head_count {n_heads}, head_count_kv {n_kv_heads}: heads must divide the width evenly into even head sizes, and KV heads the heads"
         ));
@@ -242,12 +314,19 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
     if let Some(v) = g.get("bitnet.rope.dimension_count")
         && v.as_u32() != Some(cfg.head_dim() as u32)
     {
-        return Err(format!("bitnet.rope.dimension_count = {} but the head size is {}; partial RoPE is not supported", v.display(), cfg.head_dim()));
+        return Err(format!(
+            "bitnet.rope.dimension_count = {} but the head size is {}; partial RoPE is not supported",
+            v.display(),
+            cfg.head_dim()
+        ));
     }
     if let Some(v) = g.get("bitnet.vocab_size")
         && v.as_u32() != Some(vocab as u32)
     {
-        return Err(format!("bitnet.vocab_size = {} but token_embd.weight has {vocab} rows", v.display()));
+        return Err(format!(
+            "bitnet.vocab_size = {} but token_embd.weight has {vocab} rows",
+            v.display()
+        ));
     }
     if cfg.n_layers > 4096 {
         return Err(format!("bitnet.block_count = {} is absurd", cfg.n_layers));
@@ -260,15 +339,29 @@ struct Weights<'g, 'a> {
 }
 
 impl<'g, 'a> Weights<'g, 'a> {
-    fn tensor(&self, name: &str, dims: &[usize], types: &[GgmlType]) -> Result<&'g TensorInfo, String> {
-        let t = self.g.tensor(name).ok_or_else(|| format!("tensor {name} is missing"))?;
+    fn tensor(
+        &self,
+        name: &str,
+        dims: &[usize],
+        types: &[GgmlType],
+    ) -> Result<&'g TensorInfo, String> {
+        let t = self
+            .g
+            .tensor(name)
+            .ok_or_else(|| format!("tensor {name} is missing"))?;
         let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         if t.dims != want {
-            return Err(format!("tensor {name} has shape {:?}, the architecture needs {want:?}", t.dims));
+            return Err(format!(
+                "tensor {name} has shape {:?}, the architecture needs {want:?}",
+                t.dims
+            ));
         }
         if !types.contains(&t.ty) {
             let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
-            return Err(format!("tensor {name} is {}, expected one of {names:?}", t.ty.name()));
+            return Err(format!(
+                "tensor {name} is {}, expected one of {names:?}",
+                t.ty.name()
+            ));
         }
         Ok(t)
     }
@@ -278,15 +371,34 @@ impl<'g, 'a> Weights<'g, 'a> {
         Ok(self.g.dequantize(t))
     }
 
-    fn ternary(&self, n: usize, stem: &str, cols: usize, rows: usize) -> Result<&'g TensorInfo, String> {
-        let t = self.tensor(&format!("blk.{n}.{stem}.weight"), &[cols, rows], &[GgmlType::Tq2_0, GgmlType::Tq1_0, GgmlType::I2S])?;
+    fn ternary(
+        &self,
+        n: usize,
+        stem: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<&'g TensorInfo, String> {
+        let t = self.tensor(
+            &format!("blk.{n}.{stem}.weight"),
+            &[cols, rows],
+            &[GgmlType::Tq2_0, GgmlType::Tq1_0, GgmlType::I2S],
+        )?;
         if t.ty == GgmlType::I2S && !cols.is_multiple_of(128) {
-            return Err(format!("tensor {}: I2_S rows must be multiples of 128 weights, not {cols}", t.name));
+            return Err(format!(
+                "tensor {}: I2_S rows must be multiples of 128 weights, not {cols}",
+                t.name
+            ));
         }
         Ok(t)
     }
 
-    fn pack(&self, n: usize, stem: &str, cols: usize, rows: usize) -> Result<TernaryMatrix, String> {
+    fn pack(
+        &self,
+        n: usize,
+        stem: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<TernaryMatrix, String> {
         let t = self.ternary(n, stem, cols, rows)?;
         let scale_name = format!("blk.{n}.{stem}.scale");
         let extra = match self.g.tensor(&scale_name) {
@@ -296,6 +408,7 @@ impl<'g, 'a> Weights<'g, 'a> {
                 self.g.dequantize(s)[0]
             }
         };
-        TernaryMatrix::from_gguf(t.ty, self.g.data(t), cols, rows, extra).map_err(|e| format!("tensor {}: {e}", t.name))
+        TernaryMatrix::from_gguf(t.ty, self.g.data(t), cols, rows, extra)
+            .map_err(|e| format!("tensor {}: {e}", t.name))
     }
 }

@@ -12,7 +12,11 @@ pub const EPS: f32 = 1e-5;
 #[inline(always)]
 fn round_half_even(v: f32) -> f32 {
     const M: f32 = 12_582_912.0;
-    if v.abs() < 4_194_304.0 { (v + M) - M } else { v }
+    if v.abs() < 4_194_304.0 {
+        (v + M) - M
+    } else {
+        v
+    }
 }
 
 /// Quantized activations for `ntok` tokens, each padded with zeros to `nb·256` values.
@@ -51,7 +55,10 @@ impl QuantActs {
             }
             let mut total = 0;
             for b in 0..nb {
-                let bs: i32 = self.q[t * kp + b * BLOCK..t * kp + (b + 1) * BLOCK].iter().map(|&v| v as i32).sum();
+                let bs: i32 = self.q[t * kp + b * BLOCK..t * kp + (b + 1) * BLOCK]
+                    .iter()
+                    .map(|&v| v as i32)
+                    .sum();
                 self.block_sums[t * nb + b] = bs;
                 total += bs;
             }

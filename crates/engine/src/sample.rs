@@ -16,7 +16,15 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -44,7 +52,11 @@ impl Sampler {
     /// The next token given `logits` and the tokens so far (`history`, for the penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let c = &self.cfg;
-        let mut l: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        let mut l: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
         if c.repeat_penalty != 1.0 {
             let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
             let mut seen = std::collections::HashSet::new();
@@ -52,7 +64,11 @@ impl Sampler {
                 if seen.insert(t)
                     && let Some(e) = l.get_mut(t as usize)
                 {
-                    e.1 = if e.1 > 0.0 { e.1 / c.repeat_penalty } else { e.1 * c.repeat_penalty };
+                    e.1 = if e.1 > 0.0 {
+                        e.1 / c.repeat_penalty
+                    } else {
+                        e.1 * c.repeat_penalty
+                    };
                 }
             }
         }
@@ -65,7 +81,10 @@ impl Sampler {
             l.truncate(c.top_k);
         }
         let mx = l[0].1;
-        let mut p: Vec<f64> = l.iter().map(|(_, v)| (((v - mx) / c.temperature) as f64).exp()).collect();
+        let mut p: Vec<f64> = l
+            .iter()
+            .map(|(_, v)| (((v - mx) / c.temperature) as f64).exp())
+            .collect();
         let z: f64 = p.iter().sum();
         p.iter_mut().for_each(|v| *v /= z);
         let mut keep = p.len();
@@ -111,7 +130,15 @@ mod tests {
     use super::*;
 
     fn cfg(t: f32) -> SamplerConfig {
-        SamplerConfig { temperature: t, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 7 }
+        SamplerConfig {
+            temperature: t,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -136,7 +163,9 @@ mod tests {
         // p ∝ e^{0}, e^{ln 3} → 1/4, 3/4 at temperature 1.
         let mut s = Sampler::new(cfg(1.0));
         let n = 40_000;
-        let ones = (0..n).filter(|_| s.sample(&[0.0, 3f32.ln()], &[]) == 1).count();
+        let ones = (0..n)
+            .filter(|_| s.sample(&[0.0, 3f32.ln()], &[]) == 1)
+            .count();
         let f = ones as f64 / n as f64;
         assert!((f - 0.75).abs() < 0.01, "{f}");
     }
@@ -153,14 +182,16 @@ mod tests {
         let mut c = cfg(1.0);
         c.top_p = 0.85;
         let mut s = Sampler::new(c);
-        let got: std::collections::HashSet<u32> = (0..2000).map(|_| s.sample(&logits, &[])).collect();
+        let got: std::collections::HashSet<u32> =
+            (0..2000).map(|_| s.sample(&logits, &[])).collect();
         assert_eq!(got, [2, 3].into_iter().collect());
         // min-p 0.2: floor .129 keeps {3, 2}; min-p 0.5 keeps only 3.
         for (mp, want) in [(0.2, vec![2, 3]), (0.5, vec![3])] {
             let mut c = cfg(1.0);
             c.min_p = mp;
             let mut s = Sampler::new(c);
-            let got: std::collections::BTreeSet<u32> = (0..2000).map(|_| s.sample(&logits, &[])).collect();
+            let got: std::collections::BTreeSet<u32> =
+                (0..2000).map(|_| s.sample(&logits, &[])).collect();
             assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
         }
     }

@@ -23,7 +23,11 @@ fn strings(v: Option<&Value>, key: &str) -> Result<Vec<String>, String> {
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
-            .map(|(i, s)| s.as_str().map(str::to_string).ok_or_else(|| format!("{key}[{i}] is not a string")))
+            .map(|(i, s)| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{key}[{i}] is not a string"))
+            })
             .collect(),
         Some(_) => Err(format!("{key} is not an array")),
         None => Err(format!("{key} is missing")),
@@ -34,14 +38,24 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf, vocab_rows: usize) -> Result<Tokenizer, String> {
         match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
             Some("gpt2") => {}
-            other => return Err(format!("tokenizer.ggml.model = {other:?}; only \"gpt2\" (byte-level BPE) is supported")),
+            other => {
+                return Err(format!(
+                    "tokenizer.ggml.model = {other:?}; only \"gpt2\" (byte-level BPE) is supported"
+                ));
+            }
         }
         let tokens = strings(g.get("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens")?;
         if tokens.len() > vocab_rows {
-            return Err(format!("{} tokens but the embedding has {vocab_rows} rows", tokens.len()));
+            return Err(format!(
+                "{} tokens but the embedding has {vocab_rows} rows",
+                tokens.len()
+            ));
         }
         let types: Vec<i32> = match g.get("tokenizer.ggml.token_type") {
-            Some(Value::Array(a)) => a.iter().map(|v| if let Value::I32(t) = v { *t } else { 1 }).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| if let Value::I32(t) = v { *t } else { 1 })
+                .collect(),
             _ => vec![1; tokens.len()],
         };
         let merges = strings(g.get("tokenizer.ggml.merges"), "tokenizer.ggml.merges")?
@@ -59,7 +73,10 @@ impl Tokenizer {
                 return Err(format!("token {t:?} appears twice"));
             }
         }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| format!("BPE: {e}"))?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| format!("BPE: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let byte_level = ByteLevel::new(false, true, true);
         inner.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)));
@@ -72,13 +89,23 @@ impl Tokenizer {
             .map(|(s, t)| AddedToken::from(s.clone(), *t == CONTROL))
             .collect();
         inner.add_special_tokens(&special);
-        let id = |k: &str| g.get(k).and_then(Value::as_u32).filter(|&i| (i as usize) < tokens.len());
+        let id = |k: &str| {
+            g.get(k)
+                .and_then(Value::as_u32)
+                .filter(|&i| (i as usize) < tokens.len())
+        };
         Ok(Tokenizer {
             inner,
             eos: id("tokenizer.ggml.eos_token_id"),
             bos: id("tokenizer.ggml.bos_token_id"),
-            add_bos: matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
-            chat_template: g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+            add_bos: matches!(
+                g.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+            chat_template: g
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 

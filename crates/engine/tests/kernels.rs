@@ -10,7 +10,10 @@ use tritium_gguf::blocks::{dequantize, quantize_i2_s, quantize_tq1_0, quantize_t
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn f32(&mut self) -> f32 {
@@ -49,7 +52,9 @@ fn ternary_simd_equals_scalar() {
             kernels::ternary_dots(Isa::Scalar, &w, &refs, &mut want);
             // The reference against a direct sum from the layout's definition.
             for t in 0..ntok {
-                let direct: i32 = (0..nb * 256).map(|e| w[e / 256].get(e % 256) as i32 * xs[t][e] as i32).sum();
+                let direct: i32 = (0..nb * 256)
+                    .map(|e| w[e / 256].get(e % 256) as i32 * xs[t][e] as i32)
+                    .sum();
                 assert_eq!(want[t], direct);
             }
             for &isa in &isas {
@@ -67,9 +72,14 @@ fn float_simd_equals_scalar() {
     for d in [16usize, 48, 64, 256] {
         let rows = 11;
         let w32: Vec<f32> = (0..rows * d).map(|_| rng.f32()).collect();
-        let w16: Vec<u16> = w32.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let w16: Vec<u16> = w32
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
         for ntok in [1usize, 2, 3, 4, 5, 9] {
-            let xs: Vec<Vec<f32>> = (0..ntok).map(|_| (0..d).map(|_| rng.f32() * 3.0).collect()).collect();
+            let xs: Vec<Vec<f32>> = (0..ntok)
+                .map(|_| (0..d).map(|_| rng.f32() * 3.0).collect())
+                .collect();
             let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
             for w in [FloatRows::F32(&w32), FloatRows::F16(&w16)] {
                 for range in [0..rows, 3..10] {
@@ -78,7 +88,10 @@ fn float_simd_equals_scalar() {
                     for &isa in &Isa::available() {
                         let mut got = vec![0f32; range.len() * ntok];
                         kernels::float_dots(isa, w, d, range.clone(), &refs, &mut got);
-                        let (gb, wb): (Vec<u32>, Vec<u32>) = (got.iter().map(|v| v.to_bits()).collect(), want.iter().map(|v| v.to_bits()).collect());
+                        let (gb, wb): (Vec<u32>, Vec<u32>) = (
+                            got.iter().map(|v| v.to_bits()).collect(),
+                            want.iter().map(|v| v.to_bits()).collect(),
+                        );
                         assert_eq!(gb, wb, "{isa:?} d={d} ntok={ntok} rows={range:?}");
                     }
                     // And the canonical order is a dot product (f64 check, loose).
@@ -88,12 +101,18 @@ fn float_simd_equals_scalar() {
                                 .map(|j| {
                                     let wv = match w {
                                         FloatRows::F32(v) => v[r * d + j],
-                                        FloatRows::F16(v) => half::f16::from_bits(v[r * d + j]).to_f32(),
+                                        FloatRows::F16(v) => {
+                                            half::f16::from_bits(v[r * d + j]).to_f32()
+                                        }
                                     };
                                     wv as f64 * xs[t][j] as f64
                                 })
                                 .sum();
-                            assert!((want[i * ntok + t] as f64 - exact).abs() < 1e-4, "{} vs {exact}", want[i * ntok + t]);
+                            assert!(
+                                (want[i * ntok + t] as f64 - exact).abs() < 1e-4,
+                                "{} vs {exact}",
+                                want[i * ntok + t]
+                            );
                         }
                     }
                 }
@@ -103,14 +122,27 @@ fn float_simd_equals_scalar() {
 }
 
 fn trits(rng: &mut Rng, n: usize) -> Vec<i8> {
-    (0..n).map(|i| if (i / 256) % 7 == 5 { 0 } else { (rng.next() % 3) as i8 - 1 }).collect()
+    (0..n)
+        .map(|i| {
+            if (i / 256) % 7 == 5 {
+                0
+            } else {
+                (rng.next() % 3) as i8 - 1
+            }
+        })
+        .collect()
 }
 
 /// y = W·x with W dequantized by the GGUF reader and x = q/s, in f64.
 fn reference(wdeq: &[f32], rows: usize, cols: usize, a: &QuantActs, t: usize) -> Vec<f64> {
     let x = a.row(t);
     (0..rows)
-        .map(|r| (0..cols).map(|j| wdeq[r * cols + j] as f64 * x[j] as f64).sum::<f64>() / a.scale[t] as f64)
+        .map(|r| {
+            (0..cols)
+                .map(|j| wdeq[r * cols + j] as f64 * x[j] as f64)
+                .sum::<f64>()
+                / a.scale[t] as f64
+        })
         .collect()
 }
 
@@ -129,13 +161,20 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
             (GgmlType::I2S, quantize_i2_s(&q, s), 1.0),
         ];
         // Per-block scales that differ (a file quantized from float weights by llama.cpp).
-        let varied: Vec<f32> = qf.iter().enumerate().map(|(i, v)| v * (1.0 + (i / 256) as f32 * 0.25)).collect();
+        let varied: Vec<f32> = qf
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + (i / 256) as f32 * 0.25))
+            .collect();
         files.push((GgmlType::Tq2_0, quantize_tq2_0(&varied), 1.0));
         for (k, (ty, bytes, extra)) in files.into_iter().enumerate() {
             let m = TernaryMatrix::from_gguf(ty, &bytes, cols, rows, extra).unwrap();
             // One block per row still has one scale per row.
             assert_eq!(m.per_block, k == 4 && cols > 256, "case {k}");
-            let wdeq: Vec<f32> = dequantize(ty, &bytes, rows * cols).iter().map(|v| v * extra).collect();
+            let wdeq: Vec<f32> = dequantize(ty, &bytes, rows * cols)
+                .iter()
+                .map(|v| v * extra)
+                .collect();
             for ntok in [1usize, 3, 10] {
                 let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32() * 4.0).collect();
                 let mut a = QuantActs::default();
@@ -148,7 +187,13 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
                         let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
                         for r in 0..rows {
                             let err = (y[t * rows + r] as f64 - want[r]).abs() / scale;
-                            assert!(err < 1e-5, "{} case {k} {isa:?} t={t} r={r}: {} vs {}", ty.name(), y[t * rows + r], want[r]);
+                            assert!(
+                                err < 1e-5,
+                                "{} case {k} {isa:?} t={t} r={r}: {} vs {}",
+                                ty.name(),
+                                y[t * rows + r],
+                                want[r]
+                            );
                         }
                     }
                 }
@@ -163,11 +208,16 @@ fn i2_s_rows_of_128_are_padded() {
     let mut rng = Rng(4);
     let (rows, cols) = (3, 384);
     let q = trits(&mut rng, rows * cols);
-    let m = TernaryMatrix::from_gguf(GgmlType::I2S, &quantize_i2_s(&q, 0.5), cols, rows, 1.0).unwrap();
+    let m =
+        TernaryMatrix::from_gguf(GgmlType::I2S, &quantize_i2_s(&q, 0.5), cols, rows, 1.0).unwrap();
     assert_eq!(m.nb, 2);
     for r in 0..rows {
         for j in 0..512 {
-            let want = if j < cols { (q[r * cols + j] + 1) as u8 } else { 1 };
+            let want = if j < cols {
+                (q[r * cols + j] + 1) as u8
+            } else {
+                1
+            };
             assert_eq!(m.blocks[r * 2 + j / 256].get(j % 256), want);
         }
     }
@@ -185,18 +235,32 @@ fn attention_simd_matches_scalar() {
             let mut scratch = Vec::new();
             kernels::attend(Isa::Scalar, &q, &k, &v, 0.125, &mut scratch, &mut want);
             // The reference against a direct softmax in f64.
-            let s: Vec<f64> = (0..n).map(|p| (0..hd).map(|j| q[j] as f64 * k[p * hd + j] as f64).sum::<f64>() * 0.125).collect();
+            let s: Vec<f64> = (0..n)
+                .map(|p| {
+                    (0..hd)
+                        .map(|j| q[j] as f64 * k[p * hd + j] as f64)
+                        .sum::<f64>()
+                        * 0.125
+                })
+                .collect();
             let m = s.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             for j in 0..hd {
-                let o: f64 = (0..n).map(|p| (s[p] - m).exp() / z * v[p * hd + j] as f64).sum();
+                let o: f64 = (0..n)
+                    .map(|p| (s[p] - m).exp() / z * v[p * hd + j] as f64)
+                    .sum();
                 assert!((want[j] as f64 - o).abs() < 1e-5, "hd={hd} n={n}");
             }
             for &isa in &Isa::available() {
                 let mut got = vec![0f32; hd];
                 kernels::attend(isa, &q, &k, &v, 0.125, &mut scratch, &mut got);
                 for j in 0..hd {
-                    assert!((got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()), "{isa:?} hd={hd} n={n}: {} vs {}", got[j], want[j]);
+                    assert!(
+                        (got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()),
+                        "{isa:?} hd={hd} n={n}: {} vs {}",
+                        got[j],
+                        want[j]
+                    );
                 }
             }
         }

@@ -332,9 +332,18 @@ mod tests {
         ] {
             let deq = dequantize(ty, &bytes, 512);
             for (b, blk) in bytes.chunks_exact(stride).enumerate() {
-                let d = if ty == GgmlType::Tq2_0 { tq2_0_codes(blk, &mut c) } else { tq1_0_codes(blk, &mut c) };
+                let d = if ty == GgmlType::Tq2_0 {
+                    tq2_0_codes(blk, &mut c)
+                } else {
+                    tq1_0_codes(blk, &mut c)
+                };
                 for e in 0..QK_K {
-                    assert_eq!((c[e] as f32 - 1.0) * d, deq[256 * b + e], "{} block {b} element {e}", ty.name());
+                    assert_eq!(
+                        (c[e] as f32 - 1.0) * d,
+                        deq[256 * b + e],
+                        "{} block {b} element {e}",
+                        ty.name()
+                    );
                 }
             }
         }

@@ -13,11 +13,11 @@
 //! two runs of 32 for AVX2) with no shuffles. `Σ q·x = Σ t·x − Σ x`; the code is unsigned and the
 //! activation signed, which is exactly what `vpdpbusd` / `vpmaddubsw` multiply.
 
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
-#[cfg(target_arch = "aarch64")]
-pub mod neon;
 
 /// Weights per packed block.
 pub const BLOCK: usize = 256;
@@ -73,7 +73,10 @@ impl Isa {
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 v.push(Isa::Avx2);
             }
             if is_x86_feature_detected!("avx512f")
@@ -152,7 +155,14 @@ pub enum FloatRows<'a> {
 
 /// `out[r·xs.len() + t] = w[r] · xs[t]` for rows `rows` of `w` (row length `d`, a multiple of 16),
 /// in the canonical summation order described at the top of this module.
-pub fn float_dots(isa: Isa, w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+pub fn float_dots(
+    isa: Isa,
+    w: FloatRows,
+    d: usize,
+    rows: std::ops::Range<usize>,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
     assert!(d.is_multiple_of(16));
     assert!(xs.iter().all(|x| x.len() == d) && out.len() == rows.len() * xs.len());
     match w {
@@ -187,7 +197,15 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 /// One attention head for one query: `out = softmax(q·kᵢ·scale) · vᵢ` over the first
 /// `keys.len() / q.len()` positions (`keys`, `values`: position-major, head width `q.len()`);
 /// `scores` is scratch. Compiled like [`dot`].
-pub fn attend(isa: Isa, q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`.
@@ -200,7 +218,14 @@ pub fn attend(isa: Isa, q: &[f32], keys: &[f32], values: &[f32], scale: f32, sco
 }
 
 #[inline(always)]
-pub(crate) fn attend_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub(crate) fn attend_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = q.len();
     let n = keys.len() / hd;
     // Plain index loops: iterator adaptors here would be instantiated outside the caller's

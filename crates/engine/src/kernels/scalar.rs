@@ -31,7 +31,13 @@ fn dot(w: impl Fn(usize) -> f32, x: &[f32]) -> f32 {
     reduce16(lanes)
 }
 
-pub fn float_dots(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+pub fn float_dots(
+    w: FloatRows,
+    d: usize,
+    rows: std::ops::Range<usize>,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
         for (t, x) in xs.iter().enumerate() {
@@ -44,13 +50,27 @@ pub fn float_dots(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[
 }
 
 /// Plain dot products for row widths that are not a multiple of 16 (no SIMD variant).
-pub fn float_dots_any(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+pub fn float_dots_any(
+    w: FloatRows,
+    d: usize,
+    rows: std::ops::Range<usize>,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
         for (t, x) in xs.iter().enumerate() {
             out[i * nt + t] = match w {
-                FloatRows::F32(v) => v[r * d..(r + 1) * d].iter().zip(*x).map(|(a, b)| a * b).sum(),
-                FloatRows::F16(v) => v[r * d..(r + 1) * d].iter().zip(*x).map(|(&a, b)| f16_to_f32(a) * b).sum(),
+                FloatRows::F32(v) => v[r * d..(r + 1) * d]
+                    .iter()
+                    .zip(*x)
+                    .map(|(a, b)| a * b)
+                    .sum(),
+                FloatRows::F16(v) => v[r * d..(r + 1) * d]
+                    .iter()
+                    .zip(*x)
+                    .map(|(&a, b)| f16_to_f32(a) * b)
+                    .sum(),
             };
         }
     }

@@ -87,7 +87,10 @@ unsafe fn one512(w: &[Block64], x: &[i8]) -> i32 {
             acc[l] = _mm512_dpbusd_epi32(acc[l], c[l], xv);
         }
     }
-    let s = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+    let s = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    );
     _mm512_reduce_add_epi32(s)
 }
 
@@ -170,7 +173,13 @@ unsafe fn tile256<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32])
 /// The CPU must support avx512f; `w` holds `rows.end·d` values, `d % 16 == 0`, every `xs[t]` has
 /// `d` values and `out.len() == rows.len()·xs.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn float_dots_avx512(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+pub unsafe fn float_dots_avx512(
+    w: FloatRows,
+    d: usize,
+    rows: std::ops::Range<usize>,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
     let nt = xs.len();
     let mut r = rows.start;
     let mut i = 0;
@@ -272,7 +281,13 @@ unsafe fn ftile512<const RR: usize, const NT: usize>(
 /// # Safety
 /// The CPU must support avx2, fma and f16c; lengths as for [`float_dots_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn float_dots_avx2(w: FloatRows, d: usize, rows: std::ops::Range<usize>, xs: &[&[f32]], out: &mut [f32]) {
+pub unsafe fn float_dots_avx2(
+    w: FloatRows,
+    d: usize,
+    rows: std::ops::Range<usize>,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
         for (t, x) in xs.iter().enumerate() {
@@ -284,7 +299,10 @@ pub unsafe fn float_dots_avx2(w: FloatRows, d: usize, rows: std::ops::Range<usiz
                 // SAFETY: at + 16 ≤ rows.end·d; 16c + 16 ≤ d = x.len().
                 unsafe {
                     let (wl, wh) = match w {
-                        FloatRows::F32(v) => (_mm256_loadu_ps(v.as_ptr().add(at)), _mm256_loadu_ps(v.as_ptr().add(at + 8))),
+                        FloatRows::F32(v) => (
+                            _mm256_loadu_ps(v.as_ptr().add(at)),
+                            _mm256_loadu_ps(v.as_ptr().add(at + 8)),
+                        ),
                         FloatRows::F16(v) => (
                             _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at).cast())),
                             _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at + 8).cast())),
@@ -340,7 +358,14 @@ pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
 /// The CPU must support avx512f; `keys` and `values` hold the same whole number of `q.len()`-wide
 /// rows and `out.len() == q.len()`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub unsafe fn attend_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = q.len();
     if !hd.is_multiple_of(16) || hd > 256 {
         return super::attend_body(q, keys, values, scale, scores, out);
@@ -389,6 +414,13 @@ pub unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], scale: f32,
 /// # Safety
 /// The CPU must support avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub unsafe fn attend_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     super::attend_body(q, k, v, scale, scores, out)
 }
