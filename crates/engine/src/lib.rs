@@ -10,6 +10,7 @@ pub mod matrix;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod synthetic;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

@@ -56,6 +56,23 @@ pub struct Layer {
     pub wdown: TernaryMatrix,   // [D, F]
 }
 
+/// The file's bytes: memory-mapped (the normal case) or owned (tests, fuzzing).
+enum Bytes {
+    Map(Mmap),
+    /// Held as u64 words so tensor data keeps the alignment the file promises.
+    Owned(Vec<u64>, usize),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v, n) => &bytemuck::cast_slice(v)[..*n],
+        }
+    }
+}
+
 /// Float rows of the embedding / LM head: kept in the memory map (F16, F32) or converted (Q8_0).
 enum Rows {
     Mapped {
@@ -78,19 +95,30 @@ pub struct Model {
     pub file_bytes: usize,
     pub packed_bytes: usize,
     pub load_seconds: f64,
-    map: Arc<Mmap>,
+    bytes: Arc<Bytes>,
     pub metadata: Vec<(String, Value)>,
 }
 
 impl Model {
     pub fn load(path: &Path) -> Result<Model, Error> {
-        let start = Instant::now();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
         // file truncated by another process while mapped is outside what any mmap reader can
         // defend against (llama.cpp shares the assumption).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let map = Arc::new(map);
+        Self::from_bytes_inner(path, Bytes::Map(map))
+    }
+
+    /// A model from bytes in memory (`name` is used in error messages).
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Model, Error> {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        Self::from_bytes_inner(name, Bytes::Owned(words, bytes.len()))
+    }
+
+    fn from_bytes_inner(path: &Path, bytes: Bytes) -> Result<Model, Error> {
+        let start = Instant::now();
+        let map = Arc::new(bytes);
         let g = Gguf::parse(&map).map_err(|e| Error::Gguf {
             path: path.to_path_buf(),
             source: e,
@@ -197,7 +225,7 @@ impl Model {
             file_bytes: map.len(),
             packed_bytes,
             load_seconds: 0.0,
-            map,
+            bytes: map,
             metadata,
         };
         // Every row must decode as the declared float type (alignment for the in-place view).
@@ -215,7 +243,7 @@ impl Model {
         match r {
             Rows::Owned(v) => Ok(FloatRows::F32(v)),
             Rows::Mapped { offset, len, ty } => {
-                let bytes = &self.map[*offset..*offset + *len];
+                let bytes = &self.bytes[*offset..*offset + *len];
                 let cast = |e| format!("embedding data is misaligned ({e:?})");
                 Ok(match ty {
                     GgmlType::F16 => FloatRows::F16(bytemuck::try_cast_slice(bytes).map_err(cast)?),
