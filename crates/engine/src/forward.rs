@@ -25,8 +25,8 @@ pub struct Session<'m> {
     pub ctx: usize,
     /// Tokens already in the cache.
     pub pos: usize,
-    k_cache: Vec<f32>, // [L, KVH, ctx, hd]: each head's positions contiguous
-    v_cache: Vec<f32>,
+    k_cache: Vec<f32>, // [L, KVH, hd, ctx]: transposed, so scores are vector FMAs over positions
+    v_cache: Vec<f32>, // [L, KVH, ctx, hd]
     rope_cos: Vec<f32>, // [ctx, hd/2]
     rope_sin: Vec<f32>,
     acts: QuantActs,
@@ -146,8 +146,11 @@ impl<'m> Session<'m> {
                     rope(head, cs, sn);
                 }
                 for h in 0..c.n_kv_heads {
-                    let at = ((li * c.n_kv_heads + h) * self.ctx + pos) * hd;
-                    self.k_cache[at..at + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+                    let base = (li * c.n_kv_heads + h) * self.ctx * hd;
+                    for j in 0..hd {
+                        self.k_cache[base + j * self.ctx + pos] = k[h * hd + j];
+                    }
+                    let at = base + pos * hd;
                     self.v_cache[at..at + hd].copy_from_slice(&vv[h * hd..(h + 1) * hd]);
                 }
             }
@@ -208,12 +211,15 @@ impl<'m> Session<'m> {
             let (t, head) = (i / c.n_heads, i % c.n_heads);
             let q = &qkv[t * (d + 2 * kv) + head * hd..][..hd];
             let at = (li * c.n_kv_heads + head / group) * per_head;
-            let n = (p0 + t + 1) * hd;
+            let n = p0 + t + 1;
+            let keys = &self.k_cache[at..at + per_head];
             kernels::attend(
                 isa,
                 q,
-                &self.k_cache[at..at + n],
-                &self.v_cache[at..at + n],
+                keys,
+                self.ctx,
+                n,
+                &self.v_cache[at..at + n * hd],
                 scale,
                 scores,
                 o,

@@ -1,6 +1,8 @@
 //! Ternary weight matrices in the kernels' packed layout, built from a GGUF tensor at load time,
 //! and the threaded matrix × activations product.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 use tritium_gguf::GgmlType;
 use tritium_gguf::blocks::{
@@ -158,88 +160,124 @@ impl TernaryMatrix {
         let nt = a.ntok;
         assert_eq!(a.nb, self.nb, "activation width does not match the matrix");
         assert_eq!(out.len(), nt * self.rows);
-        if nt == 1 {
-            self.rows_into(isa, a, 0..self.rows, out);
-            return;
-        }
-        // Rows outer in the scratch ([row][token]) so threads own disjoint slices; transposed after.
-        let mut tmp = vec![0f32; nt * self.rows];
-        let chunk = chunk_rows(self.rows);
-        tmp.par_chunks_mut(chunk * nt)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                let r0 = c * chunk;
-                self.rows_into(isa, a, r0..r0 + dst.len() / nt, dst);
-            });
-        for r in 0..self.rows {
-            for t in 0..nt {
-                out[t * self.rows + r] = tmp[r * nt + t];
-            }
-        }
-    }
-
-    /// Rows `rows` into `dst[(r − rows.start)·ntok + t]`; for one token, splits across threads.
-    fn rows_into(&self, isa: Isa, a: &QuantActs, rows: std::ops::Range<usize>, dst: &mut [f32]) {
-        let nt = a.ntok;
-        if nt == 1 && rows.len() > 64 {
-            let chunk = chunk_rows(rows.len());
-            dst.par_chunks_mut(chunk).enumerate().for_each(|(c, d)| {
-                let r0 = rows.start + c * chunk;
-                self.rows_serial(isa, a, r0..r0 + d.len(), d);
-            });
+        if nt >= 2 * TILE {
+            // Many tokens (prompts): threads take token tiles, each streaming the whole matrix
+            // (from L2/L3) against its tile and writing its own output rows.
+            out.par_chunks_mut(TILE * self.rows)
+                .enumerate()
+                .for_each(|(c, dst)| {
+                    let t0 = c * TILE;
+                    self.tile_into(
+                        isa,
+                        a,
+                        t0..t0 + dst.len() / self.rows,
+                        0..self.rows,
+                        dst,
+                        self.rows,
+                    );
+                });
         } else {
-            self.rows_serial(isa, a, rows, dst);
-        }
-    }
-
-    fn rows_serial(&self, isa: Isa, a: &QuantActs, rows: std::ops::Range<usize>, dst: &mut [f32]) {
-        let (nt, nb) = (a.ntok, self.nb);
-        if nt == 1 && !self.per_block {
-            let mut dots = vec![0i32; rows.len()];
-            kernels::ternary_matvec(
-                isa,
-                &self.blocks[rows.start * nb..rows.end * nb],
-                nb,
-                a.row(0),
-                &mut dots,
-            );
-            let (sum, s) = (a.sum(0), a.scale[0]);
-            for ((o, d), r) in dst.iter_mut().zip(dots).zip(rows) {
-                *o = (d - sum) as f32 * self.scales[r] / s;
-            }
-            return;
-        }
-        // Token tiles outermost: a tile's activations stay in L1 while the rows stream past.
-        const TILE: usize = 8;
-        let mut dots = [0i32; TILE];
-        for t0 in (0..nt).step_by(TILE) {
-            let t1 = (t0 + TILE).min(nt);
-            let xs: Vec<&[i8]> = (t0..t1).map(|t| a.row(t)).collect();
-            for (i, r) in rows.clone().enumerate() {
-                let w = &self.blocks[r * nb..(r + 1) * nb];
-                if !self.per_block {
-                    kernels::ternary_dots(isa, w, &xs, &mut dots[..t1 - t0]);
-                    for t in t0..t1 {
-                        let d = dots[t - t0] - a.sum(t);
-                        dst[i * nt + t] = d as f32 * self.scales[r] / a.scale[t];
-                    }
-                } else {
-                    let mut acc = [0f32; TILE];
-                    for b in 0..nb {
-                        let xb: Vec<&[i8]> = xs.iter().map(|x| &x[BLOCK * b..]).collect();
-                        kernels::ternary_dots(isa, &w[b..b + 1], &xb, &mut dots[..t1 - t0]);
-                        for t in t0..t1 {
-                            let d = dots[t - t0] - a.block_sums[t * nb + b];
-                            acc[t - t0] += d as f32 * self.scales[r * nb + b];
+            // One or a few tokens (decode): threads take row ranges.
+            let chunk = chunk_rows(self.rows);
+            let mut tmp = vec![0f32; nt * self.rows]; // [row][token]
+            tmp.par_chunks_mut(chunk * nt)
+                .enumerate()
+                .for_each(|(c, dst)| {
+                    let r0 = c * chunk;
+                    let rows = r0..r0 + dst.len() / nt;
+                    if nt == 1 {
+                        self.matvec_into(isa, a, rows, dst);
+                    } else {
+                        for (i, r) in rows.enumerate() {
+                            for t0 in (0..nt).step_by(TILE) {
+                                let t1 = (t0 + TILE).min(nt);
+                                self.tile_into(
+                                    isa,
+                                    a,
+                                    t0..t1,
+                                    r..r + 1,
+                                    &mut dst[i * nt + t0..i * nt + t1],
+                                    1,
+                                );
+                            }
                         }
                     }
-                    for t in t0..t1 {
-                        dst[i * nt + t] = acc[t - t0] / a.scale[t];
-                    }
+                });
+            for r in 0..self.rows {
+                for t in 0..nt {
+                    out[t * self.rows + r] = tmp[r * nt + t];
                 }
             }
         }
     }
+
+    /// One token, rows `rows`, into `dst[r − rows.start]`.
+    fn matvec_into(&self, isa: Isa, a: &QuantActs, rows: Range<usize>, dst: &mut [f32]) {
+        let nb = self.nb;
+        if self.per_block {
+            return self.tile_into(isa, a, 0..1, rows, dst, dst.len());
+        }
+        let mut dots = vec![0i32; rows.len()];
+        kernels::ternary_matvec(
+            isa,
+            &self.blocks[rows.start * nb..rows.end * nb],
+            nb,
+            a.row(0),
+            &mut dots,
+        );
+        let (sum, inv) = (a.sum(0), a.inv_scale[0]);
+        for ((o, d), r) in dst.iter_mut().zip(dots).zip(rows) {
+            *o = rescale(d - sum, self.scales[r], inv);
+        }
+    }
+
+    /// Tokens `toks` (at most [`TILE`]) × rows `rows` into `dst[(t − toks.start)·stride + (r − rows.start)]`.
+    fn tile_into(
+        &self,
+        isa: Isa,
+        a: &QuantActs,
+        toks: Range<usize>,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        let nb = self.nb;
+        let mut dots = [0i32; TILE];
+        let n = toks.len();
+        let xs: Vec<&[i8]> = toks.clone().map(|t| a.row(t)).collect();
+        for (i, r) in rows.enumerate() {
+            let w = &self.blocks[r * nb..(r + 1) * nb];
+            if !self.per_block {
+                kernels::ternary_dots(isa, w, &xs, &mut dots[..n]);
+                for (k, t) in toks.clone().enumerate() {
+                    dst[k * stride + i] =
+                        rescale(dots[k] - a.sum(t), self.scales[r], a.inv_scale[t]);
+                }
+            } else {
+                let mut acc = [0f32; TILE];
+                for b in 0..nb {
+                    let xb: Vec<&[i8]> = xs.iter().map(|x| &x[BLOCK * b..]).collect();
+                    kernels::ternary_dots(isa, &w[b..b + 1], &xb, &mut dots[..n]);
+                    for (k, t) in toks.clone().enumerate() {
+                        acc[k] +=
+                            (dots[k] - a.block_sums[t * nb + b]) as f32 * self.scales[r * nb + b];
+                    }
+                }
+                for (k, t) in toks.clone().enumerate() {
+                    dst[k * stride + i] = acc[k] * a.inv_scale[t];
+                }
+            }
+        }
+    }
+}
+
+/// Tokens per kernel call: the activations of a tile stay in L1 while weight rows stream past.
+const TILE: usize = 16;
+
+/// The integer dot product back to real units, one rounding order for every path.
+#[inline(always)]
+fn rescale(d: i32, w_scale: f32, inv_act_scale: f32) -> f32 {
+    d as f32 * w_scale * inv_act_scale
 }
 
 /// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that

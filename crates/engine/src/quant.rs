@@ -27,6 +27,8 @@ pub struct QuantActs {
     pub q: Vec<i8>,
     /// The per-token `s`: the real activation is `q / s`.
     pub scale: Vec<f32>,
+    /// `1 / s`, so products are rescaled with a multiply.
+    pub inv_scale: Vec<f32>,
     /// `Σ q` per (token, 256-block), for the `Σ t·x − Σ x` identity.
     pub block_sums: Vec<i32>,
     sums: Vec<i32>,
@@ -43,6 +45,7 @@ impl QuantActs {
         self.q.clear();
         self.q.resize(ntok * kp, 0);
         self.scale.clear();
+        self.inv_scale.clear();
         self.block_sums.clear();
         self.block_sums.resize(ntok * nb, 0);
         self.sums.clear();
@@ -63,6 +66,7 @@ impl QuantActs {
                 total += bs;
             }
             self.scale.push(s);
+            self.inv_scale.push(1.0 / s);
             self.sums.push(total);
         }
     }

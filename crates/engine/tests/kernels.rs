@@ -35,7 +35,7 @@ fn ternary_simd_equals_scalar() {
                 b
             })
             .collect();
-        for ntok in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
+        for ntok in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 33] {
             let xs: Vec<Vec<i8>> = (0..ntok)
                 .map(|t| {
                     (0..nb * 256)
@@ -175,7 +175,7 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
                 .iter()
                 .map(|v| v * extra)
                 .collect();
-            for ntok in [1usize, 3, 10] {
+            for ntok in [1usize, 3, 10, 40] {
                 let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32() * 4.0).collect();
                 let mut a = QuantActs::default();
                 a.quantize(&x, cols);
@@ -227,13 +227,31 @@ fn i2_s_rows_of_128_are_padded() {
 fn attention_simd_matches_scalar() {
     let mut rng = Rng(5);
     for hd in [16usize, 64, 40] {
-        for n in [1usize, 2, 7, 100] {
+        for n in [1usize, 2, 7, 16, 33, 100] {
             let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
             let k: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 2.0).collect();
             let v: Vec<f32> = (0..n * hd).map(|_| rng.f32()).collect();
             let mut want = vec![0f32; hd];
             let mut scratch = Vec::new();
-            kernels::attend(Isa::Scalar, &q, &k, &v, 0.125, &mut scratch, &mut want);
+            // The engine's transposed key layout, with room for more positions than are used.
+            let stride = n + 3;
+            let mut kt = vec![f32::NAN; hd * stride];
+            for p in 0..n {
+                for j in 0..hd {
+                    kt[j * stride + p] = k[p * hd + j];
+                }
+            }
+            kernels::attend(
+                Isa::Scalar,
+                &q,
+                &kt,
+                stride,
+                n,
+                &v,
+                0.125,
+                &mut scratch,
+                &mut want,
+            );
             // The reference against a direct softmax in f64.
             let s: Vec<f64> = (0..n)
                 .map(|p| {
@@ -253,7 +271,7 @@ fn attention_simd_matches_scalar() {
             }
             for &isa in &Isa::available() {
                 let mut got = vec![0f32; hd];
-                kernels::attend(isa, &q, &k, &v, 0.125, &mut scratch, &mut got);
+                kernels::attend(isa, &q, &kt, stride, n, &v, 0.125, &mut scratch, &mut got);
                 for j in 0..hd {
                     assert!(
                         (got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()),

@@ -194,49 +194,68 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// One attention head for one query: `out = softmax(q·kᵢ·scale) · vᵢ` over the first
-/// `keys.len() / q.len()` positions (`keys`, `values`: position-major, head width `q.len()`);
-/// `scores` is scratch. Compiled like [`dot`].
+/// One attention head for one query: `out = softmax(q·kₚ·scale) · vₚ` over positions `p < n`.
+/// `keys` is transposed (`keys[j·stride + p]` is dimension `j` of position `p`), so the scores are
+/// `hd` vector multiply-adds over positions; `values` is position-major. `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
     q: &[f32],
     keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `dot`.
-        Isa::Avx512Vnni => unsafe { x86::attend_avx512(q, keys, values, scale, scores, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `dot`.
-        Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, values, scale, scores, out) },
-        _ => attend_body(q, keys, values, scale, scores, out),
-    }
-}
-
-#[inline(always)]
-pub(crate) fn attend_body(
-    q: &[f32],
-    keys: &[f32],
+    stride: usize,
+    n: usize,
     values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let n = keys.len() / hd;
+    assert!(
+        n <= stride
+            && keys.len() >= (hd - 1) * stride + n
+            && values.len() >= n * hd
+            && out.len() == hd
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`; bounds checked above.
+        Isa::Avx512Vnni => unsafe {
+            x86::attend_avx512(q, keys, stride, n, values, scale, scores, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot`.
+        Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, stride, n, values, scale, scores, out) },
+        _ => attend_body(q, keys, stride, n, values, scale, scores, out),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_body(
+    q: &[f32],
+    keys: &[f32],
+    stride: usize,
+    n: usize,
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
     // Plain index loops: iterator adaptors here would be instantiated outside the caller's
     // target features and lose the wide vectors.
     scores.clear();
     scores.resize(n, 0.0);
+    for j in 0..hd {
+        let (qj, row) = (q[j], &keys[j * stride..j * stride + n]);
+        for p in 0..n {
+            scores[p] += qj * row[p];
+        }
+    }
     let mut mx = f32::NEG_INFINITY;
     for p in 0..n {
-        let s = dot_body(q, &keys[p * hd..(p + 1) * hd]) * scale;
-        scores[p] = s;
-        mx = mx.max(s);
+        scores[p] *= scale;
+        mx = mx.max(scores[p]);
     }
     let mut z = 0.0;
     for p in 0..n {

@@ -15,8 +15,13 @@ use super::{Block64, FloatRows, reduce16};
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let mut t = 0;
-    // Tiles of 8 tokens share each unpacked weight block; a lone token uses four accumulators so
-    // the `vpdpbusd` dependency chains overlap.
+    // Tiles of 16 or 8 tokens share each unpacked weight block; a lone token uses four
+    // accumulators so the `vpdpbusd` dependency chains overlap.
+    while t + 16 <= xs.len() {
+        // SAFETY: forwarded contract.
+        unsafe { tile512_16(w, &xs[t..t + 16], &mut out[t..t + 16]) };
+        t += 16;
+    }
     while t + 8 <= xs.len() {
         // SAFETY: forwarded contract.
         unsafe { tile512::<8>(w, &xs[t..t + 8], &mut out[t..t + 8]) };
@@ -70,6 +75,53 @@ unsafe fn tile512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32])
     for t in 0..NT {
         out[t] = _mm512_reduce_add_epi32(acc[t]);
     }
+}
+
+/// Sixteen tokens: the 16 accumulators are reduced together by a transpose-and-add network
+/// (four stages) instead of sixteen separate horizontal sums.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile512_16(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let mut acc = [_mm512_setzero_si512(); 16];
+    for (b, blk) in w.iter().enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        // SAFETY: caller guarantees avx512 support.
+        let c = unsafe { codes512(blk) };
+        for (l, c) in c.iter().enumerate() {
+            for t in 0..16 {
+                // SAFETY: 256·b + 64·l + 64 ≤ 256·w.len() ≤ xs[t].len().
+                let x = unsafe { _mm512_loadu_si512(xs[t].as_ptr().add(256 * b + 64 * l).cast()) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], *c, x);
+            }
+        }
+    }
+    // Stage 1: pairs → within each 128-bit chunk, [a0+a2, b0+b2, a1+a3, b1+b3].
+    let mut p = [_mm512_setzero_si512(); 8];
+    for i in 0..8 {
+        let (a, b) = (acc[2 * i], acc[2 * i + 1]);
+        p[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    }
+    // Stage 2: each 128-bit chunk j of q[i] holds chunk j's sums of accumulators 4i..4i+3.
+    let mut q = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        let (a, b) = (p[2 * i], p[2 * i + 1]);
+        q[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
+    // Stages 3–4: add the four chunks, chunk k of the result holding accumulators 4k..4k+3.
+    let e01 = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(q[0], q[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(q[0], q[1]),
+    );
+    let e23 = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(q[2], q[3]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(q[2], q[3]),
+    );
+    let r = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(e01, e23),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(e01, e23),
+    );
+    // SAFETY: out has 16 elements.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), r) };
 }
 
 #[inline]
@@ -355,12 +407,14 @@ pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
 }
 
 /// # Safety
-/// The CPU must support avx512f; `keys` and `values` hold the same whole number of `q.len()`-wide
-/// rows and `out.len() == q.len()`.
+/// The CPU must support avx512f; the slice bounds of `super::attend` hold.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_avx512(
     q: &[f32],
     keys: &[f32],
+    stride: usize,
+    n: usize,
     values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
@@ -368,34 +422,44 @@ pub unsafe fn attend_avx512(
 ) {
     let hd = q.len();
     if !hd.is_multiple_of(16) || hd > 256 {
-        return super::attend_body(q, keys, values, scale, scores, out);
-    }
-    let n = keys.len() / hd;
-    let c = hd / 16;
-    let mut qv = [_mm512_setzero_ps(); 16];
-    for (i, v) in qv.iter_mut().enumerate().take(c) {
-        // SAFETY: 16i + 16 ≤ hd = q.len().
-        *v = unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * i)) };
+        return super::attend_body(q, keys, stride, n, values, scale, scores, out);
     }
     scores.clear();
-    scores.resize(n, 0.0);
-    let mut mx = f32::NEG_INFINITY;
-    for p in 0..n {
-        let k = keys[p * hd..(p + 1) * hd].as_ptr();
+    scores.resize(n.next_multiple_of(16), 0.0);
+    // Scores, 16 positions per register: Σ_j q[j]·keys[j][p..p+16].
+    let whole = n / 16 * 16;
+    let sp = scores.as_mut_ptr();
+    for p in (0..whole).step_by(16) {
         let mut acc = _mm512_setzero_ps();
-        for (i, qv) in qv.iter().enumerate().take(c) {
-            // SAFETY: row p has hd = 16c values.
-            acc = _mm512_fmadd_ps(*qv, unsafe { _mm512_loadu_ps(k.add(16 * i)) }, acc);
+        for (j, &qj) in q.iter().enumerate() {
+            // SAFETY: j·stride + p + 16 ≤ (hd−1)·stride + n ≤ keys.len().
+            acc = _mm512_fmadd_ps(
+                _mm512_set1_ps(qj),
+                unsafe { _mm512_loadu_ps(keys.as_ptr().add(j * stride + p)) },
+                acc,
+            );
         }
-        let s = _mm512_reduce_add_ps(acc) * scale;
+        // SAFETY: p + 16 ≤ scores.len().
+        unsafe { _mm512_storeu_ps(sp.add(p), acc) };
+    }
+    for p in whole..n {
+        let mut s = 0.0;
+        for (j, &qj) in q.iter().enumerate() {
+            s += qj * keys[j * stride + p];
+        }
         scores[p] = s;
-        mx = mx.max(s);
+    }
+    let mut mx = f32::NEG_INFINITY;
+    for s in scores[..n].iter_mut() {
+        *s *= scale;
+        mx = mx.max(*s);
     }
     let mut z = 0.0;
-    for s in scores.iter_mut() {
+    for s in scores[..n].iter_mut() {
         *s = (*s - mx).exp();
         z += *s;
     }
+    let c = hd / 16;
     let mut ov = [_mm512_setzero_ps(); 16];
     for p in 0..n {
         let w = _mm512_set1_ps(scores[p] / z);
@@ -414,13 +478,16 @@ pub unsafe fn attend_avx512(
 /// # Safety
 /// The CPU must support avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_avx2(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    keys: &[f32],
+    stride: usize,
+    n: usize,
+    values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    super::attend_body(q, k, v, scale, scores, out)
+    super::attend_body(q, keys, stride, n, values, scale, scores, out)
 }
