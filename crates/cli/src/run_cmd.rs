@@ -76,7 +76,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn load(path: &PathBuf, threads: usize) -> Result<Model> {
+fn load(path: &std::path::Path, threads: usize) -> Result<Model> {
     tritium_engine::set_threads(threads);
     Model::load(path).map_err(anyhow::Error::from)
 }
@@ -300,7 +300,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "model": a.model.display().to_string(),
         "weight_type": model.weight_type.name(),
         "isa": sess.isa.name(),
-        "threads": rayon::current_num_threads(),
+        "threads": tritium_engine::kernels::pool::global().threads(),
         "ternary_weights": ternary_weights,
         "file_ternary_bits_per_weight": file_ternary_bpw,
         "file_bytes": model.file_bytes,
@@ -324,7 +324,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token{}",
             a.model.display(),
             model.weight_type.name(),
-            rayon::current_num_threads(),
+            tritium_engine::kernels::pool::global().threads(),
             sess.isa.name(),
             a.pp,
             pp_med,

@@ -3,8 +3,6 @@
 //! RMSNorm → int8-quantized activations × ternary Q/K/V → NEOX RoPE → causal attention → sub-norm →
 //! ternary O; RMSNorm → ternary gate/up → SiLU or ReLU² → sub-norm → ternary down; tied LM head.
 
-use rayon::prelude::*;
-
 use crate::Error;
 use crate::kernels::{self, Isa};
 use crate::model::{Act, Model};
@@ -232,9 +230,7 @@ impl<'m> Session<'m> {
                 .enumerate()
                 .for_each(|x| work(&mut scores, x));
         } else {
-            out.par_chunks_exact_mut(hd)
-                .enumerate()
-                .for_each_init(Vec::new, work);
+            kernels::pool::global().for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
         }
     }
 }
@@ -272,17 +268,15 @@ fn lm_head(isa: Isa, w: kernels::FloatRows, d: usize, v: usize, xs: &[&[f32]], o
     let nt = xs.len();
     let chunk = 256;
     let mut tmp = vec![0f32; v * nt]; // [row][token]
-    tmp.par_chunks_mut(chunk * nt)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let r0 = c * chunk;
-            let rows = r0..r0 + dst.len() / nt;
-            if d.is_multiple_of(16) {
-                kernels::float_dots(isa, w, d, rows, xs, dst);
-            } else {
-                kernels::scalar::float_dots_any(w, d, rows, xs, dst);
-            }
-        });
+    kernels::pool::global().for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
+        let r0 = c * chunk;
+        let rows = r0..r0 + dst.len() / nt;
+        if d.is_multiple_of(16) {
+            kernels::float_dots(isa, w, d, rows, xs, dst);
+        } else {
+            kernels::scalar::float_dots_any(w, d, rows, xs, dst);
+        }
+    });
     for r in 0..v {
         for t in 0..nt {
             out[t * v + r] = tmp[r * nt + t];

@@ -51,10 +51,8 @@ impl Error {
 
 /// Runs the engine's parallel loops on `threads` threads (0: one per core). Call once, first.
 pub fn set_threads(threads: usize) {
-    // A second call (tests) finds the pool built; that is fine.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    // A second call (tests) finds the team built; that is fine.
+    kernels::pool::init(threads);
 }
 
 /// What ended a generation.

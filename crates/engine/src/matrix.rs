@@ -3,7 +3,6 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
 use tritium_gguf::GgmlType;
 use tritium_gguf::blocks::{
     I2S_BLOCK, QK_K, TQ1_0_BYTES, TQ2_0_BYTES, i2_s_codes, tq1_0_codes, tq2_0_codes,
@@ -50,12 +49,12 @@ impl TernaryMatrix {
         let mut codes = [0u8; QK_K];
         match ty {
             GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
-                let (stride, f): (usize, fn(&[u8], &mut [u8; QK_K]) -> f32) =
-                    if ty == GgmlType::Tq2_0 {
-                        (TQ2_0_BYTES, tq2_0_codes)
-                    } else {
-                        (TQ1_0_BYTES, tq1_0_codes)
-                    };
+                type Decode = fn(&[u8], &mut [u8; QK_K]) -> f32;
+                let (stride, f): (usize, Decode) = if ty == GgmlType::Tq2_0 {
+                    (TQ2_0_BYTES, tq2_0_codes)
+                } else {
+                    (TQ1_0_BYTES, tq1_0_codes)
+                };
                 for (i, blk) in data.chunks_exact(stride).enumerate() {
                     let d = f(blk, &mut codes);
                     m.put(i, &codes, d * extra);
@@ -163,46 +162,50 @@ impl TernaryMatrix {
         if nt >= 2 * TILE {
             // Many tokens (prompts): threads take token tiles, each streaming the whole matrix
             // (from L2/L3) against its tile and writing its own output rows.
-            out.par_chunks_mut(TILE * self.rows)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    let t0 = c * TILE;
-                    self.tile_into(
-                        isa,
-                        a,
-                        t0..t0 + dst.len() / self.rows,
-                        0..self.rows,
-                        dst,
-                        self.rows,
-                    );
-                });
+            kernels::pool::global().for_each_chunk(out, TILE * self.rows, |c, dst| {
+                let t0 = c * TILE;
+                self.tile_into(
+                    isa,
+                    a,
+                    t0..t0 + dst.len() / self.rows,
+                    0..self.rows,
+                    dst,
+                    self.rows,
+                );
+            });
         } else {
             // One or a few tokens (decode): threads take row ranges.
             let chunk = chunk_rows(self.rows);
-            let mut tmp = vec![0f32; nt * self.rows]; // [row][token]
-            tmp.par_chunks_mut(chunk * nt)
-                .enumerate()
-                .for_each(|(c, dst)| {
+            if nt == 1 {
+                // One token: [row][token] is [token][row]; write in place.
+                kernels::pool::global().for_each_chunk(out, chunk, |c, dst| {
                     let r0 = c * chunk;
-                    let rows = r0..r0 + dst.len() / nt;
-                    if nt == 1 {
-                        self.matvec_into(isa, a, rows, dst);
-                    } else {
-                        for (i, r) in rows.enumerate() {
-                            for t0 in (0..nt).step_by(TILE) {
-                                let t1 = (t0 + TILE).min(nt);
-                                self.tile_into(
-                                    isa,
-                                    a,
-                                    t0..t1,
-                                    r..r + 1,
-                                    &mut dst[i * nt + t0..i * nt + t1],
-                                    1,
-                                );
-                            }
+                    self.matvec_into(isa, a, r0..r0 + dst.len(), dst);
+                });
+                return;
+            }
+            let mut tmp = vec![0f32; nt * self.rows]; // [row][token]
+            kernels::pool::global().for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
+                let r0 = c * chunk;
+                let rows = r0..r0 + dst.len() / nt;
+                if nt == 1 {
+                    self.matvec_into(isa, a, rows, dst);
+                } else {
+                    for (i, r) in rows.enumerate() {
+                        for t0 in (0..nt).step_by(TILE) {
+                            let t1 = (t0 + TILE).min(nt);
+                            self.tile_into(
+                                isa,
+                                a,
+                                t0..t1,
+                                r..r + 1,
+                                &mut dst[i * nt + t0..i * nt + t1],
+                                1,
+                            );
                         }
                     }
-                });
+                }
+            });
             for r in 0..self.rows {
                 for t in 0..nt {
                     out[t * self.rows + r] = tmp[r * nt + t];
@@ -283,6 +286,6 @@ fn rescale(d: i32, w_scale: f32, inv_act_scale: f32) -> f32 {
 /// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that
 /// scheduling costs show.
 fn chunk_rows(rows: usize) -> usize {
-    let tasks = rayon::current_num_threads() * 4;
+    let tasks = kernels::pool::global().threads() * 4;
     rows.div_ceil(tasks).max(16)
 }

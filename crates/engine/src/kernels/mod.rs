@@ -13,8 +13,14 @@
 //! two runs of 32 for AVX2) with no shuffles. `Σ q·x = Σ t·x − Σ x`; the code is unsigned and the
 //! activation signed, which is exactly what `vpdpbusd` / `vpmaddubsw` multiply.
 
+// Kernels index with plain loops on purpose: the layouts are defined by index arithmetic, and
+// iterator adaptors get instantiated outside `target_feature` functions, losing the wide vectors.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+
+pub mod pool;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -40,7 +40,7 @@ pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) 
 }
 
 /// How far ahead the ternary kernels prefetch weight bytes.
-const PF_BYTES: usize = 2048;
+const PF_BYTES: usize = 4096;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
