@@ -22,15 +22,13 @@ pub use sample::{Sampler, SamplerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
+    // The cause is part of the message, not a `source()`, so error chains print it once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{path}: {err}")]
     Gguf {
         path: PathBuf,
-        source: tritium_gguf::Error,
+        err: tritium_gguf::Error,
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
@@ -44,7 +42,7 @@ impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Error {
         Error::Io {
             path: path.to_path_buf(),
-            source,
+            err: source,
         }
     }
 }

@@ -121,7 +121,7 @@ impl Model {
         let map = Arc::new(bytes);
         let g = Gguf::parse(&map).map_err(|e| Error::Gguf {
             path: path.to_path_buf(),
-            source: e,
+            err: e,
         })?;
         let bad = |msg: String| Error::Invalid {
             path: path.to_path_buf(),
