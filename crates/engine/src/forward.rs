@@ -224,7 +224,7 @@ impl<'m> Session<'m> {
             );
         };
         // Threads pay off once there is real work: positions × heads × tokens.
-        if nt * (p0 + nt) * c.n_heads < 8192 {
+        if nt * (p0 + nt) * c.n_heads < 512 {
             let mut scores = Vec::new();
             out.chunks_exact_mut(hd)
                 .enumerate()
