@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
+mod eval_cmd;
 mod gguf_cmd;
 mod run_cmd;
 mod train_cmd;
@@ -44,6 +45,8 @@ enum Command {
     BenchTrain(BenchTrainArgs),
     /// Generate text from a GGUF with the bundled engine (or chat with --chat).
     Run(run_cmd::RunArgs),
+    /// Perplexity and zero-shot accuracy of a checkpoint or a GGUF.
+    Eval(eval_cmd::EvalArgs),
     /// Prompt-processing and generation speed of the bundled engine on a GGUF, like llama-bench.
     Bench(run_cmd::BenchArgs),
 }
@@ -114,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchTrain(a) => bench_train(a),
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
+        Command::Eval(a) => eval_cmd::eval(a),
     }
 }
 

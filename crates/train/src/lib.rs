@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod metrics;
 pub mod optim;

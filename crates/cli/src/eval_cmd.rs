@@ -1,0 +1,175 @@
+//! `tritium eval`: perplexity and zero-shot tasks for a checkpoint or a GGUF.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tritium_model::Backend;
+use tritium_train::eval::scorers::{BurnScorer, GgufScorer};
+use tritium_train::eval::{self, Scorer, TASKS, TaskResult, tasks};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint or run directory (Burn) or a .gguf file (the bundled engine).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text file (.txt, .gz, .xz) for perplexity.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Perplexity window in tokens (default: the model's context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Perplexity stride in tokens (default: half the window).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Zero-shot tasks, comma-separated, or "all" (arc_easy, arc_challenge, piqa, boolq, copa,
+    /// openbook_qa, winogrande, lambada_openai).
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Where the task files are.
+    #[arg(long, default_value = "datasets/eval")]
+    pub task_dir: PathBuf,
+    /// At most N items per task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Engine threads for a GGUF (default: one per core).
+    #[arg(short, long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write the JSON results here (default: eval.json in the checkpoint, FILE.eval.json beside a GGUF).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the JSON results to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bar(n: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    if a.text.is_none() && a.tasks.is_none() {
+        bail!("nothing to evaluate: pass --text FILE and/or --tasks LIST");
+    }
+    let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
+    let mut scorer: Box<dyn Scorer> = if is_gguf {
+        tritium_engine::set_threads(a.threads);
+        Box::new(GgufScorer::load(&a.model)?)
+    } else {
+        Box::new(BurnScorer::load(&a.model, &Backend::Flex.device()?)?)
+    };
+    let names: Vec<String> = match a.tasks.as_deref() {
+        None => vec![],
+        Some("all") => TASKS.iter().map(|s| s.to_string()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    // Check every task file before spending time on any.
+    let mut loaded = Vec::new();
+    for n in &names {
+        let path = tasks::task_file(&a.task_dir, n)?;
+        loaded.push((n.clone(), tasks::load(&path, a.limit)?));
+    }
+    let start = Instant::now();
+    let mut report = serde_json::json!({ "model": a.model.display().to_string() });
+    if let Some(text_path) = &a.text {
+        let text = tritium_train::text::read_text(text_path)?;
+        let ctx = a.ctx.unwrap_or(scorer.max_len());
+        let stride = a.stride.unwrap_or(ctx / 2);
+        let pb = bar(1, "perplexity", a.json);
+        let p = eval::perplexity(scorer.as_mut(), &text, ctx, stride, |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        })
+        .with_context(|| format!("perplexity of {}", text_path.display()))?;
+        pb.finish_and_clear();
+        if !a.json {
+            println!(
+                "perplexity of {} ({} tokens, window {ctx}, stride {stride}): {:.4}  ({:.4} nats/token, {:.4} bits/byte)",
+                text_path.display(),
+                p.tokens,
+                p.perplexity,
+                p.nats_per_token,
+                p.bits_per_byte
+            );
+        }
+        report["perplexity"] = serde_json::json!({ "text": text_path.display().to_string(), "ctx": ctx, "stride": stride, "result": p });
+    }
+    let mut results: Vec<TaskResult> = Vec::new();
+    let mut items_done = 0;
+    for (name, items) in &loaded {
+        let pb = bar(items.len() as u64, name, a.json);
+        let r = eval::run_task(scorer.as_mut(), name, items, || pb.inc(1))?;
+        pb.finish_and_clear();
+        items_done += r.n;
+        results.push(r);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if !results.is_empty() && !a.json {
+        println!(
+            "{:<16} {:>6} {:>16} {:>16} {:>8} {:>10}",
+            "task", "n", "acc", "acc_norm", "chance", "ppl"
+        );
+        for r in &results {
+            let norm = r
+                .acc_norm
+                .map(|v| format!("{:.4} ± {:.4}", v, r.acc_norm_stderr.unwrap_or(0.0)))
+                .unwrap_or_default();
+            let ppl = r.perplexity.map(|v| format!("{v:.2}")).unwrap_or_default();
+            println!(
+                "{:<16} {:>6} {:>16} {:>16} {:>8.4} {:>10}",
+                r.task,
+                r.n,
+                format!("{:.4} ± {:.4}", r.acc, r.acc_stderr),
+                norm,
+                r.chance,
+                ppl
+            );
+        }
+        println!(
+            "{items_done} items in {secs:.1} s ({:.1} items/s)",
+            items_done as f64 / secs
+        );
+    }
+    report["tasks"] = serde_json::to_value(&results)?;
+    report["seconds"] = serde_json::json!(secs);
+    report["items_per_second"] = serde_json::json!(items_done as f64 / secs);
+    let out = a.out.clone().unwrap_or_else(|| default_out(&a.model));
+    let text = serde_json::to_string_pretty(&report)?;
+    tritium_train::fsutil::write_atomic(&out, text.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    if a.json {
+        println!("{text}");
+    } else {
+        eprintln!("results: {}", out.display());
+    }
+    Ok(())
+}
+
+fn default_out(model: &Path) -> PathBuf {
+    if model.is_dir() {
+        match tritium_train::checkpoint::resolve(model) {
+            Ok(c) => c.join("eval.json"),
+            Err(_) => model.join("eval.json"),
+        }
+    } else {
+        let mut s = model.as_os_str().to_owned();
+        s.push(".eval.json");
+        PathBuf::from(s)
+    }
+}

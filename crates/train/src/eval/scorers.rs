@@ -1,0 +1,147 @@
+//! The two [`Scorer`]s: a Burn checkpoint (the model as trained) and a GGUF run by the engine (the
+//! model as deployed).
+
+use std::path::Path;
+
+use tritium_engine::{Logits, Model, Session};
+use tritium_model::Transformer;
+use tritium_model::burn::prelude::*;
+
+use super::{EvalError, Scorer, TokenScores, token_score};
+use crate::checkpoint;
+use crate::tokenizer::Tokenizer;
+
+pub struct BurnScorer {
+    model: Transformer,
+    device: Device,
+    tok: Tokenizer,
+    max_len: usize,
+    /// Sequences per forward pass.
+    pub batch: usize,
+}
+
+impl BurnScorer {
+    pub fn load(ckpt: &Path, device: &Device) -> Result<BurnScorer, EvalError> {
+        let ckpt = checkpoint::resolve(ckpt).map_err(|e| EvalError::Model(e.to_string()))?;
+        let (model, state) =
+            checkpoint::load_model(&ckpt, device).map_err(|e| EvalError::Model(e.to_string()))?;
+        let tok_path = if ckpt.join("tokenizer.json").exists() {
+            ckpt.join("tokenizer.json")
+        } else {
+            state.config.data.tokenizer.clone()
+        };
+        let tok = Tokenizer::load(&tok_path).map_err(|e| EvalError::Model(e.to_string()))?;
+        Ok(BurnScorer {
+            model,
+            device: device.clone(),
+            tok,
+            max_len: state.config.model.max_seq_len,
+            batch: 16,
+        })
+    }
+}
+
+impl Scorer for BurnScorer {
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        self.tok
+            .encode(text)
+            .map_err(|e| EvalError::Model(e.to_string()))
+    }
+    fn bos(&self) -> u32 {
+        self.tok.eot_id
+    }
+    fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
+        let mut out = Vec::with_capacity(conts.len());
+        for group in conts.chunks(self.batch.max(1)) {
+            // Right-padded batch of context + continuation; padding sits after every position read.
+            let t = group
+                .iter()
+                .map(|c| ctx.len() + c.len() - 1)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut ids = vec![0i64; group.len() * t];
+            for (b, c) in group.iter().enumerate() {
+                for (i, &tok) in ctx.iter().chain(c.iter()).take(t).enumerate() {
+                    ids[b * t + i] = tok as i64;
+                }
+            }
+            let x =
+                Tensor::<1, Int>::from_ints(ids.as_slice(), &self.device).reshape([group.len(), t]);
+            let logits = self.model.forward(x);
+            let v = logits.dims()[2];
+            let logits: Vec<f32> = logits.into_data().convert::<f32>().iter::<f32>().collect();
+            for (b, c) in group.iter().enumerate() {
+                // Token i of the continuation is predicted at position ctx.len() − 1 + i.
+                out.push(
+                    c.iter()
+                        .enumerate()
+                        .map(|(i, &tok)| {
+                            let at = (b * t + ctx.len() - 1 + i) * v;
+                            token_score(&logits[at..at + v], tok)
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub struct GgufScorer {
+    model: &'static Model,
+    sess: Session<'static>,
+}
+
+impl GgufScorer {
+    pub fn load(path: &Path) -> Result<GgufScorer, EvalError> {
+        let model = Model::load(path).map_err(|e| EvalError::Model(e.to_string()))?;
+        // The scorer lives as long as the command; leaking the model lets the session borrow it.
+        let model: &'static Model = Box::leak(Box::new(model));
+        let sess =
+            Session::new(model, model.cfg.ctx).map_err(|e| EvalError::Model(e.to_string()))?;
+        Ok(GgufScorer { model, sess })
+    }
+}
+
+impl Scorer for GgufScorer {
+    fn max_len(&self) -> usize {
+        self.model.cfg.ctx
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        self.model.tokenizer.encode(text).map_err(EvalError::Model)
+    }
+    fn bos(&self) -> u32 {
+        self.model
+            .tokenizer
+            .eos
+            .or(self.model.tokenizer.bos)
+            .unwrap_or(0)
+    }
+    fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
+        let err = |e: tritium_engine::Error| EvalError::Model(e.to_string());
+        let v = self.model.cfg.vocab;
+        // The context runs once; each continuation restarts from the cached context.
+        self.sess.reset();
+        let first = self.sess.forward(ctx, Logits::Last).map_err(err)?.to_vec();
+        let mut out = Vec::with_capacity(conts.len());
+        for c in conts {
+            let mut scores = vec![token_score(&first, c[0])];
+            if c.len() > 1 {
+                self.sess.pos = ctx.len();
+                let l = self
+                    .sess
+                    .forward(&c[..c.len() - 1], Logits::All)
+                    .map_err(err)?;
+                for (i, &tok) in c[1..].iter().enumerate() {
+                    scores.push(token_score(&l[i * v..(i + 1) * v], tok));
+                }
+            }
+            out.push(scores);
+        }
+        Ok(out)
+    }
+}
