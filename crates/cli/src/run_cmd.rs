@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// System message for --chat.
     #[arg(long)]
     pub system: Option<String>,
+    /// A LoRA adapter GGUF (llama.cpp's format) applied beside the ternary projections.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Multiplies the adapter's alpha/r.
+    #[arg(long, default_value_t = 1.0)]
+    pub lora_scale: f32,
     /// Print timings to stderr.
     #[arg(long)]
     pub verbose: bool,
@@ -85,7 +91,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let model = load(&a.model, a.threads)?;
     let ctx = a.ctx.unwrap_or(model.cfg.ctx);
+    let lora = match &a.lora {
+        Some(p) => {
+            let mut l = tritium_engine::Lora::load(p, &model)?;
+            l.user_scale = a.lora_scale;
+            Some(l)
+        }
+        None => None,
+    };
     let mut sess = Session::new(&model, ctx)?;
+    sess.lora = lora.as_ref();
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,

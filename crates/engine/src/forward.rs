@@ -5,6 +5,7 @@
 
 use crate::Error;
 use crate::kernels::{self, Isa};
+use crate::lora::Lora;
 use crate::model::{Act, Model};
 use crate::quant::QuantActs;
 
@@ -18,6 +19,8 @@ pub enum Logits {
 /// Generation state: the KV cache and scratch buffers for one sequence.
 pub struct Session<'m> {
     pub model: &'m Model,
+    /// An adapter applied beside the ternary projections.
+    pub lora: Option<&'m Lora>,
     pub isa: Isa,
     /// Positions the cache can hold.
     pub ctx: usize,
@@ -62,6 +65,7 @@ impl<'m> Session<'m> {
         }
         Ok(Session {
             model,
+            lora: None,
             isa: Isa::detect(),
             ctx,
             pos: 0,
@@ -133,6 +137,11 @@ impl<'m> Session<'m> {
             rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
             l.wqkv.matmul(isa, &self.acts, &mut qkv);
+            if let Some(lo) = self.lora {
+                for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
+                    lo.apply(isa, li, p, &h, d, &mut qkv, d + 2 * kv, offset);
+                }
+            }
             for t in 0..nt {
                 let pos = p0 + t;
                 let row = &mut qkv[t * (d + 2 * kv)..(t + 1) * (d + 2 * kv)];
@@ -156,12 +165,19 @@ impl<'m> Session<'m> {
             rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
             l.wo.matmul(isa, &self.acts, &mut tmp);
+            if let Some(lo) = self.lora {
+                lo.apply(isa, li, 3, &h, d, &mut tmp, d, 0);
+            }
             add(&mut x, &tmp);
 
             // Feed-forward.
             rmsnorm(&x, &l.ffn_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
             l.wgu.matmul(isa, &self.acts, &mut gu);
+            if let Some(lo) = self.lora {
+                lo.apply(isa, li, 4, &h, d, &mut gu, 2 * f, 0);
+                lo.apply(isa, li, 5, &h, d, &mut gu, 2 * f, f);
+            }
             for t in 0..nt {
                 let (gate, up) = gu[t * 2 * f..(t + 1) * 2 * f].split_at(f);
                 for ((o, &a), &b) in g[t * f..(t + 1) * f].iter_mut().zip(gate).zip(up) {
@@ -178,6 +194,9 @@ impl<'m> Session<'m> {
             rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
             self.acts.quantize(&gn, f);
             l.wdown.matmul(isa, &self.acts, &mut tmp);
+            if let Some(lo) = self.lora {
+                lo.apply(isa, li, 6, &gn, f, &mut tmp, d, 0);
+            }
             add(&mut x, &tmp);
         }
         self.pos += nt;

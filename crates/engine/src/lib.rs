@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod kernels;
+pub mod lora;
 pub mod matrix;
 pub mod model;
 pub mod quant;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use forward::{Logits, Session};
+pub use lora::Lora;
 pub use model::Model;
 pub use sample::{Sampler, SamplerConfig};
 

@@ -1,0 +1,186 @@
+//! LoRA adapters applied beside the ternary projections, with llama.cpp's runtime semantics:
+//! `y = BitLinear(x) + (alpha / r)·B(A·x)`, where `x` is the projection's full-precision input
+//! (before activation quantization). The file is a llama.cpp LoRA-adapter GGUF:
+//! `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (f32), and tensors
+//! `<base tensor>.lora_a` (ggml `[in, r]`, i.e. `A` as `[r, in]`) and `<base>.lora_b` (`[r, out]`,
+//! i.e. `B` as `[out, r]`), F32, F16 or Q8_0.
+
+use std::path::Path;
+
+use tritium_gguf::{GgmlType, Gguf, Value};
+
+use crate::Error;
+use crate::kernels::{self, Isa};
+use crate::model::Model;
+
+/// The projections of a block, in the order `Layer` stacks them.
+pub const PROJECTIONS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub rank: usize,
+    /// `[r, in]`
+    pub a: Vec<f32>,
+    /// `[out, r]`
+    pub b: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub alpha: f32,
+    /// `scale · alpha / r` per pair, computed at use.
+    pub user_scale: f32,
+    /// `[layer][projection]`
+    pub pairs: Vec<[Option<Pair>; 7]>,
+    pub tensors: usize,
+}
+
+impl Lora {
+    pub fn load(path: &Path, model: &Model) -> Result<Lora, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let g = Gguf::parse(&bytes).map_err(|e| Error::Gguf {
+            path: path.to_path_buf(),
+            err: e,
+        })?;
+        let bad = |msg: String| Error::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if g.get("general.type").and_then(Value::as_str) != Some("adapter")
+            || g.get("adapter.type").and_then(Value::as_str) != Some("lora")
+        {
+            return Err(bad("not a LoRA adapter (general.type = \"adapter\" and adapter.type = \"lora\" expected)".into()));
+        }
+        if let Some(arch) = g.get("general.architecture").and_then(Value::as_str)
+            && arch != "bitnet"
+        {
+            return Err(bad(format!(
+                "adapter for architecture {arch:?}, the model is \"bitnet\""
+            )));
+        }
+        let alpha = g
+            .get("adapter.lora.alpha")
+            .and_then(Value::as_f32)
+            .ok_or_else(|| bad("adapter.lora.alpha (f32) is missing".into()))?;
+        let c = &model.cfg;
+        let shapes = [
+            (c.d_model, c.d_model),
+            (c.d_model, c.kv_dim()),
+            (c.d_model, c.kv_dim()),
+            (c.d_model, c.d_model),
+            (c.d_model, c.d_ff),
+            (c.d_model, c.d_ff),
+            (c.d_ff, c.d_model),
+        ];
+        let mut pairs: Vec<[Option<Pair>; 7]> =
+            (0..c.n_layers).map(|_| Default::default()).collect();
+        let mut tensors = 0;
+        for t in &g.tensors {
+            let Some(base) = t.name.strip_suffix(".lora_a") else {
+                if t.name.ends_with(".lora_b") {
+                    continue;
+                }
+                return Err(bad(format!(
+                    "tensor {} is neither <base>.lora_a nor <base>.lora_b",
+                    t.name
+                )));
+            };
+            let target = parse_base(base, c.n_layers).ok_or_else(|| {
+                bad(format!(
+                    "tensor {}: {base} is not a ternary projection of this {}-layer model",
+                    t.name, c.n_layers
+                ))
+            })?;
+            let b_name = format!("{base}.lora_b");
+            let tb = g
+                .tensor(&b_name)
+                .ok_or_else(|| bad(format!("{} has no matching {b_name}", t.name)))?;
+            let (cols, rows) = shapes[target.1];
+            let ok_ty = |ty: GgmlType| matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0);
+            if !ok_ty(t.ty) || !ok_ty(tb.ty) {
+                return Err(bad(format!(
+                    "{base}: LoRA tensors must be F32, F16 or Q8_0"
+                )));
+            }
+            if t.dims.len() != 2
+                || tb.dims.len() != 2
+                || t.dims[0] != cols as u64
+                || tb.dims[1] != rows as u64
+                || t.dims[1] != tb.dims[0]
+                || t.dims[1] == 0
+            {
+                return Err(bad(format!(
+                    "{base}: lora_a {:?} and lora_b {:?} do not fit the base [{cols}, {rows}] (wrong base model?)",
+                    t.dims, tb.dims
+                )));
+            }
+            let rank = t.dims[1] as usize;
+            pairs[target.0][target.1] = Some(Pair {
+                rank,
+                a: g.dequantize(t),
+                b: g.dequantize(tb),
+            });
+            tensors += 2;
+        }
+        if tensors == 0 {
+            return Err(bad("the adapter has no lora_a/lora_b tensors".into()));
+        }
+        Ok(Lora {
+            alpha,
+            user_scale: 1.0,
+            pairs,
+            tensors,
+        })
+    }
+
+    /// `out[t·stride + offset + o] += (alpha/r)·(B·(A·x_t))[o]` for projection `p` of `layer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        isa: Isa,
+        layer: usize,
+        p: usize,
+        x: &[f32],
+        d_in: usize,
+        out: &mut [f32],
+        stride: usize,
+        offset: usize,
+    ) {
+        let Some(pair) = &self.pairs[layer][p] else {
+            return;
+        };
+        let scale = self.user_scale
+            * if self.alpha != 0.0 {
+                self.alpha / pair.rank as f32
+            } else {
+                1.0
+            };
+        let mut ax = vec![0f32; pair.rank];
+        for (t, xt) in x.chunks_exact(d_in).enumerate() {
+            for (k, v) in ax.iter_mut().enumerate() {
+                *v = kernels::dot(isa, &pair.a[k * d_in..(k + 1) * d_in], xt);
+            }
+            let row = &mut out[t * stride + offset..];
+            for (o, y) in row.iter_mut().take(pair.b.len() / pair.rank).enumerate() {
+                *y += scale * kernels::dot(isa, &pair.b[o * pair.rank..(o + 1) * pair.rank], &ax);
+            }
+        }
+    }
+}
+
+/// `blk.N.<projection>.weight` → (N, projection index).
+fn parse_base(base: &str, layers: usize) -> Option<(usize, usize)> {
+    let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (n, stem) = rest.split_once('.')?;
+    let n: usize = n.parse().ok()?;
+    let p = PROJECTIONS.iter().position(|s| *s == stem)?;
+    (n < layers).then_some((n, p))
+}

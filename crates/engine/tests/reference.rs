@@ -1,0 +1,249 @@
+//! The engine against an independent float64 implementation of the `bitnet` forward pass written
+//! here from the GGUF's dequantized tensors (no packing, no kernels, no KV cache), with and without
+//! a LoRA adapter.
+
+use std::path::Path;
+
+use tritium_engine::synthetic::{Spec, gguf};
+use tritium_engine::{Logits, Lora, Model, Session};
+use tritium_gguf::blocks::encode_f32;
+use tritium_gguf::{GgmlType, Gguf, Value, Writer};
+
+fn rmsnorm(x: &[f64], g: &[f32]) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (ms + 1e-5).sqrt();
+    x.iter().zip(g).map(|(v, g)| v * r * *g as f64).collect()
+}
+
+/// int8 fake quantization as training does it (round half to even).
+fn quant(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-5);
+    let s = 127.0 / m;
+    x.iter()
+        .map(|v| (v * s).round_ties_even().clamp(-128.0, 127.0) / s)
+        .collect()
+}
+
+/// `W·x` with `W` in ggml order `[cols, rows]` (row-major `[rows][cols]`).
+fn matvec(w: &[f32], x: &[f64]) -> Vec<f64> {
+    w.chunks_exact(x.len())
+        .map(|r| r.iter().zip(x).map(|(a, b)| *a as f64 * b).sum())
+        .collect()
+}
+
+type Adapter = Vec<(String, Vec<f32>, Vec<f32>, usize)>; // base, A [r, in], B [out, r], r
+
+fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f64>> {
+    let t = |n: &str| g.dequantize(g.tensor(n).unwrap());
+    let u = |k: &str| g.get(k).unwrap().as_u32().unwrap() as usize;
+    let (d, nl, nh, nkv) = (
+        u("bitnet.embedding_length"),
+        u("bitnet.block_count"),
+        u("bitnet.attention.head_count"),
+        u("bitnet.attention.head_count_kv"),
+    );
+    let hd = d / nh;
+    let embd = t("token_embd.weight");
+    let proj = |name: &str, x: &[f64]| -> Vec<f64> {
+        let mut y = matvec(&t(name), &quant(x));
+        if let Some((_, a, b, r)) = lora.iter().find(|(n, ..)| n == name) {
+            let ax = matvec(a, x);
+            let bax = matvec(b, &ax);
+            for (y, v) in y.iter_mut().zip(bax) {
+                *y += alpha / *r as f64 * v;
+            }
+        }
+        y
+    };
+    let mut xs: Vec<Vec<f64>> = tokens
+        .iter()
+        .map(|&tok| {
+            embd[tok as usize * d..(tok as usize + 1) * d]
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
+        .collect();
+    for l in 0..nl {
+        let b = |s: &str| format!("blk.{l}.{s}.weight");
+        let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
+        for (p, x) in xs.iter().enumerate() {
+            let h = rmsnorm(x, &t(&b("attn_norm")));
+            let (mut q, mut k) = (proj(&b("attn_q"), &h), proj(&b("attn_k"), &h));
+            for v in [&mut q, &mut k] {
+                for head in v.chunks_exact_mut(hd) {
+                    for i in 0..hd / 2 {
+                        let a = p as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
+                        let (x0, x1) = (head[i], head[i + hd / 2]);
+                        head[i] = x0 * a.cos() - x1 * a.sin();
+                        head[i + hd / 2] = x1 * a.cos() + x0 * a.sin();
+                    }
+                }
+            }
+            qs.push(q);
+            ks.push(k);
+            vs.push(proj(&b("attn_v"), &h));
+        }
+        for p in 0..xs.len() {
+            let mut att = vec![0f64; d];
+            for head in 0..nh {
+                let kh = head / (nh / nkv);
+                let s: Vec<f64> = (0..=p)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|i| qs[p][head * hd + i] * ks[j][kh * hd + i])
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                for (j, sj) in s.iter().enumerate() {
+                    for i in 0..hd {
+                        att[head * hd + i] += (sj - m).exp() / z * vs[j][kh * hd + i];
+                    }
+                }
+            }
+            let o = proj(&b("attn_output"), &rmsnorm(&att, &t(&b("attn_sub_norm"))));
+            xs[p].iter_mut().zip(o).for_each(|(x, o)| *x += o);
+            let h = rmsnorm(&xs[p], &t(&b("ffn_norm")));
+            let (gate, up) = (proj(&b("ffn_gate"), &h), proj(&b("ffn_up"), &h));
+            let m: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(a, u)| a / (1.0 + (-a).exp()) * u)
+                .collect();
+            let dn = proj(&b("ffn_down"), &rmsnorm(&m, &t(&b("ffn_sub_norm"))));
+            xs[p].iter_mut().zip(dn).for_each(|(x, o)| *x += o);
+        }
+    }
+    xs.iter()
+        .map(|x| matvec(&embd, &rmsnorm(x, &t("output_norm.weight"))))
+        .collect()
+}
+
+fn adapter(spec: &Spec, alpha: f32, rank: usize) -> (Vec<u8>, Adapter) {
+    let d = spec.d_model;
+    let kv = d / spec.n_heads * spec.n_kv_heads;
+    let mut w = Writer::new();
+    w.kv("general.architecture", Value::String("bitnet".into()))
+        .kv("general.type", Value::String("adapter".into()))
+        .kv("adapter.type", Value::String("lora".into()))
+        .kv("adapter.lora.alpha", Value::F32(alpha));
+    let mut list = Adapter::new();
+    let mut s = 7u64;
+    let mut rnd = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    };
+    for (stem, cols, rows) in [
+        ("attn_q", d, d),
+        ("attn_v", d, kv),
+        ("attn_output", d, d),
+        ("ffn_up", d, spec.d_ff),
+        ("ffn_down", spec.d_ff, d),
+    ] {
+        let base = format!("blk.0.{stem}.weight");
+        let (a, b) = (rnd(rank * cols, 0.2), rnd(rows * rank, 0.2));
+        w.tensor(
+            &format!("{base}.lora_a"),
+            &[cols as u64, rank as u64],
+            GgmlType::F32,
+            encode_f32(&a),
+        );
+        w.tensor(
+            &format!("{base}.lora_b"),
+            &[rank as u64, rows as u64],
+            GgmlType::F32,
+            encode_f32(&b),
+        );
+        list.push((base, a, b, rank));
+    }
+    (w.to_bytes(), list)
+}
+
+fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+        / scale
+}
+
+#[test]
+fn engine_equals_float64_reference_with_and_without_lora() {
+    tritium_engine::set_threads(2);
+    let spec = Spec {
+        n_layers: 2,
+        ..Spec::default()
+    };
+    let bytes = gguf(&spec);
+    let g = Gguf::parse(&bytes).unwrap();
+    let model = Model::from_bytes(Path::new("m.gguf"), bytes.clone()).unwrap();
+    let tokens: Vec<u32> = vec![257, 10, 100, 3, 77, 200, 5, 42];
+    let dir = tempfile::tempdir().unwrap();
+    let (ab, list) = adapter(&spec, 16.0, 4);
+    let apath = dir.path().join("a.gguf");
+    std::fs::write(&apath, ab).unwrap();
+    let lora = Lora::load(&apath, &model).unwrap();
+    assert_eq!(lora.tensors, 10);
+    for (name, adapter_list, use_lora) in [("base", Adapter::new(), false), ("lora", list, true)] {
+        let want = reference(&g, &tokens, &adapter_list, 16.0);
+        let mut s = Session::new(&model, 16).unwrap();
+        if use_lora {
+            s.lora = Some(&lora);
+        }
+        let got = s.forward(&tokens, Logits::All).unwrap().to_vec();
+        let v = model.cfg.vocab;
+        for (t, w) in want.iter().enumerate() {
+            let e = max_rel(&got[t * v..(t + 1) * v], w);
+            assert!(e < 1e-4, "{name} position {t}: {e:.2e}");
+        }
+        if use_lora {
+            let mut base = Session::new(&model, 16).unwrap();
+            let b = base.forward(&tokens, Logits::All).unwrap();
+            assert!(
+                max_rel(b, &want.concat()) > 1e-2,
+                "the adapter changes the logits"
+            );
+        }
+    }
+}
+
+#[test]
+fn adapters_for_another_model_are_refused() {
+    let model = Model::from_bytes(Path::new("m.gguf"), gguf(&Spec::default())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Rank-4 adapter made for a 512-wide model.
+    let (ab, _) = adapter(
+        &Spec {
+            d_model: 512,
+            d_ff: 512,
+            ..Spec::default()
+        },
+        8.0,
+        4,
+    );
+    let p = dir.path().join("wrong.gguf");
+    std::fs::write(&p, ab).unwrap();
+    let e = Lora::load(&p, &model).unwrap_err().to_string();
+    assert!(
+        e.contains("do not fit the base") && e.contains("wrong base model"),
+        "{e}"
+    );
+    // A model file is not an adapter.
+    let m = dir.path().join("model.gguf");
+    std::fs::write(&m, gguf(&Spec::default())).unwrap();
+    assert!(
+        Lora::load(&m, &model)
+            .unwrap_err()
+            .to_string()
+            .contains("not a LoRA adapter")
+    );
+}
