@@ -73,12 +73,22 @@ impl Transformer {
     /// As [`Self::forward`], with quantization blended in by `lambda` ∈ [0, 1] (see
     /// `ModelConfig::quant_warmup_steps`).
     pub fn forward_blend(&self, tokens: Tensor<2, Int>, lambda: f32) -> Tensor<3> {
+        self.head(self.hidden(tokens, lambda))
+    }
+
+    /// The final normed hidden states `[B, T, D]`, before the LM head.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, lambda: f32) -> Tensor<3> {
         let mut x = self.tok_embd.forward(tokens); // [B, T, D]
         for block in &self.blocks {
             x = block.forward(x, lambda);
         }
-        let x = self.output_norm.forward(x);
-        matmul_t(x, self.tok_embd.weight.val()) // [B, T, V]
+        self.output_norm.forward(x)
+    }
+
+    /// The tied LM head on hidden states `[.., D]` → `[.., V]` (evaluation applies it only to the
+    /// positions it scores).
+    pub fn head<const N: usize>(&self, h: Tensor<N>) -> Tensor<N> {
+        matmul_t(h, self.tok_embd.weight.val())
     }
 }
 

@@ -23,6 +23,13 @@ pub enum EvalError {
 /// Per continuation token: its log-probability and whether it was the argmax.
 pub type TokenScores = Vec<(f64, bool)>;
 
+/// Continuations to score after one shared context.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub ctx: Vec<u32>,
+    pub conts: Vec<Vec<u32>>,
+}
+
 /// A model that scores continuations.
 pub trait Scorer {
     /// Longest sequence (context + continuation) the model takes.
@@ -34,6 +41,10 @@ pub trait Scorer {
     /// keep `context.len() + cont.len() ≤ max_len()`).
     fn score(&mut self, context: &[u32], conts: &[Vec<u32>])
     -> Result<Vec<TokenScores>, EvalError>;
+    /// Several requests at once (a backend may batch them); one result list per request.
+    fn score_batch(&mut self, reqs: &[Request]) -> Result<Vec<Vec<TokenScores>>, EvalError> {
+        reqs.iter().map(|r| self.score(&r.ctx, &r.conts)).collect()
+    }
 }
 
 /// `log_softmax(row)[target]` and whether `target` is the (first) argmax, in f64.
@@ -185,15 +196,16 @@ fn split(
     Ok((whole[..n].to_vec(), tail))
 }
 
-/// Scores one item: the log-likelihood of each option (and whether every token was greedy).
-fn score_item(
-    s: &mut dyn Scorer,
+/// The requests that score one item (the context cut from the left to fit the model).
+fn requests(
+    s: &dyn Scorer,
     item: &Item,
     truncated: &mut usize,
     what: &str,
-) -> Result<(Vec<f64>, Vec<bool>), EvalError> {
+) -> Result<Vec<Request>, EvalError> {
     let max = s.max_len();
-    let mut fit = |mut ctx: Vec<u32>, conts: &[Vec<u32>], s: &dyn Scorer| -> Vec<u32> {
+    let mut fit = |mut ctx: Vec<u32>, mut conts: Vec<Vec<u32>>| -> Request {
+        conts.iter_mut().for_each(|c| c.truncate(max - 1));
         let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
         let room = max.saturating_sub(longest).max(1);
         if ctx.len() > room {
@@ -203,13 +215,11 @@ fn score_item(
         if ctx.is_empty() {
             ctx.push(s.bos());
         }
-        ctx
+        Request { ctx, conts }
     };
-    let sum = |t: &TokenScores| t.iter().map(|x| x.0).sum::<f64>();
-    let greedy = |t: &TokenScores| t.iter().all(|x| x.1);
-    match item {
+    Ok(match item {
         Item::Choice { query, choices, .. } => {
-            // The context is shared, so score it once for all choices.
+            // One context shared by every choice: a backend can run it once.
             let mut ctx = None;
             let mut conts = Vec::new();
             for (i, c) in choices.iter().enumerate() {
@@ -217,51 +227,47 @@ fn score_item(
                 ctx.get_or_insert(cx);
                 conts.push(tail);
             }
-            let conts: Vec<Vec<u32>> = conts
-                .into_iter()
-                .map(|mut c| {
-                    c.truncate(max - 1);
-                    c
-                })
-                .collect();
-            let ctx = fit(ctx.unwrap_or_default(), &conts, s);
-            let r = s.score(&ctx, &conts)?;
-            Ok((r.iter().map(sum).collect(), r.iter().map(greedy).collect()))
+            vec![fit(ctx.unwrap_or_default(), conts)]
         }
         Item::Context {
             contexts,
             continuation,
             ..
         } => {
-            let mut lls = Vec::new();
-            let mut gs = Vec::new();
+            let mut out = Vec::new();
             for (i, c) in contexts.iter().enumerate() {
-                let (cx, mut tail) = split(
+                let (cx, tail) = split(
                     s,
                     c,
                     &format!(" {continuation}"),
                     &format!("{what} option {i}"),
                 )?;
-                tail.truncate(max - 1);
-                let ctx = fit(cx, std::slice::from_ref(&tail), s);
-                let r = s.score(&ctx, &[tail])?;
-                lls.push(sum(&r[0]));
-                gs.push(greedy(&r[0]));
+                out.push(fit(cx, vec![tail]));
             }
-            Ok((lls, gs))
+            out
         }
         Item::Cloze {
             context,
             continuation,
         } => {
-            let (cx, mut tail) = split(s, context, &format!(" {continuation}"), what)?;
-            tail.truncate(max - 1);
-            let ctx = fit(cx, std::slice::from_ref(&tail), s);
-            let r = s.score(&ctx, &[tail])?;
-            Ok((vec![sum(&r[0])], vec![greedy(&r[0])]))
+            let (cx, tail) = split(s, context, &format!(" {continuation}"), what)?;
+            vec![fit(cx, vec![tail])]
         }
-    }
+    })
 }
+
+/// Log-likelihood of each option and whether all its tokens were greedy, from the results of
+/// [`requests`].
+fn combine(results: Vec<Vec<TokenScores>>) -> (Vec<f64>, Vec<bool>) {
+    let all: Vec<TokenScores> = results.into_iter().flatten().collect();
+    (
+        all.iter().map(|t| t.iter().map(|x| x.0).sum()).collect(),
+        all.iter().map(|t| t.iter().all(|x| x.1)).collect(),
+    )
+}
+
+/// Items scored per batch of requests.
+const ITEMS_PER_BATCH: usize = 8;
 
 /// Runs one task's items through the scorer.
 pub fn run_task(
@@ -274,9 +280,22 @@ pub fn run_task(
     let mut truncated = 0;
     let (mut chance, mut ll_sum) = (0.0, 0.0);
     let cloze = matches!(items.first(), Some(Item::Cloze { .. }));
-    for (i, item) in items.iter().enumerate() {
-        let what = format!("{task} item {}", i + 1);
-        let (lls, greedy) = score_item(s, item, &mut truncated, &what)?;
+    let mut scored: Vec<(Vec<f64>, Vec<bool>)> = Vec::with_capacity(items.len());
+    for (c, chunk) in items.chunks(ITEMS_PER_BATCH).enumerate() {
+        let mut reqs = Vec::new();
+        let mut counts = Vec::new();
+        for (k, item) in chunk.iter().enumerate() {
+            let what = format!("{task} item {}", c * ITEMS_PER_BATCH + k + 1);
+            let r = requests(s, item, &mut truncated, &what)?;
+            counts.push(r.len());
+            reqs.extend(r);
+        }
+        let mut results = s.score_batch(&reqs)?.into_iter();
+        for n in counts {
+            scored.push(combine(results.by_ref().take(n).collect()));
+        }
+    }
+    for (item, (lls, greedy)) in items.iter().zip(scored) {
         let r = match item {
             Item::Choice { choices, gold, .. } => {
                 chance += 1.0 / choices.len() as f64;

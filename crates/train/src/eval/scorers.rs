@@ -7,7 +7,7 @@ use tritium_engine::{Logits, Model, Session};
 use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 
-use super::{EvalError, Scorer, TokenScores, token_score};
+use super::{EvalError, Request, Scorer, TokenScores, token_score};
 use crate::checkpoint;
 use crate::tokenizer::Tokenizer;
 
@@ -54,34 +54,66 @@ impl Scorer for BurnScorer {
         self.tok.eot_id
     }
     fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
-        let mut out = Vec::with_capacity(conts.len());
-        for group in conts.chunks(self.batch.max(1)) {
-            // Right-padded batch of context + continuation; padding sits after every position read.
+        let pairs: Vec<(&[u32], &[u32])> = conts.iter().map(|c| (ctx, c.as_slice())).collect();
+        self.score_pairs(&pairs)
+    }
+
+    fn score_batch(&mut self, reqs: &[Request]) -> Result<Vec<Vec<TokenScores>>, EvalError> {
+        // Every (context, continuation) of every request goes into shared forward passes.
+        let pairs: Vec<(&[u32], &[u32])> = reqs
+            .iter()
+            .flat_map(|r| r.conts.iter().map(|c| (r.ctx.as_slice(), c.as_slice())))
+            .collect();
+        let mut flat = self.score_pairs(&pairs)?.into_iter();
+        Ok(reqs
+            .iter()
+            .map(|r| flat.by_ref().take(r.conts.len()).collect())
+            .collect())
+    }
+}
+
+impl BurnScorer {
+    fn score_pairs(&mut self, pairs: &[(&[u32], &[u32])]) -> Result<Vec<TokenScores>, EvalError> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for group in pairs.chunks(self.batch.max(1)) {
+            // Right-padded batch; the padding sits after every position read.
             let t = group
                 .iter()
-                .map(|c| ctx.len() + c.len() - 1)
+                .map(|(x, c)| x.len() + c.len() - 1)
                 .max()
                 .unwrap_or(1)
                 .max(1);
             let mut ids = vec![0i64; group.len() * t];
-            for (b, c) in group.iter().enumerate() {
-                for (i, &tok) in ctx.iter().chain(c.iter()).take(t).enumerate() {
+            for (b, (x, c)) in group.iter().enumerate() {
+                for (i, &tok) in x.iter().chain(c.iter()).take(t).enumerate() {
                     ids[b * t + i] = tok as i64;
                 }
             }
             let x =
                 Tensor::<1, Int>::from_ints(ids.as_slice(), &self.device).reshape([group.len(), t]);
-            let logits = self.model.forward(x);
-            let v = logits.dims()[2];
+            let h = self.model.hidden(x, 1.0);
+            let d = h.dims()[2];
+            // The LM head only at the positions scored: token i of a continuation is predicted
+            // at position len(context) − 1 + i.
+            let rows: Vec<i64> = group
+                .iter()
+                .enumerate()
+                .flat_map(|(b, (x, c))| (0..c.len()).map(move |i| (b * t + x.len() - 1 + i) as i64))
+                .collect();
+            let idx = Tensor::<1, Int>::from_ints(rows.as_slice(), &self.device);
+            let logits = self
+                .model
+                .head(h.reshape([group.len() * t, d]).select(0, idx));
+            let v = logits.dims()[1];
             let logits: Vec<f32> = logits.into_data().convert::<f32>().iter::<f32>().collect();
-            for (b, c) in group.iter().enumerate() {
-                // Token i of the continuation is predicted at position ctx.len() − 1 + i.
+            let mut at = 0;
+            for (_, c) in group {
                 out.push(
                     c.iter()
-                        .enumerate()
-                        .map(|(i, &tok)| {
-                            let at = (b * t + ctx.len() - 1 + i) * v;
-                            token_score(&logits[at..at + v], tok)
+                        .map(|&tok| {
+                            let s = token_score(&logits[at * v..(at + 1) * v], tok);
+                            at += 1;
+                            s
                         })
                         .collect(),
                 );
