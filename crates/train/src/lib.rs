@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+pub mod instruct;
 pub mod metrics;
 pub mod optim;
 pub mod step;
