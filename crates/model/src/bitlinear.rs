@@ -16,6 +16,68 @@ pub struct BitLinear {
     pub weight: Param<Tensor<2>>,
     #[module(skip)]
     pub quant: Quant,
+    /// A LoRA adapter beside the layer (fine-tuning); `None` in pretraining and in checkpoints
+    /// written before adapters existed.
+    pub lora: Option<Lora>,
+}
+
+/// LoRA with llama.cpp's runtime semantics: `y = BitLinear(x) + (alpha/r)·B(A·x)`, the branch
+/// running in full precision on the layer's input before activation quantization. `A` starts
+/// random (Kaiming-uniform, as PEFT), `B` at zero, so a new adapter changes nothing.
+#[derive(Module, Debug)]
+pub struct Lora {
+    /// `[r, d_in]`
+    pub a: Param<Tensor<2>>,
+    /// `[d_out, r]`
+    pub b: Param<Tensor<2>>,
+    #[module(skip)]
+    pub alpha: f32,
+    #[module(skip)]
+    pub dropout: f64,
+}
+
+impl Lora {
+    pub fn new(
+        d_in: usize,
+        d_out: usize,
+        rank: usize,
+        alpha: f32,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Lora {
+            a: Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+            .init([rank, d_in], device),
+            b: Initializer::Zeros.init([d_out, rank], device),
+            alpha,
+            dropout,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // Dropout only while training (an autodiff device); inference is deterministic.
+        let x = if self.dropout > 0.0 && x.device().is_autodiff() {
+            let keep = 1.0 - self.dropout;
+            let mask = Tensor::<D>::random(
+                x.shape(),
+                burn::tensor::Distribution::Bernoulli(keep),
+                &x.device(),
+            );
+            x * mask / keep
+        } else {
+            x
+        };
+        let scale = self.alpha / self.rank() as f32;
+        matmul_t(matmul_t(x, self.a.val()), self.b.val()) * scale
+    }
 }
 
 impl BitLinear {
@@ -26,11 +88,16 @@ impl BitLinear {
             std: 0.02,
         }
         .init([d_out, d_in], device);
-        Self { weight, quant }
+        Self {
+            weight,
+            quant,
+            lora: None,
+        }
     }
 
     /// `x: [.., d_in] → [.., d_out]`. `lambda` blends quantization in (1 = fully ternary).
     pub fn forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
+        let x_in = x.clone();
         let w = self.weight.val();
         let (x, w) = match self.quant {
             Quant::None => (x, w),
@@ -39,7 +106,13 @@ impl BitLinear {
                 ste(w.clone(), ternarize(w), lambda),
             ),
         };
-        matmul_t(x, w)
+        match &self.lora {
+            None => matmul_t(x, w),
+            Some(l) => {
+                let side = l.forward(x_in);
+                matmul_t(x, w) + side
+            }
+        }
     }
 }
 
@@ -53,4 +126,47 @@ pub(crate) fn matmul_t<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> 
     let mut out = dims;
     out[D - 1] = n;
     y.reshape(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, dev, t2, values};
+
+    #[test]
+    fn lora_adds_alpha_over_r_times_b_a_x_on_the_unquantized_input() {
+        let d = dev();
+        let mut layer = BitLinear::new(2, 2, Quant::Ternary, &d);
+        layer.weight = Param::from_tensor(t2(&[[1.0, -1.0], [0.0, 2.0]]));
+        let x = t2(&[[0.5, 0.3]]);
+        let base = values(layer.forward(x.clone(), 1.0));
+        // A new adapter (B = 0) changes nothing.
+        layer.lora = Some(Lora::new(2, 2, 1, 4.0, 0.0, &d));
+        assert_eq!(values(layer.forward(x.clone(), 1.0)), base);
+        // A = [1, 2], B = [3, -1]ᵀ, alpha/r = 4: A·x = 0.5 + 0.6 = 1.1 → B·(A·x)·4 = [13.2, -4.4],
+        // on x itself (its int8 rounding would give 1.0984…).
+        let l = layer.lora.as_mut().unwrap();
+        l.a = Param::from_tensor(t2(&[[1.0, 2.0]]));
+        l.b = Param::from_tensor(t2(&[[3.0], [-1.0]]));
+        let got = values(layer.forward(x, 1.0));
+        assert_close(&got, &[base[0] + 13.2, base[1] - 4.4], 1e-5);
+    }
+
+    #[test]
+    fn frozen_base_gets_no_gradient_and_the_adapter_does() {
+        let d = dev().autodiff();
+        let layer = BitLinear::new(4, 3, Quant::Ternary, &d).no_grad();
+        let mut layer = layer;
+        let mut lora = Lora::new(4, 3, 2, 2.0, 0.0, &d);
+        lora.b = Param::from_tensor(Tensor::<2>::ones([3, 2], &d).require_grad());
+        layer.lora = Some(lora);
+        let x = Tensor::<2>::from_floats([[0.1, -0.2, 0.3, 0.4]], &d);
+        let g = layer.forward(x, 1.0).sum().backward();
+        assert!(
+            layer.weight.val().grad(&g).is_none(),
+            "the ternary base stays frozen"
+        );
+        let l = layer.lora.as_ref().unwrap();
+        assert!(l.a.val().grad(&g).is_some() && l.b.val().grad(&g).is_some());
+    }
 }

@@ -32,9 +32,16 @@ pub struct Example {
 #[derive(Debug, thiserror::Error)]
 pub enum InstructError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not UTF-8 (line {line}, byte {byte})")]
-    Utf8 { path: PathBuf, line: usize, byte: usize },
+    Utf8 {
+        path: PathBuf,
+        line: usize,
+        byte: usize,
+    },
     #[error("{at}: {msg}")]
     Record { at: String, msg: String },
     #[error("{path}: no examples")]
@@ -49,39 +56,64 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path, skip_invalid: bool) -> Result<Loaded, InstructError> {
-    let bytes = std::fs::read(path).map_err(|source| InstructError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| InstructError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t,
         Err(e) => {
             let byte = e.valid_up_to();
             let line = bytes[..byte].iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(InstructError::Utf8 { path: path.to_path_buf(), line, byte });
+            return Err(InstructError::Utf8 {
+                path: path.to_path_buf(),
+                line,
+                byte,
+            });
         }
     };
     let name = path.display();
     let mut records: Vec<(String, Result<Value, String>)> = Vec::new();
     if text.trim_start().starts_with('[') {
         match serde_json::from_str::<Vec<Value>>(text) {
-            Ok(items) => records.extend(items.into_iter().enumerate().map(|(i, v)| (format!("{name}: item {}", i + 1), Ok(v)))),
-            Err(e) => return Err(InstructError::Record { at: format!("{name}:{}", e.line()), msg: format!("not a JSON array: {e}") }),
+            Ok(items) => records.extend(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{name}: item {}", i + 1), Ok(v))),
+            ),
+            Err(e) => {
+                return Err(InstructError::Record {
+                    at: format!("{name}:{}", e.line()),
+                    msg: format!("not a JSON array: {e}"),
+                });
+            }
         }
     } else {
         for (i, line) in text.lines().enumerate() {
             if !line.trim().is_empty() {
-                records.push((format!("{name}:{}", i + 1), serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))));
+                records.push((
+                    format!("{name}:{}", i + 1),
+                    serde_json::from_str(line).map_err(|e| format!("not JSON: {e}")),
+                ));
             }
         }
     }
     let mut out = Loaded::default();
     for (at, rec) in records {
         match rec.and_then(|v| parse(&v)) {
-            Ok(messages) => out.examples.push(Example { messages, origin: at }),
+            Ok(messages) => out.examples.push(Example {
+                messages,
+                origin: at,
+            }),
             Err(msg) if skip_invalid => out.skipped.push((at, msg)),
             Err(msg) => return Err(InstructError::Record { at, msg }),
         }
     }
     if out.examples.is_empty() {
-        return Err(InstructError::Empty { path: path.to_path_buf() });
+        return Err(InstructError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -127,12 +159,21 @@ fn parse(v: &Value) -> Result<Vec<Message>, String> {
                 Some("system") => Role::System,
                 Some("user") => Role::User,
                 Some("assistant") => Role::Assistant,
-                Some(r) => return Err(format!("messages[{i}].role {r:?} is not system, user or assistant")),
+                Some(r) => {
+                    return Err(format!(
+                        "messages[{i}].role {r:?} is not system, user or assistant"
+                    ));
+                }
                 None => return Err(format!("messages[{i}].role is missing or not a string")),
             };
-            let content = m.get("content").and_then(Value::as_str).ok_or(format!("messages[{i}].content is missing or not a string"))?;
+            let content = m
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or(format!("messages[{i}].content is missing or not a string"))?;
             if role == Role::Assistant && content.trim().is_empty() {
-                return Err(format!("messages[{i}].content (an assistant response) is empty"));
+                return Err(format!(
+                    "messages[{i}].content (an assistant response) is empty"
+                ));
             }
             out.push(msg(role, content.to_string()));
         }
@@ -143,12 +184,25 @@ fn parse(v: &Value) -> Result<Vec<Message>, String> {
     }
     if let Some(instruction) = text_field(v, "instruction")? {
         let input = text_field(v, "input")?.unwrap_or_default();
-        let user = if input.trim().is_empty() { instruction } else { format!("{instruction}\n\n{input}") };
-        return Ok(vec![msg(Role::User, user), msg(Role::Assistant, response(text_field(v, "output")?, "output")?)]);
+        let user = if input.trim().is_empty() {
+            instruction
+        } else {
+            format!("{instruction}\n\n{input}")
+        };
+        return Ok(vec![
+            msg(Role::User, user),
+            msg(
+                Role::Assistant,
+                response(text_field(v, "output")?, "output")?,
+            ),
+        ]);
     }
     for (p, c) in [("prompt", "completion"), ("question", "answer")] {
         if let Some(prompt) = text_field(v, p)? {
-            return Ok(vec![msg(Role::User, prompt), msg(Role::Assistant, response(text_field(v, c)?, c)?)]);
+            return Ok(vec![
+                msg(Role::User, prompt),
+                msg(Role::Assistant, response(text_field(v, c)?, c)?),
+            ]);
         }
     }
     Err("none of the known shapes: {instruction, input?, output}, {messages: [{role, content}]}, {prompt, completion}, {question, answer}".into())
@@ -184,8 +238,18 @@ mod tests {
         assert_eq!(l.examples[1].messages[0].content, "Say hi.");
         assert_eq!(l.examples[2].messages.len(), 3);
         assert_eq!(l.examples[2].origin, format!("{}:4", p.display()));
-        assert_eq!(l.examples[4].messages[1], Message { role: Role::Assistant, content: "4".into() });
-        let arr = write(dir.path(), "b.json", br#"[{"prompt": "a", "completion": "b"}, {"instruction": "x", "output": "y"}]"#);
+        assert_eq!(
+            l.examples[4].messages[1],
+            Message {
+                role: Role::Assistant,
+                content: "4".into()
+            }
+        );
+        let arr = write(
+            dir.path(),
+            "b.json",
+            br#"[{"prompt": "a", "completion": "b"}, {"instruction": "x", "output": "y"}]"#,
+        );
         let l = load(&arr, false).unwrap();
         assert_eq!(l.examples.len(), 2);
         assert!(l.examples[1].origin.ends_with("b.json: item 2"));
@@ -197,24 +261,52 @@ mod tests {
         for (line, want) in [
             ("{not json", "not JSON"),
             (r#"{"text": "hello"}"#, "none of the known shapes"),
-            (r#"{"instruction": "x", "output": "  "}"#, "\"output\" (the response) is empty"),
-            (r#"{"instruction": "x"}"#, "\"output\" (the response) is missing"),
-            (r#"{"messages": [{"role": "robot", "content": "beep"}]}"#, "messages[0].role \"robot\""),
-            (r#"{"messages": [{"role": "user", "content": "hi"}]}"#, "no assistant message"),
-            (r#"{"instruction": 5, "output": "y"}"#, "\"instruction\" is a number"),
+            (
+                r#"{"instruction": "x", "output": "  "}"#,
+                "\"output\" (the response) is empty",
+            ),
+            (
+                r#"{"instruction": "x"}"#,
+                "\"output\" (the response) is missing",
+            ),
+            (
+                r#"{"messages": [{"role": "robot", "content": "beep"}]}"#,
+                "messages[0].role \"robot\"",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": "hi"}]}"#,
+                "no assistant message",
+            ),
+            (
+                r#"{"instruction": 5, "output": "y"}"#,
+                "\"instruction\" is a number",
+            ),
             ("[1, 2]", "must be a JSON object"),
         ] {
-            let p = write(dir.path(), "c.jsonl", format!("{{\"prompt\": \"a\", \"completion\": \"b\"}}\n{line}\n").as_bytes());
+            let p = write(
+                dir.path(),
+                "c.jsonl",
+                format!("{{\"prompt\": \"a\", \"completion\": \"b\"}}\n{line}\n").as_bytes(),
+            );
             let e = load(&p, false).unwrap_err().to_string();
             assert!(e.contains("c.jsonl:2:") && e.contains(want), "{e}");
             let l = load(&p, true).unwrap();
             assert_eq!((l.examples.len(), l.skipped.len()), (1, 1), "{line}");
             assert!(l.skipped[0].1.contains(want));
         }
-        let p = write(dir.path(), "d.jsonl", b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"\xff\"}\n");
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"\xff\"}\n",
+        );
         let e = load(&p, false).unwrap_err().to_string();
         assert!(e.contains("not UTF-8 (line 2"), "{e}");
         let p = write(dir.path(), "e.jsonl", b"\n\n");
-        assert!(load(&p, false).unwrap_err().to_string().contains("no examples"));
+        assert!(
+            load(&p, false)
+                .unwrap_err()
+                .to_string()
+                .contains("no examples")
+        );
     }
 }
