@@ -322,3 +322,115 @@ fn eval_agrees_between_checkpoint_and_gguf() {
         }
     }
 }
+
+/// A LoRA adapter on every projection: exported as a llama.cpp adapter GGUF, applied by the
+/// engine beside the base GGUF, it gives the Burn model's logits and greedy tokens.
+#[test]
+fn lora_adapter_in_the_engine_matches_burn() {
+    use tritium_model::bitlinear::Lora as BurnLora;
+    use tritium_model::burn::module::Param;
+    let f = fixture();
+    let (mut model, dev) = burn_model();
+    dev.seed(11);
+    let cfg = {
+        let m = Model::load(&f.files[0].1).unwrap();
+        m.cfg.clone()
+    };
+    for b in model.blocks.iter_mut() {
+        let layers = [
+            &mut b.attn.wq,
+            &mut b.attn.wk,
+            &mut b.attn.wv,
+            &mut b.attn.wo,
+            &mut b.ffn.gate,
+            &mut b.ffn.up,
+            &mut b.ffn.down,
+        ];
+        for l in layers {
+            let [d_out, d_in] = l.weight.dims();
+            let mut lora = BurnLora::new(d_in, d_out, 4, 8.0, 0.0, &dev);
+            // A trained adapter has a non-zero B; a random one moves the logits visibly.
+            lora.b = Param::from_tensor(Tensor::<2>::random(
+                [d_out, 4],
+                tritium_model::burn::tensor::Distribution::Normal(0.0, 0.2),
+                &dev,
+            ));
+            l.lora = Some(lora);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter.gguf");
+    assert_eq!(
+        tritium_export::export_lora(&model, &adapter).unwrap(),
+        7 * cfg.n_layers
+    );
+    tritium_engine::set_threads(2);
+    let base = &f
+        .files
+        .iter()
+        .find(|(n, _)| n == "tq2_0-f32embd")
+        .unwrap()
+        .1;
+    let m = Model::load(base).unwrap();
+    let lora = tritium_engine::Lora::load(&adapter, &m).unwrap();
+    let ids = m.tokenizer.encode(PROMPT).unwrap();
+    let want = burn_logits(&model, &dev, &ids);
+    let plain = burn_logits(&burn_model().0, &dev, &ids);
+    let mut s = Session::new(&m, 256).unwrap();
+    s.lora = Some(&lora);
+    let got = s.forward(&ids, Logits::All).unwrap().to_vec();
+    let v = m.cfg.vocab;
+    let mut errs: Vec<f32> = Vec::new();
+    let mut moved = 0f32;
+    for t in 0..ids.len() {
+        let w = &want[t * v..(t + 1) * v];
+        let scale = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+        errs.push(
+            got[t * v..(t + 1) * v]
+                .iter()
+                .zip(w)
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+                / scale,
+        );
+        moved = moved.max(
+            plain[t * v..(t + 1) * v]
+                .iter()
+                .zip(w)
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+                / scale,
+        );
+    }
+    errs.sort_by(f32::total_cmp);
+    eprintln!(
+        "LoRA: engine vs Burn relative error median {:.1e}, max {:.1e}; the adapter moved logits by {moved:.2}",
+        errs[errs.len() / 2],
+        errs[errs.len() - 1]
+    );
+    assert!(
+        moved > 0.1,
+        "the adapter must matter for the test to mean anything"
+    );
+    assert!(errs[errs.len() / 2] <= 1e-3 && errs[errs.len() - 1] <= 5e-3);
+    // Greedy: 32 tokens identical.
+    let prompt = m.tokenizer.encode("Once upon a time").unwrap();
+    let mut burn_ids = prompt.clone();
+    for _ in 0..32 {
+        let l = burn_logits(&model, &dev, &burn_ids);
+        let last = &l[(burn_ids.len() - 1) * v..];
+        burn_ids.push((0..v).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32);
+    }
+    let mut s = Session::new(&m, 256).unwrap();
+    s.lora = Some(&lora);
+    let mut greedy = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    });
+    let mut engine_ids = Vec::new();
+    let mut logits = s.forward(&prompt, Logits::Last).unwrap().to_vec();
+    for _ in 0..32 {
+        let t = greedy.sample(&logits, &[]);
+        engine_ids.push(t);
+        logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
+    }
+    assert_eq!(engine_ids, burn_ids[prompt.len()..]);
+}

@@ -43,6 +43,8 @@ pub enum ExportError {
     },
     #[error("tensor {tensor}: {n} weights is not a multiple of 128, which I2_S packs")]
     I2sLength { tensor: String, n: usize },
+    #[error("LoRA export: {0}")]
+    Lora(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -317,4 +319,53 @@ pub fn export(
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+/// Writes the LoRA adapters attached to `model`'s BitLinears as a llama.cpp LoRA-adapter GGUF:
+/// `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted
+/// projection `<base>.lora_a` (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`), F32. Returns the
+/// number of adapted projections.
+pub fn export_lora(model: &tritium_model::Transformer, out: &Path) -> Result<usize, ExportError> {
+    let mut w = Writer::new();
+    let mut alpha = None;
+    let mut n = 0;
+    let mut tensors = Vec::new();
+    for (i, b) in model.blocks.iter().enumerate() {
+        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
+            let Some(l) = &layer.lora else { continue };
+            if alpha.is_some_and(|a| a != l.alpha) {
+                return Err(ExportError::Lora("adapters with different alphas cannot share one GGUF (llama.cpp has one adapter.lora.alpha)".into()));
+            }
+            alpha = Some(l.alpha);
+            let [r, d_in] = l.a.dims();
+            let [d_out, _] = l.b.dims();
+            let base = names::weight(i, stem);
+            tensors.push((
+                format!("{base}.lora_a"),
+                [d_in as u64, r as u64],
+                values(l.a.val()),
+            ));
+            tensors.push((
+                format!("{base}.lora_b"),
+                [r as u64, d_out as u64],
+                values(l.b.val()),
+            ));
+            n += 1;
+        }
+    }
+    let Some(alpha) = alpha else {
+        return Err(ExportError::Lora("the model has no LoRA adapters".into()));
+    };
+    w.kv("general.architecture", Value::String(names::ARCH.into()))
+        .kv("general.type", Value::String("adapter".into()))
+        .kv("adapter.type", Value::String("lora".into()))
+        .kv("adapter.lora.alpha", Value::F32(alpha));
+    for (name, dims, v) in tensors {
+        w.tensor(&name, &dims, GgmlType::F32, encode_f32(&v));
+    }
+    tritium_train::fsutil::write_atomic(out, &w.to_bytes()).map_err(|source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(n)
 }
