@@ -6,6 +6,7 @@
 //! [`checkpoint`] and [`metrics`] write the run directory. [`bench`] times the bare training step.
 
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
