@@ -10,6 +10,7 @@ use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
 mod eval_cmd;
+mod finetune_cmd;
 mod gguf_cmd;
 mod run_cmd;
 mod train_cmd;
@@ -45,6 +46,8 @@ enum Command {
     BenchTrain(BenchTrainArgs),
     /// Generate text from a GGUF with the bundled engine (or chat with --chat).
     Run(run_cmd::RunArgs),
+    /// LoRA (or full) fine-tuning of a pretrained checkpoint on instruction data.
+    Finetune(finetune_cmd::FinetuneArgs),
     /// Perplexity and zero-shot accuracy of a checkpoint or a GGUF.
     Eval(eval_cmd::EvalArgs),
     /// Prompt-processing and generation speed of the bundled engine on a GGUF, like llama-bench.
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
         Command::Eval(a) => eval_cmd::eval(a),
+        Command::Finetune(a) => finetune_cmd::finetune(a),
     }
 }
 

@@ -18,11 +18,19 @@ pub struct Template {
 impl Template {
     pub fn new(source: &str) -> Result<Template, String> {
         let mut env = minijinja::Environment::new();
-        env.add_template_owned("chat", source.to_string()).map_err(|e| format!("chat template: {e}"))?;
-        Ok(Template { env, source: source.to_string() })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| format!("chat template: {e}"))?;
+        Ok(Template {
+            env,
+            source: source.to_string(),
+        })
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
         t.render(minijinja::context! { messages => messages, add_generation_prompt => add_generation_prompt }).map_err(|e| format!("chat template: {e}"))
     }
@@ -54,11 +62,20 @@ impl Template {
 }
 
 /// Token ids of a conversation and, per token, whether the loss counts it.
-pub fn tokenize(tok: &Tokenizer, tpl: &Template, ex: &Example) -> Result<(Vec<u32>, Vec<bool>), String> {
+pub fn tokenize(
+    tok: &Tokenizer,
+    tpl: &Template,
+    ex: &Example,
+) -> Result<(Vec<u32>, Vec<bool>), String> {
     let mut ids = Vec::new();
     let mut mask = Vec::new();
-    for (text, train) in tpl.pieces(&ex.messages).map_err(|e| format!("{}: {e}", ex.origin))? {
-        let t = tok.encode(&text).map_err(|e| format!("{}: {e}", ex.origin))?;
+    for (text, train) in tpl
+        .pieces(&ex.messages)
+        .map_err(|e| format!("{}: {e}", ex.origin))?
+    {
+        let t = tok
+            .encode(&text)
+            .map_err(|e| format!("{}: {e}", ex.origin))?;
         mask.extend(std::iter::repeat_n(train, t.len()));
         ids.extend(t);
     }
@@ -70,13 +87,22 @@ mod tests {
     use super::*;
 
     fn m(role: Role, c: &str) -> Message {
-        Message { role, content: c.into() }
+        Message {
+            role,
+            content: c.into(),
+        }
     }
 
     #[test]
     fn chatml_pieces_mark_only_assistant_turns() {
         let t = Template::new(DEFAULT_TEMPLATE).unwrap();
-        let msgs = vec![m(Role::System, "Be brief."), m(Role::User, "Hi"), m(Role::Assistant, "Hello."), m(Role::User, "Bye"), m(Role::Assistant, "Bye!")];
+        let msgs = vec![
+            m(Role::System, "Be brief."),
+            m(Role::User, "Hi"),
+            m(Role::Assistant, "Hello."),
+            m(Role::User, "Bye"),
+            m(Role::Assistant, "Bye!"),
+        ];
         let p = t.pieces(&msgs).unwrap();
         let trained: Vec<&str> = p.iter().filter(|x| x.1).map(|x| x.0.as_str()).collect();
         assert_eq!(trained, vec!["Hello.<|im_end|>\n", "Bye!<|im_end|>\n"]);

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod finetune;
 pub mod fsutil;
 pub mod instruct;
 pub mod metrics;
