@@ -89,20 +89,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             println!("adapter: {} and {}", st.display(), gguf.display());
             if !summary.added_tokens.is_empty() {
                 // The base gained token rows: save it so its GGUF carries them.
-                let mut base = model.clone();
-                for b in base.blocks.iter_mut() {
-                    for l in [
-                        &mut b.attn.wq,
-                        &mut b.attn.wk,
-                        &mut b.attn.wv,
-                        &mut b.attn.wo,
-                        &mut b.ffn.gate,
-                        &mut b.ffn.up,
-                        &mut b.ffn.down,
-                    ] {
-                        l.lora = None;
-                    }
-                }
+                let base = finetune::without_adapters(&model);
                 let p = tritium_train::checkpoint::save(
                     &a.out.join("base"),
                     &base,

@@ -337,16 +337,7 @@ fn lora_adapter_in_the_engine_matches_burn() {
         m.cfg.clone()
     };
     for b in model.blocks.iter_mut() {
-        let layers = [
-            &mut b.attn.wq,
-            &mut b.attn.wk,
-            &mut b.attn.wv,
-            &mut b.attn.wo,
-            &mut b.ffn.gate,
-            &mut b.ffn.up,
-            &mut b.ffn.down,
-        ];
-        for l in layers {
+        for l in b.projections_mut() {
             let [d_out, d_in] = l.weight.dims();
             let mut lora = BurnLora::new(d_in, d_out, 4, 8.0, 0.0, &dev);
             // A trained adapter has a non-zero B; a random one moves the logits visibly.

@@ -145,15 +145,7 @@ pub fn ternarize(layer: &BitLinear) -> (Vec<i8>, f32) {
 
 /// The seven projections of a block, in `names::PROJECTIONS` order.
 pub fn projections(b: &tritium_model::Block) -> [&BitLinear; 7] {
-    [
-        &b.attn.wq,
-        &b.attn.wk,
-        &b.attn.wv,
-        &b.attn.wo,
-        &b.ffn.gate,
-        &b.ffn.up,
-        &b.ffn.down,
-    ]
+    b.projections()
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::attention::Attention;
-use crate::bitlinear::matmul_t;
+use crate::bitlinear::{BitLinear, matmul_t};
 use crate::config::ModelConfig;
 use crate::ffn::FeedForward;
 
@@ -19,6 +19,26 @@ pub struct Block {
 }
 
 impl Block {
+    /// The seven BitLinears in GGUF order: q, k, v, o, gate, up, down.
+    pub fn projections(&self) -> [&BitLinear; 7] {
+        let (a, f) = (&self.attn, &self.ffn);
+        [&a.wq, &a.wk, &a.wv, &a.wo, &f.gate, &f.up, &f.down]
+    }
+
+    /// As [`Self::projections`], mutable (attaching or removing adapters).
+    pub fn projections_mut(&mut self) -> [&mut BitLinear; 7] {
+        let (a, f) = (&mut self.attn, &mut self.ffn);
+        [
+            &mut a.wq,
+            &mut a.wk,
+            &mut a.wv,
+            &mut a.wo,
+            &mut f.gate,
+            &mut f.up,
+            &mut f.down,
+        ]
+    }
+
     fn new(c: &ModelConfig, device: &Device) -> Self {
         let norm = |d: usize| {
             RmsNormConfig::new(d)

@@ -15,7 +15,7 @@ use tritium_model::burn::module::Param;
 use tritium_model::burn::optim::GradientsParams;
 use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::log_softmax;
-use tritium_model::{Backend, BitLinear, Transformer};
+use tritium_model::{Backend, Transformer};
 
 use crate::chat::{self, Template};
 use crate::checkpoint::{self, State};
@@ -191,18 +191,6 @@ pub enum FtEvent<'a> {
 struct Sample {
     ids: Vec<u32>,
     mask: Vec<bool>,
-}
-
-fn projections_mut(b: &mut tritium_model::Block) -> [(&'static str, &mut BitLinear); 7] {
-    [
-        ("q", &mut b.attn.wq),
-        ("k", &mut b.attn.wk),
-        ("v", &mut b.attn.wv),
-        ("o", &mut b.attn.wo),
-        ("gate", &mut b.ffn.gate),
-        ("up", &mut b.ffn.up),
-        ("down", &mut b.ffn.down),
-    ]
 }
 
 /// Parameters an adapter set adds: `r·(d_in + d_out)` per adapted projection.
@@ -405,7 +393,7 @@ pub fn finetune(
         model = model.no_grad();
         let mcfg = state.config.model.clone();
         for b in model.blocks.iter_mut() {
-            for (name, layer) in projections_mut(b) {
+            for (name, layer) in TARGETS.into_iter().zip(b.projections_mut()) {
                 if c.target.iter().any(|t| t == name) {
                     let [d_out, d_in] = layer.weight.dims();
                     layer.lora = Some(Lora::new(d_in, d_out, c.rank, c.alpha, c.dropout, &device));
@@ -543,26 +531,11 @@ pub type AdapterTensors = (String, Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>, f
 /// The adapters of `model` by GGUF base name: (`A` `[r, in]`, `B` `[out, r]`, alpha).
 pub fn adapters(model: &Transformer) -> Vec<AdapterTensors> {
     let mut out = Vec::new();
-    let stems = [
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_gate",
-        "ffn_up",
-        "ffn_down",
-    ];
     for (i, b) in model.blocks.iter().enumerate() {
-        let layers = [
-            &b.attn.wq,
-            &b.attn.wk,
-            &b.attn.wv,
-            &b.attn.wo,
-            &b.ffn.gate,
-            &b.ffn.up,
-            &b.ffn.down,
-        ];
-        for (stem, l) in stems.iter().zip(layers) {
+        for (stem, l) in tritium_engine::lora::PROJECTIONS
+            .iter()
+            .zip(b.projections())
+        {
             if let Some(lo) = &l.lora {
                 let v = |t: Tensor<2>| -> Vec<f32> {
                     t.into_data().convert::<f32>().iter::<f32>().collect()
@@ -579,6 +552,17 @@ pub fn adapters(model: &Transformer) -> Vec<AdapterTensors> {
         }
     }
     out
+}
+
+/// The model with every adapter removed (the base, e.g. after tokens were added to it).
+pub fn without_adapters(model: &Transformer) -> Transformer {
+    let mut base = model.clone();
+    for b in base.blocks.iter_mut() {
+        for l in b.projections_mut() {
+            l.lora = None;
+        }
+    }
+    base
 }
 
 /// Saves the adapters as `adapter.safetensors` (tensors `<base>.lora_a` / `.lora_b`, PyTorch
