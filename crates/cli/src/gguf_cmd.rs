@@ -10,8 +10,12 @@ use tritium_gguf::Gguf;
 #[derive(Args)]
 pub struct ExportArgs {
     /// A checkpoint directory (runs/NAME/checkpoints/step-N) or a run directory (its latest checkpoint).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "lora")]
+    checkpoint: Option<PathBuf>,
+    /// Instead of a model: convert a fine-tuning adapter (adapter.safetensors) into a llama.cpp
+    /// LoRA-adapter GGUF, for `tritium run --lora` or llama.cpp's `--lora`.
+    #[arg(long, value_name = "ADAPTER", conflicts_with = "checkpoint")]
+    lora: Option<PathBuf>,
     /// Ternary weight type: tq2_0 (2.06 bpw, llama.cpp), tq1_0 (1.69 bpw, llama.cpp), i2_s (bitnet.cpp).
     #[arg(long = "type", default_value = "tq2_0")]
     ty: String,
@@ -34,6 +38,25 @@ pub struct InspectArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
+    if let Some(adapter) = &a.lora {
+        let (list, hash) = tritium_train::finetune::read_adapter(adapter)?;
+        let n = tritium_export::export_lora_tensors(&list, hash.as_deref(), &a.out)
+            .with_context(|| format!("exporting {}", adapter.display()))?;
+        println!(
+            "wrote {} from {}: {n} adapted projections, rank {}, alpha {}{}",
+            a.out.display(),
+            adapter.display(),
+            list[0].1[0],
+            list[0].5,
+            if hash.is_some() {
+                ", tied to its base's hash"
+            } else {
+                " (no base hash recorded: the engine checks shapes only)"
+            }
+        );
+        return Ok(());
+    }
+    let checkpoint = a.checkpoint.clone().expect("required by clap");
     let weights = WeightType::parse(&a.ty)
         .with_context(|| format!("--type {}: expected tq2_0, tq1_0 or i2_s", a.ty))?;
     let scale = match a.scale.as_str() {
@@ -48,7 +71,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         s => bail!("--embd {s}: expected f16, f32 or q8_0"),
     };
     let r = run_export(
-        &a.checkpoint,
+        &checkpoint,
         &ExportOptions {
             weights,
             scale,
@@ -56,7 +79,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         },
         &a.out,
     )
-    .with_context(|| format!("exporting {}", a.checkpoint.display()))?;
+    .with_context(|| format!("exporting {}", checkpoint.display()))?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }

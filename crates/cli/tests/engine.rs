@@ -352,7 +352,7 @@ fn lora_adapter_in_the_engine_matches_burn() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("adapter.gguf");
     assert_eq!(
-        tritium_export::export_lora(&model, &adapter).unwrap(),
+        tritium_export::export_lora(&model, None, &adapter).unwrap(),
         7 * cfg.n_layers
     );
     tritium_engine::set_threads(2);
@@ -430,7 +430,9 @@ fn lora_adapter_in_the_engine_matches_burn() {
 /// trainable count is the formula's, and the held-out response loss falls.
 #[test]
 fn lora_finetune_trains_only_the_adapter() {
-    use tritium_train::finetune::{FinetuneConfig, FinetuneOptions, finetune, lora_param_count};
+    use tritium_train::finetune::{
+        FinetuneConfig, FinetuneOptions, RunSpec, finetune, lora_param_count,
+    };
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("ft.toml");
@@ -439,11 +441,16 @@ fn lora_finetune_trains_only_the_adapter() {
     let (base, _) = burn_model();
     let (model, state, s) = finetune(
         FinetuneOptions {
-            config: config.clone(),
-            base: f.ckpt.clone(),
-            data: root().join("datasets/instruct/seed_tasks.alpaca.jsonl"),
-            eval_data: None,
+            spec: RunSpec {
+                config: config.clone(),
+                base: f.ckpt.clone(),
+                data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
+                eval_data: None,
+                merge: false,
+            },
             out: dir.path().join("out"),
+            resume: false,
+            stop: Default::default(),
         },
         &mut |_| {},
     )
@@ -494,4 +501,155 @@ fn lora_finetune_trains_only_the_adapter() {
         vals(model.tok_embd.weight.val().slice([0..v, 0..d]))
     );
     assert_eq!(s.added_tokens, vec!["<|im_start|>", "<|im_end|>"]);
+}
+
+fn ft_spec(f: &Fixture, cfg: &str, merge: bool) -> tritium_train::finetune::RunSpec {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ft.toml");
+    std::fs::write(&p, cfg).unwrap();
+    tritium_train::finetune::RunSpec {
+        config: tritium_train::finetune::FinetuneConfig::load(&p).unwrap(),
+        base: f.ckpt.clone(),
+        data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
+        eval_data: None,
+        merge,
+    }
+}
+
+/// Fine-tuning checkpoints resume exactly: a run stopped (as by Ctrl-C) at step 6 and resumed ends
+/// with the same adapter, bit for bit, as a straight run — packing and dropout included. The
+/// merged checkpoint folds `(alpha/r)·B·A` into the latent weights, and the adapter survives the
+/// trip safetensors → `export --lora` GGUF, which the engine accepts on its own base and refuses
+/// on a same-shaped other base.
+#[test]
+fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
+    use std::sync::atomic::Ordering;
+    use tritium_train::finetune::{FinetuneOptions, FtEvent, adapters, finetune, read_adapter};
+    let f = fixture();
+    let cfg = "[finetune]\nrank = 4\nalpha = 8.0\ndropout = 0.1\nsteps = 10\nbatch_size = 2\nseq_len = 128\npacking = true\nlr = 3e-3\nwarmup_steps = 2\nlog_every = 2\neval_every = 5\ncheckpoint_every = 4\n";
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let (m1, _, s1) = finetune(
+        FinetuneOptions {
+            spec: ft_spec(f, cfg, true),
+            out: straight.clone(),
+            resume: false,
+            stop: Default::default(),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(s1.rows < s1.examples, "packing joined examples");
+
+    let resumed = dir.path().join("resumed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_, _, part) = finetune(
+        FinetuneOptions {
+            spec: ft_spec(f, cfg, true),
+            out: resumed.clone(),
+            resume: false,
+            stop: stop.clone(),
+        },
+        &mut |e| {
+            if let FtEvent::Step { step: 6, .. } = e {
+                stop.store(true, Ordering::SeqCst)
+            }
+        },
+    )
+    .unwrap();
+    assert!(part.interrupted && part.step == 6);
+    let spec = tritium_train::finetune::RunSpec::read(&resumed).unwrap();
+    let (m2, _, s2) = finetune(
+        FinetuneOptions {
+            spec,
+            out: resumed.clone(),
+            resume: true,
+            stop: Default::default(),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let bits = |m: &Transformer| -> Vec<Vec<u32>> {
+        adapters(m)
+            .into_iter()
+            .map(|(_, _, a, _, b, _)| a.iter().chain(&b).map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&m1), bits(&m2), "resumed adapter differs");
+    assert_eq!(s1.final_val_loss, s2.final_val_loss);
+    assert_eq!(s1.base_val_loss, s2.base_val_loss);
+    let rows = tritium_train::metrics::read(&resumed.join("metrics.jsonl"));
+    assert_eq!(
+        rows.iter().filter(|r| r.loss.is_some()).count(),
+        5,
+        "one training row per logged step, none doubled by the resume"
+    );
+    assert!(resumed.join("loss.svg").exists());
+
+    // Merge: W' = W + (alpha/r)·B·A for one projection, by hand; no adapter left.
+    let dev = Backend::Flex.device().unwrap();
+    let merged_ckpt = checkpoint::resolve(&straight.join("merged")).unwrap();
+    let (merged, _) = checkpoint::load_model(&merged_ckpt, &dev).unwrap();
+    assert!(merged.blocks[0].attn.wq.lora.is_none());
+    let (base, _) = checkpoint::load_model(&f.ckpt, &dev).unwrap();
+    let ad = adapters(&m1);
+    let (_, a_dims, a, _, b, alpha) = &ad[0]; // blk.0 attn_q
+    let (r, d_in) = (a_dims[0], a_dims[1]);
+    let w0: Vec<f32> = base.blocks[0]
+        .attn
+        .wq
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let w1: Vec<f32> = merged.blocks[0]
+        .attn
+        .wq
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (idx, (x, y)) in w0.iter().zip(&w1).enumerate().step_by(97) {
+        let (o, i) = (idx / d_in, idx % d_in);
+        let delta: f32 =
+            (0..r).map(|k| b[o * r + k] * a[k * d_in + i]).sum::<f32>() * alpha / r as f32;
+        assert!(
+            (y - (x + delta)).abs() <= 1e-6 + 1e-5 * delta.abs(),
+            "w[{o},{i}]"
+        );
+    }
+    assert!(s1.merged_val_loss.unwrap().is_finite());
+
+    // export --lora from the safetensors: the same tensors as the trained model's.
+    let (list, hash) = read_adapter(&straight.join("adapter.safetensors")).unwrap();
+    assert_eq!(hash.as_deref(), Some(s1.base_hash.as_str()));
+    let mut want = ad.clone();
+    let mut got = list.clone();
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(want, got);
+    let gguf = dir.path().join("adapter.gguf");
+    tritium_export::export_lora_tensors(&list, hash.as_deref(), &gguf).unwrap();
+    // Its own base (with the chat markers added) accepts it; the original base, whose
+    // projections have the same shapes, is refused by hash.
+    let own = dir.path().join("own-base.gguf");
+    export(
+        &s1.adapter_base,
+        &ExportOptions {
+            weights: WeightType::Tq2_0,
+            scale: ScaleMode::Exact,
+            embd: EmbdType::F32,
+        },
+        &own,
+    )
+    .unwrap();
+    let own = Model::load(&own).unwrap();
+    tritium_engine::Lora::load(&gguf, &own).unwrap();
+    let other = Model::load(&f.files[0].1).unwrap();
+    let err = tritium_engine::Lora::load(&gguf, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong base model"), "{err}");
 }

@@ -43,6 +43,9 @@ pub struct Lora {
     pub tensors: usize,
 }
 
+/// The base checkpoint's identity, as `tritium export` writes it into base and adapter GGUFs.
+pub const BASE_HASH: &str = "tritium.base_hash";
+
 impl Lora {
     pub fn load(path: &Path, model: &Model) -> Result<Lora, Error> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -64,6 +67,19 @@ impl Lora {
         {
             return Err(bad(format!(
                 "adapter for architecture {arch:?}, the model is \"bitnet\""
+            )));
+        }
+        // tritium writes the base checkpoint's hash into both files; where both carry one they
+        // must agree, whatever the shapes say (same-shaped bases are the common mistake).
+        let hash = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        if let (Some(want), Some(have)) = (hash(g.get(BASE_HASH)), hash(model.get(BASE_HASH)))
+            && want != have
+        {
+            return Err(bad(format!(
+                "adapter was trained on base {}…, but {} is base {}… ({BASE_HASH} differs): wrong base model",
+                &want[..want.len().min(12)],
+                model.path.display(),
+                &have[..have.len().min(12)]
             )));
         }
         let alpha = g

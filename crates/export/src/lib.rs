@@ -163,6 +163,9 @@ pub fn export(
     let (model, state) = checkpoint::load_model(&ckpt, &device)?;
     let cfg = &state.config.model;
     let mut warnings = Vec::new();
+    if checkpoint::lora_layout(&ckpt)?.is_some() {
+        warnings.push("this fine-tuning checkpoint carries LoRA adapters: the GGUF holds the base alone; export the adapter with --lora, or fine-tune with --merge".into());
+    }
     if cfg.ffn_act == FfnAct::Relu2 {
         warnings.push(format!(
             "ffn_act = relu2: upstream llama.cpp's bitnet architecture always runs SiLU and will compute wrong logits; tritium's engine reads {} = \"relu2\"",
@@ -184,6 +187,10 @@ pub fn export(
             Value::String(format!("tritium {}", ckpt.display())),
         )
         .kv("general.file_type", Value::U32(opts.weights.file_type()))
+        .kv(
+            names::BASE_HASH,
+            Value::String(checkpoint::model_hash(&ckpt)?),
+        )
         .kv("general.quantization_version", Value::U32(2))
         .kv(names::CONTEXT_LENGTH, Value::U32(cfg.max_seq_len as u32))
         .kv(names::EMBEDDING_LENGTH, Value::U32(cfg.d_model as u32))
@@ -313,51 +320,58 @@ pub fn export(
     })
 }
 
-/// Writes the LoRA adapters attached to `model`'s BitLinears as a llama.cpp LoRA-adapter GGUF:
-/// `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted
-/// projection `<base>.lora_a` (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`), F32. Returns the
-/// number of adapted projections.
-pub fn export_lora(model: &tritium_model::Transformer, out: &Path) -> Result<usize, ExportError> {
-    let mut w = Writer::new();
-    let mut alpha = None;
-    let mut n = 0;
-    let mut tensors = Vec::new();
-    for (i, b) in model.blocks.iter().enumerate() {
-        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
-            let Some(l) = &layer.lora else { continue };
-            if alpha.is_some_and(|a| a != l.alpha) {
-                return Err(ExportError::Lora("adapters with different alphas cannot share one GGUF (llama.cpp has one adapter.lora.alpha)".into()));
-            }
-            alpha = Some(l.alpha);
-            let [r, d_in] = l.a.dims();
-            let [d_out, _] = l.b.dims();
-            let base = names::weight(i, stem);
-            tensors.push((
-                format!("{base}.lora_a"),
-                [d_in as u64, r as u64],
-                values(l.a.val()),
-            ));
-            tensors.push((
-                format!("{base}.lora_b"),
-                [r as u64, d_out as u64],
-                values(l.b.val()),
-            ));
-            n += 1;
-        }
-    }
-    let Some(alpha) = alpha else {
+/// Writes the LoRA adapters attached to `model`'s BitLinears as a llama.cpp LoRA-adapter GGUF
+/// (see [`export_lora_tensors`]). Returns the number of adapted projections.
+pub fn export_lora(
+    model: &tritium_model::Transformer,
+    base_hash: Option<&str>,
+    out: &Path,
+) -> Result<usize, ExportError> {
+    export_lora_tensors(&tritium_train::finetune::adapters(model), base_hash, out)
+}
+
+/// Writes adapters (GGUF base name, `A` `[r, in]`, `B` `[out, r]`, alpha) as a llama.cpp
+/// LoRA-adapter GGUF: `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`,
+/// and per adapted projection `<base>.lora_a` (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`),
+/// F32. `base_hash` (the base checkpoint's, see `checkpoint::model_hash`) is written as
+/// `tritium.base_hash`, which the engine compares with the base GGUF's; llama.cpp ignores it.
+pub fn export_lora_tensors(
+    list: &[tritium_train::finetune::AdapterTensors],
+    base_hash: Option<&str>,
+    out: &Path,
+) -> Result<usize, ExportError> {
+    let Some(alpha) = list.first().map(|t| t.5) else {
         return Err(ExportError::Lora("the model has no LoRA adapters".into()));
     };
+    if list.iter().any(|t| t.5 != alpha) {
+        return Err(ExportError::Lora("adapters with different alphas cannot share one GGUF (llama.cpp has one adapter.lora.alpha)".into()));
+    }
+    let mut w = Writer::new();
     w.kv("general.architecture", Value::String(names::ARCH.into()))
         .kv("general.type", Value::String("adapter".into()))
         .kv("adapter.type", Value::String("lora".into()))
         .kv("adapter.lora.alpha", Value::F32(alpha));
-    for (name, dims, v) in tensors {
-        w.tensor(&name, &dims, GgmlType::F32, encode_f32(&v));
+    if let Some(h) = base_hash {
+        w.kv(names::BASE_HASH, Value::String(h.into()));
+    }
+    for (base, ad, a, bd, b, _) in list {
+        // ggml lists dimensions fastest first: A [r, in] row-major is ggml [in, r].
+        w.tensor(
+            &format!("{base}.lora_a"),
+            &[ad[1] as u64, ad[0] as u64],
+            GgmlType::F32,
+            encode_f32(a),
+        );
+        w.tensor(
+            &format!("{base}.lora_b"),
+            &[bd[1] as u64, bd[0] as u64],
+            GgmlType::F32,
+            encode_f32(b),
+        );
     }
     tritium_train::fsutil::write_atomic(out, &w.to_bytes()).map_err(|source| ExportError::Io {
         path: out.to_path_buf(),
         source,
     })?;
-    Ok(n)
+    Ok(list.len())
 }

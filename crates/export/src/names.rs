@@ -1,6 +1,9 @@
 //! GGUF names for llama.cpp's `bitnet` architecture: metadata keys and tensor names, in one place.
 
 pub const ARCH: &str = "bitnet";
+/// SHA-256 of the checkpoint's `model.bpk`, in base GGUFs and adapter GGUFs alike: the engine
+/// refuses an adapter whose base hash differs from the model's.
+pub const BASE_HASH: &str = "tritium.base_hash";
 
 pub const CONTEXT_LENGTH: &str = "bitnet.context_length";
 pub const EMBEDDING_LENGTH: &str = "bitnet.embedding_length";

@@ -41,8 +41,11 @@ impl Attention {
         }
     }
 
-    /// `h: [B, T, D]` (already normed) → `[B, T, D]`, the block's attention branch.
-    pub fn forward(&self, h: Tensor<3>, lambda: f32) -> Tensor<3> {
+    /// `h: [B, T, D]` (already normed) → `[B, T, D]`, the block's attention branch. `mask`
+    /// (`[B, 1, T, T]`, true = hidden) is added to the causal mask: packed sequences use it so a
+    /// token sees only its own example. RoPE needs no per-example positions for that: scores
+    /// depend only on the distance between two tokens, and only same-example pairs are scored.
+    pub fn forward(&self, h: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
         let [b, t, d] = h.dims();
         let (nh, nkv) = (self.n_heads, self.n_kv_heads);
         let hd = d / nh;
@@ -62,7 +65,8 @@ impl Attention {
             softcap: None,
             is_causal: true,
         };
-        let a = attention(q, k, v, None, None, options); // [B, H, T, hd]
+        let mask = mask.map(|m| m.clone().expand([b, nh, t, t]));
+        let a = attention(q, k, v, mask, None, options); // [B, H, T, hd]
         let a = a.swap_dims(1, 2).reshape([b, t, d]);
         self.wo.forward(self.sub_norm.forward(a), lambda)
     }

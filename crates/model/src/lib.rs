@@ -32,7 +32,7 @@ mod testing;
 pub use bitlinear::BitLinear;
 pub use config::{FfnAct, ModelConfig, ParamCount, Quant, TrainMemory};
 pub use device::Backend;
-pub use transformer::{Block, Transformer, cross_entropy};
+pub use transformer::{Block, Transformer, cross_entropy, segment_mask};
 
 /// Re-exported so dependants use the exact Burn this crate was built with.
 pub use burn;

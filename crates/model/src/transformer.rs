@@ -53,8 +53,8 @@ impl Block {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, lambda: f32) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), lambda);
+    pub fn forward(&self, x: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), lambda, mask);
         x.clone() + self.ffn.forward(self.ffn_norm.forward(x), lambda)
     }
 }
@@ -98,11 +98,78 @@ impl Transformer {
 
     /// The final normed hidden states `[B, T, D]`, before the LM head.
     pub fn hidden(&self, tokens: Tensor<2, Int>, lambda: f32) -> Tensor<3> {
+        self.hidden_masked(tokens, lambda, None)
+    }
+
+    /// As [`Self::hidden`], with an attention mask on top of the causal one (see
+    /// [`segment_mask`]).
+    pub fn hidden_masked(
+        &self,
+        tokens: Tensor<2, Int>,
+        lambda: f32,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Tensor<3> {
         let mut x = self.tok_embd.forward(tokens); // [B, T, D]
         for block in &self.blocks {
-            x = block.forward(x, lambda);
+            x = block.forward(x, lambda, mask);
         }
         self.output_norm.forward(x)
+    }
+
+    /// Projection names in [`Block::projections`] order, as fine-tuning configs name targets.
+    pub const PROJECTIONS: [&'static str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+    /// Attaches a fresh LoRA adapter (B = 0, so the output is unchanged) to every projection named
+    /// in `targets` (see [`Self::PROJECTIONS`]), in every block.
+    pub fn attach_lora(
+        &mut self,
+        rank: usize,
+        alpha: f32,
+        dropout: f64,
+        targets: &[String],
+        device: &Device,
+    ) {
+        for b in self.blocks.iter_mut() {
+            for (name, layer) in Self::PROJECTIONS.into_iter().zip(b.projections_mut()) {
+                if targets.iter().any(|t| t == name) {
+                    let [d_out, d_in] = layer.weight.dims();
+                    layer.lora = Some(crate::bitlinear::Lora::new(
+                        d_in, d_out, rank, alpha, dropout, device,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every parameter frozen except the adapters' (LoRA training on a fixed base).
+    pub fn freeze_base(self) -> Self {
+        let mut m = self.no_grad();
+        for b in m.blocks.iter_mut() {
+            for layer in b.projections_mut() {
+                if let Some(l) = layer.lora.as_mut() {
+                    l.a = l.a.clone().set_require_grad(true);
+                    l.b = l.b.clone().set_require_grad(true);
+                }
+            }
+        }
+        m
+    }
+
+    /// Folds every adapter into its latent weight, `W += (alpha/r)·B·A`, and removes it. Lossy
+    /// for a BitNet: the adapter ran on unquantized inputs beside the ternary product, while the
+    /// folded weight is ternarized and sees int8 activations.
+    pub fn merge_lora(mut self) -> Self {
+        for b in self.blocks.iter_mut() {
+            for layer in b.projections_mut() {
+                if let Some(l) = layer.lora.take() {
+                    let scale = l.alpha / l.rank() as f32;
+                    let delta = l.b.val().matmul(l.a.val()) * scale;
+                    layer.weight =
+                        burn::module::Param::from_tensor((layer.weight.val() + delta).detach());
+                }
+            }
+        }
+        self
     }
 
     /// The tied LM head on hidden states `[.., D]` → `[.., V]` (evaluation applies it only to the
@@ -110,6 +177,24 @@ impl Transformer {
     pub fn head<const N: usize>(&self, h: Tensor<N>) -> Tensor<N> {
         matmul_t(h, self.tok_embd.weight.val())
     }
+}
+
+/// The mask of packed sequences: `segments[b][t]` names the example token t of row b belongs to,
+/// and a token may attend only to tokens of its own example. Returns `[B, 1, T, T]`, true where
+/// attention is cut.
+pub fn segment_mask(segments: &[Vec<u32>], device: &Device) -> Tensor<4, Bool> {
+    let b = segments.len();
+    let t = segments.first().map_or(0, Vec::len);
+    let mut cut: Vec<i32> = Vec::with_capacity(b * t * t);
+    for row in segments {
+        assert_eq!(row.len(), t, "every row has the same length");
+        for i in 0..t {
+            cut.extend((0..t).map(|j| (row[i] != row[j]) as i32));
+        }
+    }
+    Tensor::<1, Int>::from_ints(cut.as_slice(), device)
+        .equal_elem(1)
+        .reshape([b, 1, t, t])
 }
 
 /// Mean cross-entropy (nats per token) of `logits: [B, T, V]` against `targets: [B, T]`.

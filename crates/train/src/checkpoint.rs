@@ -57,6 +57,28 @@ pub fn save(
     state: &State,
     keep: usize,
 ) -> Result<PathBuf, CheckpointError> {
+    save_with(run, model, optim, state, keep, &[])
+}
+
+/// The adapter layout of a fine-tuning checkpoint (`lora.json`): [`load_model`] attaches these
+/// adapters before loading the weights, so the checkpoint loads whole wherever it is used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoraLayout {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f64,
+    pub target: Vec<String>,
+}
+
+/// As [`save`], with extra files (name, bytes) written inside the same atomic directory.
+pub fn save_with(
+    run: &Path,
+    model: &Transformer,
+    optim: &AdamW,
+    state: &State,
+    keep: usize,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<PathBuf, CheckpointError> {
     let root = dir(run);
     let name = format!("step-{}", state.step);
     let final_dir = root.join(&name);
@@ -86,6 +108,10 @@ pub fn save(
     let tok_path = tmp.join("tokenizer.json");
     if let Ok(bytes) = std::fs::read(tok_src) {
         write_atomic(&tok_path, &bytes).map_err(io(&tok_path))?;
+    }
+    for (name, bytes) in extra {
+        let p = tmp.join(name);
+        write_atomic(&p, bytes).map_err(io(&p))?;
     }
     let state_path = tmp.join("state.json");
     write_atomic(
@@ -186,15 +212,47 @@ pub fn read_state(ckpt: &Path) -> Result<State, CheckpointError> {
 pub fn load_model(ckpt: &Path, device: &Device) -> Result<(Transformer, State), CheckpointError> {
     let state = read_state(ckpt)?;
     let model_path = ckpt.join("model.bpk");
+    let mut model = Transformer::new(&state.config.model, device);
+    if let Some(l) = lora_layout(ckpt)? {
+        model.attach_lora(l.rank, l.alpha, l.dropout, &l.target, device);
+    }
+    let model = load_weights(model, &model_path)?;
+    Ok((model, state))
+}
+
+/// The adapters a fine-tuning checkpoint holds, if any.
+pub fn lora_layout(ckpt: &Path) -> Result<Option<LoraLayout>, CheckpointError> {
+    let path = ckpt.join("lora.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| CheckpointError::Bad {
+                path,
+                msg: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CheckpointError::Io { path, source }),
+    }
+}
+
+/// Loads `model.bpk` into a model of the right structure (adapters already attached).
+pub fn load_weights(model: Transformer, model_path: &Path) -> Result<Transformer, CheckpointError> {
     let bad = |msg: String| CheckpointError::Bad {
-        path: model_path.clone(),
+        path: model_path.to_path_buf(),
         msg,
     };
-    let record = ModuleRecord::load(&model_path).map_err(|e| bad(e.to_string()))?;
-    let model = Transformer::new(&state.config.model, device)
+    let record = ModuleRecord::load(model_path).map_err(|e| bad(e.to_string()))?;
+    model
         .try_load_record(record)
-        .map_err(|e| bad(e.to_string()))?;
-    Ok((model, state))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// SHA-256 of a checkpoint's `model.bpk`: the identity of a base model. Export writes it into the
+/// GGUF and fine-tuning into the adapter, so an adapter is refused on a base it was not trained on.
+pub fn model_hash(ckpt: &Path) -> Result<String, CheckpointError> {
+    let p = ckpt.join("model.bpk");
+    let bytes = std::fs::read(&p).map_err(|source| CheckpointError::Io { path: p, source })?;
+    Ok(crate::tokenizer::hash_bytes(&bytes))
 }
 
 /// A run directory (its latest checkpoint) or a `step-N` directory itself.

@@ -75,7 +75,12 @@ impl AdamW {
             bc1,
             bc2,
         };
-        model.map(&mut mapper)
+        let model = model.map(&mut mapper);
+        // Frozen parameters after the last trained one still get a slot, so the state file always
+        // lists every parameter and loads against the model's full parameter list.
+        let n = mapper.index;
+        self.state.resize_with(n.max(self.state.len()), || None);
+        model
     }
 
     /// Writes the moments as raw little-endian f32 with a small header.
