@@ -30,6 +30,10 @@ pub enum CheckpointError {
     Bad { path: PathBuf, msg: String },
     #[error("{dir}: no checkpoint to resume from (no `latest` pointer); start a fresh run instead")]
     None { dir: PathBuf },
+    #[error(
+        "{dir} already holds checkpoints; pass --resume {dir} to continue it, or choose another --out"
+    )]
+    Exists { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +160,17 @@ fn prune(root: &Path, keep: usize) {
             continue;
         }
         let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// Refuses to start a fresh run in a directory that holds one already (its checkpoints would be
+/// overwritten step by step).
+pub fn ensure_fresh(run: &Path) -> Result<(), CheckpointError> {
+    match latest(run) {
+        Ok(_) => Err(CheckpointError::Exists {
+            dir: run.to_path_buf(),
+        }),
+        Err(_) => Ok(()),
     }
 }
 

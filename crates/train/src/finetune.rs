@@ -609,13 +609,7 @@ pub fn finetune(
         metrics::truncate_after(&metrics_path, step).map_err(io(&metrics_path))?;
         (optim, step + 1)
     } else {
-        if checkpoint::latest(out).is_ok() {
-            return Err(FinetuneError::Config(format!(
-                "{} already holds checkpoints; pass --resume {} to continue it, or choose another --out",
-                out.display(),
-                out.display()
-            )));
-        }
+        checkpoint::ensure_fresh(out)?;
         std::fs::create_dir_all(out).map_err(io(out))?;
         let _ = std::fs::remove_file(&metrics_path);
         let spec_path = out.join("finetune.json");

@@ -160,13 +160,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
         (model, optim, state.step, state.tokens)
     } else {
-        if checkpoint::latest(run).is_ok() {
-            return Err(TrainError::Config(format!(
-                "{} already holds checkpoints; pass --resume {} to continue it, or choose another --out",
-                run.display(),
-                run.display()
-            )));
-        }
+        checkpoint::ensure_fresh(run)?;
         std::fs::create_dir_all(run).map_err(io(run))?;
         device.seed(t.seed);
         let _ = std::fs::remove_file(&metrics_path);
