@@ -16,6 +16,15 @@ use tritium_model::{Backend, Transformer};
 use tritium_train::checkpoint;
 use tritium_train::{RunConfig, TrainOptions, train};
 
+/// Burn's random numbers come from one process-wide generator, and even loading a checkpoint draws
+/// from it (the model is initialised before its record is loaded). The fine-tuning tests expect a
+/// reproducible stream, so every test here takes this lock and they run one at a time.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -134,6 +143,7 @@ const PROMPT: &str = "Once upon a time, there was a little girl named Lily. She 
 
 #[test]
 fn engine_logits_equal_burn_for_every_format() {
+    let _rng = rng_lock();
     let f = fixture();
     let (model, dev) = burn_model();
     // The same model with its embedding rounded to f16, as the default export stores it: the
@@ -209,6 +219,7 @@ fn engine_logits_equal_burn_for_every_format() {
 
 #[test]
 fn greedy_generation_matches_burn_for_64_tokens() {
+    let _rng = rng_lock();
     let f = fixture();
     let (model, dev) = burn_model();
     tritium_engine::set_threads(2);
@@ -265,6 +276,7 @@ fn greedy_generation_matches_burn_for_64_tokens() {
 /// ≥ 99.5% of the items of every task (a slice of each bundled task, to keep CI short).
 #[test]
 fn eval_agrees_between_checkpoint_and_gguf() {
+    let _rng = rng_lock();
     use tritium_train::eval::scorers::{BurnScorer, GgufScorer};
     use tritium_train::eval::{Scorer, TASKS, perplexity, run_task, tasks};
     let f = fixture();
@@ -327,6 +339,7 @@ fn eval_agrees_between_checkpoint_and_gguf() {
 /// engine beside the base GGUF, it gives the Burn model's logits and greedy tokens.
 #[test]
 fn lora_adapter_in_the_engine_matches_burn() {
+    let _rng = rng_lock();
     use tritium_model::bitlinear::Lora as BurnLora;
     use tritium_model::burn::module::Param;
     let f = fixture();
@@ -430,6 +443,7 @@ fn lora_adapter_in_the_engine_matches_burn() {
 /// trainable count is the formula's, and the held-out response loss falls.
 #[test]
 fn lora_finetune_trains_only_the_adapter() {
+    let _rng = rng_lock();
     use tritium_train::finetune::{
         FinetuneConfig, FinetuneOptions, RunSpec, finetune, lora_param_count,
     };
@@ -523,6 +537,7 @@ fn ft_spec(f: &Fixture, cfg: &str, merge: bool) -> tritium_train::finetune::RunS
 /// on a same-shaped other base.
 #[test]
 fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
+    let _rng = rng_lock();
     use std::sync::atomic::Ordering;
     use tritium_train::finetune::{FinetuneOptions, FtEvent, adapters, finetune, read_adapter};
     let f = fixture();
@@ -575,7 +590,7 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
             .map(|(_, _, a, _, b, _)| a.iter().chain(&b).map(|x| x.to_bits()).collect())
             .collect()
     };
-    assert_eq!(bits(&m1), bits(&m2), "resumed adapter differs");
+    assert!(bits(&m1) == bits(&m2), "resumed adapter differs");
     assert_eq!(s1.final_val_loss, s2.final_val_loss);
     assert_eq!(s1.base_val_loss, s2.base_val_loss);
     let rows = tritium_train::metrics::read(&resumed.join("metrics.jsonl"));

@@ -43,6 +43,12 @@ pub struct Lora {
     pub tensors: usize,
 }
 
+/// The first 12 characters of a hash, for messages (by characters: a malformed file's string
+/// may hold any UTF-8).
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}
+
 /// The base checkpoint's identity, as `tritium export` writes it into base and adapter GGUFs.
 pub const BASE_HASH: &str = "tritium.base_hash";
 
@@ -77,9 +83,9 @@ impl Lora {
         {
             return Err(bad(format!(
                 "adapter was trained on base {}…, but {} is base {}… ({BASE_HASH} differs): wrong base model",
-                &want[..want.len().min(12)],
+                short(&want),
                 model.path.display(),
-                &have[..have.len().min(12)]
+                short(&have)
             )));
         }
         let alpha = g
