@@ -662,6 +662,12 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
     .unwrap();
     let own = Model::load(&own).unwrap();
     tritium_engine::Lora::load(&gguf, &own).unwrap();
+    // The template the run trained with travels into the GGUF.
+    assert_eq!(
+        own.get("tokenizer.chat_template")
+            .and_then(tritium_gguf::Value::as_str),
+        Some(tritium_train::chat::DEFAULT_TEMPLATE)
+    );
     let other = Model::load(&f.files[0].1).unwrap();
     let err = tritium_engine::Lora::load(&gguf, &other)
         .unwrap_err()

@@ -215,6 +215,19 @@ pub fn export(
     for (k, v) in vocab.metadata() {
         w.kv(k, v);
     }
+    let tpl_path = ckpt.join(checkpoint::CHAT_TEMPLATE);
+    match std::fs::read_to_string(&tpl_path) {
+        Ok(t) => {
+            w.kv("tokenizer.chat_template", Value::String(t));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ExportError::Io {
+                path: tpl_path,
+                source,
+            });
+        }
+    }
 
     let embd = values(model.tok_embd.weight.val());
     let embd_dims = [cfg.d_model as u64, cfg.vocab_size as u64];

@@ -19,6 +19,10 @@ use crate::optim::{AdamW, AdamWConfig, param_sizes};
 
 pub const FORMAT: u32 = 1;
 
+/// A checkpoint's Jinja chat template (written by fine-tuning; export copies it into the GGUF's
+/// `tokenizer.chat_template`).
+pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]

@@ -524,8 +524,8 @@ pub fn finetune(
         state.config.data.tokenizer.clone()
     };
     let mut tok = Tokenizer::load(&tok_path).map_err(|e| FinetuneError::Other(e.to_string()))?;
-    let tpl = Template::new(c.template.as_deref().unwrap_or(chat::DEFAULT_TEMPLATE))
-        .map_err(FinetuneError::Config)?;
+    let tpl_text = c.template.as_deref().unwrap_or(chat::DEFAULT_TEMPLATE);
+    let tpl = Template::new(tpl_text).map_err(FinetuneError::Config)?;
     let (mut model, added) = if c.template.is_none() {
         add_markers(&mut tok, model, &mut state, &device)
     } else {
@@ -694,12 +694,15 @@ pub fn finetune(
         });
     }
 
-    let layout = serde_json::to_vec_pretty(&c.layout()).expect("layout serializes");
+    // Every checkpoint of the run carries its chat template, which export writes into the GGUF
+    // as `tokenizer.chat_template`; LoRA checkpoints also carry their adapter layout.
+    let template = (checkpoint::CHAT_TEMPLATE, tpl_text.as_bytes().to_vec());
+    let mut extra = vec![template.clone()];
+    if c.method == Method::Lora {
+        let layout = serde_json::to_vec_pretty(&c.layout()).expect("layout serializes");
+        extra.push(("lora.json", layout));
+    }
     let save = |model: &Transformer, optim: &AdamW, state: &State| {
-        let extra: Vec<(&str, Vec<u8>)> = match c.method {
-            Method::Lora => vec![("lora.json", layout.clone())],
-            Method::Full => Vec::new(),
-        };
         checkpoint::save_with(out, model, optim, state, c.keep_checkpoints, &extra)
     };
     let mut order = Order::new(train.len(), c.seed);
@@ -794,12 +797,13 @@ pub fn finetune(
             let base_run = out.join("base");
             let mut base_state = state.clone();
             base_state.step = 0;
-            let p = checkpoint::save(
+            let p = checkpoint::save_with(
                 &base_run,
                 &without_adapters(&model),
                 &AdamW::new(AdamWConfig::default()),
                 &base_state,
                 1,
+                std::slice::from_ref(&template),
             )?;
             summary.base_hash = checkpoint::model_hash(&p)?;
             summary.adapter_base = p;
@@ -810,12 +814,13 @@ pub fn finetune(
             summary.merged_val_loss = Some(evaluate(&merged));
             let mut st = state.clone();
             st.step = c.steps;
-            checkpoint::save(
+            checkpoint::save_with(
                 &out.join("merged"),
                 &merged,
                 &AdamW::new(AdamWConfig::default()),
                 &st,
                 1,
+                std::slice::from_ref(&template),
             )?;
         }
     }
