@@ -1099,4 +1099,67 @@ mod tests {
         assert_eq!(npb, na + 2.0 * nb);
         assert!((lpb - (la + 2.0 * lb)).abs() <= 1e-4 * lpb);
     }
+
+    #[test]
+    fn malformed_adapters_are_errors_that_name_the_file_and_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"not a safetensors file at all").unwrap();
+        let e = read_adapter(&junk).unwrap_err().to_string();
+        assert!(
+            e.contains("junk.safetensors") && e.contains("not a safetensors"),
+            "{e}"
+        );
+
+        // A lora_a without its lora_b, and no alpha anywhere.
+        let write = |name: &str, tensors: Vec<(&str, Vec<usize>)>, alpha: Option<&str>| {
+            let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+                .into_iter()
+                .map(|(n, shape)| {
+                    let len = shape.iter().product::<usize>() * 4;
+                    (n.to_string(), shape, vec![0u8; len])
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+                .iter()
+                .map(|(n, sh, b)| {
+                    let v = safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        sh.clone(),
+                        b,
+                    )
+                    .unwrap();
+                    (n.clone(), v)
+                })
+                .collect();
+            let meta = alpha.map(|a| HashMap::from([("alpha".to_string(), a.to_string())]));
+            let p = dir.path().join(name);
+            std::fs::write(&p, safetensors::serialize(views, meta).unwrap()).unwrap();
+            p
+        };
+        let p = write(
+            "no-alpha.safetensors",
+            vec![("blk.0.attn_q.weight.lora_a", vec![2, 4])],
+            None,
+        );
+        let e = read_adapter(&p).unwrap_err().to_string();
+        assert!(e.contains("no alpha"), "{e}");
+        let p = write(
+            "orphan.safetensors",
+            vec![("blk.0.attn_q.weight.lora_a", vec![2, 4])],
+            Some("4"),
+        );
+        let e = read_adapter(&p).unwrap_err().to_string();
+        assert!(e.contains("blk.0.attn_q.weight.lora_b is missing"), "{e}");
+        let p = write(
+            "ranks.safetensors",
+            vec![
+                ("blk.0.attn_q.weight.lora_a", vec![2, 4]),
+                ("blk.0.attn_q.weight.lora_b", vec![4, 3]),
+            ],
+            Some("4"),
+        );
+        let e = read_adapter(&p).unwrap_err().to_string();
+        assert!(e.contains("ranks differ"), "{e}");
+    }
 }
