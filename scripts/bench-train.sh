@@ -4,7 +4,7 @@
 #   scripts/bench-train.sh tiny   [BATCH SEQ]   # configs/tiny.toml vs torch_bitnet.py --config tiny
 #   scripts/bench-train.sh 125m   [BATCH SEQ]   # configs/bitnet-125m.toml vs --config 125m
 #
-# Needs a release build (with `--features ndarray` to include the ndarray row) and, for the PyTorch
+# Needs a release build (with `--features ndarray` and DEVICES=ndarray for an ndarray row) and, for the PyTorch
 # row, PY pointing at a Python with torch (default: python3) and ANCHORS at the anchor scripts
 # (default: ../shared/anchors). Shapes are matched with torch_bitnet.py's --set.
 set -euo pipefail
@@ -18,7 +18,13 @@ case $which in
   125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=2 ;;
   *) echo "usage: $0 tiny|125m [BATCH SEQ]" >&2; exit 2 ;;
 esac
-for dev in ${DEVICES:-flex ndarray}; do
+# Rows: flex with the fused ops (the default), flex with --unfused (the plain tensor-op reference),
+# then any other device named in DEVICES (e.g. DEVICES=ndarray with a `--features ndarray` build).
+echo "== tritium flex (fused)"
+/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
+echo "== tritium flex --unfused"
+/usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
+for dev in ${DEVICES:-}; do
   echo "== tritium $dev"
   $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --device $dev || true
 done

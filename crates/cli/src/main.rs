@@ -47,6 +47,10 @@ mod train_cmd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Run BitLinear layers as the unfused chain of tensor ops (the reference) instead of the fused
+    /// int8 kernel; for comparisons.
+    #[arg(long, global = true)]
+    unfused: bool,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    tritium_model::fused::set_enabled(!cli.unfused);
     match cli.command {
         Command::Train(a) => train_cmd::train(a),
         Command::Tokenizer(c) => train_cmd::tokenizer(c),
@@ -237,9 +242,14 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         .map(|x| format!("{x:.1}"))
         .collect();
     println!(
-        "{} on {}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB)",
+        "{} on {}{}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB)",
         a.config.display(),
         r.backend,
+        if tritium_model::fused::enabled(&bench.backend.device()?) {
+            " (fused BitLinear)"
+        } else {
+            ""
+        },
         r.batch,
         r.seq,
         r.params as f64 / 1e6,

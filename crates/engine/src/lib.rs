@@ -5,7 +5,8 @@
 //! forward pass) → [`sample::Sampler`] → [`generate`] (the token loop with stop conditions).
 
 pub mod forward;
-pub mod kernels;
+/// The kernels live in their own crate so the fused training op uses the same ones.
+pub use tritium_kernels as kernels;
 pub mod lora;
 pub mod matrix;
 pub mod model;

@@ -68,7 +68,8 @@ impl Attention {
         let mask = mask.map(|m| m.clone().expand([b, nh, t, t]));
         let a = attention(q, k, v, mask, None, options); // [B, H, T, hd]
         let a = a.swap_dims(1, 2).reshape([b, t, d]);
-        self.wo.forward(self.sub_norm.forward(a), lambda)
+        self.wo
+            .forward(crate::fused::norm(&self.sub_norm, a), lambda)
     }
 }
 

@@ -99,6 +99,14 @@ impl BitLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
         let x_in = x.clone();
         let w = self.weight.val();
+        #[cfg(feature = "flex")]
+        if self.quant == Quant::Ternary && lambda == 1.0 && crate::fused::enabled(&w.device()) {
+            let y = crate::fused::bitlinear(x, w);
+            return match &self.lora {
+                None => y,
+                Some(l) => y + l.forward(x_in),
+            };
+        }
         let (x, w) = match self.quant {
             Quant::None => (x, w),
             Quant::Ternary => (

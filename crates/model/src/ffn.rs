@@ -34,11 +34,13 @@ impl FeedForward {
     /// `h: [B, T, D]` (already normed) → `[B, T, D]`.
     pub fn forward(&self, h: Tensor<3>, lambda: f32) -> Tensor<3> {
         let gate = self.gate.forward(h.clone(), lambda);
-        let gate = match self.act {
-            FfnAct::Silu => silu(gate),
-            FfnAct::Relu2 => relu(gate).square(),
-        };
-        let g = gate * self.up.forward(h, lambda); // [B, T, F]
-        self.down.forward(self.sub_norm.forward(g), lambda)
+        let up = self.up.forward(h, lambda);
+        let g = match self.act {
+            FfnAct::Silu if crate::fused::enabled(&up.device()) => crate::fused::swiglu(gate, up),
+            FfnAct::Silu => silu(gate) * up,
+            FfnAct::Relu2 => relu(gate).square() * up,
+        }; // [B, T, F]
+        self.down
+            .forward(crate::fused::norm(&self.sub_norm, g), lambda)
     }
 }

@@ -22,6 +22,23 @@ pub mod bitlinear;
 pub mod config;
 pub mod device;
 pub mod ffn;
+#[cfg(feature = "flex")]
+pub mod fused;
+/// Without the CPU backend there is nothing to fuse; the switch stays so callers need no cfg.
+#[cfg(not(feature = "flex"))]
+pub mod fused {
+    use burn::prelude::*;
+    pub fn set_enabled(_: bool) {}
+    pub fn enabled(_: &Device) -> bool {
+        false
+    }
+    pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tensor<D> {
+        norm.forward(x)
+    }
+    pub fn cross_entropy(_: Tensor<2>, _: Tensor<1, Int>) -> Tensor<1> {
+        unreachable!("nothing is fused without the flex backend")
+    }
+}
 pub mod quant;
 pub mod rope;
 pub mod transformer;

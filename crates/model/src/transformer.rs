@@ -9,6 +9,7 @@ use crate::attention::Attention;
 use crate::bitlinear::{BitLinear, matmul_t};
 use crate::config::ModelConfig;
 use crate::ffn::FeedForward;
+use crate::fused::{cross_entropy as fused_cross_entropy, norm};
 
 #[derive(Module, Debug)]
 pub struct Block {
@@ -54,8 +55,8 @@ impl Block {
     }
 
     pub fn forward(&self, x: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.attn_norm.forward(x), lambda, mask);
-        x.clone() + self.ffn.forward(self.ffn_norm.forward(x), lambda)
+        let x = x.clone() + self.attn.forward(norm(&self.attn_norm, x), lambda, mask);
+        x.clone() + self.ffn.forward(norm(&self.ffn_norm, x), lambda)
     }
 }
 
@@ -113,7 +114,7 @@ impl Transformer {
         for block in &self.blocks {
             x = block.forward(x, lambda, mask);
         }
-        self.output_norm.forward(x)
+        norm(&self.output_norm, x)
     }
 
     /// Projection names in [`Block::projections`] order, as fine-tuning configs name targets.
@@ -200,6 +201,9 @@ pub fn segment_mask(segments: &[Vec<u32>], device: &Device) -> Tensor<4, Bool> {
 /// Mean cross-entropy (nats per token) of `logits: [B, T, V]` against `targets: [B, T]`.
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
+    if crate::fused::enabled(&logits.device()) {
+        return fused_cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]));
+    }
     let logp = log_softmax(logits.reshape([b * t, v]), 1);
     let picked = logp.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
     picked.mean().neg()

@@ -20,7 +20,9 @@
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
+pub mod bitlinear;
 pub mod pool;
+pub mod rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -237,7 +239,7 @@ pub fn attend(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend_body(
+pub fn attend_body(
     q: &[f32],
     keys: &[f32],
     stride: usize,
@@ -289,7 +291,7 @@ pub fn axpy(isa: Isa, w: f32, v: &[f32], out: &mut [f32]) {
 }
 
 #[inline(always)]
-pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let n = a.len().min(b.len());
     let whole = n / 16 * 16;
@@ -307,7 +309,7 @@ pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-pub(crate) fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
+pub fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
     for (o, &x) in out.iter_mut().zip(v) {
         *o += w * x;
     }

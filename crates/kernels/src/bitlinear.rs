@@ -1,0 +1,310 @@
+//! The training side of the ternary kernels: what a fused BitLinear forward needs.
+//!
+//! Training fake-quantizes in f32 (`tritium_model::quant`); this module computes the same numbers
+//! with integers. Weights become the packed ternary rows the engine multiplies (`Block64`), the
+//! activations int8 per token, and the product runs on [`crate::ternary_dots`]:
+//!
+//! ```text
+//! y[t][r] = Σ_j (q_x[t][j] / s[t]) · (q_w[r][j] · g)  =  (Σ_j q_w[r][j]·q_x[t][j]) · g / s[t]
+//! ```
+//!
+//! The integer sum is exact, so the only differences from the float reference are the last-bit
+//! rounding of the f32 products and sums there. Rounding follows the reference exactly (division by
+//! the scale, ties to even), so every quantized value is the same.
+
+use rayon::prelude::*;
+
+use crate::{BLOCK, Block64, Isa, ternary_dots};
+
+/// Smallest scale denominator (the reference's `quant::EPS`).
+pub const EPS: f32 = 1e-5;
+
+/// Round half to even for `|v| ≤ 2²²`: adding 1.5·2²³ pushes the fraction bits out of the
+/// mantissa under the default rounding mode (to nearest, ties to even), and subtracting it back is
+/// exact. `f32::round_ties_even` does the same but, without SSE4.1 enabled at compile time, is a
+/// call to libm's `rintf` per element (10% of a tiny training step in a profile).
+#[inline(always)]
+fn round_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (v + MAGIC) - MAGIC
+}
+
+/// A weight matrix `[rows, cols]` ternarized with one absmean scale and packed for the kernels.
+#[derive(Clone)]
+pub struct TernaryMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// Blocks per row: `cols` rounded up to a multiple of 256, over 256.
+    pub nb: usize,
+    pub blocks: Vec<Block64>,
+    /// `g = max(mean|W|, 1e-5)`.
+    pub scale: f32,
+}
+
+impl std::fmt::Debug for TernaryMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TernaryMatrix({}×{}, g={})",
+            self.rows, self.cols, self.scale
+        )
+    }
+}
+
+/// Columns padded to whole blocks.
+pub fn padded(cols: usize) -> usize {
+    cols.div_ceil(BLOCK) * BLOCK
+}
+
+impl TernaryMatrix {
+    /// `clamp(round(W / g), -1, 1)` for row-major `w: [rows, cols]`.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> TernaryMatrix {
+        assert_eq!(w.len(), rows * cols, "weight length");
+        // f64 sum: the mean of millions of values in f32 would drift from the reference's
+        // pairwise sum by more than the tie-breaking margin allows.
+        let sum: f64 = w
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().map(|v| v.abs() as f64).sum::<f64>())
+            .sum();
+        TernaryMatrix::quantize_with_scale(w, rows, cols, (sum / w.len().max(1) as f64) as f32)
+    }
+
+    /// The same with a given `mean|W|` (clamped to `EPS` here), so a caller can match the rounding
+    /// of a reference that summed in another order.
+    pub fn quantize_with_scale(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        mean_abs: f32,
+    ) -> TernaryMatrix {
+        assert_eq!(w.len(), rows * cols, "weight length");
+        let scale = mean_abs.max(EPS);
+        let nb = padded(cols) / BLOCK;
+        let mut blocks = vec![Block64::ZERO; rows * nb];
+        blocks
+            .par_chunks_mut(nb)
+            .zip(w.par_chunks(cols))
+            .for_each(|(dst, row)| {
+                for (j, v) in row.iter().enumerate() {
+                    // Clamping before rounding gives the same value (the bounds are integers) and keeps
+                    // the argument small enough for the fast rounding.
+                    let q = round_even_small((v / scale).clamp(-2.0, 2.0)).clamp(-1.0, 1.0);
+                    dst[j / BLOCK].set(j % BLOCK, (q as i8 + 1) as u8);
+                }
+            });
+        TernaryMatrix {
+            rows,
+            cols,
+            nb,
+            blocks,
+            scale,
+        }
+    }
+
+    /// Row `r`'s ternary values in {-1, 0, 1}.
+    pub fn row(&self, r: usize) -> impl Iterator<Item = i8> + '_ {
+        let blocks = &self.blocks[r * self.nb..(r + 1) * self.nb];
+        (0..self.cols).map(move |j| blocks[j / BLOCK].get(j % BLOCK) as i8 - 1)
+    }
+
+    /// The dequantized matrix `q · g`, row-major `[rows, cols]`: what the backward pass multiplies.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let levels = [-self.scale, 0.0, self.scale];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let blocks = &self.blocks[r * self.nb..(r + 1) * self.nb];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = levels[blocks[j / BLOCK].get(j % BLOCK) as usize];
+                }
+            });
+        out
+    }
+}
+
+/// Activations quantized per token: `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round(x·s), -128, 127)`.
+#[derive(Clone)]
+pub struct QuantizedRows {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row stride of `q`: `cols` padded to whole blocks (the padding is zero).
+    pub stride: usize,
+    pub q: Vec<i8>,
+    /// The per-token scale `s`.
+    pub scale: Vec<f32>,
+    /// `Σ_j q[t][j]`, which turns the kernels' unsigned-code sums into signed ones.
+    pub sum: Vec<i32>,
+}
+
+impl std::fmt::Debug for QuantizedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantizedRows({}×{})", self.rows, self.cols)
+    }
+}
+
+impl QuantizedRows {
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> QuantizedRows {
+        assert_eq!(x.len(), rows * cols, "activation length");
+        let stride = padded(cols);
+        let mut q = vec![0i8; rows * stride];
+        let mut scale = vec![0f32; rows];
+        let mut sum = vec![0i32; rows];
+        q.par_chunks_mut(stride)
+            .zip(scale.par_iter_mut())
+            .zip(sum.par_iter_mut())
+            .zip(x.par_chunks(cols))
+            .for_each(|(((dst, s), total), row)| {
+                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // The reference's order of operations: reciprocal, then times 127.
+                *s = max.max(EPS).recip() * 127.0;
+                let mut acc = 0i32;
+                for (d, v) in dst.iter_mut().zip(row) {
+                    let r = round_even_small((v * *s).clamp(-128.0, 127.0)) as i8;
+                    *d = r;
+                    acc += r as i32;
+                }
+                *total = acc;
+            });
+        QuantizedRows {
+            rows,
+            cols,
+            stride,
+            q,
+            scale,
+            sum,
+        }
+    }
+
+    /// The dequantized activations `q / s`, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let (q, s) = (&self.q[t * self.stride..], self.scale[t]);
+                for (d, v) in dst.iter_mut().zip(q) {
+                    *d = *v as f32 / s;
+                }
+            });
+        out
+    }
+}
+
+/// Tokens per parallel task: their int8 rows (≤ 64 × 8 KiB) stay in L2 while every weight row
+/// streams past them.
+const TOKENS_PER_TASK: usize = 64;
+
+/// `y = x_q · W_qᵀ` dequantized: `y[t][r] = (Σ q_w·q_x) · g / s[t]`, row-major `[x.rows, w.rows]`.
+pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
+    assert_eq!(x.cols, w.cols, "inner dimensions");
+    assert_eq!(x.stride, w.nb * BLOCK, "padding");
+    let n = w.rows;
+    let mut y = vec![0f32; x.rows * n];
+    if n == 0 {
+        return y;
+    }
+    y.par_chunks_mut(TOKENS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let t0 = c * TOKENS_PER_TASK;
+            let tokens = out.len() / n;
+            let xs: Vec<&[i8]> = (t0..t0 + tokens)
+                .map(|t| &x.q[t * x.stride..(t + 1) * x.stride])
+                .collect();
+            let factor: Vec<f32> = (t0..t0 + tokens).map(|t| w.scale / x.scale[t]).collect();
+            let sums = &x.sum[t0..t0 + tokens];
+            let mut dots = vec![0i32; tokens];
+            for r in 0..n {
+                ternary_dots(isa, &w.blocks[r * w.nb..(r + 1) * w.nb], &xs, &mut dots);
+                for t in 0..tokens {
+                    out[t * n + r] = (dots[t] - sums[t]) as f32 * factor[t];
+                }
+            }
+        });
+    y
+}
+
+/// The same product in plain integer loops: the reference the kernels are tested against.
+pub fn matmul_reference(x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
+    let n = w.rows;
+    let mut y = vec![0f32; x.rows * n];
+    for r in 0..n {
+        let wr: Vec<i8> = w.row(r).collect();
+        for t in 0..x.rows {
+            let q = &x.q[t * x.stride..t * x.stride + x.cols];
+            let dot: i32 = q.iter().zip(&wr).map(|(a, b)| *a as i32 * *b as i32).sum();
+            y[t * n + r] = dot as f32 * (w.scale / x.scale[t]);
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fast_rounding_is_ties_to_even() {
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -127.5, 0.49999997, 1.0000001, -3.7,
+        ] {
+            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+        }
+        for v in lcg(3, 10_000) {
+            let v = v * 130.0;
+            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+        }
+    }
+
+    #[test]
+    fn weights_by_hand() {
+        // W = [1, -1, 3, -3]: g = 2, W/g = [.5, -.5, 1.5, -1.5] → ties to even [0, 0, 2, -2] → clamp.
+        let w = TernaryMatrix::quantize(&[1.0, -1.0, 3.0, -3.0], 2, 2);
+        assert_eq!(w.scale, 2.0);
+        assert_eq!(w.row(0).collect::<Vec<_>>(), vec![0, 0]);
+        assert_eq!(w.row(1).collect::<Vec<_>>(), vec![1, -1]);
+        assert_eq!(w.dequantize(), vec![0.0, 0.0, 2.0, -2.0]);
+    }
+
+    #[test]
+    fn activations_by_hand() {
+        // Row 0: max 127 → s = 1: [0.5, 1.5, -2.5, 127] → [0, 2, -2, 127]. Row 1: s = 0.5.
+        let x = QuantizedRows::quantize(&[0.5, 1.5, -2.5, 127.0, 2.0, -1.0, 6.0, -254.0], 2, 4);
+        assert_eq!(&x.q[..4], &[0, 2, -2, 127]);
+        assert_eq!(&x.q[x.stride..x.stride + 4], &[1, 0, 3, -127]);
+        assert_eq!(x.sum, vec![127, -123]);
+        assert_eq!(
+            x.dequantize(),
+            vec![0.0, 2.0, -2.0, 127.0, 2.0, 0.0, 6.0, -254.0]
+        );
+        // An all-zero row stays finite and zero.
+        let z = QuantizedRows::quantize(&[0.0; 3], 1, 3);
+        assert_eq!(z.dequantize(), vec![0.0; 3]);
+    }
+
+    #[test]
+    fn every_isa_equals_the_integer_reference_on_odd_shapes() {
+        for (m, k, n) in [(1, 5, 3), (17, 300, 9), (70, 768, 33), (130, 1000, 2)] {
+            let w = TernaryMatrix::quantize(&lcg(1, n * k), n, k);
+            let x = QuantizedRows::quantize(&lcg(2, m * k), m, k);
+            let want = matmul_reference(&x, &w);
+            for isa in Isa::available() {
+                // Integer sums are exact and the final scaling is one multiply: bit-identical.
+                assert_eq!(matmul(isa, &x, &w), want, "{} at {m}×{k}×{n}", isa.name());
+            }
+        }
+    }
+}

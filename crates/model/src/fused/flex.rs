@@ -1,0 +1,338 @@
+//! [`FusedOps`] on flex, plain and under autodiff. The autodiff versions keep what their backward
+//! pass needs in their state (flex tensors are reference-counted, so keeping an input is free)
+//! and register one gradient per tracked input.
+
+use std::sync::{Arc, OnceLock};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, DType, Flex, TensorMetadata};
+use burn::tensor::TensorData;
+use tritium_kernels::Isa;
+use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, matmul};
+use tritium_kernels::rows;
+
+use super::FusedOps;
+
+type T = FloatTensor<Flex>;
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}
+
+fn dims2(t: &T) -> [usize; 2] {
+    let s = t.shape();
+    assert_eq!(s.num_dims(), 2, "fused ops take 2-D tensors");
+    [s[0], s[1]]
+}
+
+/// A contiguous f32 copy (free when the tensor already is one).
+fn contiguous(t: &T) -> T {
+    assert_eq!(t.dtype(), DType::F32, "fused ops run in f32");
+    t.to_contiguous()
+}
+
+fn f32s(t: &T) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn tensor(values: Vec<f32>, shape: &[usize]) -> T {
+    T::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+/// Target ids as `usize`, whatever integer type flex holds them in.
+fn ids(t: &IntTensor<Flex>) -> Vec<usize> {
+    let t = t.to_contiguous();
+    match t.dtype() {
+        DType::I64 => t
+            .as_slice::<i64>()
+            .unwrap()
+            .iter()
+            .map(|v| *v as usize)
+            .collect(),
+        DType::I32 => t
+            .as_slice::<i32>()
+            .unwrap()
+            .iter()
+            .map(|v| *v as usize)
+            .collect(),
+        DType::U32 => t
+            .as_slice::<u32>()
+            .unwrap()
+            .iter()
+            .map(|v| *v as usize)
+            .collect(),
+        other => panic!("cross-entropy targets of type {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BitLinear
+
+fn bitlinear_forward(x: &T, w: &T) -> (QuantizedRows, TernaryMatrix, T) {
+    let ([m, k], [n, k2]) = (dims2(x), dims2(w));
+    assert_eq!(
+        k, k2,
+        "BitLinear: input has {k} features, weight expects {k2}"
+    );
+    let (x, w) = (contiguous(x), contiguous(w));
+    let xq = QuantizedRows::quantize(f32s(&x), m, k);
+    // The scale from flex's own mean, the reference's summation order: a weight exactly at g/2
+    // then rounds the same way in both (an f64 mean differs in the last bit and can flip it).
+    let g = Flex::float_mean(Flex::float_abs(w.clone()));
+    let wq = TernaryMatrix::quantize_with_scale(f32s(&w), n, k, f32s(&g)[0]);
+    let y = matmul(isa(), &xq, &wq);
+    (xq, wq, tensor(y, &[m, n]))
+}
+
+#[derive(Clone, Debug)]
+struct BitLinearSaved {
+    x: Arc<QuantizedRows>,
+    w: Arc<TernaryMatrix>,
+}
+
+#[derive(Debug)]
+struct BitLinearBackward;
+
+impl Backward<Flex, 2> for BitLinearBackward {
+    type State = BitLinearSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let BitLinearSaved { x, w } = ops.state;
+        if let Some(node) = node_x {
+            let wd = tensor(w.dequantize(), &[w.rows, w.cols]);
+            grads.register::<Flex>(node.id, Flex::float_matmul(dy.clone(), wd));
+        }
+        if let Some(node) = node_w {
+            let xd = tensor(x.dequantize(), &[x.rows, x.cols]);
+            grads.register::<Flex>(node.id, Flex::float_matmul(Flex::float_transpose(dy), xd));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+fn rms_norm_forward(x: &T, gamma: &T, eps: f32) -> (T, T, Vec<f32>, T) {
+    let [m, d] = dims2(x);
+    let (x, gamma) = (contiguous(x), contiguous(gamma));
+    assert_eq!(gamma.shape().num_elements(), d, "RMSNorm gain length");
+    let (y, r) = rows::rms_norm(f32s(&x), f32s(&gamma), eps);
+    let y = tensor(y, &[m, d]);
+    (x, gamma, r, y)
+}
+
+#[derive(Clone, Debug)]
+struct RmsNormSaved {
+    x: T,
+    gamma: T,
+    r: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    type State = RmsNormSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_g] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let RmsNormSaved { x, gamma, r } = ops.state;
+        let (dx, dg) = rows::rms_norm_backward(f32s(&x), f32s(&gamma), &r, f32s(&dy));
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, &dims2(&x)));
+        }
+        if let Some(node) = node_g {
+            let d = dg.len();
+            grads.register::<Flex>(node.id, tensor(dg, &[d]));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU gate
+
+#[derive(Clone, Debug)]
+struct SwigluSaved {
+    g: T,
+    u: T,
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    type State = SwigluSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_g, node_u] = ops.parents;
+        let dh = contiguous(&grads.consume::<Flex>(&ops.node));
+        let SwigluSaved { g, u } = ops.state;
+        let (dg, du) = rows::swiglu_backward(f32s(&g), f32s(&u), f32s(&dh));
+        let shape = g.shape().to_vec();
+        if let Some(node) = node_g {
+            grads.register::<Flex>(node.id, tensor(dg, &shape));
+        }
+        if let Some(node) = node_u {
+            grads.register::<Flex>(node.id, tensor(du, &shape));
+        }
+    }
+}
+
+fn swiglu_forward(g: &T, u: &T) -> (T, T, T) {
+    assert_eq!(g.shape(), u.shape(), "SiLU gate: gate and up shapes differ");
+    let (g, u) = (contiguous(g), contiguous(u));
+    let h = tensor(rows::swiglu(f32s(&g), f32s(&u)), &g.shape().to_vec());
+    (g, u, h)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+#[derive(Clone, Debug)]
+struct CrossEntropySaved {
+    logits: T,
+    targets: Arc<Vec<usize>>,
+    lse: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<Flex, 1> for CrossEntropyBackward {
+    type State = CrossEntropySaved;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dl = contiguous(&grads.consume::<Flex>(&ops.node));
+        let CrossEntropySaved {
+            logits,
+            targets,
+            lse,
+        } = ops.state;
+        if let Some(node) = node {
+            let [_, v] = dims2(&logits);
+            let dz = rows::cross_entropy_backward(f32s(&logits), v, &targets, &lse, f32s(&dl)[0]);
+            grads.register::<Flex>(node.id, tensor(dz, &dims2(&logits)));
+        }
+    }
+}
+
+fn cross_entropy_forward(logits: &T, targets: &IntTensor<Flex>) -> (T, Vec<usize>, Vec<f32>, T) {
+    let [m, v] = dims2(logits);
+    let logits = contiguous(logits);
+    let targets = ids(targets);
+    assert_eq!(
+        targets.len(),
+        m,
+        "cross-entropy: {m} rows of logits, {} targets",
+        targets.len()
+    );
+    if let Some(t) = targets.iter().find(|t| **t >= v) {
+        panic!("cross-entropy: target id {t} outside a vocabulary of {v}");
+    }
+    let (loss, lse) = rows::cross_entropy(f32s(&logits), v, &targets);
+    (logits, targets, lse, tensor(vec![loss], &[1]))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl FusedOps for Flex {
+    fn bitlinear(x: T, w: T) -> T {
+        bitlinear_forward(&x, &w).2
+    }
+
+    fn rms_norm(x: T, gamma: T, eps: f32) -> T {
+        rms_norm_forward(&x, &gamma, eps).3
+    }
+
+    fn swiglu(g: T, u: T) -> T {
+        swiglu_forward(&g, &u).2
+    }
+
+    fn cross_entropy(logits: T, targets: IntTensor<Flex>) -> T {
+        cross_entropy_forward(&logits, &targets).3
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = BitLinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (xq, wq, y) = bitlinear_forward(x.primitive(), w.primitive());
+                prep.finish(
+                    BitLinearSaved {
+                        x: Arc::new(xq),
+                        w: Arc::new(wq),
+                    },
+                    y,
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(bitlinear_forward(x.primitive(), w.primitive()).2)
+            }
+        }
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let prep = RmsNormBackward
+            .prepare::<C>([x.node(), gamma.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma, r, y) = rms_norm_forward(x.primitive(), gamma.primitive(), eps);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                RmsNormSaved {
+                    x,
+                    gamma,
+                    r: Arc::new(r),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = SwigluBackward
+            .prepare::<C>([g.node(), u.node()])
+            .compute_bound()
+            .stateful();
+        let (g, u, h) = swiglu_forward(g.primitive(), u.primitive());
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(SwigluSaved { g, u }, h),
+            OpsKind::UnTracked(prep) => prep.finish(h),
+        }
+    }
+
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        let prep = CrossEntropyBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful();
+        let (logits, targets, lse, loss) = cross_entropy_forward(logits.primitive(), &targets);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                CrossEntropySaved {
+                    logits,
+                    targets: Arc::new(targets),
+                    lse: Arc::new(lse),
+                },
+                loss,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        }
+    }
+}

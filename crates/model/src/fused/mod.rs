@@ -1,0 +1,114 @@
+//! Fused training ops on the CPU (`flex`) backend: one op, with a hand-written backward, where
+//! the model would otherwise chain many tensor ops.
+//!
+//! Burn's autodiff records every tensor op of a layer as a graph node, runs a separate pass over
+//! memory for each, and keeps the intermediates for the backward pass. A profile of a tiny
+//! training step put more time in those elementwise passes than in the matrix products. The ops
+//! here replace the hottest chains:
+//!
+//! - [`bitlinear`]: fake-quantized `x · wᵀ`. The forward quantizes the weights once into packed
+//!   ternary rows and the activations once into int8 rows and multiplies them with the integer
+//!   kernels the inference engine uses ([`tritium_kernels::bitlinear`]); it keeps only the int8
+//!   rows and the packed weights (a quarter and a sixteenth of the f32 sizes) for the backward
+//!   pass, the straight-through one: `dX = dY · (q_w·g)`, `dW = dYᵀ · (q_x / s)`. Those two are
+//!   f32 GEMMs (flex's), since the gradients must match the reference to 1e-4 and bf16 operands
+//!   would not.
+//! - [`rms_norm`], [`swiglu`], [`cross_entropy`]: one pass forward and one back each
+//!   ([`tritium_kernels::rows`]).
+//!
+//! Each equals the unfused reference (the plain tensor-op version, which stays for other backends
+//! and for `--unfused`) within 1e-5 forward and 1e-4 in the gradients: see the tests.
+
+mod flex;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+use burn::prelude::*;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, both fake-quantized (λ = 1).
+    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x: [m, d]`, `gamma: [d]` → `x / sqrt(mean(x²) + eps) · γ`.
+    fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    /// `silu(g) ⊙ u`, same shapes.
+    fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `logits: [m, v]`, `targets: [m]` → the mean negative log-likelihood, shape `[1]`.
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Whether tensors on `device` can take the fused path.
+pub fn supported(device: &Device) -> bool {
+    matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
+}
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the fused path off for the whole process (`--unfused`: comparisons and bisecting).
+pub fn set_enabled(on: bool) {
+    DISABLED.store(!on, Ordering::Relaxed);
+}
+
+/// Whether the model's layers on `device` run fused.
+pub fn enabled(device: &Device) -> bool {
+    !DISABLED.load(Ordering::Relaxed) && supported(device)
+}
+
+/// Runs `op` on `x` flattened to `[rows, last]` and gives the result back `x`'s leading shape.
+fn on_rows<const D: usize>(x: Tensor<D>, op: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = op(x.reshape([rows, dims[D - 1]]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
+}
+
+/// `x · wᵀ` with ternary weights and int8 activations, for `x: [.., k]` and `w: [n, k]`.
+pub fn bitlinear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    on_rows(x, |x| {
+        let y = <Dispatch as FusedOps>::bitlinear(x.into_dispatch(), w.into_dispatch());
+        Tensor::from_dispatch(y)
+    })
+}
+
+/// `norm.forward(x)`, fused where the device allows.
+pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    if enabled(&x.device()) {
+        rms_norm(x, norm.gamma.val(), norm.epsilon as f32)
+    } else {
+        norm.forward(x)
+    }
+}
+
+/// RMSNorm over the last axis with gain `gamma`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f32) -> Tensor<D> {
+    on_rows(x, |x| {
+        let y = <Dispatch as FusedOps>::rms_norm(x.into_dispatch(), gamma.into_dispatch(), eps);
+        Tensor::from_dispatch(y)
+    })
+}
+
+/// `silu(g) ⊙ u`.
+pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
+    let dims = g.dims();
+    let n = dims.iter().product::<usize>();
+    let h = <Dispatch as FusedOps>::swiglu(
+        g.reshape([n]).into_dispatch(),
+        u.reshape([n]).into_dispatch(),
+    );
+    Tensor::<1>::from_dispatch(h).reshape(dims)
+}
+
+/// Mean cross-entropy of `logits: [m, v]` against `targets: [m]`, shape `[1]`.
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let l = <Dispatch as FusedOps>::cross_entropy(logits.into_dispatch(), targets.into_dispatch());
+    Tensor::from_dispatch(l)
+}

@@ -1,0 +1,252 @@
+//! Every fused op against the unfused tensor-op reference it replaces: outputs within 1e-5 and
+//! gradients within 1e-4 (relative, as ‖a − b‖ / ‖b‖ over the tensor), on odd shapes.
+
+use burn::nn::RmsNormConfig;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{log_softmax, silu};
+
+use super::*;
+use crate::quant::{quantize_activations, ste, ternarize};
+use crate::testing::values as vals;
+
+/// ‖a − b‖ / ‖b‖: one figure per tensor, immune to single elements near zero.
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn normal<const D: usize>(shape: [usize; D], std: f64, dev: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), dev)
+}
+
+/// Runs `f` on fresh leaves made from `inputs`, backpropagates `Σ y ⊙ probe`, and returns the
+/// output and each input's gradient.
+fn run<const D: usize, const O: usize>(
+    inputs: &[Tensor<D>],
+    probe: &Tensor<O>,
+    f: impl Fn(&[Tensor<D>]) -> Tensor<O>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let leaves: Vec<Tensor<D>> = inputs
+        .iter()
+        .map(|t| t.clone().detach().require_grad())
+        .collect();
+    let y = f(&leaves);
+    let grads = (y.clone() * probe.clone()).sum().backward();
+    let dl = leaves
+        .iter()
+        .map(|l| vals(l.grad(&grads).expect("a gradient")))
+        .collect();
+    (vals(y), dl)
+}
+
+fn assert_matches(
+    what: &str,
+    fused: (Vec<f32>, Vec<Vec<f32>>),
+    reference: (Vec<f32>, Vec<Vec<f32>>),
+) {
+    let e = rel(&fused.0, &reference.0);
+    assert!(e < 1e-5, "{what}: forward differs by {e:e}");
+    for (i, (a, b)) in fused.1.iter().zip(&reference.1).enumerate() {
+        let e = rel(a, b);
+        assert!(e < 1e-4, "{what}: gradient of input {i} differs by {e:e}");
+    }
+}
+
+#[test]
+fn bitlinear_equals_the_unfused_reference() {
+    let dev = Device::flex().autodiff();
+    assert!(supported(&dev));
+    let reference = |x: Tensor<3>, w: Tensor<2>| {
+        let xq = ste(x.clone(), quantize_activations(x), 1.0);
+        let wq = ste(w.clone(), ternarize(w), 1.0);
+        crate::bitlinear::matmul_t(xq, wq)
+    };
+    // Inner sizes off the 256 block, a single token, more tokens than one parallel task.
+    for (i, (b, t, k, n)) in [
+        (1, 1, 7, 3),
+        (2, 5, 300, 17),
+        (3, 70, 768, 33),
+        (1, 130, 1000, 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        dev.seed(100 + i as u64);
+        let x = normal([b, t, k], 1.0, &dev);
+        let w = normal([n, k], 0.02, &dev);
+        let probe = normal([b, t, n], 1.0, &dev);
+        // The two inputs have different ranks, so pass the weight through the closure.
+        let go = |fused: bool| {
+            let (wl, xl) = (
+                w.clone().detach().require_grad(),
+                x.clone().detach().require_grad(),
+            );
+            let y = if fused {
+                bitlinear(xl.clone(), wl.clone())
+            } else {
+                reference(xl.clone(), wl.clone())
+            };
+            let g = (y.clone() * probe.clone()).sum().backward();
+            (
+                vals(y),
+                vec![vals(xl.grad(&g).unwrap()), vals(wl.grad(&g).unwrap())],
+            )
+        };
+        assert_matches(
+            &format!("BitLinear {b}×{t}×{k} · {n}×{k}"),
+            go(true),
+            go(false),
+        );
+    }
+}
+
+#[test]
+fn bitlinear_without_autodiff_matches_too() {
+    let dev = Device::flex();
+    dev.seed(7);
+    let x = normal([9, 260], 1.0, &dev);
+    let w = normal([5, 260], 0.02, &dev);
+    let want = vals(crate::bitlinear::matmul_t(
+        quantize_activations(x.clone()),
+        ternarize(w.clone()),
+    ));
+    let e = rel(&vals(bitlinear(x, w)), &want);
+    assert!(e < 1e-5, "{e:e}");
+}
+
+#[test]
+fn rms_norm_equals_burns() {
+    let dev = Device::flex().autodiff();
+    for (i, (rows, d)) in [(1, 3), (37, 256), (5, 1000)].into_iter().enumerate() {
+        dev.seed(200 + i as u64);
+        let norm = RmsNormConfig::new(d).with_epsilon(1e-5).init(&dev);
+        // A gain away from 1 so its gradient and its use in dx are both exercised.
+        let gamma = normal([d], 0.5, &dev) + 1.0;
+        let x = normal([2, rows, d], 3.0, &dev);
+        let probe = normal([2, rows, d], 1.0, &dev);
+        let fused = {
+            let (xl, gl) = (
+                x.clone().detach().require_grad(),
+                gamma.clone().detach().require_grad(),
+            );
+            let y = rms_norm(xl.clone(), gl.clone(), 1e-5);
+            let g = (y.clone() * probe.clone()).sum().backward();
+            (
+                vals(y),
+                vec![vals(xl.grad(&g).unwrap()), vals(gl.grad(&g).unwrap())],
+            )
+        };
+        let reference = {
+            let xl = x.clone().detach().require_grad();
+            let mut n = norm.clone();
+            n.gamma = burn::module::Param::from_tensor(gamma.clone().detach());
+            let y = n.forward(xl.clone());
+            let g = (y.clone() * probe.clone()).sum().backward();
+            (
+                vals(y),
+                vec![
+                    vals(xl.grad(&g).unwrap()),
+                    vals(n.gamma.val().grad(&g).unwrap()),
+                ],
+            )
+        };
+        assert_matches(&format!("RMSNorm {rows}×{d}"), fused, reference);
+    }
+}
+
+#[test]
+fn swiglu_equals_silu_times_up() {
+    let dev = Device::flex().autodiff();
+    dev.seed(300);
+    let g = normal([3, 11, 70], 3.0, &dev);
+    let u = normal([3, 11, 70], 1.0, &dev);
+    let probe = normal([3, 11, 70], 1.0, &dev);
+    let fused = run(&[g.clone(), u.clone()], &probe, |t| {
+        swiglu(t[0].clone(), t[1].clone())
+    });
+    let reference = run(&[g, u], &probe, |t| silu(t[0].clone()) * t[1].clone());
+    assert_matches("SiLU gate", fused, reference);
+}
+
+#[test]
+fn cross_entropy_equals_log_softmax_and_gather() {
+    let dev = Device::flex().autodiff();
+    for (i, (m, v)) in [(1, 2), (33, 100), (64, 4096)].into_iter().enumerate() {
+        dev.seed(400 + i as u64);
+        let z = normal([m, v], 4.0, &dev);
+        let t = Tensor::<1, Int>::random([m], Distribution::Uniform(0.0, v as f64), &dev);
+        // A probe that is not 1 checks the incoming gradient is applied.
+        let probe = Tensor::<1>::from_floats([0.7], &dev);
+        let fused = run(std::slice::from_ref(&z), &probe, |l| {
+            cross_entropy(l[0].clone(), t.clone())
+        });
+        let reference = run(&[z], &probe, |l| {
+            let logp = log_softmax(l[0].clone(), 1);
+            logp.gather(1, t.clone().reshape([m, 1])).mean().neg()
+        });
+        assert_matches(&format!("cross-entropy {m}×{v}"), fused, reference);
+    }
+}
+
+#[test]
+fn untracked_inputs_get_no_gradient_and_run_the_same_forward() {
+    // A frozen weight (LoRA's base) is an untracked parent: only the input gets a gradient.
+    let dev = Device::flex().autodiff();
+    dev.seed(500);
+    let x = normal([4, 64], 1.0, &dev).require_grad();
+    let w = normal([8, 64], 0.02, &dev);
+    let y = bitlinear(x.clone(), w.clone());
+    let g = y.clone().sum().backward();
+    assert!(x.grad(&g).is_some());
+    assert!(w.grad(&g).is_none());
+    let cpu = Device::flex();
+    let plain = bitlinear(
+        Tensor::<2>::from_data(x.to_data(), &cpu),
+        Tensor::<2>::from_data(w.to_data(), &cpu),
+    );
+    assert_eq!(vals(y), vals(plain));
+}
+
+#[test]
+fn whole_model_loss_and_every_gradient_match_unfused() {
+    use burn::module::{ModuleVisitor, Param};
+
+    /// Every float parameter's gradient, in visiting order.
+    struct Grads<'a>(&'a burn::tensor::Gradients, Vec<(String, Vec<f32>)>);
+    impl ModuleVisitor for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = param.val().grad(self.0).map(vals).unwrap_or_default();
+            self.1.push((format!("{:?}", param.id), g));
+        }
+    }
+
+    let cfg = crate::ModelConfig::from_toml_str(
+        "[model]\nvocab_size = 61\nd_model = 64\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nd_ff = 96\nmax_seq_len = 32\nquant = \"ternary\"\n",
+    )
+    .unwrap();
+    let dev = Device::flex().autodiff();
+    dev.seed(600);
+    let model = crate::Transformer::new(&cfg, &dev);
+    let tokens = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
+    let targets = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
+    let go = |fused: bool| {
+        set_enabled(fused);
+        let loss = crate::cross_entropy(model.forward(tokens.clone()), targets.clone());
+        let grads = loss.backward();
+        set_enabled(true);
+        let mut v = Grads(&grads, Vec::new());
+        model.visit(&mut v);
+        (vals(loss)[0], v.1)
+    };
+    let (l1, g1) = go(true);
+    let (l0, g0) = go(false);
+    assert!(((l1 - l0) / l0).abs() < 1e-5, "loss {l1} vs {l0}");
+    assert_eq!(g1.len(), g0.len());
+    for ((id, a), (_, b)) in g1.iter().zip(&g0) {
+        assert!(!b.is_empty(), "parameter {id} got no gradient");
+        let e = rel(a, b);
+        assert!(e < 1e-4, "parameter {id}: gradient differs by {e:e}");
+    }
+}
