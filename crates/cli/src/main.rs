@@ -47,8 +47,8 @@ mod train_cmd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Run BitLinear layers as the unfused chain of tensor ops (the reference) instead of the fused
-    /// int8 kernel; for comparisons.
+    /// Run the model as plain chains of tensor ops (the reference) instead of the fused CPU ops
+    /// (int8 BitLinear, attention, RMSNorm, SiLU gate, cross-entropy); for comparisons.
     #[arg(long, global = true)]
     unfused: bool,
 }
@@ -246,7 +246,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         a.config.display(),
         r.backend,
         if tritium_model::fused::enabled(&bench.backend.device()?) {
-            " (fused BitLinear)"
+            " (fused ops)"
         } else {
             ""
         },

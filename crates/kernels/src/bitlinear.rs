@@ -62,10 +62,13 @@ impl TernaryMatrix {
         assert_eq!(w.len(), rows * cols, "weight length");
         // f64 sum: the mean of millions of values in f32 would drift from the reference's
         // pairwise sum by more than the tie-breaking margin allows.
-        let sum: f64 = w
+        // Partial sums collected in order and added serially: rayon's own reduction tree depends
+        // on work stealing, and training must be bit-reproducible.
+        let parts: Vec<f64> = w
             .par_chunks(1 << 16)
             .map(|c| c.iter().map(|v| v.abs() as f64).sum::<f64>())
-            .sum();
+            .collect();
+        let sum: f64 = parts.iter().sum();
         TernaryMatrix::quantize_with_scale(w, rows, cols, (sum / w.len().max(1) as f64) as f32)
     }
 
@@ -243,18 +246,7 @@ pub fn matmul_reference(x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::testing::lcg;
 
     #[test]
     fn fast_rounding_is_ties_to_even() {

@@ -20,12 +20,29 @@
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
+pub mod attention;
 pub mod bitlinear;
 pub mod pool;
 pub mod rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+#[cfg(test)]
+mod testing {
+    /// Deterministic values in [-1, 1) without a random-number crate.
+    pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+}
 
 /// Weights per packed block.
 pub const BLOCK: usize = 256;

@@ -91,13 +91,14 @@ pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Ve
             }
             dg
         })
-        .reduce(
-            || vec![0f32; d],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .collect::<Vec<_>>()
+        // Summed serially in chunk order: a rayon reduction's tree depends on work stealing, and
+        // training must be bit-reproducible (resumed runs equal straight ones).
+        .into_iter()
+        .fold(vec![0f32; d], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        });
     (dx, dgamma)
 }
 
@@ -141,7 +142,7 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[usize]) -> (f32, Vec<f
     let rows = targets.len();
     assert_eq!(logits.len(), rows * v, "logits length");
     let mut lse = vec![0f32; rows];
-    let total: f64 = lse
+    let losses: Vec<f64> = lse
         .par_iter_mut()
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter())
@@ -151,7 +152,9 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[usize]) -> (f32, Vec<f
             *lse = max + sum.ln();
             (*lse - z[t]) as f64
         })
-        .sum();
+        .collect();
+    // Summed serially, in row order, so the loss does not depend on how rayon split the rows.
+    let total: f64 = losses.iter().sum();
     ((total / rows.max(1) as f64) as f32, lse)
 }
 
@@ -182,18 +185,7 @@ pub fn cross_entropy_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::testing::lcg;
 
     #[test]
     fn exp_is_within_two_ulp_of_libm() {

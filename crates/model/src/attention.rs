@@ -49,6 +49,16 @@ impl Attention {
         let [b, t, d] = h.dims();
         let (nh, nkv) = (self.n_heads, self.n_kv_heads);
         let hd = d / nh;
+        if mask.is_none() && crate::fused::enabled(&h.device()) {
+            // The fused op takes [B, T, n, hd] as the projections lay it out and applies RoPE.
+            let q = self.wq.forward(h.clone(), lambda).reshape([b, t, nh, hd]);
+            let k = self.wk.forward(h.clone(), lambda).reshape([b, t, nkv, hd]);
+            let v = self.wv.forward(h, lambda).reshape([b, t, nkv, hd]);
+            let a = crate::fused::attention(q, k, v, self.rope_theta).reshape([b, t, d]);
+            return self
+                .wo
+                .forward(crate::fused::norm(&self.sub_norm, a), lambda);
+        }
         let heads = |x: Tensor<3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2); // [B, n, T, hd]
         let q = heads(self.wq.forward(h.clone(), lambda), nh);
         let k = heads(self.wk.forward(h.clone(), lambda), nkv);

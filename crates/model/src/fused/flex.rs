@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, DType, Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use tritium_kernels::Isa;
 use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, matmul};
-use tritium_kernels::rows;
+use tritium_kernels::{attention, rows};
 
 use super::FusedOps;
 
@@ -158,6 +158,68 @@ impl Backward<Flex, 2> for RmsNormBackward {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention
+
+fn attention_shape(q: &T, k: &T, v: &T) -> attention::Shape {
+    let (qs, ks) = (q.shape(), k.shape());
+    assert!(
+        qs.num_dims() == 4 && ks.num_dims() == 4,
+        "fused attention takes [b, t, heads, hd]"
+    );
+    assert_eq!(
+        ks,
+        v.shape(),
+        "fused attention: key and value shapes differ"
+    );
+    assert!(
+        qs[0] == ks[0] && qs[1] == ks[1] && qs[3] == ks[3],
+        "fused attention: q {qs:?} vs k {ks:?}"
+    );
+    attention::Shape {
+        b: qs[0],
+        t: qs[1],
+        h: qs[2],
+        kv: ks[2],
+        hd: qs[3],
+    }
+}
+
+fn attention_forward(q: &T, k: &T, v: &T, theta: f32) -> (attention::Saved, T, T) {
+    let shape = attention_shape(q, k, v);
+    let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+    let (o, saved) = attention::forward(shape, f32s(&q), f32s(&k), f32s(&v), theta);
+    let o = tensor(o, &[shape.b, shape.t, shape.h, shape.hd]);
+    (saved, v, o)
+}
+
+#[derive(Clone, Debug)]
+struct AttentionSaved {
+    saved: Arc<attention::Saved>,
+    v: T,
+    theta: f32,
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionSaved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = contiguous(&grads.consume::<Flex>(&ops.node));
+        let AttentionSaved { saved, v, theta } = ops.state;
+        let (dq, dk, dv) = attention::backward(&saved, f32s(&v), f32s(&d_o), theta);
+        let attention::Shape { b, t, h, kv, hd } = saved.shape;
+        for (node, g, heads) in [(node_q, dq, h), (node_k, dk, kv), (node_v, dv, kv)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, tensor(g, &[b, t, heads, hd]));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // SiLU gate
 
 #[derive(Clone, Debug)]
@@ -254,6 +316,10 @@ impl FusedOps for Flex {
         rms_norm_forward(&x, &gamma, eps).3
     }
 
+    fn attention(q: T, k: T, v: T, theta: f32) -> T {
+        attention_forward(&q, &k, &v, theta).2
+    }
+
     fn swiglu(g: T, u: T) -> T {
         swiglu_forward(&g, &u).2
     }
@@ -302,6 +368,30 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 y,
             ),
             OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        theta: f32,
+    ) -> FloatTensor<Self> {
+        let prep = AttentionBackward
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful();
+        let (saved, v, o) = attention_forward(q.primitive(), k.primitive(), v.primitive(), theta);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                AttentionSaved {
+                    saved: Arc::new(saved),
+                    v,
+                    theta,
+                },
+                o,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(o),
         }
     }
 

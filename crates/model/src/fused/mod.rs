@@ -13,6 +13,8 @@
 //!   pass, the straight-through one: `dX = dY · (q_w·g)`, `dW = dYᵀ · (q_x / s)`. Those two are
 //!   f32 GEMMs (flex's), since the gradients must match the reference to 1e-4 and bf16 operands
 //!   would not.
+//! - [`attention`]: causal attention with RoPE and grouped-query heads on the projections'
+//!   own `[B, T, heads, hd]` layout ([`tritium_kernels::attention`]).
 //! - [`rms_norm`], [`swiglu`], [`cross_entropy`]: one pass forward and one back each
 //!   ([`tritium_kernels::rows`]).
 //!
@@ -35,6 +37,14 @@ pub trait FusedOps: Backend {
     fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x: [m, d]`, `gamma: [d]` → `x / sqrt(mean(x²) + eps) · γ`.
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    /// Causal attention with NEOX RoPE (θ = `theta`) applied inside: `q: [b, t, h, hd]`,
+    /// `k`, `v: [b, t, kv, hd]` (projections, not yet rotated) → `[b, t, h, hd]`.
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        theta: f32,
+    ) -> FloatTensor<Self>;
     /// `silu(g) ⊙ u`, same shapes.
     fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `logits: [m, v]`, `targets: [m]` → the mean negative log-likelihood, shape `[1]`.
@@ -56,9 +66,22 @@ pub fn set_enabled(on: bool) {
     DISABLED.store(!on, Ordering::Relaxed);
 }
 
+thread_local! {
+    static OFF_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fused path off on this thread only: tests compare both paths while other
+/// tests run in parallel.
+pub fn unfused_here<R>(f: impl FnOnce() -> R) -> R {
+    let before = OFF_HERE.with(|c| c.replace(true));
+    let r = f();
+    OFF_HERE.with(|c| c.set(before));
+    r
+}
+
 /// Whether the model's layers on `device` run fused.
 pub fn enabled(device: &Device) -> bool {
-    !DISABLED.load(Ordering::Relaxed) && supported(device)
+    !DISABLED.load(Ordering::Relaxed) && !OFF_HERE.with(|c| c.get()) && supported(device)
 }
 
 /// Runs `op` on `x` flattened to `[rows, last]` and gives the result back `x`'s leading shape.
@@ -94,6 +117,17 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f32) -> Ten
         let y = <Dispatch as FusedOps>::rms_norm(x.into_dispatch(), gamma.into_dispatch(), eps);
         Tensor::from_dispatch(y)
     })
+}
+
+/// Causal self-attention with RoPE: `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` → `[b, t, h, hd]`.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, theta: f32) -> Tensor<4> {
+    let o = <Dispatch as FusedOps>::attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        theta,
+    );
+    Tensor::from_dispatch(o)
 }
 
 /// `silu(g) ⊙ u`.

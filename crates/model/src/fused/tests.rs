@@ -232,10 +232,12 @@ fn whole_model_loss_and_every_gradient_match_unfused() {
     let tokens = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
     let targets = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
     let go = |fused: bool| {
-        set_enabled(fused);
-        let loss = crate::cross_entropy(model.forward(tokens.clone()), targets.clone());
-        let grads = loss.backward();
-        set_enabled(true);
+        let step = || {
+            let loss = crate::cross_entropy(model.forward(tokens.clone()), targets.clone());
+            let grads = loss.backward();
+            (loss, grads)
+        };
+        let (loss, grads) = if fused { step() } else { unfused_here(step) };
         let mut v = Grads(&grads, Vec::new());
         model.visit(&mut v);
         (vals(loss)[0], v.1)
@@ -248,5 +250,53 @@ fn whole_model_loss_and_every_gradient_match_unfused() {
         assert!(!b.is_empty(), "parameter {id} got no gradient");
         let e = rel(a, b);
         assert!(e < 1e-4, "parameter {id}: gradient differs by {e:e}");
+    }
+}
+
+#[test]
+fn attention_equals_the_unfused_block() {
+    // Through the module, so the reference is exactly the model's unfused path (RoPE by slices,
+    // repeated key/value heads, Burn's causal attention). Grouped-query heads and an odd length.
+    let cfg = crate::ModelConfig::from_toml_str(
+        "[model]\nvocab_size = 8\nd_model = 48\nn_layers = 1\nn_heads = 4\nn_kv_heads = 2\nd_ff = 64\nmax_seq_len = 32\nquant = \"none\"\n",
+    )
+    .unwrap();
+    let dev = Device::flex().autodiff();
+    dev.seed(700);
+    let attn = crate::attention::Attention::new(&cfg, &dev);
+    let x = normal([2, 13, 48], 1.0, &dev);
+    let probe = normal([2, 13, 48], 1.0, &dev);
+    let go = |fused: bool| {
+        let step = || {
+            run(std::slice::from_ref(&x), &probe, |t| {
+                attn.forward(t[0].clone(), 1.0, None)
+            })
+        };
+        if fused { step() } else { unfused_here(step) }
+    };
+    assert_matches("attention", go(true), go(false));
+}
+
+#[test]
+fn fused_steps_are_bit_reproducible() {
+    // Resumed runs must equal straight ones, so no fused op may let rayon's scheduling decide a
+    // summation order. Enough rows that every op splits its work across threads.
+    let cfg = crate::ModelConfig::from_toml_str(
+        "[model]\nvocab_size = 300\nd_model = 64\nn_layers = 1\nn_heads = 4\nd_ff = 128\nmax_seq_len = 64\nquant = \"ternary\"\n",
+    )
+    .unwrap();
+    let dev = Device::flex().autodiff();
+    dev.seed(800);
+    let model = crate::Transformer::new(&cfg, &dev);
+    let tokens = Tensor::<2, Int>::random([8, 64], Distribution::Uniform(0.0, 300.0), &dev);
+    let step = || {
+        let loss = crate::cross_entropy(model.forward(tokens.clone()), tokens.clone());
+        let grads = loss.backward();
+        let g = model.blocks[0].ffn_norm.gamma.val().grad(&grads).unwrap();
+        (vals(loss), vals(g))
+    };
+    let first = step();
+    for _ in 0..5 {
+        assert_eq!(step(), first);
     }
 }

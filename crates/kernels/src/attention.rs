@@ -1,0 +1,520 @@
+//! Causal self-attention with NEOX RoPE and grouped-query heads, forward and backward, for
+//! training. It replaces Burn's composed attention (RoPE as slices and a concat, key/value
+//! repeats, a score matmul, a causal mask fill, softmax, a value matmul, head transposes, and the
+//! backward of each), taking the projections in their natural `[B, T, heads, hd]` layout so no
+//! head transpose or key/value repeat is ever copied.
+//!
+//! Per query head, with `Q`, `K` the rotated projections and `c = 1/√hd`:
+//!
+//! ```text
+//! P = softmax_causal(c · Q Kᵀ)        O = P V
+//! dV += Pᵀ dO     dP = dO Vᵀ     dS = P ⊙ (dP − rowsum(P ⊙ dP))
+//! dQ = c · dS K   dK += c · dSᵀ Q            (then each rotated back: RoPE is orthogonal)
+//! ```
+//!
+//! The products run on the `gemm` crate (flex's own), one head per task, heads spread over
+//! rayon's threads; a key/value head's gradient is summed over the query heads that share it
+//! inside one task, so no two tasks write the same memory.
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use crate::rows::exp;
+
+/// Sizes: batch, time, query heads, key/value heads, head width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub kv: usize,
+    pub hd: usize,
+}
+
+impl Shape {
+    fn rep(&self) -> usize {
+        self.h / self.kv
+    }
+}
+
+/// `[t, hd/2]` cosine and sine tables, angle(p, i) = p · θ^(-2i/hd): `tritium_model::rope::tables`.
+pub fn rope_tables(t: usize, hd: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in 0..t {
+        for i in 0..half {
+            let a = p as f64 * (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// What the backward pass needs from the forward one.
+#[derive(Clone)]
+pub struct Saved {
+    pub shape: Shape,
+    /// Softmax probabilities `[b, h, t, t]` (zero above the diagonal).
+    pub probs: Vec<f32>,
+    /// Rotated queries `[b, h, t, hd]` and keys `[b, kv, t, hd]`.
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+}
+
+impl std::fmt::Debug for Saved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attention::Saved({:?})", self.shape)
+    }
+}
+
+/// A strided matrix view for [`mm`]: element `(r, c)` at `ptr + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+fn view(s: &[f32], rs: usize, cs: usize) -> View {
+    View {
+        ptr: s.as_ptr(),
+        rs: rs as isize,
+        cs: cs as isize,
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + beta · lhs[m×k] · rhs[k×n]`, single-threaded.
+///
+/// # Safety
+/// Every view must stay inside its allocation for the given sizes and strides, and `dst` must
+/// not overlap the inputs nor be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    // SAFETY: forwarded contract; gemm reads `dst` only when `accumulate`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: only used by tasks that write disjoint index ranges (argued at each use).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    // A method, not the field: closures would otherwise capture the bare `*mut f32`.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The RoPE tables of one call.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn new(s: &Shape, theta: f32) -> Rope {
+        let (cos, sin) = rope_tables(s.t, s.hd, theta);
+        Rope { cos, sin }
+    }
+}
+
+/// Rotates head `head` of `x: [b, t, heads, hd]` for batch row `b` into `dst: [t, hd]`.
+fn rope_in(
+    x: &[f32],
+    s: &Shape,
+    heads: usize,
+    (b, head): (usize, usize),
+    rope: &Rope,
+    dst: &mut [f32],
+) {
+    let (hd, half) = (s.hd, s.hd / 2);
+    let (cos, sin) = (&rope.cos, &rope.sin);
+    for p in 0..s.t {
+        let src = &x[((b * s.t + p) * heads + head) * hd..][..hd];
+        let (c, sn) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        let d = &mut dst[p * hd..][..hd];
+        for i in 0..half {
+            let (x1, x2) = (src[i], src[i + half]);
+            d[i] = x1 * c[i] - x2 * sn[i];
+            d[i + half] = x2 * c[i] + x1 * sn[i];
+        }
+    }
+}
+
+/// The transpose of [`rope_in`]: rotates the gradient `g: [t, hd]` back and writes it to head
+/// `head` of `dst: [b, t, heads, hd]`.
+///
+/// # Safety
+/// No other thread may write that head of `dst` for batch row `b` meanwhile.
+unsafe fn rope_out(
+    g: &[f32],
+    s: &Shape,
+    heads: usize,
+    (b, head): (usize, usize),
+    rope: &Rope,
+    dst: Out,
+) {
+    let (hd, half) = (s.hd, s.hd / 2);
+    let (cos, sin) = (&rope.cos, &rope.sin);
+    for p in 0..s.t {
+        let gr = &g[p * hd..][..hd];
+        let (c, sn) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        // SAFETY: this row of this head is inside dst and written by this task alone.
+        let d = unsafe {
+            std::slice::from_raw_parts_mut(dst.ptr().add(((b * s.t + p) * heads + head) * hd), hd)
+        };
+        for i in 0..half {
+            let (g1, g2) = (gr[i], gr[i + half]);
+            d[i] = g1 * c[i] + g2 * sn[i];
+            d[i + half] = g2 * c[i] - g1 * sn[i];
+        }
+    }
+}
+
+/// Forward. `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` (before RoPE) → `o: [b, t, h, hd]`.
+pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f32>, Saved) {
+    let Shape { b, t, h, kv, hd } = s;
+    assert!(
+        hd % 2 == 0 && kv > 0 && h % kv == 0,
+        "attention shape {s:?}"
+    );
+    assert!(
+        q.len() == b * t * h * hd && k.len() == b * t * kv * hd && v.len() == k.len(),
+        "attention input lengths"
+    );
+    let rope = Rope::new(&s, theta);
+    let scale = 1.0 / (hd as f32).sqrt();
+
+    let mut kr = vec![0f32; b * kv * t * hd];
+    kr.par_chunks_mut(t * hd)
+        .enumerate()
+        .for_each(|(i, d)| rope_in(k, &s, kv, (i / kv, i % kv), &rope, d));
+    let mut qr = vec![0f32; b * h * t * hd];
+    qr.par_chunks_mut(t * hd)
+        .enumerate()
+        .for_each(|(i, d)| rope_in(q, &s, h, (i / h, i % h), &rope, d));
+
+    let mut probs = vec![0f32; b * h * t * t];
+    let mut o = vec![0f32; b * t * h * hd];
+    let out = Out(o.as_mut_ptr());
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
+        let (bi, hh) = (i / h, i % h);
+        let g = hh / s.rep();
+        let qh = &qr[i * t * hd..][..t * hd];
+        let kg = &kr[(bi * kv + g) * t * hd..][..t * hd];
+        // SAFETY: p is t×t; qh is t×hd (row stride hd); kgᵀ reads kg[j·hd + c] for c < hd, j < t.
+        unsafe {
+            mm(
+                t,
+                t,
+                hd,
+                p.as_mut_ptr(),
+                t,
+                false,
+                view(qh, hd, 1),
+                view(kg, 1, hd),
+                scale,
+            )
+        };
+        for r in 0..t {
+            let row = &mut p[r * t..][..t];
+            let max = row[..=r].iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+            let mut sum = 0f32;
+            for x in &mut row[..=r] {
+                *x = exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row[..=r].iter_mut().for_each(|x| *x *= inv);
+            row[r + 1..].iter_mut().for_each(|x| *x = 0.0);
+        }
+        let vg = &v[g * hd..];
+        // SAFETY: rows j < t of head g of v lie at (bi·t + j)·kv·hd + g·hd, all inside v. The
+        // output rows of head hh of batch row bi are written by this task alone.
+        unsafe {
+            mm(
+                t,
+                hd,
+                t,
+                out.ptr().add((bi * t * h + hh) * hd),
+                h * hd,
+                false,
+                view(p, t, 1),
+                View {
+                    ptr: vg.as_ptr().add(bi * t * kv * hd),
+                    rs: (kv * hd) as isize,
+                    cs: 1,
+                },
+                1.0,
+            )
+        };
+    });
+    (
+        o,
+        Saved {
+            shape: s,
+            probs,
+            q: qr,
+            k: kr,
+        },
+    )
+}
+
+/// Backward: from `dO: [b, t, h, hd]` and the forward's `v`, the gradients of the unrotated
+/// `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]`.
+pub fn backward(
+    saved: &Saved,
+    v: &[f32],
+    d_o: &[f32],
+    theta: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let s = saved.shape;
+    let Shape { b, t, h, kv, hd } = s;
+    assert_eq!(
+        d_o.len(),
+        b * t * h * hd,
+        "attention output gradient length"
+    );
+    let rope = Rope::new(&s, theta);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut dq = vec![0f32; b * t * h * hd];
+    let mut dk = vec![0f32; b * t * kv * hd];
+    let mut dv = vec![0f32; b * t * kv * hd];
+    let (dq_out, dk_out, dv_out) = (
+        Out(dq.as_mut_ptr()),
+        Out(dk.as_mut_ptr()),
+        Out(dv.as_mut_ptr()),
+    );
+
+    (0..b * kv).into_par_iter().for_each(|i| {
+        let (bi, g) = (i / kv, i % kv);
+        let kg = &saved.k[i * t * hd..][..t * hd];
+        let mut ds = vec![0f32; t * t];
+        let mut dqr = vec![0f32; t * hd];
+        let mut dkr = vec![0f32; t * hd];
+        let v_g = View {
+            ptr: v[(bi * t * kv + g) * hd..].as_ptr(),
+            rs: (kv * hd) as isize,
+            cs: 1,
+        };
+        for r in 0..s.rep() {
+            let hh = g * s.rep() + r;
+            let p = &saved.probs[(bi * h + hh) * t * t..][..t * t];
+            let qh = &saved.q[(bi * h + hh) * t * hd..][..t * hd];
+            let do_h = View {
+                ptr: d_o[(bi * t * h + hh) * hd..].as_ptr(),
+                rs: (h * hd) as isize,
+                cs: 1,
+            };
+            // SAFETY (all four products): the views stay inside their slices for these sizes
+            // (rows of head hh / g at stride h·hd / kv·hd); ds, dqr, dkr are this task's own;
+            // the dv rows of head g of batch row bi are written by this task alone (one task per
+            // key/value head), accumulating over its r query heads.
+            unsafe {
+                // dV_g += Pᵀ dO
+                mm(
+                    t,
+                    hd,
+                    t,
+                    dv_out.ptr().add((bi * t * kv + g) * hd),
+                    kv * hd,
+                    r > 0,
+                    view(p, 1, t),
+                    do_h,
+                    1.0,
+                );
+                // dP = dO V_gᵀ
+                mm(
+                    t,
+                    t,
+                    hd,
+                    ds.as_mut_ptr(),
+                    t,
+                    false,
+                    do_h,
+                    View {
+                        ptr: v_g.ptr,
+                        rs: 1,
+                        cs: v_g.rs,
+                    },
+                    1.0,
+                );
+            }
+            for row in 0..t {
+                let (pr, dr) = (&p[row * t..][..=row], &mut ds[row * t..][..t]);
+                let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                for (d, p) in dr[..=row].iter_mut().zip(pr) {
+                    *d = p * (*d - dot);
+                }
+                dr[row + 1..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            // SAFETY: as above.
+            unsafe {
+                // dQ = c · dS K_g
+                mm(
+                    t,
+                    hd,
+                    t,
+                    dqr.as_mut_ptr(),
+                    hd,
+                    false,
+                    view(&ds, t, 1),
+                    view(kg, hd, 1),
+                    scale,
+                );
+                // dK_g += c · dSᵀ Q
+                mm(
+                    t,
+                    hd,
+                    t,
+                    dkr.as_mut_ptr(),
+                    hd,
+                    r > 0,
+                    view(&ds, 1, t),
+                    view(qh, hd, 1),
+                    scale,
+                );
+                rope_out(&dqr, &s, h, (bi, hh), &rope, dq_out);
+            }
+        }
+        // SAFETY: head g of batch row bi of dk is this task's alone.
+        unsafe { rope_out(&dkr, &s, kv, (bi, g), &rope, dk_out) };
+    });
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::lcg;
+
+    /// Straight loops in f64, no RoPE shortcuts: the definition.
+    fn reference(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> Vec<f64> {
+        let Shape { b, t, h, kv, hd } = s;
+        let half = hd / 2;
+        let rot = |x: &[f32], heads: usize, bi: usize, p: usize, hh: usize| -> Vec<f64> {
+            let src = &x[((bi * t + p) * heads + hh) * hd..][..hd];
+            let mut out = vec![0f64; hd];
+            for i in 0..half {
+                let a = p as f64 * (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+                let (c, sn) = (a.cos(), a.sin());
+                out[i] = src[i] as f64 * c - src[i + half] as f64 * sn;
+                out[i + half] = src[i + half] as f64 * c + src[i] as f64 * sn;
+            }
+            out
+        };
+        let mut o = vec![0f64; b * t * h * hd];
+        for bi in 0..b {
+            for hh in 0..h {
+                let g = hh / (h / kv);
+                for i in 0..t {
+                    let qi = rot(q, h, bi, i, hh);
+                    let scores: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            rot(k, kv, bi, j, g)
+                                .iter()
+                                .zip(&qi)
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (j, ej) in e.iter().enumerate() {
+                        for d in 0..hd {
+                            o[((bi * t + i) * h + hh) * hd + d] +=
+                                ej / z * v[((bi * t + j) * kv + g) * hd + d] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn forward_equals_the_definition_and_backward_equals_finite_differences() {
+        let s = Shape {
+            b: 2,
+            t: 5,
+            h: 4,
+            kv: 2,
+            hd: 6,
+        };
+        let (nq, nk) = (s.b * s.t * s.h * s.hd, s.b * s.t * s.kv * s.hd);
+        let (q, k, v) = (lcg(1, nq), lcg(2, nk), lcg(3, nk));
+        let theta = 100.0;
+        let (o, saved) = forward(s, &q, &k, &v, theta);
+        let want = reference(s, &q, &k, &v, theta);
+        for (a, b) in o.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // loss = Σ w ⊙ O, so dO = w; central differences of the f64 definition.
+        let w = lcg(4, nq);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            reference(s, q, k, v, theta)
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| a * *b as f64)
+                .sum()
+        };
+        let (dq, dk, dv) = backward(&saved, &v, &w, theta);
+        let h = 1e-3f32;
+        let check = |name: &str, grad: &[f32], which: usize| {
+            let base = [q.clone(), k.clone(), v.clone()];
+            for i in 0..grad.len() {
+                let (mut a, mut b) = (base.clone(), base.clone());
+                a[which][i] += h;
+                b[which][i] -= h;
+                let n = (loss(&a[0], &a[1], &a[2]) - loss(&b[0], &b[1], &b[2])) / (2.0 * h as f64);
+                assert!(
+                    (grad[i] as f64 - n).abs() < 1e-3,
+                    "d{name}[{i}] {} vs {n}",
+                    grad[i]
+                );
+            }
+        };
+        check("q", &dq, 0);
+        check("k", &dk, 1);
+        check("v", &dv, 2);
+    }
+}
