@@ -13,7 +13,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, DType, Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use tritium_kernels::Isa;
-use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, matmul};
+use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, backward, matmul};
 use tritium_kernels::{attention, rows};
 
 use super::FusedOps;
@@ -104,15 +104,14 @@ impl Backward<Flex, 2> for BitLinearBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         let BitLinearSaved { x, w } = ops.state;
-        if let Some(node) = node_x {
-            let wd = tensor(w.dequantize(), &[w.rows, w.cols]);
-            grads.register::<Flex>(node.id, Flex::float_matmul(dy.clone(), wd));
+        let (dx, dw) = backward(f32s(&dy), &x, &w, node_x.is_some(), node_w.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, &[x.rows, x.cols]));
         }
-        if let Some(node) = node_w {
-            let xd = tensor(x.dequantize(), &[x.rows, x.cols]);
-            grads.register::<Flex>(node.id, Flex::float_matmul(Flex::float_transpose(dy), xd));
+        if let (Some(node), Some(dw)) = (node_w, dw) {
+            grads.register::<Flex>(node.id, tensor(dw, &[w.rows, w.cols]));
         }
     }
 }
