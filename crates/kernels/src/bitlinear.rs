@@ -228,56 +228,9 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     y
 }
 
-/// `out[m×n] = a · b` for row-major `a: [m, k]` (or its transpose when `a_t`, stored `[k, m]`) and
-/// `b: [k, n]`, on the gemm crate.
-fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    par: gemm::Parallelism,
-) -> Vec<f32> {
-    assert!(a.len() == m * k && b.len() == k * n, "gemm operand lengths");
-    let mut out = vec![0f32; m * n];
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    // SAFETY: `a` is m×k with the strides chosen above (both layouts cover exactly m·k elements),
-    // `b` is k×n row-major, `out` is m×n row-major and owned here; the lengths were checked.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    };
-    out
-}
-
 /// The straight-through backward of [`matmul`] for `dy: [x.rows, w.rows]`:
-/// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`). When both are
-/// wanted the two products run side by side, one per thread, rather than each split across the
-/// threads: for these sizes a single-threaded GEMM wastes less on synchronisation.
+/// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`), as
+/// [`crate::dense::linear_backward`] of the dequantized operands.
 pub fn backward(
     dy: &[f32],
     x: &QuantizedRows,
@@ -287,21 +240,11 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (m, n, k) = (x.rows, w.rows, w.cols);
     assert_eq!(dy.len(), m * n, "output gradient length");
-    let dx = |par| gemm_f32(m, k, n, dy, false, &w.dequantize(), par);
-    let dw = |par| gemm_f32(n, k, m, dy, true, &x.dequantize(), par);
-    let all = gemm::Parallelism::Rayon(0);
-    match (want_dx, want_dw) {
-        (true, true) => {
-            let (a, b) = rayon::join(
-                || dx(gemm::Parallelism::None),
-                || dw(gemm::Parallelism::None),
-            );
-            (Some(a), Some(b))
-        }
-        (true, false) => (Some(dx(all)), None),
-        (false, true) => (None, Some(dw(all))),
-        (false, false) => (None, None),
-    }
+    let (wd, xd) = rayon::join(
+        || want_dx.then(|| w.dequantize()),
+        || want_dw.then(|| x.dequantize()),
+    );
+    crate::dense::linear_backward(dy, xd.as_deref(), wd.as_deref(), m, n, k)
 }
 
 /// The same product in plain integer loops: the reference the kernels are tested against.

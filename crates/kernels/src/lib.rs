@@ -22,6 +22,7 @@ pub mod neon;
 
 pub mod attention;
 pub mod bitlinear;
+pub mod dense;
 pub mod pool;
 pub mod rows;
 pub mod scalar;

@@ -41,6 +41,9 @@ pub mod fused {
     pub fn attention(_: Tensor<4>, _: Tensor<4>, _: Tensor<4>, _: f32) -> Tensor<4> {
         unreachable!("nothing is fused without the flex backend")
     }
+    pub fn linear<const D: usize>(_: Tensor<D>, _: Tensor<2>) -> Tensor<D> {
+        unreachable!("nothing is fused without the flex backend")
+    }
     pub fn swiglu<const D: usize>(_: Tensor<D>, _: Tensor<D>) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
     }

@@ -176,6 +176,9 @@ impl Transformer {
     /// The tied LM head on hidden states `[.., D]` → `[.., V]` (evaluation applies it only to the
     /// positions it scores).
     pub fn head<const N: usize>(&self, h: Tensor<N>) -> Tensor<N> {
+        if crate::fused::enabled(&h.device()) {
+            return crate::fused::linear(h, self.tok_embd.weight.val());
+        }
         matmul_t(h, self.tok_embd.weight.val())
     }
 }

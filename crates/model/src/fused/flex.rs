@@ -14,6 +14,7 @@ use burn::backend::{Autodiff, DType, Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use tritium_kernels::Isa;
 use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, backward, matmul};
+use tritium_kernels::dense::{self, Operand};
 use tritium_kernels::{attention, rows};
 
 use super::FusedOps;
@@ -112,6 +113,52 @@ impl Backward<Flex, 2> for BitLinearBackward {
         }
         if let (Some(node), Some(dw)) = (node_w, dw) {
             grads.register::<Flex>(node.id, tensor(dw, &[w.rows, w.cols]));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float linear (the tied head)
+
+fn linear_forward(x: &T, w: &T) -> (T, T, T) {
+    let ([m, k], [n, k2]) = (dims2(x), dims2(w));
+    assert_eq!(k, k2, "linear: input has {k} features, weight expects {k2}");
+    let (x, w) = (contiguous(x), contiguous(w));
+    let y = dense::matmul(m, n, k, Operand::n(f32s(&x)), Operand::t(f32s(&w)));
+    (x, w, tensor(y, &[m, n]))
+}
+
+#[derive(Clone, Debug)]
+struct LinearSaved {
+    x: T,
+    w: T,
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let LinearSaved { x, w } = ops.state;
+        let ([m, k], [n, _]) = (dims2(&x), dims2(&w));
+        // dX needs W and dW needs X.
+        let (dx, dw) = dense::linear_backward(
+            f32s(&dy),
+            node_w.is_some().then(|| f32s(&x)),
+            node_x.is_some().then(|| f32s(&w)),
+            m,
+            n,
+            k,
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, &[m, k]));
+        }
+        if let (Some(node), Some(dw)) = (node_w, dw) {
+            grads.register::<Flex>(node.id, tensor(dw, &[n, k]));
         }
     }
 }
@@ -311,6 +358,10 @@ impl FusedOps for Flex {
         bitlinear_forward(&x, &w).2
     }
 
+    fn linear(x: T, w: T) -> T {
+        linear_forward(&x, &w).2
+    }
+
     fn rms_norm(x: T, gamma: T, eps: f32) -> T {
         rms_norm_forward(&x, &gamma, eps).3
     }
@@ -348,6 +399,18 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(bitlinear_forward(x.primitive(), w.primitive()).2)
             }
+        }
+    }
+
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = LinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w, y) = linear_forward(x.primitive(), w.primitive());
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(LinearSaved { x, w }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   pass, the straight-through one: `dX = dY · (q_w·g)`, `dW = dYᵀ · (q_x / s)`. Those two are
 //!   f32 GEMMs (flex's), since the gradients must match the reference to 1e-4 and bf16 operands
 //!   would not.
+//! - [`linear`]: the float tied head, with its backward products side by side
+//!   ([`tritium_kernels::dense`]).
 //! - [`attention`]: causal attention with RoPE and grouped-query heads on the projections'
 //!   own `[B, T, heads, hd]` layout ([`tritium_kernels::attention`]).
 //! - [`rms_norm`], [`swiglu`], [`cross_entropy`]: one pass forward and one back each
@@ -35,6 +37,9 @@ use burn::prelude::*;
 pub trait FusedOps: Backend {
     /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, both fake-quantized (λ = 1).
     fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Plain f32 `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (the tied head), its two backward
+    /// products side by side.
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x: [m, d]`, `gamma: [d]` → `x / sqrt(mean(x²) + eps) · γ`.
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
     /// Causal attention with NEOX RoPE (θ = `theta`) applied inside: `q: [b, t, h, hd]`,
@@ -98,6 +103,14 @@ fn on_rows<const D: usize>(x: Tensor<D>, op: impl FnOnce(Tensor<2>) -> Tensor<2>
 pub fn bitlinear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     on_rows(x, |x| {
         let y = <Dispatch as FusedOps>::bitlinear(x.into_dispatch(), w.into_dispatch());
+        Tensor::from_dispatch(y)
+    })
+}
+
+/// Float `x · wᵀ` for `x: [.., k]` and `w: [n, k]`.
+pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+    on_rows(x, |x| {
+        let y = <Dispatch as FusedOps>::linear(x.into_dispatch(), w.into_dispatch());
         Tensor::from_dispatch(y)
     })
 }

@@ -103,6 +103,32 @@ fn bitlinear_equals_the_unfused_reference() {
 }
 
 #[test]
+fn linear_equals_matmul_of_the_transpose() {
+    let dev = Device::flex().autodiff();
+    dev.seed(900);
+    let x = normal([2, 9, 40], 1.0, &dev);
+    let w = normal([33, 40], 0.5, &dev);
+    let probe = normal([2, 9, 33], 1.0, &dev);
+    let go = |fused: bool| {
+        let (wl, xl) = (
+            w.clone().detach().require_grad(),
+            x.clone().detach().require_grad(),
+        );
+        let y = if fused {
+            linear(xl.clone(), wl.clone())
+        } else {
+            crate::bitlinear::matmul_t(xl.clone(), wl.clone())
+        };
+        let g = (y.clone() * probe.clone()).sum().backward();
+        (
+            vals(y),
+            vec![vals(xl.grad(&g).unwrap()), vals(wl.grad(&g).unwrap())],
+        )
+    };
+    assert_matches("linear", go(true), go(false));
+}
+
+#[test]
 fn bitlinear_without_autodiff_matches_too() {
     let dev = Device::flex();
     dev.seed(7);
