@@ -19,7 +19,7 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use crate::rows::exp;
+use crate::rows::{dot, exp, max_map, sum_map};
 
 /// Sizes: batch, time, query heads, key/value heads, head width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +208,36 @@ unsafe fn rope_out(
     }
 }
 
+crate::multiversion! {
+    /// Row `r` of the `t × t` scores becomes the softmax of its first `r + 1` entries; the rest 0.
+    fn causal_softmax(p: &mut [f32], t: usize) {
+        for r in 0..t {
+            let row = &mut p[r * t..][..t];
+            let max = max_map(&row[..=r], |x| x);
+            for x in &mut row[..=r] {
+                *x = exp(*x - max);
+            }
+            let inv = 1.0 / sum_map(&row[..=r], |x| x);
+            row[..=r].iter_mut().for_each(|x| *x *= inv);
+            row[r + 1..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dS = P ⊙ (dP − rowsum(P ⊙ dP))` in place of `dP` (`ds`), zero above the diagonal.
+    fn softmax_backward(ds: &mut [f32], p: &[f32], t: usize) {
+        for row in 0..t {
+            let (pr, dr) = (&p[row * t..][..=row], &mut ds[row * t..][..t]);
+            let d = dot(pr, dr);
+            for (x, p) in dr[..=row].iter_mut().zip(pr) {
+                *x = p * (*x - d);
+            }
+            dr[row + 1..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+}
+
 /// Forward. `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` (before RoPE) → `o: [b, t, h, hd]`.
 pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f32>, Saved) {
     let Shape { b, t, h, kv, hd } = s;
@@ -253,18 +283,7 @@ pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f3
                 scale,
             )
         };
-        for r in 0..t {
-            let row = &mut p[r * t..][..t];
-            let max = row[..=r].iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
-            let mut sum = 0f32;
-            for x in &mut row[..=r] {
-                *x = exp(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            row[..=r].iter_mut().for_each(|x| *x *= inv);
-            row[r + 1..].iter_mut().for_each(|x| *x = 0.0);
-        }
+        causal_softmax(p, t);
         let vg = &v[g * hd..];
         // SAFETY: rows j < t of head g of v lie at (bi·t + j)·kv·hd + g·hd, all inside v. The
         // output rows of head hh of batch row bi are written by this task alone.
@@ -377,14 +396,7 @@ pub fn backward(
                     1.0,
                 );
             }
-            for row in 0..t {
-                let (pr, dr) = (&p[row * t..][..=row], &mut ds[row * t..][..t]);
-                let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                for (d, p) in dr[..=row].iter_mut().zip(pr) {
-                    *d = p * (*d - dot);
-                }
-                dr[row + 1..].iter_mut().for_each(|x| *x = 0.0);
-            }
+            softmax_backward(&mut ds, p, t);
             // SAFETY: as above.
             unsafe {
                 // dQ = c · dS K_g

@@ -157,18 +157,7 @@ impl QuantizedRows {
             .zip(scale.par_iter_mut())
             .zip(sum.par_iter_mut())
             .zip(x.par_chunks(cols))
-            .for_each(|(((dst, s), total), row)| {
-                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                // The reference's order of operations: reciprocal, then times 127.
-                *s = max.max(EPS).recip() * 127.0;
-                let mut acc = 0i32;
-                for (d, v) in dst.iter_mut().zip(row) {
-                    let r = round_even_small((v * *s).clamp(-128.0, 127.0)) as i8;
-                    *d = r;
-                    acc += r as i32;
-                }
-                *total = acc;
-            });
+            .for_each(|(((dst, s), total), row)| (*s, *total) = quantize_row(dst, row));
         QuantizedRows {
             rows,
             cols,
@@ -184,13 +173,32 @@ impl QuantizedRows {
         let mut out = vec![0f32; self.rows * self.cols];
         out.par_chunks_mut(self.cols)
             .enumerate()
-            .for_each(|(t, dst)| {
-                let (q, s) = (&self.q[t * self.stride..], self.scale[t]);
-                for (d, v) in dst.iter_mut().zip(q) {
-                    *d = *v as f32 / s;
-                }
-            });
+            .for_each(|(t, dst)| dequantize_row(dst, &self.q[t * self.stride..], self.scale[t]));
         out
+    }
+}
+
+crate::multiversion! {
+    /// One token: `dst = clamp(round(row · s), -128, 127)`; returns `s` and `Σ dst`.
+    fn quantize_row(dst: &mut [i8], row: &[f32]) -> (f32, i32) {
+        let max = crate::rows::max_map(row, f32::abs).max(0.0);
+        // The reference's order of operations: reciprocal, then times 127.
+        let s = max.max(EPS).recip() * 127.0;
+        let mut acc = 0i32;
+        for (d, v) in dst.iter_mut().zip(row) {
+            let r = round_even_small((v * s).clamp(-128.0, 127.0)) as i8;
+            *d = r;
+            acc += r as i32;
+        }
+        (s, acc)
+    }
+}
+
+crate::multiversion! {
+    fn dequantize_row(dst: &mut [f32], q: &[i8], s: f32) {
+        for (d, v) in dst.iter_mut().zip(q) {
+            *d = *v as f32 / s;
+        }
     }
 }
 

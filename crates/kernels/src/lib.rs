@@ -20,6 +20,51 @@
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
+/// Defines `fn $name` whose body is compiled twice: as written (the baseline target), and inside a
+/// `#[target_feature]` function for x86-64-v4 (AVX-512), chosen at run time. The row kernels are
+/// plain loops written to vectorize; without this they would only ever use SSE2, since the crate is
+/// built for the baseline CPU.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if $crate::has_x86_v4() {
+                    // SAFETY: `has_x86_v4` checked that the CPU supports every enabled feature.
+                    return unsafe { v4($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// Whether this CPU runs the AVX-512 (x86-64-v4) versions of the row kernels
+/// (`TRITIUM_ISA=scalar|avx2` turns them off, as it narrows the engine's kernels).
+#[cfg(target_arch = "x86_64")]
+pub fn has_x86_v4() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    static V4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V4.get_or_init(|| {
+        std::env::var("TRITIUM_ISA").map_or(true, |v| v == "avx512")
+            && has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512dq")
+            && has!("avx512vl")
+            && has!("avx2")
+            && has!("fma")
+            && has!("bmi2")
+    })
+}
+
 pub mod attention;
 pub mod bitlinear;
 pub mod dense;

@@ -36,6 +36,54 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
+/// `Σ f(x[i])` in 16 independent lanes, so the loop vectorizes (a single running f32 sum is a
+/// serial chain the compiler may not reorder). The order is fixed, so results are reproducible.
+#[inline(always)]
+pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            acc[l] += f(c[l]);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| f(*v)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a[i]·b[i]` in 16 lanes.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let whole = n / 16 * 16;
+    for (ca, cb) in a[..whole].chunks_exact(16).zip(b[..whole].chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `max(x)` (of `f(x)`) in 16 lanes; `-inf` for an empty slice.
+#[inline(always)]
+pub fn max_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            acc[l] = acc[l].max(f(c[l]));
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, v| m.max(f(*v)));
+    acc.iter().fold(tail, |m, v| m.max(*v))
+}
+
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -52,18 +100,23 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .zip(r.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|((y, r), x)| {
-            for ((y, r), x) in y.chunks_mut(d).zip(r.iter_mut()).zip(x.chunks(d)) {
-                let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                // The reference divides by the root; so do we, to round the same way.
-                let rms = (ms + eps).sqrt();
-                *r = 1.0 / rms;
-                for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
-                    *y = x / rms * g;
-                }
-            }
-        });
+        .for_each(|((y, r), x)| rms_rows(y, r, x, gamma, eps));
     (y, r)
+}
+
+crate::multiversion! {
+    fn rms_rows(y: &mut [f32], r: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
+        let d = gamma.len();
+        for ((y, r), x) in y.chunks_mut(d).zip(r.iter_mut()).zip(x.chunks(d)) {
+            let ms = sum_map(x, |v| v * v) / d as f32;
+            // The reference divides by the root; so do we, to round the same way.
+            let rms = (ms + eps).sqrt();
+            *r = 1.0 / rms;
+            for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
+                *y = x / rms * g;
+            }
+        }
+    }
 }
 
 /// RMSNorm backward. With `a = γ ⊙ dy`: `dx = r·a − x · r³ · mean(a ⊙ x)` and
@@ -76,21 +129,7 @@ pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Ve
         .zip(x.par_chunks(d * ROWS_PER_TASK))
         .zip(dy.par_chunks(d * ROWS_PER_TASK))
         .zip(r.par_chunks(ROWS_PER_TASK))
-        .map(|(((dx, x), dy), r)| {
-            let mut dg = vec![0f32; d];
-            for (((dx, x), dy), r) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)).zip(r) {
-                let mut dot = 0f32;
-                for j in 0..d {
-                    dot += gamma[j] * dy[j] * x[j];
-                    dg[j] += dy[j] * x[j] * r;
-                }
-                let c = r * r * r * dot / d as f32;
-                for j in 0..d {
-                    dx[j] = r * gamma[j] * dy[j] - x[j] * c;
-                }
-            }
-            dg
-        })
+        .map(|(((dx, x), dy), r)| rms_rows_backward(dx, x, dy, r, gamma))
         .collect::<Vec<_>>()
         // Summed serially in chunk order: a rayon reduction's tree depends on work stealing, and
         // training must be bit-reproducible (resumed runs equal straight ones).
@@ -102,17 +141,67 @@ pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Ve
     (dx, dgamma)
 }
 
+crate::multiversion! {
+    /// One task's rows of the backward: writes `dx`, returns this task's part of `dγ`.
+    fn rms_rows_backward(dx: &mut [f32], x: &[f32], dy: &[f32], r: &[f32], gamma: &[f32]) -> Vec<f32> {
+        let d = gamma.len();
+        let mut dg = vec![0f32; d];
+        for (((dx, x), dy), r) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)).zip(r) {
+            for j in 0..d {
+                dg[j] += dy[j] * x[j] * r;
+                // γ ⊙ dy, kept in dx for the dot product and the update below.
+                dx[j] = gamma[j] * dy[j];
+            }
+            let c = r * r * r * dot(dx, x) / d as f32;
+            for j in 0..d {
+                dx[j] = r * dx[j] - x[j] * c;
+            }
+        }
+        dg
+    }
+}
+
+crate::multiversion! {
+    fn swiglu_chunk(h: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
+            *h = g * sigmoid(*g) * u;
+        }
+    }
+}
+
+crate::multiversion! {
+    fn swiglu_backward_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dh: &[f32]) {
+        for i in 0..g.len().min(dg.len()).min(du.len()).min(u.len()).min(dh.len()) {
+            let s = sigmoid(g[i]);
+            du[i] = dh[i] * g[i] * s;
+            dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One row's log-sum-exp.
+    fn log_sum_exp(z: &[f32]) -> f32 {
+        let max = max_map(z, |v| v);
+        max + sum_map(z, |v| exp(v - max)).ln()
+    }
+}
+
+crate::multiversion! {
+    fn softmax_grad_row(dz: &mut [f32], z: &[f32], lse: f32, scale: f32) {
+        for (d, z) in dz.iter_mut().zip(z) {
+            *d = exp(z - lse) * scale;
+        }
+    }
+}
+
 /// The SiLU gate `h = silu(g) ⊙ u`, elementwise.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut h = vec![0f32; g.len()];
     h.par_chunks_mut(1 << 14)
         .zip(g.par_chunks(1 << 14))
         .zip(u.par_chunks(1 << 14))
-        .for_each(|((h, g), u)| {
-            for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
-                *h = g * sigmoid(*g) * u;
-            }
-        });
+        .for_each(|((h, g), u)| swiglu_chunk(h, g, u));
     h
 }
 
@@ -126,13 +215,7 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>)
         .zip(g.par_chunks(C))
         .zip(u.par_chunks(C))
         .zip(dh.par_chunks(C))
-        .for_each(|((((dg, du), g), u), dh)| {
-            for i in 0..g.len() {
-                let s = sigmoid(g[i]);
-                du[i] = dh[i] * g[i] * s;
-                dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
-        });
+        .for_each(|((((dg, du), g), u), dh)| swiglu_backward_chunk(dg, du, g, u, dh));
     (dg, du)
 }
 
@@ -147,9 +230,7 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[usize]) -> (f32, Vec<f
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter())
         .map(|((lse, z), &t)| {
-            let max = z.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            let sum: f32 = z.iter().map(|v| exp(v - max)).sum();
-            *lse = max + sum.ln();
+            *lse = log_sum_exp(z);
             (*lse - z[t]) as f64
         })
         .collect();
@@ -174,9 +255,7 @@ pub fn cross_entropy_backward(
         .zip(lse.par_iter())
         .zip(targets.par_iter())
         .for_each(|(((dz, z), lse), &t)| {
-            for (d, z) in dz.iter_mut().zip(z) {
-                *d = exp(z - lse) * scale;
-            }
+            softmax_grad_row(dz, z, *lse, scale);
             dz[t] -= scale;
         });
     dz
