@@ -369,3 +369,41 @@ fn bad_inputs_give_one_line_errors() {
             .exists()
     );
 }
+
+/// The fused ops' loops are compiled twice (baseline and AVX-512, `TRITIUM_ISA` picks) and the
+/// ternary kernels three times (scalar, AVX2, AVX-512 VNNI). Their reductions run in a fixed
+/// 16-lane order and the integer products are exact, so a training step gives the same loss to
+/// the last bit whichever set runs: that checks every SIMD version against the scalar one through
+/// the whole model.
+#[test]
+fn a_training_step_is_the_same_on_every_instruction_set() {
+    let loss = |isa: &str| -> String {
+        let o = tritium(&[
+            "bench-train",
+            "--config",
+            "configs/tiny.toml",
+            "--batch",
+            "2",
+            "--seq",
+            "40",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--windows",
+            "1",
+            "--json",
+        ])
+        .env("TRITIUM_ISA", isa)
+        .output()
+        .expect("tritium runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench JSON");
+        v["final_loss"].to_string()
+    };
+    let scalar = loss("scalar");
+    assert!(scalar.parse::<f64>().unwrap() > 1.0, "{scalar}");
+    for isa in ["avx2", "avx512"] {
+        assert_eq!(loss(isa), scalar, "TRITIUM_ISA={isa}");
+    }
+}
