@@ -217,6 +217,11 @@ fn engine_logits_equal_burn_for_every_format() {
     }
 }
 
+/// Two logits closer than this (in logit units) are a tie that rounding noise may break either way:
+/// the engine's exact integer products against Burn's f32 ones differ by up to ~5e-3 relative at a
+/// position where an int8 activation rounds the other way (see the logits test above).
+const TIE: f32 = 0.05;
+
 #[test]
 fn greedy_generation_matches_burn_for_64_tokens() {
     let _rng = rng_lock();
@@ -225,24 +230,47 @@ fn greedy_generation_matches_burn_for_64_tokens() {
     tritium_engine::set_threads(2);
     let m = Model::load(&f.files[0].1).unwrap();
     let prompt = m.tokenizer.encode("Once upon a time").unwrap();
-    // Burn: greedy over the whole sequence each step.
+    // Burn: greedy over the whole sequence each step, with the margin between its top two logits.
     let mut ids = prompt.clone();
+    let mut margins = Vec::new();
     let v = m.cfg.vocab;
     for _ in 0..64 {
         let l = burn_logits(&model, &dev, &ids);
         let last = &l[(ids.len() - 1) * v..];
         let best = (0..v).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        let second = (0..v)
+            .filter(|&i| i != best)
+            .fold(f32::NEG_INFINITY, |m, i| m.max(last[i]));
+        margins.push(last[best] - second);
         ids.push(best as u32);
     }
     let want = &ids[prompt.len()..];
     for (name, path) in &f.files {
         let m = Model::load(path).unwrap();
+        // Fed Burn's tokens, the engine must pick Burn's token at every position that is not a
+        // near-tie, so one broken tie does not hide the rest of the sequence.
         let mut s = Session::new(&m, 256).unwrap();
+        let mut logits = s.forward(&prompt, Logits::Last).unwrap().to_vec();
+        let mut ties = 0;
+        for (i, &t) in want.iter().enumerate() {
+            let pick = (0..v).fold(0, |b, j| if logits[j] > logits[b] { j } else { b }) as u32;
+            if pick != t {
+                assert!(
+                    margins[i] < TIE,
+                    "{name}: token {i}: engine picks {pick}, Burn {t} by a margin of {}",
+                    margins[i]
+                );
+                ties += 1;
+            }
+            logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
+        }
+        assert!(ties <= 2, "{name}: {ties} near-ties broken differently");
+        // The engine's own free-running greedy loop and `generate()` agree token for token.
         let mut greedy = Sampler::new(SamplerConfig {
             temperature: 0.0,
             ..SamplerConfig::default()
         });
-        // No EOS stop here: compare all 64 tokens even past an end-of-text.
+        let mut s = Session::new(&m, 256).unwrap();
         let mut got = Vec::new();
         let mut logits = s.forward(&prompt, Logits::Last).unwrap().to_vec();
         for _ in 0..64 {
@@ -250,7 +278,6 @@ fn greedy_generation_matches_burn_for_64_tokens() {
             got.push(t);
             logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
         }
-        assert_eq!(got, want, "{name}: greedy tokens differ from Burn's");
         let g = generate(
             &mut Session::new(&m, 256).unwrap(),
             &mut greedy,
@@ -262,11 +289,14 @@ fn greedy_generation_matches_burn_for_64_tokens() {
         .unwrap();
         assert_eq!(
             g.tokens[..],
-            want[..g.tokens.len()],
+            got[..g.tokens.len()],
             "{name}: generate() differs"
         );
+        if ties == 0 {
+            assert_eq!(got, want, "{name}: greedy tokens differ from Burn's");
+        }
         eprintln!(
-            "{name}: 64 greedy tokens equal: {:?}",
+            "{name}: Burn's 64 greedy tokens matched ({ties} near-ties): {:?}",
             m.tokenizer.decode(want)
         );
     }
