@@ -52,17 +52,9 @@ impl<'m> Session<'m> {
                 bytes >> 30
             )));
         }
-        let (hd, half) = (c.head_dim(), c.head_dim() / 2);
-        let mut rope_cos = Vec::with_capacity(ctx * half);
-        let mut rope_sin = Vec::with_capacity(ctx * half);
-        // The same tables as training: angle in f64, stored as f32.
-        for p in 0..ctx {
-            for i in 0..half {
-                let a = p as f64 * (c.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
-                rope_cos.push(a.cos() as f32);
-                rope_sin.push(a.sin() as f32);
-            }
-        }
+        // The same tables as training.
+        let (rope_cos, rope_sin) =
+            crate::kernels::attention::rope_tables(0, ctx, c.head_dim(), c.rope_theta);
         Ok(Session {
             model,
             lora: None,

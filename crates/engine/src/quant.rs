@@ -3,21 +3,7 @@
 //! −128, 127)`.
 
 use crate::kernels::BLOCK;
-
-pub const EPS: f32 = 1e-5;
-
-/// Round half to even without a libm call: adding and subtracting 1.5·2²³ leaves the value
-/// rounded to an integer in the FPU's default mode (nearest, ties to even). Valid for |v| < 2²²;
-/// larger values (only ever clamped to ±128 afterwards) keep their sign and magnitude ≥ 2²².
-#[inline(always)]
-fn round_half_even(v: f32) -> f32 {
-    const M: f32 = 12_582_912.0;
-    if v.abs() < 4_194_304.0 {
-        (v + M) - M
-    } else {
-        v
-    }
-}
+use crate::kernels::bitlinear::quantize_row;
 
 /// Quantized activations for `ntok` tokens, each padded with zeros to `nb·256` values.
 #[derive(Debug, Default)]
@@ -50,12 +36,7 @@ impl QuantActs {
         self.block_sums.resize(ntok * nb, 0);
         self.sums.clear();
         for (t, row) in x.chunks_exact(k).enumerate() {
-            let m = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = (1.0 / m.max(EPS)) * 127.0;
-            let q = &mut self.q[t * kp..t * kp + k];
-            for (q, &v) in q.iter_mut().zip(row) {
-                *q = round_half_even(v * s).clamp(-128.0, 127.0) as i8;
-            }
+            let (s, _) = quantize_row(&mut self.q[t * kp..t * kp + k], row);
             let mut total = 0;
             for b in 0..nb {
                 let bs: i32 = self.q[t * kp + b * BLOCK..t * kp + (b + 1) * BLOCK]
@@ -96,18 +77,6 @@ mod tests {
         assert!(a.row(0)[4..].iter().all(|&v| v == 0), "padding is zero");
         assert_eq!(a.scale, vec![1.0, 0.5]);
         assert_eq!((a.sum(0), a.sum(1)), (127, -123));
-    }
-
-    #[test]
-    fn magic_rounding_equals_round_ties_even() {
-        let mut v = -300.0f32;
-        while v < 300.0 {
-            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
-            v += 0.125; // every tie is hit
-        }
-        for v in [0.49999997f32, -0.5, 2.5, -3.5, 1e7, -1e9, 4194303.5] {
-            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
-        }
     }
 
     #[test]

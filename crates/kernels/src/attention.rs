@@ -19,7 +19,8 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use crate::rows::{dot, exp, max_map, sum_map};
+use crate::dot_body as dot;
+use crate::rows::{exp, max_map, sum_map};
 
 /// Sizes: batch, time, query heads, key/value heads, head width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +38,14 @@ impl Shape {
     }
 }
 
-/// `[t, hd/2]` cosine and sine tables, angle(p, i) = p · θ^(-2i/hd): `tritium_model::rope::tables`.
-pub fn rope_tables(t: usize, hd: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+/// `[len, hd/2]` cosine and sine tables for positions `start..start + len`,
+/// angle(p, i) = p · θ^(-2i/hd) in f64, stored as f32. Training (`tritium_model::rope`), this
+/// kernel and the engine's KV cache all use these, so their rotations are the same to the bit.
+pub fn rope_tables(start: usize, len: usize, hd: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
     let half = hd / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in 0..t {
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in start..start + len {
         for i in 0..half {
             let a = p as f64 * (theta as f64).powf(-2.0 * i as f64 / hd as f64);
             cos.push(a.cos() as f32);
@@ -61,6 +64,8 @@ pub struct Saved {
     /// Rotated queries `[b, h, t, hd]` and keys `[b, kv, t, hd]`.
     pub q: Vec<f32>,
     pub k: Vec<f32>,
+    /// The forward's RoPE tables, which the backward rotates the gradients back with.
+    rope: Rope,
 }
 
 impl std::fmt::Debug for Saved {
@@ -143,6 +148,7 @@ impl Out {
 }
 
 /// The RoPE tables of one call.
+#[derive(Clone)]
 struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -150,7 +156,7 @@ struct Rope {
 
 impl Rope {
     fn new(s: &Shape, theta: f32) -> Rope {
-        let (cos, sin) = rope_tables(s.t, s.hd, theta);
+        let (cos, sin) = rope_tables(0, s.t, s.hd, theta);
         Rope { cos, sin }
     }
 }
@@ -312,18 +318,14 @@ pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f3
             probs,
             q: qr,
             k: kr,
+            rope,
         },
     )
 }
 
 /// Backward: from `dO: [b, t, h, hd]` and the forward's `v`, the gradients of the unrotated
 /// `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]`.
-pub fn backward(
-    saved: &Saved,
-    v: &[f32],
-    d_o: &[f32],
-    theta: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let s = saved.shape;
     let Shape { b, t, h, kv, hd } = s;
     assert_eq!(
@@ -331,7 +333,7 @@ pub fn backward(
         b * t * h * hd,
         "attention output gradient length"
     );
-    let rope = Rope::new(&s, theta);
+    let rope = &saved.rope;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut dq = vec![0f32; b * t * h * hd];
     let mut dk = vec![0f32; b * t * kv * hd];
@@ -423,11 +425,11 @@ pub fn backward(
                     view(qh, hd, 1),
                     scale,
                 );
-                rope_out(&dqr, &s, h, (bi, hh), &rope, dq_out);
+                rope_out(&dqr, &s, h, (bi, hh), rope, dq_out);
             }
         }
         // SAFETY: head g of batch row bi of dk is this task's alone.
-        unsafe { rope_out(&dkr, &s, kv, (bi, g), &rope, dk_out) };
+        unsafe { rope_out(&dkr, &s, kv, (bi, g), rope, dk_out) };
     });
     (dq, dk, dv)
 }
@@ -509,7 +511,7 @@ mod tests {
                 .map(|(a, b)| a * *b as f64)
                 .sum()
         };
-        let (dq, dk, dv) = backward(&saved, &v, &w, theta);
+        let (dq, dk, dv) = backward(&saved, &v, &w);
         let h = 1e-3f32;
         let check = |name: &str, grad: &[f32], which: usize| {
             let base = [q.clone(), k.clone(), v.clone()];

@@ -179,8 +179,9 @@ impl QuantizedRows {
 }
 
 crate::multiversion! {
-    /// One token: `dst = clamp(round(row · s), -128, 127)`; returns `s` and `Σ dst`.
-    fn quantize_row(dst: &mut [i8], row: &[f32]) -> (f32, i32) {
+    /// One token: `dst = clamp(round(row · s), -128, 127)`; returns `s` and `Σ dst`. The engine
+    /// quantizes its activations with this too, so inference and training round alike.
+    pub fn quantize_row(dst: &mut [i8], row: &[f32]) -> (f32, i32) {
         let max = crate::rows::max_map(row, f32::abs).max(0.0);
         // The reference's order of operations: reciprocal, then times 127.
         let s = max.max(EPS).recip() * 127.0;
@@ -256,7 +257,8 @@ pub fn backward(
 }
 
 /// The same product in plain integer loops: the reference the kernels are tested against.
-pub fn matmul_reference(x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
+#[cfg(test)]
+fn matmul_reference(x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     let n = w.rows;
     let mut y = vec![0f32; x.rows * n];
     for r in 0..n {
@@ -281,6 +283,12 @@ mod tests {
             0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -127.5, 0.49999997, 1.0000001, -3.7,
         ] {
             assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+        }
+        // Every tie in the range the quantizers use (they clamp to ±128 before rounding).
+        let mut v = -300.0f32;
+        while v < 300.0 {
+            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+            v += 0.125;
         }
         for v in lcg(3, 10_000) {
             let v = v * 130.0;

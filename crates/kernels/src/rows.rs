@@ -51,22 +51,6 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `Σ a[i]·b[i]` in 16 lanes.
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 16];
-    let whole = n / 16 * 16;
-    for (ca, cb) in a[..whole].chunks_exact(16).zip(b[..whole].chunks_exact(16)) {
-        for l in 0..16 {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `max(x)` (of `f(x)`) in 16 lanes; `-inf` for an empty slice.
 #[inline(always)]
 pub fn max_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -152,7 +136,7 @@ crate::multiversion! {
                 // γ ⊙ dy, kept in dx for the dot product and the update below.
                 dx[j] = gamma[j] * dy[j];
             }
-            let c = r * r * r * dot(dx, x) / d as f32;
+            let c = r * r * r * crate::dot_body(dx, x) / d as f32;
             for j in 0..d {
                 dx[j] = r * dx[j] - x[j] * c;
             }

@@ -99,27 +99,20 @@ impl BitLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
         let x_in = x.clone();
         let w = self.weight.val();
-        #[cfg(feature = "flex")]
-        if self.quant == Quant::Ternary && lambda == 1.0 && crate::fused::enabled(&w.device()) {
-            let y = crate::fused::bitlinear(x, w);
-            return match &self.lora {
-                None => y,
-                Some(l) => y + l.forward(x_in),
-            };
-        }
-        let (x, w) = match self.quant {
-            Quant::None => (x, w),
-            Quant::Ternary => (
+        let y = match self.quant {
+            #[cfg(feature = "flex")]
+            Quant::Ternary if lambda == 1.0 && crate::fused::enabled(&w.device()) => {
+                crate::fused::bitlinear(x, w)
+            }
+            Quant::Ternary => matmul_t(
                 ste(x.clone(), quantize_activations(x), lambda),
                 ste(w.clone(), ternarize(w), lambda),
             ),
+            Quant::None => matmul_t(x, w),
         };
         match &self.lora {
-            None => matmul_t(x, w),
-            Some(l) => {
-                let side = l.forward(x_in);
-                matmul_t(x, w) + side
-            }
+            None => y,
+            Some(l) => y + l.forward(x_in),
         }
     }
 }

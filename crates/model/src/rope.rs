@@ -14,17 +14,7 @@ pub fn tables(
     device: &Device,
 ) -> (Tensor<2>, Tensor<2>) {
     let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
-    for p in start..start + len {
-        for i in 0..half {
-            // f64 for the angle so long contexts keep their precision; stored as f32.
-            let inv_freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
-            let a = p as f64 * inv_freq;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
+    let (cos, sin) = tritium_kernels::attention::rope_tables(start, len, head_dim, theta);
     let mk = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device).reshape([len, half]);
     (mk(cos), mk(sin))
 }

@@ -242,7 +242,6 @@ fn attention_forward(q: &T, k: &T, v: &T, theta: f32) -> (attention::Saved, T, T
 struct AttentionSaved {
     saved: Arc<attention::Saved>,
     v: T,
-    theta: f32,
 }
 
 #[derive(Debug)]
@@ -254,8 +253,8 @@ impl Backward<Flex, 3> for AttentionBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
         let d_o = contiguous(&grads.consume::<Flex>(&ops.node));
-        let AttentionSaved { saved, v, theta } = ops.state;
-        let (dq, dk, dv) = attention::backward(&saved, f32s(&v), f32s(&d_o), theta);
+        let AttentionSaved { saved, v } = ops.state;
+        let (dq, dk, dv) = attention::backward(&saved, f32s(&v), f32s(&d_o));
         let attention::Shape { b, t, h, kv, hd } = saved.shape;
         for (node, g, heads) in [(node_q, dq, h), (node_k, dk, kv), (node_v, dv, kv)] {
             if let Some(node) = node {
@@ -449,7 +448,6 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 AttentionSaved {
                     saved: Arc::new(saved),
                     v,
-                    theta,
                 },
                 o,
             ),
