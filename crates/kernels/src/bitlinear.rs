@@ -1,8 +1,8 @@
 //! The training side of the ternary kernels: what a fused BitLinear forward needs.
 //!
 //! Training fake-quantizes in f32 (`tritium_model::quant`); this module computes the same numbers
-//! with integers. Weights become the packed ternary rows the engine multiplies (`Block64`), the
-//! activations int8 per token, and the product runs on [`crate::ternary_dots`]:
+//! with integers. Weights become ternary codes packed for many-token products ([`Panels`]), the
+//! activations int8 per token, and the product runs on [`panels::product`]:
 //!
 //! ```text
 //! y[t][r] = Σ_j (q_x[t][j] / s[t]) · (q_w[r][j] · g)  =  (Σ_j q_w[r][j]·q_x[t][j]) · g / s[t]
@@ -14,7 +14,8 @@
 
 use rayon::prelude::*;
 
-use crate::{BLOCK, Block64, Isa, ternary_dots};
+use crate::panels::{self, PAIR, Panels};
+use crate::{BLOCK, Isa};
 
 /// Smallest scale denominator (the reference's `quant::EPS`).
 pub const EPS: f32 = 1e-5;
@@ -34,9 +35,8 @@ fn round_even_small(v: f32) -> f32 {
 pub struct TernaryMatrix {
     pub rows: usize,
     pub cols: usize,
-    /// Blocks per row: `cols` rounded up to a multiple of 256, over 256.
-    pub nb: usize,
-    pub blocks: Vec<Block64>,
+    /// The codes `q + 1`, packed for many-token products.
+    pub panels: Panels,
     /// `g = max(mean|W|, 1e-5)`.
     pub scale: f32,
 }
@@ -82,44 +82,49 @@ impl TernaryMatrix {
     ) -> TernaryMatrix {
         assert_eq!(w.len(), rows * cols, "weight length");
         let scale = mean_abs.max(EPS);
-        let nb = padded(cols) / BLOCK;
-        let mut blocks = vec![Block64::ZERO; rows * nb];
-        blocks
-            .par_chunks_mut(nb)
-            .zip(w.par_chunks(cols))
-            .for_each(|(dst, row)| {
-                for (j, v) in row.iter().enumerate() {
-                    // Clamping before rounding gives the same value (the bounds are integers) and keeps
-                    // the argument small enough for the fast rounding.
-                    let q = round_even_small((v / scale).clamp(-2.0, 2.0)).clamp(-1.0, 1.0);
-                    dst[j / BLOCK].set(j % BLOCK, (q as i8 + 1) as u8);
-                }
-            });
+        let mut panels = Panels::zeros(rows, cols);
+        let nq = panels.nq;
+        if cols > 0 {
+            panels
+                .blocks
+                .par_chunks_mut(2 * nq)
+                .zip(w.par_chunks(PAIR * cols))
+                .for_each(|(pair, rows)| {
+                    for (r, row) in rows.chunks(cols).enumerate() {
+                        for (c, v) in row.iter().enumerate() {
+                            // Clamping before rounding gives the same value (the bounds are
+                            // integers) and keeps the argument small enough for the fast rounding.
+                            let q = round_even_small((v / scale).clamp(-2.0, 2.0)).clamp(-1.0, 1.0);
+                            Panels::set_in_pair(pair, r, c, (q as i8 + 1) as u8);
+                        }
+                    }
+                });
+        }
         TernaryMatrix {
             rows,
             cols,
-            nb,
-            blocks,
+            panels,
             scale,
         }
     }
 
     /// Row `r`'s ternary values in {-1, 0, 1}.
     pub fn row(&self, r: usize) -> impl Iterator<Item = i8> + '_ {
-        let blocks = &self.blocks[r * self.nb..(r + 1) * self.nb];
-        (0..self.cols).map(move |j| blocks[j / BLOCK].get(j % BLOCK) as i8 - 1)
+        (0..self.cols).map(move |c| self.panels.get(r, c) as i8 - 1)
     }
 
     /// The dequantized matrix `q · g`, row-major `[rows, cols]`: what the backward pass multiplies.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         let levels = [-self.scale, 0.0, self.scale];
+        if self.cols == 0 {
+            return out;
+        }
         out.par_chunks_mut(self.cols)
             .enumerate()
             .for_each(|(r, dst)| {
-                let blocks = &self.blocks[r * self.nb..(r + 1) * self.nb];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = levels[blocks[j / BLOCK].get(j % BLOCK) as usize];
+                for (c, d) in dst.iter_mut().enumerate() {
+                    *d = levels[self.panels.get(r, c) as usize];
                 }
             });
         out
@@ -203,14 +208,14 @@ crate::multiversion! {
     }
 }
 
-/// Tokens per parallel task: their int8 rows (≤ 64 × 8 KiB) stay in L2 while every weight row
-/// streams past them.
+/// Tokens per parallel task: their int8 rows (≤ 64 × 8 KiB) stay in L2 while the packed weights
+/// stream past them.
 const TOKENS_PER_TASK: usize = 64;
 
 /// `y = x_q · W_qᵀ` dequantized: `y[t][r] = (Σ q_w·q_x) · g / s[t]`, row-major `[x.rows, w.rows]`.
 pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     assert_eq!(x.cols, w.cols, "inner dimensions");
-    assert_eq!(x.stride, w.nb * BLOCK, "padding");
+    assert!(x.stride >= w.panels.padded_cols(), "padding");
     let n = w.rows;
     let mut y = vec![0f32; x.rows * n];
     if n == 0 {
@@ -225,14 +230,7 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
                 .map(|t| &x.q[t * x.stride..(t + 1) * x.stride])
                 .collect();
             let factor: Vec<f32> = (t0..t0 + tokens).map(|t| w.scale / x.scale[t]).collect();
-            let sums = &x.sum[t0..t0 + tokens];
-            let mut dots = vec![0i32; tokens];
-            for r in 0..n {
-                ternary_dots(isa, &w.blocks[r * w.nb..(r + 1) * w.nb], &xs, &mut dots);
-                for t in 0..tokens {
-                    out[t * n + r] = (dots[t] - sums[t]) as f32 * factor[t];
-                }
-            }
+            panels::product(isa, &w.panels, &xs, &x.sum[t0..t0 + tokens], &factor, out);
         });
     y
 }
