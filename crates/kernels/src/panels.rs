@@ -114,7 +114,7 @@ pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32],
 /// The reference: every block decoded by the layout's definition, sums in i32.
 fn product_scalar(w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &mut [f32]) {
     let n = w.rows;
-    let mut acc = vec![0i32; PAIR];
+    let mut acc = [0i32; PAIR];
     for (t, x) in xs.iter().enumerate() {
         for p in 0..w.pairs() {
             acc.fill(0);
