@@ -68,6 +68,7 @@ pub fn has_x86_v4() -> bool {
 pub mod attention;
 pub mod bitlinear;
 pub mod dense;
+pub mod optim;
 pub mod panels;
 pub mod pool;
 pub mod rows;

@@ -47,6 +47,19 @@ pub mod fused {
     pub fn swiglu<const D: usize>(_: Tensor<D>, _: Tensor<D>) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
     }
+    pub use tritium_kernels::optim::AdamStep;
+    pub fn adamw(
+        _: Tensor<1>,
+        _: Tensor<1>,
+        _: Tensor<1>,
+        _: Tensor<1>,
+        _: AdamStep,
+    ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+        unreachable!("nothing is fused without the flex backend")
+    }
+    pub fn sum_squares<const D: usize>(_: Tensor<D>) -> f32 {
+        unreachable!("nothing is fused without the flex backend")
+    }
 }
 pub mod quant;
 pub mod rope;

@@ -10,11 +10,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, DType, Flex, TensorMetadata};
+use burn::backend::{Autodiff, AutodiffBackend, DType, Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use tritium_kernels::Isa;
 use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, backward, matmul};
 use tritium_kernels::dense::{self, Operand};
+use tritium_kernels::optim::{self, AdamStep};
 use tritium_kernels::{attention, rows};
 
 use super::FusedOps;
@@ -36,6 +37,14 @@ fn dims2(t: &T) -> [usize; 2] {
 fn contiguous(t: &T) -> T {
     assert_eq!(t.dtype(), DType::F32, "fused ops run in f32");
     t.to_contiguous()
+}
+
+/// `t` contiguous and covering its whole buffer, which stays unshared if `t`'s was: its
+/// `storage_mut` is then exactly its elements, changed in place.
+fn owned(t: T) -> T {
+    let c = contiguous(&t);
+    drop(t);
+    c
 }
 
 fn f32s(t: &T) -> &[f32] {
@@ -376,6 +385,24 @@ impl FusedOps for Flex {
     fn cross_entropy(logits: T, targets: IntTensor<Flex>) -> T {
         cross_entropy_forward(&logits, &targets).3
     }
+
+    fn adamw(p: T, g: T, m: T, v: T, step: AdamStep) -> (T, T, T) {
+        let (mut p, mut m, mut v) = (owned(p), owned(m), owned(v));
+        let g = contiguous(&g);
+        optim::adamw(
+            p.storage_mut::<f32>(),
+            f32s(&g),
+            m.storage_mut::<f32>(),
+            v.storage_mut::<f32>(),
+            step,
+        );
+        (p, m, v)
+    }
+
+    fn sum_squares(x: T) -> T {
+        let x = contiguous(&x);
+        tensor(vec![optim::sum_squares(f32s(&x)) as f32], &[1])
+    }
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
@@ -484,5 +511,31 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             ),
             OpsKind::UnTracked(prep) => prep.finish(loss),
         }
+    }
+
+    // The optimizer works on parameter values outside the graph: these track nothing.
+    fn adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (p, m, v) = Flex::adamw(
+            Self::inner(p),
+            Self::inner(g),
+            Self::inner(m),
+            Self::inner(v),
+            step,
+        );
+        (
+            Self::from_inner(p),
+            Self::from_inner(m),
+            Self::from_inner(v),
+        )
+    }
+
+    fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(Flex::sum_squares(Self::inner(x)))
     }
 }

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
+pub use tritium_kernels::optim::AdamStep;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
@@ -54,6 +55,18 @@ pub trait FusedOps: Backend {
     fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `logits: [m, v]`, `targets: [m]` → the mean negative log-likelihood, shape `[1]`.
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
+    /// One AdamW step on flat parameter, gradient and moment tensors → `(p, m, v)` updated, in
+    /// place where the tensors are not shared ([`tritium_kernels::optim::adamw`]).
+    #[allow(clippy::type_complexity)]
+    fn adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// `Σ x²` of a flat tensor, shape `[1]` (summed in f64).
+    fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether tensors on `device` can take the fused path.
@@ -158,4 +171,34 @@ pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let l = <Dispatch as FusedOps>::cross_entropy(logits.into_dispatch(), targets.into_dispatch());
     Tensor::from_dispatch(l)
+}
+
+/// One AdamW step for a flat parameter `p` with gradient `g` and moments `m`, `v` (all `[n]`,
+/// without autodiff) → the updated `(p, m, v)`.
+pub fn adamw(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    step: AdamStep,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let (p, m, v) = <Dispatch as FusedOps>::adamw(
+        p.into_dispatch(),
+        g.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        step,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
+}
+
+/// `Σ x²` over every element of `x`.
+pub fn sum_squares<const D: usize>(x: Tensor<D>) -> f32 {
+    let n = x.dims().iter().product::<usize>();
+    let s = <Dispatch as FusedOps>::sum_squares(x.reshape([n]).into_dispatch());
+    Tensor::<1>::from_dispatch(s).into_scalar::<f32>()
 }
