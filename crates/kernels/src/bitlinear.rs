@@ -89,15 +89,19 @@ impl TernaryMatrix {
                 .blocks
                 .par_chunks_mut(2 * nq)
                 .zip(w.par_chunks(PAIR * cols))
-                .for_each(|(pair, rows)| {
-                    for (r, row) in rows.chunks(cols).enumerate() {
-                        for (c, v) in row.iter().enumerate() {
+                .for_each(|(pair, w)| {
+                    // Codes for the pair's rows first (a loop that vectorizes), then packed.
+                    let mut codes = vec![1u8; PAIR * nq * panels::RUN];
+                    let stride = nq * panels::RUN;
+                    for (dst, row) in codes.chunks_mut(stride).zip(w.chunks(cols)) {
+                        for (d, v) in dst.iter_mut().zip(row) {
                             // Clamping before rounding gives the same value (the bounds are
                             // integers) and keeps the argument small enough for the fast rounding.
                             let q = round_even_small((v / scale).clamp(-2.0, 2.0)).clamp(-1.0, 1.0);
-                            Panels::set_in_pair(pair, r, c, (q as i8 + 1) as u8);
+                            *d = (q as i8 + 1) as u8;
                         }
                     }
+                    Panels::pack_pair(pair, &codes, stride);
                 });
         }
         TernaryMatrix {
@@ -122,11 +126,7 @@ impl TernaryMatrix {
         }
         out.par_chunks_mut(self.cols)
             .enumerate()
-            .for_each(|(r, dst)| {
-                for (c, d) in dst.iter_mut().enumerate() {
-                    *d = levels[self.panels.get(r, c) as usize];
-                }
-            });
+            .for_each(|(r, dst)| self.panels.unpack_row(r, dst, levels));
         out
     }
 }

@@ -34,21 +34,46 @@ impl<'a> Operand<'a> {
 
 /// `out = a · b`, `a` read as `m × k`, `b` as `k × n`, row-major `out: [m, n]`, on this thread.
 pub fn gemm_into(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
+    assert_eq!(out.len(), m * n, "gemm output length");
+    // SAFETY: `out` holds m·n elements, is exclusively borrowed, and cannot overlap the inputs.
+    unsafe { gemm_raw(out.as_mut_ptr(), m, n, k, a, b) }
+}
+
+/// `a · b` into a new `[m, n]` vector that gemm writes without it being zeroed first.
+fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the capacity is m·n elements, owned here and disjoint from the inputs. With k ≥ 1
+    // and `read_dst` false gemm stores every element of the m×n output, so all m·n are
+    // initialized when `set_len` runs.
+    unsafe {
+        gemm_raw(out.as_mut_ptr(), m, n, k, a, b);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// # Safety
+/// `out` is valid for writes of `m·n` f32 and overlaps neither operand.
+unsafe fn gemm_raw(out: *mut f32, m: usize, n: usize, k: usize, a: Operand, b: Operand) {
     assert!(
-        out.len() == m * n && a.data.len() == m * k && b.data.len() == k * n,
+        a.data.len() == m * k && b.data.len() == k * n,
         "gemm operand lengths"
     );
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
     // SAFETY: each operand holds exactly rows·cols elements and its strides address a row-major
     // matrix of those sizes or its transpose, so every element read is in bounds; `out` is
-    // m×n row-major, exclusively borrowed, and does not overlap the inputs (it is `&mut`).
+    // m×n row-major and writable (the caller's contract), and `read_dst` is false, so its
+    // previous contents are never read.
     unsafe {
         gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
             n as isize,
             false,
@@ -70,12 +95,11 @@ pub fn gemm_into(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: O
 
 /// `a · b` as a new `[m, n]` matrix, the output rows split in two halves computed side by side.
 pub fn matmul(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
     if a.t || m < 2 {
         // Halving rows of a transposed operand would need strided sub-slices; not needed here.
-        gemm_into(&mut out, m, n, k, a, b);
-        return out;
+        return product(m, n, k, a, b);
     }
+    let mut out = vec![0f32; m * n];
     let half = m / 2;
     let (top, bottom) = out.split_at_mut(half * n);
     let (a_top, a_bottom) = a.data.split_at(half * k);
@@ -111,9 +135,7 @@ pub fn linear_backward(
 }
 
 fn single(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    gemm_into(&mut out, m, n, k, a, b);
-    out
+    product(m, n, k, a, b)
 }
 
 #[cfg(test)]

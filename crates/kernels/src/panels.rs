@@ -72,12 +72,44 @@ impl Panels {
         ((q * 2 + h), 4 * j + b, 2 * l as u32)
     }
 
-    /// Writes `code` for row `32p + r` (`r < 32`) into that pair's blocks.
-    #[inline(always)]
-    pub fn set_in_pair(pair: &mut [Block64], r: usize, c: usize, code: u8) {
+    /// Writes `code` for row `32p + r` (`r < 32`) into that pair's blocks: the layout's
+    /// definition, element by element, which the tests hold the packers to.
+    #[cfg(test)]
+    fn set_in_pair(pair: &mut [Block64], r: usize, c: usize, code: u8) {
         let (blk, byte, shift) = Self::place(r, c);
         let v = &mut pair[blk].0[byte];
         *v = (*v & !(3 << shift)) | ((code & 3) << shift);
+    }
+
+    /// Packs a pair's blocks from `codes`: 32 rows of `stride` (≥ 16·nq) codes each.
+    pub fn pack_pair(pair: &mut [Block64], codes: &[u8], stride: usize) {
+        let nq = pair.len() / 2;
+        for q in 0..nq {
+            for h in 0..2 {
+                let blk = &mut pair[2 * q + h].0;
+                for j in 0..16 {
+                    let row = &codes[(16 * h + j) * stride + RUN * q..][..RUN];
+                    for b in 0..4 {
+                        blk[4 * j + b] =
+                            row[b] | (row[4 + b] << 2) | (row[8 + b] << 4) | (row[12 + b] << 6);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row `r`'s `cols` codes, each mapped through `levels`, into `dst`.
+    pub fn unpack_row<T: Copy>(&self, r: usize, dst: &mut [T], levels: [T; 3]) {
+        let pair = self.pair(r / PAIR);
+        let (h, j) = ((r % PAIR) / 16, r % 16);
+        for (q, run) in dst.chunks_mut(RUN).enumerate() {
+            let bytes = &pair[2 * q + h].0[4 * j..4 * j + 4];
+            for (i, d) in run.iter_mut().enumerate() {
+                let (l, b) = (i / 4, i % 4);
+                // Code 3 never occurs; `min` keeps the index in bounds without a panic path.
+                *d = levels[(((bytes[b] >> (2 * l)) & 3) as usize).min(2)];
+            }
+        }
     }
 
     /// The code of row `r`, column `c`.
@@ -334,6 +366,23 @@ mod tests {
                     Panels::set_in_pair(pair, r, c, codes[(PAIR * p + r) * cols + c]);
                 }
             }
+        }
+        // Packing whole pairs and unpacking rows agree with the element-wise definition.
+        let mut packed = Panels::zeros(rows, cols);
+        let stride = nq * RUN;
+        for (p, pair) in packed.blocks.chunks_mut(2 * nq).enumerate() {
+            let mut padded = vec![1u8; PAIR * stride];
+            for r in 0..PAIR.min(rows.saturating_sub(PAIR * p)) {
+                padded[r * stride..r * stride + cols]
+                    .copy_from_slice(&codes[(PAIR * p + r) * cols..][..cols]);
+            }
+            Panels::pack_pair(pair, &padded, stride);
+        }
+        assert!(packed.blocks == w.blocks);
+        for r in 0..rows {
+            let mut row = vec![9u8; cols];
+            w.unpack_row(r, &mut row, [0, 1, 2]);
+            assert_eq!(row, codes[r * cols..(r + 1) * cols]);
         }
         (w, codes)
     }
