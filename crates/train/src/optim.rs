@@ -331,7 +331,13 @@ mod tests {
         opt.save(&d.path().join("adamw")).unwrap();
         (
             model.weight.val().into_data().try_to_vec::<f32>().unwrap(),
-            model.bias.unwrap().val().into_data().try_to_vec::<f32>().unwrap(),
+            model
+                .bias
+                .unwrap()
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
             std::fs::read(d.path().join("adamw")).unwrap(),
         )
     }
