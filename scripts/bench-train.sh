@@ -15,7 +15,7 @@ ANCHORS=${ANCHORS:-../shared/anchors}
 BIN=target/release/tritium
 case $which in
   tiny) cfg=configs/tiny.toml; batch=${2:-8}; seq=${3:-256}; torch="--config tiny --set ffn=768 --set vocab=4096"; steps=10; windows=5 ;;
-  125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=2 ;;
+  125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=3 ;;
   *) echo "usage: $0 tiny|125m [BATCH SEQ]" >&2; exit 2 ;;
 esac
 # Rows: flex with the fused ops (the default), flex with --unfused (the plain tensor-op reference),
