@@ -20,14 +20,21 @@ use crate::{BLOCK, Isa};
 /// Smallest scale denominator (the reference's `quant::EPS`).
 pub const EPS: f32 = 1e-5;
 
-/// Round half to even for `|v| ≤ 2²²`: adding 1.5·2²³ pushes the fraction bits out of the
-/// mantissa under the default rounding mode (to nearest, ties to even), and subtracting it back is
-/// exact. `f32::round_ties_even` does the same but, without SSE4.1 enabled at compile time, is a
-/// call to libm's `rintf` per element (10% of a tiny training step in a profile).
+/// 1.5·2²³: adding it to `|v| ≤ 2²²` pushes the fraction bits out of the mantissa under the
+/// default rounding mode (to nearest, ties to even).
+const MAGIC: f32 = 12_582_912.0;
+
+/// `v` rounded half to even, as an integer, for `|v| ≤ 2²²`: `v + MAGIC` lies in MAGIC's binade,
+/// where one unit is one ulp, so its bits minus MAGIC's are the rounded value.
+///
+/// `f32::round_ties_even` is, without SSE4.1 enabled at compile time, a call to libm's `rintf` per
+/// element (10% of a tiny training step in a profile), and Rust's saturating `f32 as i8` became a
+/// scalar conversion with NaN checks per element (most of the activation quantizer's time); this
+/// integer arithmetic on the bits vectorizes. (NaN gives some value rather than the cast's 0,
+/// which meant no more.)
 #[inline(always)]
-fn round_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
-    (v + MAGIC) - MAGIC
+fn round_even_int(v: f32) -> i32 {
+    ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
 }
 
 /// A weight matrix `[rows, cols]` ternarized with one absmean scale and packed for the kernels.
@@ -97,8 +104,8 @@ impl TernaryMatrix {
                         for (d, v) in dst.iter_mut().zip(row) {
                             // Clamping before rounding gives the same value (the bounds are
                             // integers) and keeps the argument small enough for the fast rounding.
-                            let q = round_even_small((v / scale).clamp(-2.0, 2.0)).clamp(-1.0, 1.0);
-                            *d = (q as i8 + 1) as u8;
+                            let q = round_even_int((v / scale).clamp(-2.0, 2.0)).clamp(-1, 1);
+                            *d = (q + 1) as u8;
                         }
                     }
                     Panels::pack_pair(pair, &codes, stride);
@@ -192,9 +199,9 @@ crate::multiversion! {
         let s = max.max(EPS).recip() * 127.0;
         let mut acc = 0i32;
         for (d, v) in dst.iter_mut().zip(row) {
-            let r = round_even_small((v * s).clamp(-128.0, 127.0)) as i8;
-            *d = r;
-            acc += r as i32;
+            let r = round_even_int((v * s).clamp(-128.0, 127.0));
+            *d = r as i8;
+            acc += r;
         }
         (s, acc)
     }
@@ -280,17 +287,17 @@ mod tests {
         for v in [
             0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -127.5, 0.49999997, 1.0000001, -3.7,
         ] {
-            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_even_int(v) as f32, v.round_ties_even(), "{v}");
         }
         // Every tie in the range the quantizers use (they clamp to ±128 before rounding).
         let mut v = -300.0f32;
         while v < 300.0 {
-            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_even_int(v) as f32, v.round_ties_even(), "{v}");
             v += 0.125;
         }
         for v in lcg(3, 10_000) {
             let v = v * 130.0;
-            assert_eq!(round_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_even_int(v) as f32, v.round_ties_even(), "{v}");
         }
     }
 
