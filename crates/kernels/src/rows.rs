@@ -22,7 +22,12 @@ pub fn exp(x: f32) -> f32 {
     // Clamped to where 2ⁿ is a normal number: e^-87.3 ≈ 1e-38 stands in for anything smaller (as
     // good as 0 next to the row maxima softmax adds it to), e^88 ≈ 1.7e38 for anything larger.
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0; // round to nearest (|x·log2e| < 2²²)
+    // Round to nearest (|x·log2e| < 2²²) by adding 1.5·2²³; the sum's bits minus that constant's
+    // are the integer itself, which vectorizes where a saturating `as i32` did not.
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    let ni = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 / 5040.0;
     let p = p * r + 1.0 / 720.0;
@@ -32,7 +37,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let bits = ((ni + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
