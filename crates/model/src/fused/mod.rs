@@ -6,19 +6,21 @@
 //! training step put more time in those elementwise passes than in the matrix products. The ops
 //! here replace the hottest chains:
 //!
-//! - [`bitlinear`]: fake-quantized `x · wᵀ`. The forward quantizes the weights once into packed
-//!   ternary rows and the activations once into int8 rows and multiplies them with the integer
-//!   kernels the inference engine uses ([`tritium_kernels::bitlinear`]); it keeps only the int8
-//!   rows and the packed weights (a quarter and a sixteenth of the f32 sizes) for the backward
-//!   pass, the straight-through one: `dX = dY · (q_w·g)`, `dW = dYᵀ · (q_x / s)`. Those two are
-//!   f32 GEMMs (flex's), since the gradients must match the reference to 1e-4 and bf16 operands
-//!   would not.
+//! - [`bitlinear`]: fake-quantized `x · wᵀ`. The forward quantizes the weights once into ternary
+//!   codes packed for many-token products (`tritium_kernels::panels`) and the activations once
+//!   into int8 rows, and multiplies them with `vpdpbusd` (AVX2 or scalar where the CPU lacks it);
+//!   it keeps only the int8 rows and the packed weights (a quarter and a sixteenth of the f32
+//!   sizes) for the backward pass, the straight-through one: `dX = dY · (q_w·g)`,
+//!   `dW = dYᵀ · (q_x / s)`. Those two are f32 GEMMs (flex's), since the gradients must match the
+//!   reference to 1e-4 and bf16 operands would not.
 //! - [`linear`]: the float tied head, with its backward products side by side
 //!   ([`tritium_kernels::dense`]).
 //! - [`attention`]: causal attention with RoPE and grouped-query heads on the projections'
 //!   own `[B, T, heads, hd]` layout ([`tritium_kernels::attention`]).
 //! - [`rms_norm`], [`swiglu`], [`cross_entropy`]: one pass forward and one back each
 //!   ([`tritium_kernels::rows`]).
+//! - [`adamw`], [`sum_squares`]: the optimizer's update and the gradient norm, one parallel pass
+//!   per tensor ([`tritium_kernels::optim`]).
 //!
 //! Each equals the unfused reference (the plain tensor-op version, which stays for other backends
 //! and for `--unfused`) within 1e-5 forward and 1e-4 in the gradients: see the tests.
