@@ -24,14 +24,15 @@ pub const EPS: f32 = 1e-5;
 /// default rounding mode (to nearest, ties to even).
 const MAGIC: f32 = 12_582_912.0;
 
-/// `v` rounded half to even, as an integer, for `|v| ≤ 2²²`: `v + MAGIC` lies in MAGIC's binade,
-/// where one unit is one ulp, so its bits minus MAGIC's are the rounded value.
+/// `v` rounded half to even, as an integer, for `|v| ≤ 2²²`: `v + MAGIC` lands on an integer
+/// (one unit is one ulp in MAGIC's binade; at `v = 2²²` the sum is 2²⁴, whose bits still exceed
+/// MAGIC's by exactly 2²²), so its bits minus MAGIC's are the rounded value.
 ///
 /// `f32::round_ties_even` is, without SSE4.1 enabled at compile time, a call to libm's `rintf` per
 /// element (10% of a tiny training step in a profile), and Rust's saturating `f32 as i8` became a
 /// scalar conversion with NaN checks per element (most of the activation quantizer's time); this
-/// integer arithmetic on the bits vectorizes. (NaN gives some value rather than the cast's 0,
-/// which meant no more.)
+/// integer arithmetic on the bits vectorizes. NaN gives some meaningless value: the callers mark
+/// such rows or matrices with a NaN scale instead.
 #[inline(always)]
 fn round_even_int(v: f32) -> i32 {
     ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
@@ -88,7 +89,12 @@ impl TernaryMatrix {
         mean_abs: f32,
     ) -> TernaryMatrix {
         assert_eq!(w.len(), rows * cols, "weight length");
-        let scale = mean_abs.max(EPS);
+        // NaN weights make a NaN scale, so the products are NaN too (`max` would hide it).
+        let scale = if mean_abs.is_nan() {
+            f32::NAN
+        } else {
+            mean_abs.max(EPS)
+        };
         let mut panels = Panels::zeros(rows, cols);
         let nq = panels.nq;
         if cols > 0 {
@@ -198,11 +204,16 @@ crate::multiversion! {
         // The reference's order of operations: reciprocal, then times 127.
         let s = max.max(EPS).recip() * 127.0;
         let mut acc = 0i32;
+        let mut finite = true;
         for (d, v) in dst.iter_mut().zip(row) {
-            let r = round_even_int((v * s).clamp(-128.0, 127.0));
-            *d = r as i8;
-            acc += r;
+            finite &= v.is_finite();
+            let r = round_even_int((v * s).clamp(-128.0, 127.0)) as i8;
+            *d = r;
+            acc += r as i32;
         }
+        // A NaN or ∞ activation makes the scale NaN, so every product of this token is NaN, as
+        // in the float reference, rather than some finite value.
+        let s = if finite { s } else { f32::NAN };
         (s, acc)
     }
 }
@@ -338,5 +349,25 @@ mod tests {
                 assert_eq!(matmul(isa, &x, &w), want, "{} at {m}×{k}×{n}", isa.name());
             }
         }
+    }
+
+    #[test]
+    fn non_finite_inputs_give_non_finite_products() {
+        let (m, k, n) = (3, 20, 5);
+        let w = TernaryMatrix::quantize(&lcg(1, n * k), n, k);
+        let mut xv = lcg(2, m * k);
+        xv[3] = f32::NAN;
+        xv[k + 7] = f32::INFINITY;
+        let x = QuantizedRows::quantize(&xv, m, k);
+        for isa in Isa::available() {
+            let y = matmul(isa, &x, &w);
+            assert!(y[..2 * n].iter().all(|v| v.is_nan()), "{}", isa.name());
+            assert!(y[2 * n..].iter().all(|v| v.is_finite()), "{}", isa.name());
+        }
+        let mut wv = lcg(1, n * k);
+        wv[0] = f32::NAN;
+        let w = TernaryMatrix::quantize(&wv, n, k);
+        let x = QuantizedRows::quantize(&lcg(2, m * k), m, k);
+        assert!(matmul(Isa::detect(), &x, &w).iter().all(|v| v.is_nan()));
     }
 }

@@ -142,30 +142,46 @@ impl Isa {
 
     /// Every set this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
-        #[allow(unused_mut)]
-        let mut v = vec![Isa::Scalar];
+        Self::ALL.into_iter().filter(|i| i.supported()).collect()
+    }
+
+    const ALL: [Isa; Self::COUNT] = [
+        Isa::Scalar,
         #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                v.push(Isa::Avx2);
-            }
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-            {
-                v.push(Isa::Avx512Vnni);
-            }
-        }
+        Isa::Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni,
         #[cfg(target_arch = "aarch64")]
-        {
-            if std::arch::is_aarch64_feature_detected!("neon") {
-                v.push(Isa::Neon);
+        Isa::Neon,
+    ];
+    const COUNT: usize = if cfg!(target_arch = "x86_64") {
+        3
+    } else if cfg!(target_arch = "aarch64") {
+        2
+    } else {
+        1
+    };
+
+    /// Whether this CPU runs `self`. Any code can name a variant, so the dispatchers check this
+    /// before entering a `target_feature` kernel (std caches the CPU's answer: a load and a test).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
         }
-        v
     }
 
     pub fn name(self) -> &'static str {
@@ -186,17 +202,22 @@ impl Isa {
 pub fn ternary_dots(isa: Isa, w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let n = w.len() * BLOCK;
     assert!(xs.iter().all(|x| x.len() >= n) && out.len() == xs.len());
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
         Isa::Scalar => scalar::ternary_dots(w, xs, out),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni` is only constructed when the CPU reports avx512f/bw/vnni, and
+        // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
         // the lengths were checked above.
         Isa::Avx512Vnni => unsafe { x86::ternary_dots_avx512(w, xs, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for avx2.
         Isa::Avx2 => unsafe { x86::ternary_dots_avx2(w, xs, out) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: `Isa::Neon` is only constructed when the CPU reports neon; lengths checked above.
+        // SAFETY: `isa.supported()` (asserted above) means the CPU reports neon; lengths checked above.
         Isa::Neon => unsafe { neon::ternary_dots(w, xs, out) },
     }
 }
@@ -205,9 +226,14 @@ pub fn ternary_dots(isa: Isa, w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
 /// the decode path, one call per matrix slice instead of one per row.
 pub fn ternary_matvec(isa: Isa, w: &[Block64], nb: usize, x: &[i8], out: &mut [i32]) {
     assert!(w.len() == out.len() * nb && x.len() >= nb * BLOCK);
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni` is only constructed when the CPU reports avx512f/bw/vnni, and
+        // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
         // the lengths were checked above.
         Isa::Avx512Vnni => unsafe { x86::ternary_matvec_avx512(w, nb, x, out) },
         _ => {
@@ -242,12 +268,17 @@ pub fn float_dots(
         FloatRows::F32(v) => assert!(v.len() >= rows.end * d),
         FloatRows::F16(v) => assert!(v.len() >= rows.end * d),
     }
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: constructed only when the CPU has avx512f; bounds checked above.
+        // SAFETY: `isa.supported()` (asserted above): the CPU has avx512f; bounds checked above.
         Isa::Avx512Vnni => unsafe { x86::float_dots_avx512(w, d, rows, xs, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: constructed only when the CPU has avx2, fma and f16c; bounds checked above.
+        // SAFETY: `isa.supported()`: the CPU has avx2, fma and f16c; bounds checked above.
         Isa::Avx2 => unsafe { x86::float_dots_avx2(w, d, rows, xs, out) },
         _ => scalar::float_dots(w, d, rows, xs, out),
     }
@@ -256,12 +287,17 @@ pub fn float_dots(
 /// `a · b` in 16 independent lanes (vectorizable; a plain sum is a serial chain under IEEE
 /// ordering), compiled for the widest vector unit the CPU has.
 pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Avx512Vnni` implies avx512f; the body is safe code.
+        // SAFETY: `isa.supported()` (asserted above) includes avx512f; the body is safe code.
         Isa::Avx512Vnni => unsafe { x86::dot_avx512(a, b) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Avx2` implies avx2 and fma; the body is safe code.
+        // SAFETY: `isa.supported()` includes avx2 and fma; the body is safe code.
         Isa::Avx2 => unsafe { x86::dot_avx2(a, b) },
         _ => dot_body(a, b),
     }
@@ -288,6 +324,11 @@ pub fn attend(
             && keys.len() >= (hd - 1) * stride + n
             && values.len() >= n * hd
             && out.len() == hd
+    );
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
     );
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -46,7 +46,8 @@ crate::multiversion! {
 }
 
 /// AdamW in place: `m ← β₁m + (1−β₁)g'`, `v ← β₂v + (1−β₂)g'²` with `g' = clip·g`, then
-/// `p ← decay·p − lr·(m/bc1) / (√(v/bc2) + ε)`. Zero moments give the first step's update.
+/// `p ← decay·p − lr·(m/bc1) / (√(v/bc2) + ε)`. Moments of -0.0 give the first step's update
+/// exactly (`-0·β + y = y` for every y, where `+0 + (−0)` would be `+0`).
 pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) {
     assert!(
         g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
@@ -95,6 +96,26 @@ mod tests {
         adamw(&mut p, &[2.0], &mut m, &mut v, h);
         assert!((m[0] - 0.1).abs() < 1e-7 && (v[0] - 0.05).abs() < 1e-7);
         assert!((p[0] - 1.4).abs() < 1e-6, "{}", p[0]);
+    }
+
+    #[test]
+    fn negative_zero_moments_keep_a_negative_zero_gradient_s_sign() {
+        let h = AdamStep {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            bc1: 0.1,
+            bc2: 0.05,
+            decay: 1.0,
+            clip: 1.0,
+        };
+        let (mut p, mut m, mut v) = ([-0.0f32, 1.0], [-0.0f32; 2], [-0.0f32; 2]);
+        adamw(&mut p, &[-0.0, -0.0], &mut m, &mut v, h);
+        // As the first step's g·(1−β₁) = −0 and g²·(1−β₂) = +0.
+        assert_eq!(m.map(f32::to_bits), [(-0.0f32).to_bits(); 2]);
+        assert_eq!(v.map(f32::to_bits), [0.0f32.to_bits(); 2]);
+        assert_eq!(p[1], 1.0);
     }
 
     #[test]

@@ -131,9 +131,14 @@ pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32],
             && out.len() == xs.len() * w.rows,
         "panel product operand lengths"
     );
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni` is only constructed when the CPU reports avx512f/bw/vnni, and
+        // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
         // the lengths were checked above.
         Isa::Avx512Vnni => unsafe { x86::product_avx512(w, xs, sums, factor, out) },
         #[cfg(target_arch = "x86_64")]

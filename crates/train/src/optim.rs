@@ -201,8 +201,10 @@ impl ModuleMapper for Mapper<'_> {
         let p = if fused::enabled(&p.device()) {
             // One pass per tensor on both cores; the same operations in the same order as the
             // tensor ops below, so the same bits (a test holds both to that).
+            // Fresh moments are -0.0, not +0.0: then `0·β + y` is `y` to the bit for every y,
+            // a gradient's -0.0 included, as in the tensor ops' first step (`g·(1−β)`).
             let (m, v) = self.opt.state[i].take().unwrap_or_else(|| {
-                let z = Tensor::<1>::zeros([n], &p.device());
+                let z = Tensor::<1>::full([n], -0.0, &p.device());
                 (z.clone(), z)
             });
             let step = AdamStep {
