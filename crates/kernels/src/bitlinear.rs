@@ -126,8 +126,10 @@ impl TernaryMatrix {
     }
 
     /// Row `r`'s ternary values in {-1, 0, 1}.
-    pub fn row(&self, r: usize) -> impl Iterator<Item = i8> + '_ {
-        (0..self.cols).map(move |c| self.panels.get(r, c) as i8 - 1)
+    pub fn row(&self, r: usize) -> Vec<i8> {
+        let mut out = vec![0i8; self.cols];
+        self.panels.unpack_row(r, &mut out, [-1, 0, 1]);
+        out
     }
 
     /// The dequantized matrix `q · g`, row-major `[rows, cols]`: what the backward pass multiplies.
@@ -278,7 +280,7 @@ fn matmul_reference(x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     let n = w.rows;
     let mut y = vec![0f32; x.rows * n];
     for r in 0..n {
-        let wr: Vec<i8> = w.row(r).collect();
+        let wr = w.row(r);
         for t in 0..x.rows {
             let q = &x.q[t * x.stride..t * x.stride + x.cols];
             let dot: i32 = q.iter().zip(&wr).map(|(a, b)| *a as i32 * *b as i32).sum();
@@ -317,8 +319,8 @@ mod tests {
         // W = [1, -1, 3, -3]: g = 2, W/g = [.5, -.5, 1.5, -1.5] → ties to even [0, 0, 2, -2] → clamp.
         let w = TernaryMatrix::quantize(&[1.0, -1.0, 3.0, -3.0], 2, 2);
         assert_eq!(w.scale, 2.0);
-        assert_eq!(w.row(0).collect::<Vec<_>>(), vec![0, 0]);
-        assert_eq!(w.row(1).collect::<Vec<_>>(), vec![1, -1]);
+        assert_eq!(w.row(0), vec![0, 0]);
+        assert_eq!(w.row(1), vec![1, -1]);
         assert_eq!(w.dequantize(), vec![0.0, 0.0, 2.0, -2.0]);
     }
 

@@ -64,8 +64,9 @@ impl Panels {
         &self.blocks[p * self.nq * 2..(p + 1) * self.nq * 2]
     }
 
-    /// (block index within a pair's slice, byte, shift) of row `r % 32`, column `c`.
-    #[inline(always)]
+    /// (block index within a pair's slice, byte, shift) of row `r % 32`, column `c`: the layout's
+    /// definition element by element, which the tests hold the packers to.
+    #[cfg(test)]
     fn place(r: usize, c: usize) -> (usize, usize, u32) {
         let (h, j) = ((r % PAIR) / 16, r % 16);
         let (q, l, b) = (c / RUN, (c % RUN) / 4, c % 4);
@@ -112,8 +113,10 @@ impl Panels {
         }
     }
 
-    /// The code of row `r`, column `c`.
-    pub fn get(&self, r: usize, c: usize) -> u8 {
+    /// The code of row `r`, column `c`, by the layout's definition (the tests' reference for
+    /// the packers; code that reads whole rows uses [`Self::unpack_row`]).
+    #[cfg(test)]
+    fn get(&self, r: usize, c: usize) -> u8 {
         let (blk, byte, shift) = Self::place(r, c);
         (self.pair(r / PAIR)[blk].0[byte] >> shift) & 3
     }
