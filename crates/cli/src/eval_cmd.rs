@@ -6,9 +6,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use tritium_engine::Runtime;
+use tritium_eval::scorers::{BurnScorer, GgufScorer};
+use tritium_eval::{self as eval, Scorer, TASKS, TaskResult, tasks};
 use tritium_model::Backend;
-use tritium_train::eval::scorers::{BurnScorer, GgufScorer};
-use tritium_train::eval::{self, Scorer, TASKS, TaskResult, tasks};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -37,6 +38,9 @@ pub struct EvalArgs {
     /// Engine threads for a GGUF (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// Where a checkpoint's model runs: flex (default), ndarray or wgpu.
+    #[arg(long, default_value_t = Backend::Flex)]
+    pub device: Backend,
     /// Write the JSON results here (default: eval.json in the checkpoint, FILE.eval.json beside a GGUF).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -59,16 +63,15 @@ fn bar(n: u64, what: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
-pub fn eval(a: EvalArgs) -> Result<()> {
+pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     if a.text.is_none() && a.tasks.is_none() {
         bail!("nothing to evaluate: pass --text FILE and/or --tasks LIST");
     }
     let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
     let mut scorer: Box<dyn Scorer> = if is_gguf {
-        tritium_engine::set_threads(a.threads);
-        Box::new(GgufScorer::load(&a.model)?)
+        Box::new(GgufScorer::load(&a.model, &Runtime::new(a.threads))?)
     } else {
-        Box::new(BurnScorer::load(&a.model, &Backend::Flex.device()?)?)
+        Box::new(BurnScorer::load(&a.model, &a.device.device()?)?.with_fused(fused))
     };
     let names: Vec<String> = match a.tasks.as_deref() {
         None => vec![],
@@ -151,7 +154,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     report["items_per_second"] = serde_json::json!(items_done as f64 / secs);
     let out = a.out.clone().unwrap_or_else(|| default_out(&a.model));
     let text = serde_json::to_string_pretty(&report)?;
-    tritium_train::fsutil::write_atomic(&out, text.as_bytes())
+    tritium_checkpoint::fsutil::write_atomic(&out, text.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     if a.json {
         println!("{text}");
@@ -163,7 +166,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 fn default_out(model: &Path) -> PathBuf {
     if model.is_dir() {
-        match tritium_train::checkpoint::resolve(model) {
+        match tritium_checkpoint::resolve(model) {
             Ok(c) => c.join("eval.json"),
             Err(_) => model.join("eval.json"),
         }

@@ -1,14 +1,14 @@
 //! `tritium finetune`: LoRA or full fine-tuning on instruction data.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tritium_train::finetune::{self, FinetuneConfig, FinetuneOptions, FtEvent, Method, RunSpec};
+use tritium_checkpoint::AdapterSet;
+use tritium_model::Backend;
+use tritium_train::finetune::{self, FinetuneConfig, FinetuneOptions, Method, RunSpec};
+
+use crate::progress::{Progress, stop_on_ctrl_c};
 
 #[derive(Args)]
 pub struct FinetuneArgs {
@@ -38,9 +38,12 @@ pub struct FinetuneArgs {
     /// Continue the fine-tuning run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "base", "data", "eval_data"])]
     pub resume: Option<PathBuf>,
+    /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
+    #[arg(long, default_value_t = Backend::Flex)]
+    pub device: Backend,
 }
 
-pub fn finetune(a: FinetuneArgs) -> Result<()> {
+pub fn finetune(a: FinetuneArgs, fused: bool) -> Result<()> {
     let (spec, out) = match &a.resume {
         Some(dir) => (RunSpec::read(dir)?, dir.clone()),
         None => {
@@ -56,91 +59,21 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             (spec, a.out.clone())
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130); // a second Ctrl-C: leave now, the last checkpoint stands
-            }
-        })?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let config = spec.config.clone();
-    let pb = ProgressBar::new(config.steps as u64);
-    let tty = std::io::stderr().is_terminal();
-    if !tty {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    let log = |pb: &ProgressBar, line: String| {
-        if tty {
-            pb.println(line)
-        } else {
-            println!("{line}")
-        }
-    };
+    let mut view = Progress::new(out.clone());
     let (model, _state, summary) = finetune::finetune(
         FinetuneOptions {
             spec: spec.clone(),
             out: out.clone(),
             resume: a.resume.is_some(),
             stop,
+            device: a.device,
+            fused,
         },
-        &mut |e| match e {
-            FtEvent::Start(s) => {
-                pb.set_position(s.step as u64);
-                log(
-                    &pb,
-                    format!(
-                        "trainable params: {} || all params: {} || trainable%: {:.4}",
-                        s.trainable_params,
-                        s.total_params,
-                        100.0 * s.trainable_params as f64 / s.total_params as f64
-                    ),
-                );
-                log(
-                    &pb,
-                    format!(
-                        "{} training examples{} / {} held-out; {} skipped, {} truncated to seq_len, {} dropped (no response left){}",
-                        s.examples,
-                        if s.rows != s.examples {
-                            format!(" packed into {} rows", s.rows)
-                        } else {
-                            String::new()
-                        },
-                        s.held_out,
-                        s.skipped,
-                        s.truncated,
-                        s.dropped_no_target,
-                        if s.added_tokens.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; added tokens {:?}", s.added_tokens)
-                        }
-                    ),
-                );
-            }
-            FtEvent::Step { step, loss, lr } => {
-                pb.set_position(step as u64);
-                pb.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-                if !tty {
-                    println!("step {step} | loss {loss:.4} | lr {lr:.2e}");
-                }
-            }
-            FtEvent::Eval { step, val_loss } => log(
-                &pb,
-                format!("step {step}: held-out response loss {val_loss:.4}"),
-            ),
-            FtEvent::Checkpoint { step, path } => {
-                log(&pb, format!("step {step} | checkpoint {}", path.display()))
-            }
-        },
+        &mut |e| view.event(e),
     )?;
-    pb.finish_and_clear();
+    view.finish();
     if summary.interrupted {
         println!(
             "interrupted at step {}; continue with: tritium finetune --resume {}",
@@ -151,7 +84,8 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     }
     if config.method == Method::Lora {
         let gguf = out.join("adapter.gguf");
-        tritium_export::export_lora(&model, Some(&summary.base_hash), &gguf)?;
+        let set = AdapterSet::from_model(&model, Some(summary.base_hash.clone()));
+        tritium_export::export_lora(&set, &gguf)?;
         println!(
             "adapter: {} and {} (llama.cpp LoRA GGUF) for base {}",
             out.join("adapter.safetensors").display(),
@@ -168,7 +102,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     }
     println!(
         "fine-tuned checkpoint: {}",
-        tritium_train::checkpoint::latest(&out)?.display()
+        tritium_checkpoint::latest(&out)?.display()
     );
     println!(
         "held-out response loss: base {:.4} → fine-tuned {:.4} ({:+.1}%), {:.0} s",

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
+use tritium_checkpoint::AdapterSet;
 use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export as run_export};
 use tritium_gguf::Gguf;
+use tritium_model::Backend;
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -18,13 +20,16 @@ pub struct ExportArgs {
     lora: Option<PathBuf>,
     /// Ternary weight type: tq2_0 (2.06 bpw, llama.cpp), tq1_0 (1.69 bpw, llama.cpp), i2_s (bitnet.cpp).
     #[arg(long = "type", default_value = "tq2_0")]
-    ty: String,
+    ty: WeightType,
     /// exact: trits with d = 1 plus F32 `.scale` tensors; folded: fp16 scale in every block.
     #[arg(long, default_value = "exact")]
-    scale: String,
+    scale: ScaleMode,
     /// Token embedding type: f16, f32 or q8_0.
     #[arg(long, default_value = "f16")]
-    embd: String,
+    embd: EmbdType,
+    /// Where the checkpoint's model runs: flex (default), ndarray or wgpu.
+    #[arg(long, default_value_t = Backend::Flex)]
+    device: Backend,
     #[arg(long)]
     out: PathBuf,
 }
@@ -39,16 +44,16 @@ pub struct InspectArgs {
 
 pub fn export(a: ExportArgs) -> Result<()> {
     if let Some(adapter) = &a.lora {
-        let (list, hash) = tritium_train::finetune::read_adapter(adapter)?;
-        let n = tritium_export::export_lora_tensors(&list, hash.as_deref(), &a.out)
+        let set = AdapterSet::read(adapter)?;
+        let n = tritium_export::export_lora(&set, &a.out)
             .with_context(|| format!("exporting {}", adapter.display()))?;
         println!(
             "wrote {} from {}: {n} adapted projections, rank {}, alpha {}{}",
             a.out.display(),
             adapter.display(),
-            list[0].1[0],
-            list[0].5,
-            if hash.is_some() {
+            set.adapters[0].rank,
+            set.adapters[0].alpha,
+            if set.base_hash.is_some() {
                 ", tied to its base's hash"
             } else {
                 " (no base hash recorded: the engine checks shapes only)"
@@ -57,25 +62,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
         return Ok(());
     }
     let checkpoint = a.checkpoint.clone().expect("required by clap");
-    let weights = WeightType::parse(&a.ty)
-        .with_context(|| format!("--type {}: expected tq2_0, tq1_0 or i2_s", a.ty))?;
-    let scale = match a.scale.as_str() {
-        "exact" => ScaleMode::Exact,
-        "folded" => ScaleMode::Folded,
-        s => bail!("--scale {s}: expected exact or folded"),
-    };
-    let embd = match a.embd.as_str() {
-        "f16" => EmbdType::F16,
-        "f32" => EmbdType::F32,
-        "q8_0" => EmbdType::Q8_0,
-        s => bail!("--embd {s}: expected f16, f32 or q8_0"),
-    };
     let r = run_export(
         &checkpoint,
         &ExportOptions {
-            weights,
-            scale,
-            embd,
+            weights: a.ty,
+            scale: a.scale,
+            embd: a.embd,
+            device: a.device,
         },
         &a.out,
     )

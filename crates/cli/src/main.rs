@@ -35,6 +35,7 @@ fn keep_freed_memory() {
 mod eval_cmd;
 mod finetune_cmd;
 mod gguf_cmd;
+mod progress;
 mod run_cmd;
 mod train_cmd;
 
@@ -117,8 +118,8 @@ struct BenchTrainArgs {
     #[arg(long, default_value_t = 3)]
     windows: usize,
     /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
-    #[arg(long, default_value = "flex")]
-    device: String,
+    #[arg(long, default_value_t = Backend::Flex)]
+    device: Backend,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print one JSON object instead of text.
@@ -138,19 +139,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    tritium_model::fused::set_enabled(!cli.unfused);
+    let fused = !cli.unfused;
     match cli.command {
-        Command::Train(a) => train_cmd::train(a),
+        Command::Train(a) => train_cmd::train(a, fused),
         Command::Tokenizer(c) => train_cmd::tokenizer(c),
         Command::Data(c) => train_cmd::data(c),
         Command::Export(a) => gguf_cmd::export(a),
         Command::Inspect(a) => gguf_cmd::inspect(a),
         Command::Info(a) => info(a),
-        Command::BenchTrain(a) => bench_train(a),
+        Command::BenchTrain(a) => bench_train(a, fused),
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
-        Command::Eval(a) => eval_cmd::eval(a),
-        Command::Finetune(a) => finetune_cmd::finetune(a),
+        Command::Eval(a) => eval_cmd::eval(a, fused),
+        Command::Finetune(a) => finetune_cmd::finetune(a, fused),
     }
 }
 
@@ -219,7 +220,7 @@ fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_train(a: BenchTrainArgs) -> Result<()> {
+fn bench_train(a: BenchTrainArgs, fused: bool) -> Result<()> {
     let cfg = load_config(&a.config)?;
     let bench = BenchConfig {
         batch: a.batch,
@@ -227,8 +228,9 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         warmup: a.warmup,
         steps: a.steps,
         windows: a.windows.max(1),
-        backend: Backend::parse(&a.device)?,
+        backend: a.device,
         seed: a.seed,
+        fused,
     };
     let r =
         run_bench(&cfg, &bench).with_context(|| format!("benchmarking {}", a.config.display()))?;
@@ -245,7 +247,7 @@ fn bench_train(a: BenchTrainArgs) -> Result<()> {
         "{} on {}{}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB)",
         a.config.display(),
         r.backend,
-        if tritium_model::fused::enabled(&bench.backend.device()?) {
+        if fused && tritium_model::fused::supported(&bench.backend.device()?) {
             " (fused ops)"
         } else {
             ""

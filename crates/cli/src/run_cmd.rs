@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tritium_engine::{Logits, Model, Sampler, SamplerConfig, Session, Stop, generate};
+use tritium_engine::{
+    Chat, Logits, Model, Runtime, Sampler, SamplerConfig, Session, Stop, generate,
+};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -83,8 +85,7 @@ pub struct BenchArgs {
 }
 
 fn load(path: &std::path::Path, threads: usize) -> Result<Model> {
-    tritium_engine::set_threads(threads);
-    Model::load(path).map_err(anyhow::Error::from)
+    Model::load(path, &Runtime::new(threads)).map_err(anyhow::Error::from)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -148,7 +149,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             "load {:.3} s ({} ternary kernels: {}), first token {:.3} s after start; prompt {} tokens {:.1} tok/s; generated {} tokens {:.1} tok/s; stop: {:?}",
             model.load_seconds,
             model.weight_type.name(),
-            sess.isa.name(),
+            model.rt.isa.name(),
             t0.elapsed().as_secs_f64() - g.gen_seconds,
             g.prompt_tokens,
             g.prompt_tokens as f64 / g.prompt_seconds,
@@ -160,25 +161,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-const DEFAULT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-
 fn chat(a: &RunArgs, sess: &mut Session, sampler: &mut Sampler) -> Result<()> {
-    let tok = &sess.model.tokenizer;
-    let template = tok
-        .chat_template
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string());
-    let mut env = minijinja::Environment::new();
-    env.add_template("chat", &template)
-        .context("tokenizer.chat_template does not parse")?;
-    let tpl = env.get_template("chat")?;
-    let mut messages: Vec<(String, String)> = Vec::new();
-    if let Some(s) = &a.system {
-        messages.push(("system".into(), s.clone()));
-    }
-    let mut stops = a.stops.clone();
-    stops.push("<|im_end|>".into());
-    let mut in_cache: Vec<u32> = Vec::new();
+    let template = sess.model.tokenizer.chat_template.clone();
+    let mut chat = Chat::new(template.as_deref(), a.system.as_deref())?;
     let stdin = std::io::stdin();
     eprintln!("chat: type a message, an empty line to quit.");
     loop {
@@ -187,35 +172,14 @@ fn chat(a: &RunArgs, sess: &mut Session, sampler: &mut Sampler) -> Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             return Ok(());
         }
-        messages.push(("user".into(), line.trim_end().to_string()));
-        let ctx: Vec<minijinja::Value> = messages
-            .iter()
-            .map(|(r, c)| minijinja::context! { role => r, content => c })
-            .collect();
-        let text =
-            tpl.render(minijinja::context! { messages => ctx, add_generation_prompt => true })?;
-        let ids = tok
-            .encode(&text)
-            .map_err(tritium_engine::Error::Tokenizer)?;
-        // Reuse the cache for the part of the conversation already run.
-        let common = in_cache
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        sess.pos = common;
-        let g = generate(sess, sampler, &ids[common..], a.n_predict, &stops, |p| {
+        let g = chat.reply(sess, sampler, line.trim_end(), a.n_predict, &a.stops, |p| {
             print!("{p}");
             let _ = std::io::stdout().flush();
         })?;
         println!();
-        in_cache = ids;
-        in_cache.extend(&g.tokens);
         if g.stop == Stop::Context {
             bail!("the conversation filled the context of {} tokens", sess.ctx);
         }
-        messages.push(("assistant".into(), g.text));
     }
 }
 
@@ -289,22 +253,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
-    let c = &model.cfg;
-    let ternary_weights = c.n_layers
-        * (2 * c.d_model * c.d_model + 2 * c.d_model * c.kv_dim() + 3 * c.d_model * c.d_ff);
-    let file_ternary_bpw = match model.weight_type {
-        tritium_gguf::GgmlType::Tq2_0 => 2.0625,
-        tritium_gguf::GgmlType::Tq1_0 => 1.6875,
-        tritium_gguf::GgmlType::I2S => 2.0,
-        _ => f64::NAN,
-    };
-    let head_bytes = match model.lm_head() {
-        tritium_engine::kernels::FloatRows::F16(_) => 2,
-        tritium_engine::kernels::FloatRows::F32(_) => 4,
-    } * c.vocab
-        * c.d_model;
-    // Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows) and the LM head.
-    let bytes_per_token = model.packed_bytes + head_bytes;
+    let bytes_per_token = model.bytes_per_token();
     let bw = if a.bandwidth {
         Some(read_bandwidth_gbs())
     } else {
@@ -314,10 +263,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let report = serde_json::json!({
         "model": a.model.display().to_string(),
         "weight_type": model.weight_type.name(),
-        "isa": sess.isa.name(),
-        "threads": tritium_engine::kernels::pool::global().threads(),
-        "ternary_weights": ternary_weights,
-        "file_ternary_bits_per_weight": file_ternary_bpw,
+        "isa": model.rt.isa.name(),
+        "threads": model.rt.threads(),
+        "ternary_weights": model.ternary_weights(),
+        "file_ternary_bits_per_weight": model.weight_type.bits_per_weight(),
         "file_bytes": model.file_bytes,
         "load_seconds": load_s,
         "first_token_seconds": first_token_s,
@@ -339,8 +288,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token{}",
             a.model.display(),
             model.weight_type.name(),
-            tritium_engine::kernels::pool::global().threads(),
-            sess.isa.name(),
+            model.rt.threads(),
+            model.rt.isa.name(),
             a.pp,
             pp_med,
             pp[0],

@@ -1,18 +1,17 @@
 //! `tritium train`, `tritium tokenizer train`, `tritium data prepare`: flags → library calls, and
 //! the progress display (an indicatif bar on a terminal, plain log lines otherwise).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use tritium_model::Backend;
 use tritium_train::data::prepare;
 use tritium_train::text::documents;
 use tritium_train::tokenizer::{Tokenizer, train_bpe};
-use tritium_train::{Event, RunConfig, TrainOptions};
+use tritium_train::{RunConfig, TrainOptions};
+
+use crate::progress::{Progress, stop_on_ctrl_c};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -28,6 +27,9 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// Compute backend, overriding the config's [train].device: flex, ndarray or wgpu.
+    #[arg(long)]
+    device: Option<Backend>,
 }
 
 #[derive(Subcommand)]
@@ -118,7 +120,7 @@ pub fn data(cmd: DataCmd) -> Result<()> {
     }
 }
 
-pub fn train(a: TrainArgs) -> Result<()> {
+pub fn train(a: TrainArgs, fused: bool) -> Result<()> {
     let (config_path, out, resume) = match (&a.resume, &a.config) {
         (Some(run), cfg) => (
             cfg.clone().unwrap_or_else(|| run.join("config.toml")),
@@ -140,22 +142,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         (None, None) => bail!("give --config FILE for a new run, or --resume RUN_DIR"),
     };
-    let config = RunConfig::load(&config_path, &a.set)?;
+    let mut config = RunConfig::load(&config_path, &a.set)?;
+    if let Some(d) = a.device {
+        config.train.device = d;
+    }
     for w in config.model.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C while the checkpoint is written: leave at once (the checkpoint
-                // is atomic, so the last good one survives).
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let mut view = Progress::new(out.clone());
     let summary = tritium_train::train(
         TrainOptions {
@@ -163,6 +157,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             out: out.clone(),
             resume,
             stop,
+            fused,
         },
         &mut |e| view.event(e),
     )
@@ -190,118 +185,4 @@ pub fn train(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Renders training events: a bar on a terminal, one line per logged step otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-    tty: bool,
-    out: PathBuf,
-    log_every: usize,
-}
-
-impl Progress {
-    fn new(out: PathBuf) -> Self {
-        Self {
-            bar: None,
-            tty: std::io::stderr().is_terminal(),
-            out,
-            log_every: 10,
-        }
-    }
-
-    fn line(&self, s: String) {
-        match &self.bar {
-            Some(b) => b.println(s),
-            None => eprintln!("{s}"),
-        }
-    }
-
-    fn event(&mut self, e: Event) {
-        match e {
-            Event::Prepared {
-                dir,
-                tokens,
-                seconds,
-                text_bytes,
-            } => self.line(format!(
-                "prepared {} tokens into {} ({:.1} MB/s)",
-                tokens,
-                dir.display(),
-                text_bytes as f64 / 1e6 / seconds
-            )),
-            Event::Start {
-                first_step,
-                max_steps,
-                tokens_per_step,
-                params,
-                train_tokens,
-                val_tokens,
-                unigram_entropy,
-            } => {
-                self.line(format!(
-                    "{}: {:.2}M parameters, {} tokens/step, data {} train / {} val tokens (validation unigram entropy {:.3} nats), steps {}..{}",
-                    self.out.display(),
-                    params as f64 / 1e6,
-                    tokens_per_step,
-                    train_tokens,
-                    val_tokens,
-                    unigram_entropy,
-                    first_step,
-                    max_steps
-                ));
-                self.log_every = (max_steps / 50).clamp(1, 100);
-                if self.tty {
-                    let bar = ProgressBar::new(max_steps as u64).with_style(
-                        ProgressStyle::with_template(
-                            "{bar:30} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-                        )
-                        .expect("static template"),
-                    );
-                    bar.set_position(first_step as u64);
-                    bar.reset_eta();
-                    self.bar = Some(bar);
-                }
-            }
-            Event::Step(r) => {
-                let msg = format!(
-                    "loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s",
-                    r.loss.unwrap_or(f64::NAN),
-                    r.lr.unwrap_or(0.0),
-                    r.grad_norm.unwrap_or(0.0),
-                    r.tokens_per_s.unwrap_or(0.0)
-                );
-                match &self.bar {
-                    Some(b) => {
-                        b.set_position(r.step as u64);
-                        b.set_message(msg);
-                    }
-                    None if r.step % self.log_every == 0 => eprintln!("step {} | {msg}", r.step),
-                    None => {}
-                }
-            }
-            Event::Eval {
-                step,
-                val_loss,
-                sample,
-            } => {
-                self.line(format!("step {step} | validation loss {val_loss:.4}"));
-                if let Some(s) = sample {
-                    self.line(format!("  sample: {}", s.replace('\n', " ")));
-                }
-            }
-            Event::Checkpoint { step, path } => {
-                self.line(format!("step {step} | checkpoint {}", path.display()))
-            }
-            Event::Interrupted { step } => self.line(format!(
-                "stopping at step {step} (Ctrl-C): checkpoint written"
-            )),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
 }

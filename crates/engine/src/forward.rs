@@ -4,10 +4,11 @@
 //! ternary O; RMSNorm → ternary gate/up → SiLU or ReLU² → sub-norm → ternary down; tied LM head.
 
 use crate::Error;
-use crate::kernels::{self, Isa};
+use crate::kernels;
 use crate::lora::Lora;
 use crate::model::{Act, Model};
 use crate::quant::QuantActs;
+use crate::runtime::Runtime;
 
 /// Which positions need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +22,6 @@ pub struct Session<'m> {
     pub model: &'m Model,
     /// An adapter applied beside the ternary projections.
     pub lora: Option<&'m Lora>,
-    pub isa: Isa,
     /// Positions the cache can hold.
     pub ctx: usize,
     /// Tokens already in the cache.
@@ -58,7 +58,6 @@ impl<'m> Session<'m> {
         Ok(Session {
             model,
             lora: None,
-            isa: Isa::detect(),
             ctx,
             pos: 0,
             k_cache: vec![0.0; cache],
@@ -95,7 +94,8 @@ impl<'m> Session<'m> {
                 "token id {bad} is outside the vocabulary of {v}"
             )));
         }
-        let isa = self.isa;
+        let rt = &m.rt;
+        let isa = rt.isa;
         let p0 = self.pos;
 
         // x: [T, D], the embedding rows.
@@ -128,7 +128,7 @@ impl<'m> Session<'m> {
             // Attention.
             rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
-            l.wqkv.matmul(isa, &self.acts, &mut qkv);
+            l.wqkv.matmul(rt, &self.acts, &mut qkv);
             if let Some(lo) = self.lora {
                 for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
                     lo.apply(isa, li, p, &h, d, &mut qkv, d + 2 * kv, offset);
@@ -156,7 +156,7 @@ impl<'m> Session<'m> {
             self.attention(li, &qkv, nt, &mut att);
             rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
-            l.wo.matmul(isa, &self.acts, &mut tmp);
+            l.wo.matmul(rt, &self.acts, &mut tmp);
             if let Some(lo) = self.lora {
                 lo.apply(isa, li, 3, &h, d, &mut tmp, d, 0);
             }
@@ -165,7 +165,7 @@ impl<'m> Session<'m> {
             // Feed-forward.
             rmsnorm(&x, &l.ffn_norm, c.eps, &mut h);
             self.acts.quantize(&h, d);
-            l.wgu.matmul(isa, &self.acts, &mut gu);
+            l.wgu.matmul(rt, &self.acts, &mut gu);
             if let Some(lo) = self.lora {
                 lo.apply(isa, li, 4, &h, d, &mut gu, 2 * f, 0);
                 lo.apply(isa, li, 5, &h, d, &mut gu, 2 * f, f);
@@ -185,7 +185,7 @@ impl<'m> Session<'m> {
             let mut gn = vec![0f32; nt * f];
             rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
             self.acts.quantize(&gn, f);
-            l.wdown.matmul(isa, &self.acts, &mut tmp);
+            l.wdown.matmul(rt, &self.acts, &mut tmp);
             if let Some(lo) = self.lora {
                 lo.apply(isa, li, 6, &gn, f, &mut tmp, d, 0);
             }
@@ -202,7 +202,7 @@ impl<'m> Session<'m> {
         let xs: Vec<&[f32]> = h[first * d..].chunks_exact(d).collect();
         self.logits.clear();
         self.logits.resize(xs.len() * v, 0.0);
-        lm_head(isa, m.lm_head(), d, v, &xs, &mut self.logits);
+        lm_head(rt, m.lm_head(), d, v, &xs, &mut self.logits);
         Ok(&self.logits)
     }
 
@@ -213,7 +213,7 @@ impl<'m> Session<'m> {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let p0 = self.pos;
-        let isa = self.isa;
+        let isa = self.model.rt.isa;
         let per_head = self.ctx * hd;
         // One task per (token, head): each writes its own hd-wide slice of `out`.
         let work = |scores: &mut Vec<f32>, (i, o): (usize, &mut [f32])| {
@@ -241,7 +241,10 @@ impl<'m> Session<'m> {
                 .enumerate()
                 .for_each(|x| work(&mut scores, x));
         } else {
-            kernels::pool::global().for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
+            self.model
+                .rt
+                .pool
+                .for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
         }
     }
 }
@@ -275,11 +278,18 @@ fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// `out[t·V + r] = head[r] · xs[t]`, threaded over vocabulary rows.
-fn lm_head(isa: Isa, w: kernels::FloatRows, d: usize, v: usize, xs: &[&[f32]], out: &mut [f32]) {
-    let nt = xs.len();
+fn lm_head(
+    rt: &Runtime,
+    w: kernels::FloatRows,
+    d: usize,
+    v: usize,
+    xs: &[&[f32]],
+    out: &mut [f32],
+) {
+    let (isa, nt) = (rt.isa, xs.len());
     let chunk = 256;
     let mut tmp = vec![0f32; v * nt]; // [row][token]
-    kernels::pool::global().for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
+    rt.pool.for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
         let r0 = c * chunk;
         let rows = r0..r0 + dst.len() / nt;
         if d.is_multiple_of(16) {

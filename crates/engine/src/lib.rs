@@ -1,9 +1,11 @@
 //! tritium's inference engine: runs `bitnet` GGUF files (TQ2_0, TQ1_0 or I2_S ternary weights)
 //! with packed ternary × int8 kernels, computing exactly what the trained model computed. No Burn.
 //!
-//! Data flow: [`model::Model::load`] (mmap, validate, pack) → [`forward::Session`] (KV cache,
-//! forward pass) → [`sample::Sampler`] → [`generate`] (the token loop with stop conditions).
+//! Data flow: [`model::Model::load`] (mmap, validate, pack, on a [`Runtime`]: threads and ISA) →
+//! [`forward::Session`] (KV cache, forward pass) → [`sample::Sampler`] → [`generate`] (the token
+//! loop with stop conditions).
 
+pub mod chat;
 pub mod forward;
 /// The kernels live in their own crate so the fused training op uses the same ones.
 pub use tritium_kernels as kernels;
@@ -11,6 +13,7 @@ pub mod lora;
 pub mod matrix;
 pub mod model;
 pub mod quant;
+pub mod runtime;
 pub mod sample;
 pub mod synthetic;
 pub mod tokenizer;
@@ -18,9 +21,11 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use chat::Chat;
 pub use forward::{Logits, Session};
 pub use lora::Lora;
 pub use model::Model;
+pub use runtime::Runtime;
 pub use sample::{Sampler, SamplerConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +53,6 @@ impl Error {
             err: source,
         }
     }
-}
-
-/// Runs the engine's parallel loops on `threads` threads (0: one per core). Call once, first.
-pub fn set_threads(threads: usize) {
-    // A second call (tests) finds the team built; that is fine.
-    kernels::pool::init(threads);
 }
 
 /// What ended a generation.

@@ -7,22 +7,12 @@
 
 use std::path::Path;
 
+use tritium_gguf::names::{self, BASE_HASH, Projection, adapter, general};
 use tritium_gguf::{GgmlType, Gguf, Value};
 
 use crate::Error;
 use crate::kernels::{self, Isa};
 use crate::model::Model;
-
-/// The projections of a block, in the order `Layer` stacks them.
-pub const PROJECTIONS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
 
 #[derive(Debug, Clone)]
 pub struct Pair {
@@ -49,9 +39,6 @@ fn short(h: &str) -> String {
     h.chars().take(12).collect()
 }
 
-/// The base checkpoint's identity, as `tritium export` writes it into base and adapter GGUFs.
-pub const BASE_HASH: &str = "tritium.base_hash";
-
 impl Lora {
     pub fn load(path: &Path, model: &Model) -> Result<Lora, Error> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -63,16 +50,21 @@ impl Lora {
             path: path.to_path_buf(),
             msg,
         };
-        if g.get("general.type").and_then(Value::as_str) != Some("adapter")
-            || g.get("adapter.type").and_then(Value::as_str) != Some("lora")
-        {
-            return Err(bad("not a LoRA adapter (general.type = \"adapter\" and adapter.type = \"lora\" expected)".into()));
-        }
-        if let Some(arch) = g.get("general.architecture").and_then(Value::as_str)
-            && arch != "bitnet"
+        if g.get(general::TYPE).and_then(Value::as_str) != Some("adapter")
+            || g.get(adapter::TYPE).and_then(Value::as_str) != Some("lora")
         {
             return Err(bad(format!(
-                "adapter for architecture {arch:?}, the model is \"bitnet\""
+                "not a LoRA adapter ({} = \"adapter\" and {} = \"lora\" expected)",
+                general::TYPE,
+                adapter::TYPE
+            )));
+        }
+        if let Some(arch) = g.get(general::ARCHITECTURE).and_then(Value::as_str)
+            && arch != names::ARCH
+        {
+            return Err(bad(format!(
+                "adapter for architecture {arch:?}, the model is {:?}",
+                names::ARCH
             )));
         }
         // tritium writes the base checkpoint's hash into both files; where both carry one they
@@ -89,19 +81,10 @@ impl Lora {
             )));
         }
         let alpha = g
-            .get("adapter.lora.alpha")
+            .get(adapter::LORA_ALPHA)
             .and_then(Value::as_f32)
-            .ok_or_else(|| bad("adapter.lora.alpha (f32) is missing".into()))?;
+            .ok_or_else(|| bad(format!("{} (f32) is missing", adapter::LORA_ALPHA)))?;
         let c = &model.cfg;
-        let shapes = [
-            (c.d_model, c.d_model),
-            (c.d_model, c.kv_dim()),
-            (c.d_model, c.kv_dim()),
-            (c.d_model, c.d_model),
-            (c.d_model, c.d_ff),
-            (c.d_model, c.d_ff),
-            (c.d_ff, c.d_model),
-        ];
         let mut pairs: Vec<[Option<Pair>; 7]> =
             (0..c.n_layers).map(|_| Default::default()).collect();
         let mut tensors = 0;
@@ -121,11 +104,11 @@ impl Lora {
                     t.name, c.n_layers
                 ))
             })?;
-            let b_name = format!("{base}.lora_b");
+            let b_name = names::lora_b(base);
             let tb = g
                 .tensor(&b_name)
                 .ok_or_else(|| bad(format!("{} has no matching {b_name}", t.name)))?;
-            let (cols, rows) = shapes[target.1];
+            let (cols, rows) = c.projection_shape(target.1);
             let ok_ty = |ty: GgmlType| matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0);
             if !ok_ty(t.ty) || !ok_ty(tb.ty) {
                 return Err(bad(format!(
@@ -145,7 +128,7 @@ impl Lora {
                 )));
             }
             let rank = t.dims[1] as usize;
-            pairs[target.0][target.1] = Some(Pair {
+            pairs[target.0][target.1.index()] = Some(Pair {
                 rank,
                 a: g.dequantize(t),
                 b: g.dequantize(tb),
@@ -198,11 +181,7 @@ impl Lora {
     }
 }
 
-/// `blk.N.<projection>.weight` → (N, projection index).
-fn parse_base(base: &str, layers: usize) -> Option<(usize, usize)> {
-    let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
-    let (n, stem) = rest.split_once('.')?;
-    let n: usize = n.parse().ok()?;
-    let p = PROJECTIONS.iter().position(|s| *s == stem)?;
-    (n < layers).then_some((n, p))
+/// `blk.N.<projection>.weight` of a model with `layers` blocks → (N, projection).
+fn parse_base(base: &str, layers: usize) -> Option<(usize, Projection)> {
+    names::parse_projection(base).filter(|&(n, _)| n < layers)
 }

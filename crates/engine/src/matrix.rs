@@ -10,6 +10,7 @@ use tritium_gguf::blocks::{
 
 use crate::kernels::{self, BLOCK, Block64, Isa};
 use crate::quant::QuantActs;
+use crate::runtime::Runtime;
 
 /// `rows × cols` ternary weights; `y[r] = Σ_j (t[r][j] − 1)·x[j] · scale`.
 #[derive(Debug, Clone)]
@@ -155,14 +156,15 @@ impl TernaryMatrix {
     }
 
     /// `out[t·rows + r] = y` for every token of `a` (rows of `a` are tokens).
-    pub fn matmul(&self, isa: Isa, a: &QuantActs, out: &mut [f32]) {
+    pub fn matmul(&self, rt: &Runtime, a: &QuantActs, out: &mut [f32]) {
+        let (isa, pool) = (rt.isa, &*rt.pool);
         let nt = a.ntok;
         assert_eq!(a.nb, self.nb, "activation width does not match the matrix");
         assert_eq!(out.len(), nt * self.rows);
         if nt >= 2 * TILE {
             // Many tokens (prompts): threads take token tiles, each streaming the whole matrix
             // (from L2/L3) against its tile and writing its own output rows.
-            kernels::pool::global().for_each_chunk(out, TILE * self.rows, |c, dst| {
+            pool.for_each_chunk(out, TILE * self.rows, |c, dst| {
                 let t0 = c * TILE;
                 self.tile_into(
                     isa,
@@ -175,17 +177,17 @@ impl TernaryMatrix {
             });
         } else {
             // One or a few tokens (decode): threads take row ranges.
-            let chunk = chunk_rows(self.rows);
+            let chunk = chunk_rows(self.rows, pool.threads());
             if nt == 1 {
                 // One token: [row][token] is [token][row]; write in place.
-                kernels::pool::global().for_each_chunk(out, chunk, |c, dst| {
+                pool.for_each_chunk(out, chunk, |c, dst| {
                     let r0 = c * chunk;
                     self.matvec_into(isa, a, r0..r0 + dst.len(), dst);
                 });
                 return;
             }
             let mut tmp = vec![0f32; nt * self.rows]; // [row][token]
-            kernels::pool::global().for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
+            pool.for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
                 let r0 = c * chunk;
                 let rows = r0..r0 + dst.len() / nt;
                 if nt == 1 {
@@ -285,7 +287,7 @@ fn rescale(d: i32, w_scale: f32, inv_act_scale: f32) -> f32 {
 
 /// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that
 /// scheduling costs show.
-fn chunk_rows(rows: usize) -> usize {
-    let tasks = kernels::pool::global().threads() * 4;
+fn chunk_rows(rows: usize, threads: usize) -> usize {
+    let tasks = threads * 4;
     rows.div_ceil(tasks).max(16)
 }

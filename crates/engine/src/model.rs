@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use memmap2::Mmap;
+use tritium_gguf::names::{self, BlockNorm, Projection, arch, general};
 use tritium_gguf::{GgmlType, Gguf, TensorInfo, Value};
 
 use crate::Error;
 use crate::kernels::FloatRows;
 use crate::matrix::TernaryMatrix;
+use crate::runtime::Runtime;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,11 @@ impl Config {
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
     }
+    /// `(in, out)` of a projection: the GGUF tensor's `[cols, rows]`.
+    pub fn projection_shape(&self, p: Projection) -> (usize, usize) {
+        p.dims(self.d_model, self.kv_dim(), self.d_ff)
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim()
     }
@@ -97,26 +104,28 @@ pub struct Model {
     pub load_seconds: f64,
     bytes: Arc<Bytes>,
     pub metadata: Vec<(String, Value)>,
+    /// The threads and instruction set this model's sessions run on.
+    pub rt: Runtime,
 }
 
 impl Model {
-    pub fn load(path: &Path) -> Result<Model, Error> {
+    pub fn load(path: &Path, rt: &Runtime) -> Result<Model, Error> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
         // file truncated by another process while mapped is outside what any mmap reader can
         // defend against (llama.cpp shares the assumption).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::from_bytes_inner(path, Bytes::Map(map))
+        Self::from_bytes_inner(path, Bytes::Map(map), rt)
     }
 
     /// A model from bytes in memory (`name` is used in error messages).
-    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Model, Error> {
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>, rt: &Runtime) -> Result<Model, Error> {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-        Self::from_bytes_inner(name, Bytes::Owned(words, bytes.len()))
+        Self::from_bytes_inner(name, Bytes::Owned(words, bytes.len()), rt)
     }
 
-    fn from_bytes_inner(path: &Path, bytes: Bytes) -> Result<Model, Error> {
+    fn from_bytes_inner(path: &Path, bytes: Bytes, rt: &Runtime) -> Result<Model, Error> {
         let start = Instant::now();
         let map = Arc::new(bytes);
         let g = Gguf::parse(&map).map_err(|e| Error::Gguf {
@@ -131,39 +140,32 @@ impl Model {
         let tokenizer =
             Tokenizer::from_gguf(&g, cfg.vocab).map_err(|m| bad(format!("tokenizer: {m}")))?;
         let w = Weights { g: &g };
-        let (d, f, kv, v) = (cfg.d_model, cfg.d_ff, cfg.kv_dim(), cfg.vocab);
+        let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab);
         let embd_t = w
             .tensor(
-                "token_embd.weight",
+                names::TOKEN_EMBD,
                 &[d, v],
                 &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0],
             )
             .map_err(bad)?;
-        let head_t = match g.tensor("output.weight") {
+        let head_t = match g.tensor(names::OUTPUT) {
             None => None,
             Some(_) => Some(
                 w.tensor(
-                    "output.weight",
+                    names::OUTPUT,
                     &[d, v],
                     &[GgmlType::F16, GgmlType::F32, GgmlType::Q8_0],
                 )
                 .map_err(bad)?,
             ),
         };
-        let output_norm = w.vector("output_norm.weight", d).map_err(bad)?;
+        let output_norm = w.vector(names::OUTPUT_NORM, d).map_err(bad)?;
         // Validate every tensor of every layer before packing anything.
         let mut weight_type = None;
         for n in 0..cfg.n_layers {
-            for (stem, cols, rows) in [
-                ("attn_q", d, d),
-                ("attn_k", d, kv),
-                ("attn_v", d, kv),
-                ("attn_output", d, d),
-                ("ffn_gate", d, f),
-                ("ffn_up", d, f),
-                ("ffn_down", f, d),
-            ] {
-                let t = w.ternary(n, stem, cols, rows).map_err(bad)?;
+            for p in Projection::ALL {
+                let (cols, rows) = cfg.projection_shape(p);
+                let t = w.ternary(n, p, cols, rows).map_err(bad)?;
                 match weight_type {
                     None => weight_type = Some(t.ty),
                     Some(ty) if ty != t.ty => weight_type = Some(GgmlType::F32), // mixed: reported only
@@ -173,28 +175,21 @@ impl Model {
         }
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for n in 0..cfg.n_layers {
-            let p = |stem: &str, cols: usize, rows: usize| w.pack(n, stem, cols, rows).map_err(bad);
+            let p = |p: Projection| {
+                let (cols, rows) = cfg.projection_shape(p);
+                w.pack(n, p, cols, rows).map_err(bad)
+            };
+            let norm = |which: BlockNorm, len: usize| w.vector(&which.weight(n), len).map_err(bad);
+            use Projection::*;
             layers.push(Layer {
-                attn_norm: w
-                    .vector(&format!("blk.{n}.attn_norm.weight"), d)
-                    .map_err(bad)?,
-                wqkv: TernaryMatrix::stack(vec![
-                    p("attn_q", d, d)?,
-                    p("attn_k", d, kv)?,
-                    p("attn_v", d, kv)?,
-                ]),
-                attn_sub_norm: w
-                    .vector(&format!("blk.{n}.attn_sub_norm.weight"), d)
-                    .map_err(bad)?,
-                wo: p("attn_output", d, d)?,
-                ffn_norm: w
-                    .vector(&format!("blk.{n}.ffn_norm.weight"), d)
-                    .map_err(bad)?,
-                wgu: TernaryMatrix::stack(vec![p("ffn_gate", d, f)?, p("ffn_up", d, f)?]),
-                ffn_sub_norm: w
-                    .vector(&format!("blk.{n}.ffn_sub_norm.weight"), f)
-                    .map_err(bad)?,
-                wdown: p("ffn_down", f, d)?,
+                attn_norm: norm(BlockNorm::Attn, d)?,
+                wqkv: TernaryMatrix::stack(vec![p(Q)?, p(K)?, p(V)?]),
+                attn_sub_norm: norm(BlockNorm::AttnSub, d)?,
+                wo: p(O)?,
+                ffn_norm: norm(BlockNorm::Ffn, d)?,
+                wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]),
+                ffn_sub_norm: norm(BlockNorm::FfnSub, f)?,
+                wdown: p(Down)?,
             });
         }
         let rows = |t: &TensorInfo| match t.ty {
@@ -227,6 +222,7 @@ impl Model {
             load_seconds: 0.0,
             bytes: map,
             metadata,
+            rt: rt.clone(),
         };
         // Every row must decode as the declared float type (alignment for the in-place view).
         model.float_rows(&model.embd).map_err(bad)?;
@@ -258,6 +254,29 @@ impl Model {
         self.float_rows(&self.embd).expect("checked at load")
     }
 
+    /// Ternary weights in the model (the seven projections of every block).
+    pub fn ternary_weights(&self) -> usize {
+        let c = &self.cfg;
+        c.n_layers
+            * Projection::ALL
+                .iter()
+                .map(|&p| {
+                    let (i, o) = c.projection_shape(p);
+                    i * o
+                })
+                .sum::<usize>()
+    }
+
+    /// Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows)
+    /// and the LM head.
+    pub fn bytes_per_token(&self) -> usize {
+        let head = match self.lm_head() {
+            FloatRows::F16(_) => 2,
+            FloatRows::F32(_) => 4,
+        };
+        self.packed_bytes + head * self.cfg.vocab * self.cfg.d_model
+    }
+
     /// The LM head: `output.weight` if the file has one, else the tied embedding.
     pub fn lm_head(&self) -> FloatRows<'_> {
         self.float_rows(self.head.as_ref().unwrap_or(&self.embd))
@@ -270,18 +289,19 @@ impl Model {
 }
 
 fn read_config(g: &Gguf) -> Result<Config, String> {
-    match g.get("general.architecture").and_then(Value::as_str) {
-        Some("bitnet") => {}
+    match g.get(general::ARCHITECTURE).and_then(Value::as_str) {
+        Some(names::ARCH) => {}
         Some(a) => {
             return Err(format!(
-                "general.architecture is {a:?}; tritium runs \"bitnet\" models"
+                "{} is {a:?}; tritium runs {:?} models",
+                general::ARCHITECTURE,
+                names::ARCH
             ));
         }
-        None => return Err("general.architecture is missing".into()),
+        None => return Err(format!("{} is missing", general::ARCHITECTURE)),
     }
-    let u = |key: &str| -> Result<usize, String> {
-        let k = format!("bitnet.{key}");
-        let v = g.get(&k).ok_or_else(|| format!("{k} is missing"))?;
+    let u = |k: &str| -> Result<usize, String> {
+        let v = g.get(k).ok_or_else(|| format!("{k} is missing"))?;
         let n = v
             .as_u32()
             .ok_or_else(|| format!("{k} = {} is not an unsigned integer", v.display()))?
@@ -291,9 +311,8 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
         }
         Ok(n)
     };
-    let f = |key: &str, default: f32| -> Result<f32, String> {
-        let k = format!("bitnet.{key}");
-        match g.get(&k) {
+    let f = |k: &str, default: f32| -> Result<f32, String> {
+        match g.get(k) {
             None => Ok(default),
             Some(v) => v
                 .as_f32()
@@ -301,32 +320,38 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
                 .ok_or_else(|| format!("{k} = {} is not a positive float", v.display())),
         }
     };
-    let d_model = u("embedding_length")?;
-    let n_heads = u("attention.head_count")?;
-    let n_kv_heads = match g.get("bitnet.attention.head_count_kv") {
+    let d_model = u(arch::EMBEDDING_LENGTH)?;
+    let n_heads = u(arch::HEAD_COUNT)?;
+    let n_kv_heads = match g.get(arch::HEAD_COUNT_KV) {
         None => n_heads,
-        Some(_) => u("attention.head_count_kv")?,
+        Some(_) => u(arch::HEAD_COUNT_KV)?,
     };
-    let vocab = match g.tensor("token_embd.weight") {
+    let vocab = match g.tensor(names::TOKEN_EMBD) {
         Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
-        _ => return Err("tensor token_embd.weight is missing or not 2-D".into()),
+        _ => {
+            return Err(format!(
+                "tensor {} is missing or not 2-D",
+                names::TOKEN_EMBD
+            ));
+        }
     };
     let cfg = Config {
         d_model,
-        n_layers: u("block_count")?,
+        n_layers: u(arch::BLOCK_COUNT)?,
         n_heads,
         n_kv_heads,
-        d_ff: u("feed_forward_length")?,
+        d_ff: u(arch::FEED_FORWARD_LENGTH)?,
         vocab,
-        ctx: u("context_length")?,
-        rope_theta: f("rope.freq_base", 10000.0)?,
-        eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
-        act: match g.get("bitnet.feed_forward_activation").map(|v| v.as_str()) {
+        ctx: u(arch::CONTEXT_LENGTH)?,
+        rope_theta: f(arch::ROPE_FREQ_BASE, 10000.0)?,
+        eps: f(arch::RMS_EPS, 1e-5)?,
+        act: match g.get(arch::FFN_ACT).map(|v| v.as_str()) {
             None | Some(Some("silu")) => Act::Silu,
             Some(Some("relu2")) => Act::Relu2,
             Some(v) => {
                 return Err(format!(
-                    "bitnet.feed_forward_activation = {v:?}: expected \"silu\" or \"relu2\""
+                    "{} = {v:?}: expected \"silu\" or \"relu2\"",
+                    arch::FFN_ACT
                 ));
             }
         },
@@ -339,25 +364,32 @@ fn read_config(g: &Gguf) -> Result<Config, String> {
             "embedding_length {d_model}, head_count {n_heads}, head_count_kv {n_kv_heads}: heads must divide the width evenly into even head sizes, and KV heads the heads"
         ));
     }
-    if let Some(v) = g.get("bitnet.rope.dimension_count")
+    if let Some(v) = g.get(arch::ROPE_DIMENSION_COUNT)
         && v.as_u32() != Some(cfg.head_dim() as u32)
     {
         return Err(format!(
-            "bitnet.rope.dimension_count = {} but the head size is {}; partial RoPE is not supported",
+            "{} = {} but the head size is {}; partial RoPE is not supported",
+            arch::ROPE_DIMENSION_COUNT,
             v.display(),
             cfg.head_dim()
         ));
     }
-    if let Some(v) = g.get("bitnet.vocab_size")
+    if let Some(v) = g.get(arch::VOCAB_SIZE)
         && v.as_u32() != Some(vocab as u32)
     {
         return Err(format!(
-            "bitnet.vocab_size = {} but token_embd.weight has {vocab} rows",
-            v.display()
+            "{} = {} but {} has {vocab} rows",
+            arch::VOCAB_SIZE,
+            v.display(),
+            names::TOKEN_EMBD
         ));
     }
     if cfg.n_layers > 4096 {
-        return Err(format!("bitnet.block_count = {} is absurd", cfg.n_layers));
+        return Err(format!(
+            "{} = {} is absurd",
+            arch::BLOCK_COUNT,
+            cfg.n_layers
+        ));
     }
     Ok(cfg)
 }
@@ -402,12 +434,12 @@ impl<'g, 'a> Weights<'g, 'a> {
     fn ternary(
         &self,
         n: usize,
-        stem: &str,
+        p: Projection,
         cols: usize,
         rows: usize,
     ) -> Result<&'g TensorInfo, String> {
         let t = self.tensor(
-            &format!("blk.{n}.{stem}.weight"),
+            &p.weight(n),
             &[cols, rows],
             &[GgmlType::Tq2_0, GgmlType::Tq1_0, GgmlType::I2S],
         )?;
@@ -423,12 +455,12 @@ impl<'g, 'a> Weights<'g, 'a> {
     fn pack(
         &self,
         n: usize,
-        stem: &str,
+        p: Projection,
         cols: usize,
         rows: usize,
     ) -> Result<TernaryMatrix, String> {
-        let t = self.ternary(n, stem, cols, rows)?;
-        let scale_name = format!("blk.{n}.{stem}.scale");
+        let t = self.ternary(n, p, cols, rows)?;
+        let scale_name = p.scale(n);
         let extra = match self.g.tensor(&scale_name) {
             None => 1.0,
             Some(_) => {

@@ -2,6 +2,7 @@
 //! loader's bad-input tests (each test corrupts one thing in an otherwise valid file).
 
 use tritium_gguf::blocks::{encode_f16, encode_f32, quantize_i2_s, quantize_tq1_0, quantize_tq2_0};
+use tritium_gguf::names::{self, BlockNorm, Projection, arch, general, token_type, tokenizer};
 use tritium_gguf::{GgmlType, Value, Writer};
 
 /// Shape and format of a synthetic model.
@@ -53,36 +54,30 @@ pub fn gguf(spec: &Spec) -> Vec<u8> {
     let kv = d / spec.n_heads * spec.n_kv_heads;
     let mut w = Writer::new();
     let arr = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-    let mut types = vec![Value::I32(1); v];
-    types[v - 1] = Value::I32(3);
-    w.kv("general.architecture", Value::String("bitnet".into()))
-        .kv("bitnet.context_length", Value::U32(spec.ctx as u32))
-        .kv("bitnet.embedding_length", Value::U32(d as u32))
-        .kv("bitnet.block_count", Value::U32(spec.n_layers as u32))
-        .kv("bitnet.feed_forward_length", Value::U32(f as u32))
-        .kv(
-            "bitnet.attention.head_count",
-            Value::U32(spec.n_heads as u32),
-        )
-        .kv(
-            "bitnet.attention.head_count_kv",
-            Value::U32(spec.n_kv_heads as u32),
-        )
-        .kv("bitnet.rope.freq_base", Value::F32(10000.0))
-        .kv("bitnet.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-        .kv("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .kv("tokenizer.ggml.tokens", arr(tokens))
-        .kv("tokenizer.ggml.token_type", Value::Array(types))
-        .kv("tokenizer.ggml.merges", arr(merges))
-        .kv("tokenizer.ggml.eos_token_id", Value::U32(v as u32 - 1));
+    let mut types = vec![Value::I32(token_type::NORMAL); v];
+    types[v - 1] = Value::I32(token_type::CONTROL);
+    w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
+        .kv(arch::CONTEXT_LENGTH, Value::U32(spec.ctx as u32))
+        .kv(arch::EMBEDDING_LENGTH, Value::U32(d as u32))
+        .kv(arch::BLOCK_COUNT, Value::U32(spec.n_layers as u32))
+        .kv(arch::FEED_FORWARD_LENGTH, Value::U32(f as u32))
+        .kv(arch::HEAD_COUNT, Value::U32(spec.n_heads as u32))
+        .kv(arch::HEAD_COUNT_KV, Value::U32(spec.n_kv_heads as u32))
+        .kv(arch::ROPE_FREQ_BASE, Value::F32(10000.0))
+        .kv(arch::RMS_EPS, Value::F32(1e-5))
+        .kv(tokenizer::MODEL, Value::String("gpt2".into()))
+        .kv(tokenizer::TOKENS, arr(tokens))
+        .kv(tokenizer::TOKEN_TYPE, Value::Array(types))
+        .kv(tokenizer::MERGES, arr(merges))
+        .kv(tokenizer::EOS_ID, Value::U32(v as u32 - 1));
     w.tensor(
-        "token_embd.weight",
+        names::TOKEN_EMBD,
         &[d as u64, v as u64],
         GgmlType::F16,
         encode_f16(&rng.floats(d * v, 1.0)),
     );
     w.tensor(
-        "output_norm.weight",
+        names::OUTPUT_NORM,
         &[d as u64],
         GgmlType::F32,
         encode_f32(
@@ -93,29 +88,18 @@ pub fn gguf(spec: &Spec) -> Vec<u8> {
         ),
     );
     for n in 0..spec.n_layers {
-        for (stem, len) in [
-            ("attn_norm", d),
-            ("attn_sub_norm", d),
-            ("ffn_norm", d),
-            ("ffn_sub_norm", f),
-        ] {
+        for norm in BlockNorm::ALL {
+            let len = if norm == BlockNorm::FfnSub { f } else { d };
             let g: Vec<f32> = rng.floats(len, 0.5).iter().map(|x| x + 1.0).collect();
             w.tensor(
-                &format!("blk.{n}.{stem}.weight"),
+                &norm.weight(n),
                 &[len as u64],
                 GgmlType::F32,
                 encode_f32(&g),
             );
         }
-        for (stem, cols, rows) in [
-            ("attn_q", d, d),
-            ("attn_k", d, kv),
-            ("attn_v", d, kv),
-            ("attn_output", d, d),
-            ("ffn_gate", d, f),
-            ("ffn_up", d, f),
-            ("ffn_down", f, d),
-        ] {
+        for p in Projection::ALL {
+            let (cols, rows) = p.dims(d, kv, f);
             let q: Vec<i8> = (0..cols * rows)
                 .map(|_| (rng.next() % 3) as i8 - 1)
                 .collect();
@@ -127,7 +111,7 @@ pub fn gguf(spec: &Spec) -> Vec<u8> {
                 _ => quantize_tq2_0(&qf),
             };
             w.tensor(
-                &format!("blk.{n}.{stem}.weight"),
+                &p.weight(n),
                 &[cols as u64, rows as u64],
                 spec.weights,
                 data,

@@ -4,10 +4,9 @@
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+use tritium_gguf::names::token_type::{CONTROL, USER_DEFINED};
+use tritium_gguf::names::tokenizer;
 use tritium_gguf::{Gguf, Value};
-
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -36,7 +35,7 @@ fn strings(v: Option<&Value>, key: &str) -> Result<Vec<String>, String> {
 
 impl Tokenizer {
     pub fn from_gguf(g: &Gguf, vocab_rows: usize) -> Result<Tokenizer, String> {
-        match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
+        match g.get(tokenizer::MODEL).and_then(Value::as_str) {
             Some("gpt2") => {}
             other => {
                 return Err(format!(
@@ -44,21 +43,21 @@ impl Tokenizer {
                 ));
             }
         }
-        let tokens = strings(g.get("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens")?;
+        let tokens = strings(g.get(tokenizer::TOKENS), tokenizer::TOKENS)?;
         if tokens.len() > vocab_rows {
             return Err(format!(
                 "{} tokens but the embedding has {vocab_rows} rows",
                 tokens.len()
             ));
         }
-        let types: Vec<i32> = match g.get("tokenizer.ggml.token_type") {
+        let types: Vec<i32> = match g.get(tokenizer::TOKEN_TYPE) {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| if let Value::I32(t) = v { *t } else { 1 })
                 .collect(),
             _ => vec![1; tokens.len()],
         };
-        let merges = strings(g.get("tokenizer.ggml.merges"), "tokenizer.ggml.merges")?
+        let merges = strings(g.get(tokenizer::MERGES), tokenizer::MERGES)?
             .into_iter()
             .enumerate()
             .map(|(i, m)| {
@@ -96,14 +95,11 @@ impl Tokenizer {
         };
         Ok(Tokenizer {
             inner,
-            eos: id("tokenizer.ggml.eos_token_id"),
-            bos: id("tokenizer.ggml.bos_token_id"),
-            add_bos: matches!(
-                g.get("tokenizer.ggml.add_bos_token"),
-                Some(Value::Bool(true))
-            ),
+            eos: id(tokenizer::EOS_ID),
+            bos: id(tokenizer::BOS_ID),
+            add_bos: matches!(g.get(tokenizer::ADD_BOS), Some(Value::Bool(true))),
             chat_template: g
-                .get("tokenizer.chat_template")
+                .get(tokenizer::CHAT_TEMPLATE)
                 .and_then(Value::as_str)
                 .map(str::to_string),
         })

@@ -1,6 +1,7 @@
 //! Every SIMD kernel the CPU can run equals the scalar reference bit for bit, and the packed matrix
 //! product equals a float64 product of the dequantized weights and activations.
 
+use tritium_engine::Runtime;
 use tritium_engine::kernels::{self, Block64, FloatRows, Isa};
 use tritium_engine::matrix::TernaryMatrix;
 use tritium_engine::quant::QuantActs;
@@ -148,6 +149,7 @@ fn reference(wdeq: &[f32], rows: usize, cols: usize, a: &QuantActs, t: usize) ->
 
 #[test]
 fn packed_matmul_equals_dequantized_product_for_every_format() {
+    let rt = Runtime::new(2);
     let mut rng = Rng(3);
     for (rows, cols) in [(5usize, 256usize), (33, 768), (7, 512)] {
         let q = trits(&mut rng, rows * cols);
@@ -181,7 +183,7 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
                 a.quantize(&x, cols);
                 for &isa in &Isa::available() {
                     let mut y = vec![0f32; ntok * rows];
-                    m.matmul(isa, &a, &mut y);
+                    m.matmul(&rt.clone().with_isa(isa), &a, &mut y);
                     for t in 0..ntok {
                         let want = reference(&wdeq, rows, cols, &a, t);
                         let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));

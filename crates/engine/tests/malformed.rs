@@ -3,11 +3,17 @@
 use std::path::Path;
 
 use tritium_engine::synthetic::{Spec, gguf};
-use tritium_engine::{Error, Logits, Model, Sampler, SamplerConfig, Session, generate};
+use tritium_engine::{Error, Logits, Model, Runtime, Sampler, SamplerConfig, Session, generate};
 use tritium_gguf::GgmlType;
+use tritium_gguf::names::arch;
+
+/// Two threads, as CI has.
+fn rt() -> Runtime {
+    Runtime::new(2)
+}
 
 fn load(bytes: Vec<u8>) -> Result<Model, Error> {
-    Model::from_bytes(Path::new("test.gguf"), bytes)
+    Model::from_bytes(Path::new("test.gguf"), bytes, &rt())
 }
 
 fn err(bytes: Vec<u8>) -> String {
@@ -34,7 +40,6 @@ fn valid() -> Vec<u8> {
 
 #[test]
 fn synthetic_models_load_and_run_in_every_format() {
-    tritium_engine::set_threads(2);
     for (weights, d) in [
         (GgmlType::Tq2_0, 256),
         (GgmlType::Tq1_0, 256),
@@ -82,7 +87,7 @@ fn missing_tensor_wrong_shape_and_unknown_type_are_named() {
     assert!(e.contains("blk.0.ffn_up.weight is missing"), "{e}");
     // A width that disagrees with the tensors.
     let mut b = valid();
-    let key = b"bitnet.embedding_length";
+    let key = arch::EMBEDDING_LENGTH.as_bytes();
     let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
     b[at..at + 4].copy_from_slice(&512u32.to_le_bytes());
     let e = err(b);
@@ -96,14 +101,9 @@ fn missing_tensor_wrong_shape_and_unknown_type_are_named() {
     assert!(e.contains("tensor type 99"), "{e}");
     // Zero heads would divide by zero.
     let mut b = valid();
-    let key = b"bitnet.attention.head_count\x04";
-    let at = b
-        .windows(key.len() - 1)
-        .position(|w| w == &key[..key.len() - 1])
-        .unwrap()
-        + key.len()
-        - 1
-        + 4;
+    // The first match is head_count itself: its key comes before head_count_kv's.
+    let key = arch::HEAD_COUNT.as_bytes();
+    let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
     b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
     let e = err(b);
     assert!(e.contains("head_count is 0"), "{e}");
@@ -112,7 +112,7 @@ fn missing_tensor_wrong_shape_and_unknown_type_are_named() {
 #[test]
 fn absurd_context_and_long_prompts_are_refused() {
     let mut b = valid();
-    let key = b"bitnet.context_length";
+    let key = arch::CONTEXT_LENGTH.as_bytes();
     let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
     b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     let m = load(b).unwrap();

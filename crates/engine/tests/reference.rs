@@ -5,9 +5,15 @@
 use std::path::Path;
 
 use tritium_engine::synthetic::{Spec, gguf};
-use tritium_engine::{Logits, Lora, Model, Session};
+use tritium_engine::{Logits, Lora, Model, Runtime, Session};
 use tritium_gguf::blocks::encode_f32;
+use tritium_gguf::names::{self, BlockNorm, Projection, adapter, arch, general};
 use tritium_gguf::{GgmlType, Gguf, Value, Writer};
+
+/// Two threads, as CI has.
+fn rt() -> Runtime {
+    Runtime::new(2)
+}
 
 fn rmsnorm(x: &[f64], g: &[f32]) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
@@ -37,13 +43,13 @@ fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f6
     let t = |n: &str| g.dequantize(g.tensor(n).unwrap());
     let u = |k: &str| g.get(k).unwrap().as_u32().unwrap() as usize;
     let (d, nl, nh, nkv) = (
-        u("bitnet.embedding_length"),
-        u("bitnet.block_count"),
-        u("bitnet.attention.head_count"),
-        u("bitnet.attention.head_count_kv"),
+        u(arch::EMBEDDING_LENGTH),
+        u(arch::BLOCK_COUNT),
+        u(arch::HEAD_COUNT),
+        u(arch::HEAD_COUNT_KV),
     );
     let hd = d / nh;
-    let embd = t("token_embd.weight");
+    let embd = t(names::TOKEN_EMBD);
     let proj = |name: &str, x: &[f64]| -> Vec<f64> {
         let mut y = matvec(&t(name), &quant(x));
         if let Some((_, a, b, r)) = lora.iter().find(|(n, ..)| n == name) {
@@ -65,11 +71,13 @@ fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f6
         })
         .collect();
     for l in 0..nl {
-        let b = |s: &str| format!("blk.{l}.{s}.weight");
+        use Projection::*;
+        let b = |p: Projection| p.weight(l);
+        let n = |n: BlockNorm| n.weight(l);
         let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
         for (p, x) in xs.iter().enumerate() {
-            let h = rmsnorm(x, &t(&b("attn_norm")));
-            let (mut q, mut k) = (proj(&b("attn_q"), &h), proj(&b("attn_k"), &h));
+            let h = rmsnorm(x, &t(&n(BlockNorm::Attn)));
+            let (mut q, mut k) = (proj(&b(Q), &h), proj(&b(K), &h));
             for v in [&mut q, &mut k] {
                 for head in v.chunks_exact_mut(hd) {
                     for i in 0..hd / 2 {
@@ -82,7 +90,7 @@ fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f6
             }
             qs.push(q);
             ks.push(k);
-            vs.push(proj(&b("attn_v"), &h));
+            vs.push(proj(&b(V), &h));
         }
         for p in 0..xs.len() {
             let mut att = vec![0f64; d];
@@ -104,21 +112,21 @@ fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f6
                     }
                 }
             }
-            let o = proj(&b("attn_output"), &rmsnorm(&att, &t(&b("attn_sub_norm"))));
+            let o = proj(&b(O), &rmsnorm(&att, &t(&n(BlockNorm::AttnSub))));
             xs[p].iter_mut().zip(o).for_each(|(x, o)| *x += o);
-            let h = rmsnorm(&xs[p], &t(&b("ffn_norm")));
-            let (gate, up) = (proj(&b("ffn_gate"), &h), proj(&b("ffn_up"), &h));
+            let h = rmsnorm(&xs[p], &t(&n(BlockNorm::Ffn)));
+            let (gate, up) = (proj(&b(Gate), &h), proj(&b(Up), &h));
             let m: Vec<f64> = gate
                 .iter()
                 .zip(&up)
                 .map(|(a, u)| a / (1.0 + (-a).exp()) * u)
                 .collect();
-            let dn = proj(&b("ffn_down"), &rmsnorm(&m, &t(&b("ffn_sub_norm"))));
+            let dn = proj(&b(Down), &rmsnorm(&m, &t(&n(BlockNorm::FfnSub))));
             xs[p].iter_mut().zip(dn).for_each(|(x, o)| *x += o);
         }
     }
     xs.iter()
-        .map(|x| matvec(&embd, &rmsnorm(x, &t("output_norm.weight"))))
+        .map(|x| matvec(&embd, &rmsnorm(x, &t(names::OUTPUT_NORM))))
         .collect()
 }
 
@@ -126,10 +134,10 @@ fn adapter(spec: &Spec, alpha: f32, rank: usize) -> (Vec<u8>, Adapter) {
     let d = spec.d_model;
     let kv = d / spec.n_heads * spec.n_kv_heads;
     let mut w = Writer::new();
-    w.kv("general.architecture", Value::String("bitnet".into()))
-        .kv("general.type", Value::String("adapter".into()))
-        .kv("adapter.type", Value::String("lora".into()))
-        .kv("adapter.lora.alpha", Value::F32(alpha));
+    w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
+        .kv(general::TYPE, Value::String("adapter".into()))
+        .kv(adapter::TYPE, Value::String("lora".into()))
+        .kv(adapter::LORA_ALPHA, Value::F32(alpha));
     let mut list = Adapter::new();
     let mut s = 7u64;
     let mut rnd = |n: usize, scale: f32| -> Vec<f32> {
@@ -142,23 +150,19 @@ fn adapter(spec: &Spec, alpha: f32, rank: usize) -> (Vec<u8>, Adapter) {
             })
             .collect()
     };
-    for (stem, cols, rows) in [
-        ("attn_q", d, d),
-        ("attn_v", d, kv),
-        ("attn_output", d, d),
-        ("ffn_up", d, spec.d_ff),
-        ("ffn_down", spec.d_ff, d),
-    ] {
-        let base = format!("blk.0.{stem}.weight");
+    use Projection::*;
+    for p in [Q, V, O, Up, Down] {
+        let (cols, rows) = p.dims(d, kv, spec.d_ff);
+        let base = p.weight(0);
         let (a, b) = (rnd(rank * cols, 0.2), rnd(rows * rank, 0.2));
         w.tensor(
-            &format!("{base}.lora_a"),
+            &names::lora_a(&base),
             &[cols as u64, rank as u64],
             GgmlType::F32,
             encode_f32(&a),
         );
         w.tensor(
-            &format!("{base}.lora_b"),
+            &names::lora_b(&base),
             &[rank as u64, rows as u64],
             GgmlType::F32,
             encode_f32(&b),
@@ -178,14 +182,13 @@ fn max_rel(got: &[f32], want: &[f64]) -> f64 {
 
 #[test]
 fn engine_equals_float64_reference_with_and_without_lora() {
-    tritium_engine::set_threads(2);
     let spec = Spec {
         n_layers: 2,
         ..Spec::default()
     };
     let bytes = gguf(&spec);
     let g = Gguf::parse(&bytes).unwrap();
-    let model = Model::from_bytes(Path::new("m.gguf"), bytes.clone()).unwrap();
+    let model = Model::from_bytes(Path::new("m.gguf"), bytes.clone(), &rt()).unwrap();
     let tokens: Vec<u32> = vec![257, 10, 100, 3, 77, 200, 5, 42];
     let dir = tempfile::tempdir().unwrap();
     let (ab, list) = adapter(&spec, 16.0, 4);
@@ -218,7 +221,7 @@ fn engine_equals_float64_reference_with_and_without_lora() {
 
 #[test]
 fn adapters_for_another_model_are_refused() {
-    let model = Model::from_bytes(Path::new("m.gguf"), gguf(&Spec::default())).unwrap();
+    let model = Model::from_bytes(Path::new("m.gguf"), gguf(&Spec::default()), &rt()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Rank-4 adapter made for a 512-wide model.
     let (ab, _) = adapter(
@@ -246,4 +249,31 @@ fn adapters_for_another_model_are_refused() {
             .to_string()
             .contains("not a LoRA adapter")
     );
+}
+
+/// Two engines with different thread teams live in one process and run at the same time; the
+/// logits do not depend on the team (every output is computed by one task in a fixed order).
+#[test]
+fn two_engines_with_different_thread_counts_run_side_by_side() {
+    let bytes = gguf(&Spec {
+        n_layers: 2,
+        ctx: 64,
+        ..Spec::default()
+    });
+    let one = Model::from_bytes(Path::new("one.gguf"), bytes.clone(), &Runtime::new(1)).unwrap();
+    let three = Model::from_bytes(Path::new("three.gguf"), bytes, &Runtime::new(3)).unwrap();
+    assert_eq!((one.rt.threads(), three.rt.threads()), (1, 3));
+    // Enough tokens that prompt processing splits its work across the larger team.
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 250) as u32).collect();
+    let run = |m: &Model| {
+        let mut s = Session::new(m, 64).unwrap();
+        s.forward(&tokens, Logits::All).unwrap().to_vec()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| run(&one));
+        let b = sc.spawn(|| run(&three));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.len(), 40 * one.cfg.vocab);
+    assert_eq!(a, b);
 }

@@ -10,20 +10,23 @@
 //! `ScaleMode::Folded` instead puts fp16(s) into every block's `d` (no extra tensors; 11-bit
 //! mantissa, so within 4.9e-4 relative).
 
-pub mod names;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use tritium_checkpoint::fsutil::write_atomic;
+use tritium_checkpoint::{AdapterSet, Checkpoint, CheckpointError};
 use tritium_gguf::blocks::{
     encode_f16, encode_f32, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
+};
+use tritium_gguf::names::{
+    self, BlockNorm, Projection, adapter, arch, general, tokenizer as tok_keys,
 };
 use tritium_gguf::{GgmlType, Value, Writer};
 use tritium_model::burn::prelude::*;
 use tritium_model::quant::weight_scale;
 use tritium_model::{Backend, BitLinear, FfnAct};
-use tritium_train::checkpoint::{self, CheckpointError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -59,15 +62,54 @@ pub enum WeightType {
     I2S,
 }
 
+/// `FromStr` for an option enum from its `(name, value)` table, with an error that lists the
+/// names (what `--type`, `--scale` and `--embd` accept).
+macro_rules! named {
+    ($t:ty, $what:literal, [$(($name:literal, $v:expr)),+ $(,)?]) => {
+        impl $t {
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($v),)+
+                    _ => Err(format!(
+                        "{} {s:?}: expected one of {}",
+                        $what,
+                        Self::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named!(
+    WeightType,
+    "weight type",
+    [
+        ("tq2_0", WeightType::Tq2_0),
+        ("tq1_0", WeightType::Tq1_0),
+        ("i2_s", WeightType::I2S)
+    ]
+);
+named!(
+    ScaleMode,
+    "scale mode",
+    [("exact", ScaleMode::Exact), ("folded", ScaleMode::Folded)]
+);
+named!(
+    EmbdType,
+    "embedding type",
+    [
+        ("f16", EmbdType::F16),
+        ("f32", EmbdType::F32),
+        ("q8_0", EmbdType::Q8_0)
+    ]
+);
+
 impl WeightType {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "tq2_0" => Self::Tq2_0,
-            "tq1_0" => Self::Tq1_0,
-            "i2_s" => Self::I2S,
-            _ => return None,
-        })
-    }
     pub fn ggml(self) -> GgmlType {
         match self {
             Self::Tq2_0 => GgmlType::Tq2_0,
@@ -105,6 +147,8 @@ pub struct ExportOptions {
     pub weights: WeightType,
     pub scale: ScaleMode,
     pub embd: EmbdType,
+    /// Where the checkpoint's model runs (ternarization is Burn ops, as training computes it).
+    pub device: Backend,
 }
 
 #[derive(Debug)]
@@ -143,70 +187,59 @@ pub fn ternarize(layer: &BitLinear) -> (Vec<i8>, f32) {
     (q, g)
 }
 
-/// The seven projections of a block, in `names::PROJECTIONS` order.
-pub fn projections(b: &tritium_model::Block) -> [&BitLinear; 7] {
-    b.projections()
-}
-
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().iter::<f32>().collect()
 }
 
+/// Writes the checkpoint `ckpt_or_run` (a run directory or a `step-N` directory) as a GGUF at
+/// `out`.
 pub fn export(
     ckpt_or_run: &Path,
     opts: &ExportOptions,
     out: &Path,
 ) -> Result<ExportReport, ExportError> {
     let start = Instant::now();
-    let ckpt = checkpoint::resolve(ckpt_or_run)?;
-    let device = Backend::Flex.device()?;
-    let (model, state) = checkpoint::load_model(&ckpt, &device)?;
-    let cfg = &state.config.model;
+    let ckpt = Checkpoint::open(ckpt_or_run)?;
+    let device = opts.device.device()?;
+    let model = ckpt.load_model(&device)?;
+    let cfg = ckpt.model_config();
     let mut warnings = Vec::new();
-    if checkpoint::lora_layout(&ckpt)?.is_some() {
+    if ckpt.lora_layout()?.is_some() {
         warnings.push("this fine-tuning checkpoint carries LoRA adapters: the GGUF holds the base alone; export the adapter with --lora, or fine-tune with --merge".into());
     }
     if cfg.ffn_act == FfnAct::Relu2 {
         warnings.push(format!(
             "ffn_act = relu2: upstream llama.cpp's bitnet architecture always runs SiLU and will compute wrong logits; tritium's engine reads {} = \"relu2\"",
-            names::FFN_ACT
+            arch::FFN_ACT
         ));
     }
-    let tok_path = if ckpt.join("tokenizer.json").exists() {
-        ckpt.join("tokenizer.json")
-    } else {
-        state.config.data.tokenizer.clone()
-    };
-    let vocab = tokenizer::read(&tok_path, cfg.vocab_size)?;
+    let vocab = tokenizer::read(&ckpt.tokenizer_path()?, cfg.vocab_size)?;
 
     let mut w = Writer::new();
-    w.kv("general.architecture", Value::String(names::ARCH.into()))
-        .kv("general.type", Value::String("model".into()))
+    w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
+        .kv(general::TYPE, Value::String("model".into()))
         .kv(
-            "general.name",
-            Value::String(format!("tritium {}", ckpt.display())),
+            general::NAME,
+            Value::String(format!("tritium {}", ckpt.dir.display())),
         )
-        .kv("general.file_type", Value::U32(opts.weights.file_type()))
+        .kv(general::FILE_TYPE, Value::U32(opts.weights.file_type()))
+        .kv(names::BASE_HASH, Value::String(ckpt.model_hash()?))
+        .kv(general::QUANTIZATION_VERSION, Value::U32(2))
+        .kv(arch::CONTEXT_LENGTH, Value::U32(cfg.max_seq_len as u32))
+        .kv(arch::EMBEDDING_LENGTH, Value::U32(cfg.d_model as u32))
+        .kv(arch::BLOCK_COUNT, Value::U32(cfg.n_layers as u32))
+        .kv(arch::FEED_FORWARD_LENGTH, Value::U32(cfg.d_ff as u32))
+        .kv(arch::HEAD_COUNT, Value::U32(cfg.n_heads as u32))
+        .kv(arch::HEAD_COUNT_KV, Value::U32(cfg.kv_heads() as u32))
+        .kv(arch::ROPE_FREQ_BASE, Value::F32(cfg.rope_theta))
         .kv(
-            names::BASE_HASH,
-            Value::String(checkpoint::model_hash(&ckpt)?),
-        )
-        .kv("general.quantization_version", Value::U32(2))
-        .kv(names::CONTEXT_LENGTH, Value::U32(cfg.max_seq_len as u32))
-        .kv(names::EMBEDDING_LENGTH, Value::U32(cfg.d_model as u32))
-        .kv(names::BLOCK_COUNT, Value::U32(cfg.n_layers as u32))
-        .kv(names::FEED_FORWARD_LENGTH, Value::U32(cfg.d_ff as u32))
-        .kv(names::HEAD_COUNT, Value::U32(cfg.n_heads as u32))
-        .kv(names::HEAD_COUNT_KV, Value::U32(cfg.kv_heads() as u32))
-        .kv(names::ROPE_FREQ_BASE, Value::F32(cfg.rope_theta))
-        .kv(
-            names::ROPE_DIMENSION_COUNT,
+            arch::ROPE_DIMENSION_COUNT,
             Value::U32(cfg.head_dim() as u32),
         )
-        .kv(names::RMS_EPS, Value::F32(cfg.norm_eps))
-        .kv(names::VOCAB_SIZE, Value::U32(cfg.vocab_size as u32))
+        .kv(arch::RMS_EPS, Value::F32(cfg.norm_eps))
+        .kv(arch::VOCAB_SIZE, Value::U32(cfg.vocab_size as u32))
         .kv(
-            names::FFN_ACT,
+            arch::FFN_ACT,
             Value::String(match cfg.ffn_act {
                 FfnAct::Silu => "silu".into(),
                 FfnAct::Relu2 => "relu2".into(),
@@ -215,18 +248,8 @@ pub fn export(
     for (k, v) in vocab.metadata() {
         w.kv(k, v);
     }
-    let tpl_path = ckpt.join(checkpoint::CHAT_TEMPLATE);
-    match std::fs::read_to_string(&tpl_path) {
-        Ok(t) => {
-            w.kv("tokenizer.chat_template", Value::String(t));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(ExportError::Io {
-                path: tpl_path,
-                source,
-            });
-        }
+    if let Some(t) = ckpt.chat_template()? {
+        w.kv(tok_keys::CHAT_TEMPLATE, Value::String(t));
     }
 
     let embd = values(model.tok_embd.weight.val());
@@ -259,12 +282,11 @@ pub fn export(
 
     let (mut ternary_weights, mut ternary_bytes) = (0, 0);
     for (n, b) in model.blocks.iter().enumerate() {
-        let gains = [&b.attn_norm, &b.attn.sub_norm, &b.ffn_norm, &b.ffn.sub_norm];
-        for (stem, g) in names::BLOCK_NORMS.iter().zip(gains) {
-            norm(&mut w, &names::weight(n, stem), g.gamma.val());
+        for (which, g) in BlockNorm::ALL.into_iter().zip(b.norms()) {
+            norm(&mut w, &which.weight(n), g.gamma.val());
         }
-        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
-            let name = names::weight(n, stem);
+        for (p, layer) in Projection::ALL.into_iter().zip(b.projections()) {
+            let name = p.weight(n);
             let [rows, cols] = layer.weight.dims();
             let (q, s) = ternarize(layer);
             let bytes = match opts.weights {
@@ -306,24 +328,19 @@ pub fn export(
                 bytes,
             );
             if opts.weights != WeightType::I2S && opts.scale == ScaleMode::Exact {
-                w.tensor(
-                    &names::scale(n, stem),
-                    &[1],
-                    GgmlType::F32,
-                    encode_f32(&[s]),
-                );
+                w.tensor(&p.scale(n), &[1], GgmlType::F32, encode_f32(&[s]));
             }
         }
     }
 
     let bytes = w.to_bytes();
     // Temp file + rename: a failed or interrupted export never leaves a partial file under `out`.
-    tritium_train::fsutil::write_atomic(out, &bytes).map_err(|source| ExportError::Io {
+    write_atomic(out, &bytes).map_err(|source| ExportError::Io {
         path: out.to_path_buf(),
         source,
     })?;
     Ok(ExportReport {
-        checkpoint: ckpt,
+        checkpoint: ckpt.dir.clone(),
         file_bytes: bytes.len(),
         ternary_weights,
         ternary_bytes,
@@ -333,56 +350,47 @@ pub fn export(
     })
 }
 
-/// Writes the LoRA adapters attached to `model`'s BitLinears as a llama.cpp LoRA-adapter GGUF
-/// (see [`export_lora_tensors`]). Returns the number of adapted projections.
-pub fn export_lora(
-    model: &tritium_model::Transformer,
-    base_hash: Option<&str>,
-    out: &Path,
-) -> Result<usize, ExportError> {
-    export_lora_tensors(&tritium_train::finetune::adapters(model), base_hash, out)
-}
-
-/// Writes adapters (GGUF base name, `A` `[r, in]`, `B` `[out, r]`, alpha) as a llama.cpp
-/// LoRA-adapter GGUF: `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`,
-/// and per adapted projection `<base>.lora_a` (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`),
-/// F32. `base_hash` (the base checkpoint's, see `checkpoint::model_hash`) is written as
-/// `tritium.base_hash`, which the engine compares with the base GGUF's; llama.cpp ignores it.
-pub fn export_lora_tensors(
-    list: &[tritium_train::finetune::AdapterTensors],
-    base_hash: Option<&str>,
-    out: &Path,
-) -> Result<usize, ExportError> {
-    let Some(alpha) = list.first().map(|t| t.5) else {
+/// Writes adapters as a llama.cpp LoRA-adapter GGUF: `general.type = "adapter"`,
+/// `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted projection `<base>.lora_a`
+/// (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`), F32. The set's base hash (the base
+/// checkpoint's, see [`Checkpoint::model_hash`]) is written as `tritium.base_hash`, which the engine
+/// compares with the base GGUF's; llama.cpp ignores it. Returns the number of adapted projections.
+pub fn export_lora(set: &AdapterSet, out: &Path) -> Result<usize, ExportError> {
+    let list = &set.adapters;
+    let Some(alpha) = list.first().map(|t| t.alpha) else {
         return Err(ExportError::Lora("the model has no LoRA adapters".into()));
     };
-    if list.iter().any(|t| t.5 != alpha) {
-        return Err(ExportError::Lora("adapters with different alphas cannot share one GGUF (llama.cpp has one adapter.lora.alpha)".into()));
+    if list.iter().any(|t| t.alpha != alpha) {
+        return Err(ExportError::Lora(format!(
+            "adapters with different alphas cannot share one GGUF (llama.cpp has one {})",
+            adapter::LORA_ALPHA
+        )));
     }
     let mut w = Writer::new();
-    w.kv("general.architecture", Value::String(names::ARCH.into()))
-        .kv("general.type", Value::String("adapter".into()))
-        .kv("adapter.type", Value::String("lora".into()))
-        .kv("adapter.lora.alpha", Value::F32(alpha));
-    if let Some(h) = base_hash {
-        w.kv(names::BASE_HASH, Value::String(h.into()));
+    w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
+        .kv(general::TYPE, Value::String("adapter".into()))
+        .kv(adapter::TYPE, Value::String("lora".into()))
+        .kv(adapter::LORA_ALPHA, Value::F32(alpha));
+    if let Some(h) = &set.base_hash {
+        w.kv(names::BASE_HASH, Value::String(h.clone()));
     }
-    for (base, ad, a, bd, b, _) in list {
+    for ad in list {
+        let base = ad.base_name();
         // ggml lists dimensions fastest first: A [r, in] row-major is ggml [in, r].
         w.tensor(
-            &format!("{base}.lora_a"),
-            &[ad[1] as u64, ad[0] as u64],
+            &names::lora_a(&base),
+            &[ad.d_in as u64, ad.rank as u64],
             GgmlType::F32,
-            encode_f32(a),
+            encode_f32(&ad.a),
         );
         w.tensor(
-            &format!("{base}.lora_b"),
-            &[bd[1] as u64, bd[0] as u64],
+            &names::lora_b(&base),
+            &[ad.rank as u64, ad.d_out as u64],
             GgmlType::F32,
-            encode_f32(b),
+            encode_f32(&ad.b),
         );
     }
-    tritium_train::fsutil::write_atomic(out, &w.to_bytes()).map_err(|source| ExportError::Io {
+    write_atomic(out, &w.to_bytes()).map_err(|source| ExportError::Io {
         path: out.to_path_buf(),
         source,
     })?;

@@ -4,14 +4,10 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 use tritium_gguf::Value;
+use tritium_gguf::names::token_type::{CONTROL, NORMAL, UNUSED, USER_DEFINED};
+use tritium_gguf::names::tokenizer as keys;
 
 use crate::ExportError;
-
-/// llama.cpp token types.
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
 
 pub struct GgufVocab {
     pub tokens: Vec<String>,
@@ -118,10 +114,10 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
 impl GgufVocab {
     pub fn metadata(&self) -> Vec<(&'static str, Value)> {
         let mut kv = vec![
-            ("tokenizer.ggml.model", Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
+            (keys::MODEL, Value::String("gpt2".into())),
+            (keys::PRE, Value::String("gpt-2".into())),
             (
-                "tokenizer.ggml.tokens",
+                keys::TOKENS,
                 Value::Array(
                     self.tokens
                         .iter()
@@ -130,11 +126,11 @@ impl GgufVocab {
                 ),
             ),
             (
-                "tokenizer.ggml.token_type",
+                keys::TOKEN_TYPE,
                 Value::Array(self.types.iter().map(|&t| Value::I32(t)).collect()),
             ),
             (
-                "tokenizer.ggml.merges",
+                keys::MERGES,
                 Value::Array(
                     self.merges
                         .iter()
@@ -142,12 +138,12 @@ impl GgufVocab {
                         .collect(),
                 ),
             ),
-            ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-            ("tokenizer.ggml.add_eos_token", Value::Bool(false)),
+            (keys::ADD_BOS, Value::Bool(false)),
+            (keys::ADD_EOS, Value::Bool(false)),
         ];
         if let Some(eot) = self.eot {
-            kv.push(("tokenizer.ggml.bos_token_id", Value::U32(eot)));
-            kv.push(("tokenizer.ggml.eos_token_id", Value::U32(eot)));
+            kv.push((keys::BOS_ID, Value::U32(eot)));
+            kv.push((keys::EOS_ID, Value::U32(eot)));
         }
         kv
     }

@@ -6,14 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tritium_export::{
-    EmbdType, ExportOptions, ScaleMode, WeightType, export, names, projections, ternarize,
-};
+use tritium_checkpoint::{Contents, Origin, Provenance, State};
+use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export, ternarize};
+use tritium_gguf::names::{self, BlockNorm, Projection, arch};
 use tritium_gguf::{GgmlType, Gguf};
-use tritium_model::{Backend, Transformer};
-use tritium_train::RunConfig;
-use tritium_train::checkpoint::{self, State};
-use tritium_train::optim::{AdamW, AdamWConfig};
+use tritium_model::{Backend, ModelConfig, Transformer};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,32 +44,43 @@ fn oracle(args: &[&str]) -> String {
     text
 }
 
-/// A one-block model with GGUF-friendly shapes (multiples of 256), saved as a checkpoint.
+/// A one-block model with GGUF-friendly shapes (multiples of 256), saved as a checkpoint with
+/// the bundled tokenizer. `overrides` set `[model]` keys (`d_model=128`).
 fn checkpoint(dir: &Path, overrides: &[&str]) -> (PathBuf, Transformer) {
-    let mut sets: Vec<String> = vec![
-        "n_layers=1".into(),
-        "d_ff=512".into(),
-        "n_kv_heads=2".into(),
-    ];
-    sets.push(format!(
-        "tokenizer=\"{}\"",
-        root().join("datasets/tinystories/tokenizer.json").display()
-    ));
-    sets.extend(overrides.iter().map(|s| s.to_string()));
-    let cfg = RunConfig::load(&root().join("configs/tiny.toml"), &sets).unwrap();
+    let mut cfg = ModelConfig::from_toml_file(&root().join("configs/tiny.toml")).unwrap();
+    (cfg.n_layers, cfg.d_ff, cfg.n_kv_heads) = (1, 512, Some(2));
+    for o in overrides {
+        let (k, v) = o.split_once('=').unwrap();
+        let v: usize = v.parse().unwrap();
+        match k {
+            "d_model" => cfg.d_model = v,
+            "n_heads" => cfg.n_heads = v,
+            "n_kv_heads" => cfg.n_kv_heads = Some(v),
+            _ => panic!("no override for {k}"),
+        }
+    }
+    cfg.validate().unwrap();
     let dev = Backend::Flex.device().unwrap();
     dev.seed(3);
-    let model = Transformer::new(&cfg.model, &dev);
-    let state = State {
-        format: checkpoint::FORMAT,
-        step: 1,
-        tokens: 0,
-        best_val_loss: None,
-        tokenizer_hash: String::new(),
-        config: cfg,
+    let model = Transformer::new(&cfg, &dev);
+    let tokenizer = root().join("datasets/tinystories/tokenizer.json");
+    let provenance = Provenance {
+        origin: Origin::Train,
+        tokenizer: Some(tokenizer.clone()),
+        run: serde_json::Value::Null,
     };
-    let optim = AdamW::new(AdamWConfig::default());
-    let path = checkpoint::save(dir, &model, &optim, &state, 1).unwrap();
+    let state = State {
+        step: 1,
+        ..State::new(cfg, String::new(), provenance)
+    };
+    let contents = Contents {
+        model: &model,
+        state: &state,
+        optim: &|p| std::fs::write(p, b""),
+        tokenizer: Some(&tokenizer),
+        extra: &[],
+    };
+    let path = tritium_checkpoint::save(dir, &contents, 1).unwrap();
     (path, model)
 }
 
@@ -89,9 +97,9 @@ fn dump_expectations(model: &Transformer, dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let mut scales = serde_json::Map::new();
     for (n, b) in model.blocks.iter().enumerate() {
-        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
+        for (p, layer) in Projection::ALL.into_iter().zip(b.projections()) {
             let (q, s) = ternarize(layer);
-            let name = names::weight(n, stem);
+            let name = p.weight(n);
             std::fs::write(
                 dir.join(format!("{name}.trits")),
                 q.iter().map(|&v| v as u8).collect::<Vec<u8>>(),
@@ -99,10 +107,9 @@ fn dump_expectations(model: &Transformer, dir: &Path) {
             .unwrap();
             scales.insert(name, serde_json::json!(s));
         }
-        let gains = [&b.attn_norm, &b.attn.sub_norm, &b.ffn_norm, &b.ffn.sub_norm];
-        for (stem, g) in names::BLOCK_NORMS.iter().zip(gains) {
+        for (which, g) in BlockNorm::ALL.into_iter().zip(b.norms()) {
             f32_file(
-                &dir.join(format!("{}.f32", names::weight(n, stem))),
+                &dir.join(format!("{}.f32", which.weight(n))),
                 &g.gamma.val().into_data().iter::<f32>().collect::<Vec<_>>(),
             );
         }
@@ -154,6 +161,7 @@ fn exports_pass_our_reader_and_the_gguf_package() {
                 weights: ty,
                 scale,
                 embd: EmbdType::F16,
+                device: Backend::Flex,
             },
             &out,
         )
@@ -169,15 +177,15 @@ fn exports_pass_our_reader_and_the_gguf_package() {
         };
         assert_eq!(g.tensors.len(), 2 + 4 + 7 + scales, "{ty:?} {scale:?}");
         assert_eq!(
-            g.get("general.architecture").unwrap().as_str(),
-            Some("bitnet")
+            g.get(names::general::ARCHITECTURE).unwrap().as_str(),
+            Some(names::ARCH)
         );
-        assert_eq!(g.get(names::HEAD_COUNT_KV).unwrap().as_u32(), Some(2));
-        assert_eq!(g.get(names::RMS_EPS).unwrap().as_f32(), Some(1e-5));
+        assert_eq!(g.get(arch::HEAD_COUNT_KV).unwrap().as_u32(), Some(2));
+        assert_eq!(g.get(arch::RMS_EPS).unwrap().as_f32(), Some(1e-5));
         let b = &model.blocks[0];
-        for (stem, layer) in names::PROJECTIONS.iter().zip(projections(b)) {
+        for (p, layer) in Projection::ALL.into_iter().zip(b.projections()) {
             let (q, s) = ternarize(layer);
-            let t = g.tensor(&names::weight(0, stem)).unwrap();
+            let t = g.tensor(&p.weight(0)).unwrap();
             assert_eq!(t.ty, ty.ggml());
             let [rows, cols] = layer.weight.dims();
             assert_eq!(t.dims, vec![cols as u64, rows as u64]);
@@ -186,10 +194,7 @@ fn exports_pass_our_reader_and_the_gguf_package() {
                 (WeightType::I2S, _) => assert!(v.iter().zip(&q).all(|(a, &b)| *a == b as f32 * s)),
                 (_, ScaleMode::Exact) => {
                     assert!(v.iter().zip(&q).all(|(a, &b)| *a == b as f32));
-                    assert_eq!(
-                        g.dequantize(g.tensor(&names::scale(0, stem)).unwrap()),
-                        vec![s]
-                    );
+                    assert_eq!(g.dequantize(g.tensor(&p.scale(0)).unwrap()), vec![s]);
                 }
                 (_, ScaleMode::Folded) => assert!(
                     v.iter()
@@ -226,6 +231,7 @@ fn tokenizer_metadata_matches_tokenizer_json() {
             weights: WeightType::Tq2_0,
             scale: ScaleMode::Exact,
             embd: EmbdType::F16,
+            device: Backend::Flex,
         },
         &out,
     )
@@ -233,7 +239,7 @@ fn tokenizer_metadata_matches_tokenizer_json() {
     let bytes = std::fs::read(&out).unwrap();
     let g = Gguf::parse(&bytes).unwrap();
     let tok = tokenizers_json();
-    let tokens = match g.get("tokenizer.ggml.tokens").unwrap() {
+    let tokens = match g.get(names::tokenizer::TOKENS).unwrap() {
         tritium_gguf::Value::Array(a) => a
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
@@ -245,15 +251,12 @@ fn tokenizer_metadata_matches_tokenizer_json() {
         assert_eq!(&tokens[id.as_u64().unwrap() as usize], t);
     }
     assert_eq!(tokens[0], "<|endoftext|>");
+    assert_eq!(g.get(names::tokenizer::EOS_ID).unwrap().as_u32(), Some(0));
     assert_eq!(
-        g.get("tokenizer.ggml.eos_token_id").unwrap().as_u32(),
-        Some(0)
-    );
-    assert_eq!(
-        g.get("tokenizer.ggml.model").unwrap().as_str(),
+        g.get(names::tokenizer::MODEL).unwrap().as_str(),
         Some("gpt2")
     );
-    let merges = match g.get("tokenizer.ggml.merges").unwrap() {
+    let merges = match g.get(names::tokenizer::MERGES).unwrap() {
         tritium_gguf::Value::Array(a) => a.len(),
         _ => panic!("merges"),
     };
@@ -305,6 +308,7 @@ fn bad_requests_are_refused_clearly() {
         weights: WeightType::Tq2_0,
         scale: ScaleMode::Exact,
         embd: EmbdType::F16,
+        device: Backend::Flex,
     };
     let e = export(&ckpt, &opts, &d.path().join("x.gguf"))
         .unwrap_err()

@@ -4,9 +4,11 @@
 //! current llama.cpp demands); [`read::Gguf`] parses one from bytes (a memory map, say) and checks
 //! every count, length and offset against the buffer before anything is read, so a malformed file
 //! is an error, never a panic or an out-of-bounds read. [`blocks`] packs and unpacks TQ2_0, TQ1_0,
-//! I2_S, Q8_0 and F16 exactly as ggml (and bitnet.cpp for I2_S) define them.
+//! I2_S, Q8_0 and F16 exactly as ggml (and bitnet.cpp for I2_S) define them. [`names`] is the one
+//! table of metadata keys and tensor names.
 
 pub mod blocks;
+pub mod names;
 pub mod read;
 pub mod types;
 pub mod write;

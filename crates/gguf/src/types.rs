@@ -55,6 +55,15 @@ impl GgmlType {
         }
     }
 
+    /// Bits a weight takes in the file: block bytes over block elements (I2_S: its 2-bit codes,
+    /// without the per-tensor tail).
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Self::I2S => 2.0,
+            t => (t.nbytes(t.block_elems()) * 8) as f64 / t.block_elems() as f64,
+        }
+    }
+
     /// Bytes a tensor of `n` elements (a whole number of blocks) takes.
     pub fn nbytes(self, n: usize) -> usize {
         match self {

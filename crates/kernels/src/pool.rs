@@ -1,4 +1,5 @@
-//! A small team of threads for the engine's parallel loops. Decoding one token runs ~50 short
+//! A small team of threads for the engine's parallel loops (one team per engine runtime; there is
+//! no process-wide team). Decoding one token runs ~50 short
 //! parallel loops; a general-purpose pool whose workers sleep between them (rayon) pays a futex
 //! wake-up and context switches each time (measured: ~400 switches per token). Here workers spin on
 //! a generation counter for a while before sleeping, and the caller works too, so a loop costs a
@@ -6,7 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 type Task = dyn Fn(usize) + Sync;
 
@@ -22,6 +23,10 @@ struct Shared {
     done: AtomicUsize,
     sleepers: AtomicUsize,
     panicked: AtomicBool,
+    /// Set when the `Pool` is dropped: workers leave instead of waiting for more work.
+    shutdown: AtomicBool,
+    /// Workers not yet left.
+    alive: AtomicUsize,
     job: Mutex<Job>,
     lock: Mutex<()>,
     wake: Condvar,
@@ -39,18 +44,29 @@ pub struct Pool {
 const SPINS: u32 = 1 << 17;
 
 impl Pool {
+    /// A team of `threads` threads, the caller's included (0: one per core).
     pub fn new(threads: usize) -> Pool {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            alive: AtomicUsize::new(0),
             job: Mutex::new(Job { f: None, tasks: 0 }),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
         let workers = threads.max(1) - 1;
+        shared.alive.store(workers, SeqCst);
         for i in 0..workers {
             let s = shared.clone();
             std::thread::Builder::new()
@@ -153,6 +169,10 @@ fn worker(s: &Shared) {
                 s.sleepers.fetch_sub(1, SeqCst);
             }
         }
+        if s.shutdown.load(SeqCst) {
+            s.alive.fetch_sub(1, SeqCst);
+            return;
+        }
         seen = s.generation.load(SeqCst);
         let (f, tasks) = {
             let j = s.job.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,24 +187,15 @@ fn worker(s: &Shared) {
     }
 }
 
-static POOL: OnceLock<Pool> = OnceLock::new();
-
-/// The engine's team: `init(threads)` sizes it (0 = one per core); later calls keep the first size.
-pub fn init(threads: usize) -> &'static Pool {
-    POOL.get_or_init(|| {
-        let n = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            threads
-        };
-        Pool::new(n)
-    })
-}
-
-pub fn global() -> &'static Pool {
-    init(0)
+impl Drop for Pool {
+    /// Wakes every worker to leave; a worker still spinning sees the new generation at once.
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        s.shutdown.store(true, SeqCst);
+        s.generation.fetch_add(1, SeqCst);
+        let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.wake.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +229,33 @@ mod tests {
             count.fetch_add(1, SeqCst);
         });
         assert_eq!(count.load(SeqCst), 100);
+    }
+
+    /// Two teams of different sizes work side by side, and a dropped team's workers leave.
+    #[test]
+    fn teams_are_independent() {
+        let (a, b) = (Pool::new(1), Pool::new(3));
+        assert_eq!((a.threads(), b.threads()), (1, 3));
+        let count = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| a.run(500, &|_| _ = count.fetch_add(1, SeqCst)));
+            sc.spawn(|| b.run(500, &|_| _ = count.fetch_add(1, SeqCst)));
+        });
+        assert_eq!(count.load(SeqCst), 1000);
+        let shared = b.shared.clone();
+        assert_eq!(shared.alive.load(SeqCst), 2);
+        std::thread::sleep(std::time::Duration::from_millis(300)); // some asleep, past the spins
+        drop(b);
+        for _ in 0..500 {
+            if shared.alive.load(SeqCst) == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            shared.alive.load(SeqCst),
+            0,
+            "the dropped team's workers left"
+        );
     }
 }

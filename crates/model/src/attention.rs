@@ -21,6 +21,8 @@ pub struct Attention {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub rope_theta: f32,
+    #[module(skip)]
+    pub fused: bool,
 }
 
 impl Attention {
@@ -38,6 +40,7 @@ impl Attention {
             n_heads: c.n_heads,
             n_kv_heads: c.kv_heads(),
             rope_theta: c.rope_theta,
+            fused: true,
         }
     }
 
@@ -49,7 +52,8 @@ impl Attention {
         let [b, t, d] = h.dims();
         let (nh, nkv) = (self.n_heads, self.n_kv_heads);
         let hd = d / nh;
-        if mask.is_none() && crate::fused::enabled(&h.device()) {
+        let fused = crate::fused::active(self.fused, &h.device());
+        if mask.is_none() && fused {
             // The fused op takes [B, T, n, hd] as the projections lay it out and applies RoPE.
             let q = self.wq.forward(h.clone(), lambda).reshape([b, t, nh, hd]);
             let k = self.wk.forward(h.clone(), lambda).reshape([b, t, nkv, hd]);
@@ -57,7 +61,7 @@ impl Attention {
             let a = crate::fused::attention(q, k, v, self.rope_theta).reshape([b, t, d]);
             return self
                 .wo
-                .forward(crate::fused::norm(&self.sub_norm, a), lambda);
+                .forward(crate::fused::norm(&self.sub_norm, a, fused), lambda);
         }
         let heads = |x: Tensor<3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2); // [B, n, T, hd]
         let q = heads(self.wq.forward(h.clone(), lambda), nh);
@@ -79,7 +83,7 @@ impl Attention {
         let a = attention(q, k, v, mask, None, options); // [B, H, T, hd]
         let a = a.swap_dims(1, 2).reshape([b, t, d]);
         self.wo
-            .forward(crate::fused::norm(&self.sub_norm, a), lambda)
+            .forward(crate::fused::norm(&self.sub_norm, a, fused), lambda)
     }
 }
 

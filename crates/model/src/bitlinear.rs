@@ -19,6 +19,9 @@ pub struct BitLinear {
     /// A LoRA adapter beside the layer (fine-tuning); `None` in pretraining and in checkpoints
     /// written before adapters existed.
     pub lora: Option<Lora>,
+    /// Run the fused CPU op where the device allows (see [`crate::Transformer::set_fused`]).
+    #[module(skip)]
+    pub fused: bool,
 }
 
 /// LoRA with llama.cpp's runtime semantics: `y = BitLinear(x) + (alpha/r)·B(A·x)`, the branch
@@ -92,6 +95,7 @@ impl BitLinear {
             weight,
             quant,
             lora: None,
+            fused: true,
         }
     }
 
@@ -101,7 +105,7 @@ impl BitLinear {
         let w = self.weight.val();
         let y = match self.quant {
             #[cfg(feature = "flex")]
-            Quant::Ternary if lambda == 1.0 && crate::fused::enabled(&w.device()) => {
+            Quant::Ternary if lambda == 1.0 && crate::fused::active(self.fused, &w.device()) => {
                 crate::fused::bitlinear(x, w)
             }
             Quant::Ternary => matmul_t(

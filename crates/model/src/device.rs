@@ -5,8 +5,11 @@ use burn::prelude::*;
 use crate::Error;
 
 /// A compute backend. `Flex` (pure-Rust CPU) is always the default; the others need their feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Configs and flags spell it in lowercase (`device = "flex"`, `--device wgpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
+    #[default]
     Flex,
     Ndarray,
     Wgpu,
@@ -24,6 +27,14 @@ impl Backend {
                 "unknown device {other:?}; expected one of {}",
                 Self::NAMES.join(", ")
             ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
         }
     }
 
@@ -49,5 +60,18 @@ impl Backend {
             #[allow(unreachable_patterns)]
             Self::Wgpu => missing("wgpu"),
         }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }

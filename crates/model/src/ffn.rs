@@ -16,6 +16,8 @@ pub struct FeedForward {
     pub down: BitLinear, // [D, F]
     #[module(skip)]
     pub act: FfnAct,
+    #[module(skip)]
+    pub fused: bool,
 }
 
 impl FeedForward {
@@ -28,6 +30,7 @@ impl FeedForward {
                 .init(device),
             down: BitLinear::new(c.d_ff, c.d_model, c.quant, device),
             act: c.ffn_act,
+            fused: true,
         }
     }
 
@@ -35,12 +38,13 @@ impl FeedForward {
     pub fn forward(&self, h: Tensor<3>, lambda: f32) -> Tensor<3> {
         let gate = self.gate.forward(h.clone(), lambda);
         let up = self.up.forward(h, lambda);
+        let fused = crate::fused::active(self.fused, &up.device());
         let g = match self.act {
-            FfnAct::Silu if crate::fused::enabled(&up.device()) => crate::fused::swiglu(gate, up),
+            FfnAct::Silu if fused => crate::fused::swiglu(gate, up),
             FfnAct::Silu => silu(gate) * up,
             FfnAct::Relu2 => relu(gate).square() * up,
         }; // [B, T, F]
         self.down
-            .forward(crate::fused::norm(&self.sub_norm, g), lambda)
+            .forward(crate::fused::norm(&self.sub_norm, g, fused), lambda)
     }
 }

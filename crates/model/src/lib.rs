@@ -7,13 +7,13 @@
 //! straight through to the full-precision latent weights.
 //!
 //! ```no_run
-//! use tritium_model::{Backend, ModelConfig, Transformer, cross_entropy};
+//! use tritium_model::{Backend, ModelConfig, Transformer};
 //! use burn::prelude::*;
 //! let cfg = ModelConfig::from_toml_file("configs/tiny.toml".as_ref()).unwrap();
 //! let dev = Backend::Flex.device().unwrap().autodiff();
 //! let model = Transformer::new(&cfg, &dev);
 //! let ids = Tensor::<2, Int>::zeros([1, 8], &dev);
-//! let loss = cross_entropy(model.forward(ids.clone()), ids);
+//! let loss = model.cross_entropy(model.forward(ids.clone()), ids);
 //! let grads = loss.backward();
 //! ```
 
@@ -28,11 +28,13 @@ pub mod fused;
 #[cfg(not(feature = "flex"))]
 pub mod fused {
     use burn::prelude::*;
-    pub fn set_enabled(_: bool) {}
-    pub fn enabled(_: &Device) -> bool {
+    pub fn active(_: bool, _: &Device) -> bool {
         false
     }
-    pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    pub fn supported(_: &Device) -> bool {
+        false
+    }
+    pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>, _: bool) -> Tensor<D> {
         norm.forward(x)
     }
     pub fn cross_entropy(_: Tensor<2>, _: Tensor<1, Int>) -> Tensor<1> {
@@ -72,6 +74,7 @@ pub use bitlinear::BitLinear;
 pub use config::{FfnAct, ModelConfig, ParamCount, Quant, TrainMemory};
 pub use device::Backend;
 pub use transformer::{Block, Transformer, cross_entropy, segment_mask};
+pub use tritium_gguf::names::Projection;
 
 /// Re-exported so dependants use the exact Burn this crate was built with.
 pub use burn;

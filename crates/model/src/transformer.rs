@@ -5,6 +5,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
+use tritium_gguf::names::Projection;
+
 use crate::attention::Attention;
 use crate::bitlinear::{BitLinear, matmul_t};
 use crate::config::ModelConfig;
@@ -17,6 +19,8 @@ pub struct Block {
     pub attn: Attention,
     pub ffn_norm: RmsNorm,
     pub ffn: FeedForward,
+    #[module(skip)]
+    pub fused: bool,
 }
 
 impl Block {
@@ -24,6 +28,16 @@ impl Block {
     pub fn projections(&self) -> [&BitLinear; 7] {
         let (a, f) = (&self.attn, &self.ffn);
         [&a.wq, &a.wk, &a.wv, &a.wo, &f.gate, &f.up, &f.down]
+    }
+
+    /// The four RMSNorms of a block: before attention, inside it, before the FFN, inside it.
+    pub fn norms(&self) -> [&RmsNorm; 4] {
+        [
+            &self.attn_norm,
+            &self.attn.sub_norm,
+            &self.ffn_norm,
+            &self.ffn.sub_norm,
+        ]
     }
 
     /// As [`Self::projections`], mutable (attaching or removing adapters).
@@ -51,12 +65,17 @@ impl Block {
             attn: Attention::new(c, device),
             ffn_norm: norm(c.d_model),
             ffn: FeedForward::new(c, device),
+            fused: true,
         }
     }
 
     pub fn forward(&self, x: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(norm(&self.attn_norm, x), lambda, mask);
-        x.clone() + self.ffn.forward(norm(&self.ffn_norm, x), lambda)
+        let fused = crate::fused::active(self.fused, &x.device());
+        let x = x.clone()
+            + self
+                .attn
+                .forward(norm(&self.attn_norm, x, fused), lambda, mask);
+        x.clone() + self.ffn.forward(norm(&self.ffn_norm, x, fused), lambda)
     }
 }
 
@@ -67,6 +86,11 @@ pub struct Transformer {
     pub tok_embd: Embedding,
     pub blocks: Vec<Block>,
     pub output_norm: RmsNorm,
+    /// Whether the layers run the fused CPU ops ([`crate::fused`]) where the device allows, or
+    /// the plain tensor-op model (the reference, for comparisons and bisecting): a setting of
+    /// this model, so two models in one process may differ. On by default.
+    #[module(skip)]
+    pub fused: bool,
 }
 
 impl Transformer {
@@ -83,7 +107,37 @@ impl Transformer {
             output_norm: RmsNormConfig::new(c.d_model)
                 .with_epsilon(c.norm_eps as f64)
                 .init(device),
+            fused: true,
         }
+    }
+
+    /// Chooses the fused ops (`true`, the default) or the plain tensor-op model for every layer.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+        for b in self.blocks.iter_mut() {
+            b.fused = on;
+            b.attn.fused = on;
+            b.ffn.fused = on;
+            for l in b.projections_mut() {
+                l.fused = on;
+            }
+        }
+    }
+
+    /// As [`Self::set_fused`], by value.
+    pub fn with_fused(mut self, on: bool) -> Self {
+        self.set_fused(on);
+        self
+    }
+
+    /// Mean cross-entropy of `logits: [B, T, V]` against `targets: [B, T]`, fused when this model
+    /// runs fused.
+    pub fn cross_entropy(&self, logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+        if crate::fused::active(self.fused, &logits.device()) {
+            let [b, t, v] = logits.dims();
+            return fused_cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]));
+        }
+        cross_entropy(logits, targets)
     }
 
     /// Logits `[B, T, V]` for token ids `[B, T]`, fully quantized.
@@ -114,25 +168,23 @@ impl Transformer {
         for block in &self.blocks {
             x = block.forward(x, lambda, mask);
         }
-        norm(&self.output_norm, x)
+        let fused = crate::fused::active(self.fused, &x.device());
+        norm(&self.output_norm, x, fused)
     }
 
-    /// Projection names in [`Block::projections`] order, as fine-tuning configs name targets.
-    pub const PROJECTIONS: [&'static str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
-
-    /// Attaches a fresh LoRA adapter (B = 0, so the output is unchanged) to every projection named
-    /// in `targets` (see [`Self::PROJECTIONS`]), in every block.
+    /// Attaches a fresh LoRA adapter (B = 0, so the output is unchanged) to every projection in
+    /// `targets`, in every block.
     pub fn attach_lora(
         &mut self,
         rank: usize,
         alpha: f32,
         dropout: f64,
-        targets: &[String],
+        targets: &[Projection],
         device: &Device,
     ) {
         for b in self.blocks.iter_mut() {
-            for (name, layer) in Self::PROJECTIONS.into_iter().zip(b.projections_mut()) {
-                if targets.iter().any(|t| t == name) {
+            for (p, layer) in Projection::ALL.into_iter().zip(b.projections_mut()) {
+                if targets.contains(&p) {
                     let [d_out, d_in] = layer.weight.dims();
                     layer.lora = Some(crate::bitlinear::Lora::new(
                         d_in, d_out, rank, alpha, dropout, device,
@@ -156,6 +208,17 @@ impl Transformer {
         m
     }
 
+    /// The model with every adapter removed (the base, e.g. after tokens were added to it).
+    pub fn without_lora(&self) -> Self {
+        let mut base = self.clone();
+        for b in base.blocks.iter_mut() {
+            for l in b.projections_mut() {
+                l.lora = None;
+            }
+        }
+        base
+    }
+
     /// Folds every adapter into its latent weight, `W += (alpha/r)·B·A`, and removes it. Lossy
     /// for a BitNet: the adapter ran on unquantized inputs beside the ternary product, while the
     /// folded weight is ternarized and sees int8 activations.
@@ -176,7 +239,7 @@ impl Transformer {
     /// The tied LM head on hidden states `[.., D]` → `[.., V]` (evaluation applies it only to the
     /// positions it scores).
     pub fn head<const N: usize>(&self, h: Tensor<N>) -> Tensor<N> {
-        if crate::fused::enabled(&h.device()) {
+        if crate::fused::active(self.fused, &h.device()) {
             return crate::fused::linear(h, self.tok_embd.weight.val());
         }
         matmul_t(h, self.tok_embd.weight.val())
@@ -201,12 +264,10 @@ pub fn segment_mask(segments: &[Vec<u32>], device: &Device) -> Tensor<4, Bool> {
         .reshape([b, 1, t, t])
 }
 
-/// Mean cross-entropy (nats per token) of `logits: [B, T, V]` against `targets: [B, T]`.
+/// Mean cross-entropy (nats per token) of `logits: [B, T, V]` against `targets: [B, T]`, in
+/// plain tensor ops (the definition; [`Transformer::cross_entropy`] fuses it).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    if crate::fused::enabled(&logits.device()) {
-        return fused_cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]));
-    }
     let logp = log_softmax(logits.reshape([b * t, v]), 1);
     let picked = logp.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
     picked.mean().neg()

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use common::{ParamMut, dev, values, visit_params};
 use serde::Deserialize;
 use std::collections::HashMap;
-use tritium_model::{FfnAct, ModelConfig, Quant, Transformer, cross_entropy};
+use tritium_model::{FfnAct, ModelConfig, Quant, Transformer};
 
 const REL_TOL: f32 = 1e-4;
 
@@ -120,7 +120,7 @@ fn check(name: &str) {
     let logits = model.forward(ids(&fx.tokens, &d));
     assert_eq!(logits.dims().to_vec(), fx.logits.shape);
     assert_rel("logits", &values(logits.clone()), &fx.logits.data);
-    let loss = cross_entropy(logits, ids(&fx.targets, &d));
+    let loss = model.cross_entropy(logits, ids(&fx.targets, &d));
     let loss_v = values(loss.clone())[0];
     assert!(
         (loss_v - fx.loss).abs() <= REL_TOL * fx.loss.abs(),

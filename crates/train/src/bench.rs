@@ -20,6 +20,8 @@ pub struct BenchConfig {
     pub windows: usize,
     pub backend: Backend,
     pub seed: u64,
+    /// Time the fused CPU ops (the default) or the plain tensor-op model.
+    pub fused: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,12 +45,12 @@ pub fn run_bench(
 ) -> Result<BenchReport, tritium_model::Error> {
     let device = cfg.backend.device()?.autodiff();
     device.seed(cfg.seed);
-    let mut model = Transformer::new(model_cfg, &device);
+    let mut model = Transformer::new(model_cfg, &device).with_fused(cfg.fused);
     let mut optim = AdamW::new(AdamWConfig::default());
+    optim.fused = cfg.fused;
     let params = StepParams {
         lr: 1e-3,
         weight_decay: 0.1,
-        lambda: 1.0,
         grad_clip: 1.0,
     };
     let mut rng = cfg.seed;
@@ -68,7 +70,11 @@ pub fn run_bench(
     };
     let mut loss = f32::NAN;
     let mut run = |model: Transformer, loss: &mut f32| {
-        let (m, out) = train_step(model, &mut optim, 1, &mut batch, params)
+        let loss_of = |m: &Transformer, micro: usize| {
+            let (x, y) = batch(micro);
+            m.cross_entropy(m.forward(x), y)
+        };
+        let (m, out) = train_step(model, &mut optim, 1, loss_of, params)
             .expect("random-token training stays finite");
         *loss = out.loss;
         m

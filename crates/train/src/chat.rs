@@ -5,11 +5,6 @@
 use crate::instruct::{Example, Message, Role};
 use crate::tokenizer::Tokenizer;
 
-/// ChatML: role markers are special tokens, each turn ends with `<|im_end|>`.
-pub const DEFAULT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-/// The special tokens [`DEFAULT_TEMPLATE`] needs.
-pub const MARKERS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
-
 pub struct Template {
     env: minijinja::Environment<'static>,
     pub source: String,
@@ -95,7 +90,7 @@ mod tests {
 
     #[test]
     fn chatml_pieces_mark_only_assistant_turns() {
-        let t = Template::new(DEFAULT_TEMPLATE).unwrap();
+        let t = Template::new(tritium_gguf::names::DEFAULT_CHAT_TEMPLATE).unwrap();
         let msgs = vec![
             m(Role::System, "Be brief."),
             m(Role::User, "Hi"),

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tritium_model::ModelConfig;
+use tritium_model::{Backend, ModelConfig};
+
+use crate::schedule::{Decay, Schedule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -15,17 +17,6 @@ pub enum ConfigError {
     },
     #[error("{origin}: {msg}")]
     Invalid { origin: String, msg: String },
-}
-
-/// Learning-rate schedule after the linear warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Schedule {
-    /// Cosine decay from `lr` to `min_lr` at `max_steps`.
-    Cosine,
-    /// BitNet b1.58's recipe: linear decay from `lr`; at the midpoint the rate drops to `lr2` and
-    /// decays linearly to `min_lr`, and weight decay goes to 0 for the second half.
-    TwoStage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +55,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub lr2: Option<f64>,
     pub warmup_steps: usize,
-    pub schedule: Schedule,
+    pub schedule: Decay,
     pub weight_decay: f64,
     #[serde(default = "default_beta1")]
     pub beta1: f32,
@@ -89,8 +80,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub sample_prompt: String,
     /// Compute backend (flex, ndarray, wgpu).
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: Backend,
 }
 
 fn one() -> usize {
@@ -107,9 +98,6 @@ fn default_eps() -> f32 {
 }
 fn default_eval_batches() -> usize {
     8
-}
-fn default_device() -> String {
-    "flex".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,45 +201,20 @@ impl RunConfig {
         if self.data.val_every < 2 {
             return Err("[data].val_every must be at least 2".into());
         }
-        tritium_model::Backend::parse(&t.device).map_err(|e| format!("[train].device: {e}"))?;
         Ok(())
     }
 
-    /// Learning rate at optimizer step `step` (0-based):
-    /// 1. linear warm-up from lr/warmup to lr over `warmup_steps`;
-    /// 2. cosine: lr → min_lr over the remaining steps;
-    /// 3. two-stage: lr → (lr + lr2)/2 linearly over the first half, then lr2 → min_lr.
-    pub fn lr_at(&self, step: usize) -> f64 {
+    /// The learning-rate and weight-decay schedule of `[train]`.
+    pub fn schedule(&self) -> Schedule {
         let t = &self.train;
-        if step < t.warmup_steps {
-            return t.lr * (step + 1) as f64 / t.warmup_steps as f64;
-        }
-        let span = (t.max_steps - t.warmup_steps).max(1) as f64;
-        let progress = ((step - t.warmup_steps) as f64 / span).min(1.0);
-        match t.schedule {
-            Schedule::Cosine => {
-                t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
-            }
-            Schedule::TwoStage => {
-                let lr2 = t.lr2.unwrap_or(t.lr * 0.5);
-                if step < t.max_steps / 2 {
-                    let half = ((t.max_steps / 2).saturating_sub(t.warmup_steps)).max(1) as f64;
-                    let p = (step - t.warmup_steps) as f64 / half;
-                    t.lr + (0.5 * (t.lr + lr2) - t.lr) * p
-                } else {
-                    let half = (t.max_steps - t.max_steps / 2).max(1) as f64;
-                    let p = ((step - t.max_steps / 2) as f64 / half).min(1.0);
-                    lr2 + (t.min_lr - lr2) * p
-                }
-            }
-        }
-    }
-
-    /// Weight decay at `step`: constant, except 0 in the second half of the two-stage schedule.
-    pub fn weight_decay_at(&self, step: usize) -> f64 {
-        match self.train.schedule {
-            Schedule::TwoStage if step >= self.train.max_steps / 2 => 0.0,
-            _ => self.train.weight_decay,
+        Schedule {
+            decay: t.schedule,
+            lr: t.lr,
+            min_lr: t.min_lr,
+            lr2: t.lr2,
+            warmup_steps: t.warmup_steps,
+            max_steps: t.max_steps,
+            weight_decay: t.weight_decay,
         }
     }
 }
@@ -333,7 +296,7 @@ mod tests {
         assert_eq!(c.train.max_steps, 70);
         assert_eq!(c.train.lr, 1e-3);
         assert_eq!(c.model.quant, tritium_model::Quant::None);
-        assert_eq!(c.train.schedule, Schedule::TwoStage);
+        assert_eq!(c.train.schedule, Decay::TwoStage);
     }
 
     #[test]
@@ -371,21 +334,21 @@ mod tests {
         c.train.min_lr = 0.0;
         c.train.warmup_steps = 10;
         c.train.max_steps = 110;
-        c.train.schedule = Schedule::Cosine;
-        assert!((c.lr_at(0) - 0.1).abs() < 1e-12);
-        assert!((c.lr_at(9) - 1.0).abs() < 1e-12);
-        assert!((c.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((c.lr_at(60) - 0.5).abs() < 1e-12); // half-way through the cosine
-        assert!(c.lr_at(110).abs() < 1e-12);
-        assert_eq!(c.weight_decay_at(100), c.train.weight_decay);
-        c.train.schedule = Schedule::TwoStage;
+        c.train.schedule = Decay::Cosine;
+        assert!((c.schedule().lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((c.schedule().lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((c.schedule().lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((c.schedule().lr_at(60) - 0.5).abs() < 1e-12); // half-way through the cosine
+        assert!(c.schedule().lr_at(110).abs() < 1e-12);
+        assert_eq!(c.schedule().weight_decay_at(100), c.train.weight_decay);
+        c.train.schedule = Decay::TwoStage;
         c.train.lr2 = Some(0.4);
         // First half (steps 10..55): 1.0 → 0.7 linearly; at 55 it drops to 0.4 → 0 at 110.
-        assert!((c.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((c.lr_at(54) - (1.0 - 0.3 * 44.0 / 45.0)).abs() < 1e-12);
-        assert!((c.lr_at(55) - 0.4).abs() < 1e-12);
-        assert!(c.lr_at(110).abs() < 1e-12);
-        assert_eq!(c.weight_decay_at(54), c.train.weight_decay);
-        assert_eq!(c.weight_decay_at(55), 0.0);
+        assert!((c.schedule().lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((c.schedule().lr_at(54) - (1.0 - 0.3 * 44.0 / 45.0)).abs() < 1e-12);
+        assert!((c.schedule().lr_at(55) - 0.4).abs() < 1e-12);
+        assert!(c.schedule().lr_at(110).abs() < 1e-12);
+        assert_eq!(c.schedule().weight_decay_at(54), c.train.weight_decay);
+        assert_eq!(c.schedule().weight_decay_at(55), 0.0);
     }
 }

@@ -12,9 +12,9 @@ use std::time::Instant;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
 use crate::text::{TextError, documents};
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use tritium_checkpoint::fsutil::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

@@ -2,20 +2,21 @@
 //!
 //! Data flows one way: [`text`] reads files into documents → [`tokenizer`] (train or load a
 //! byte-level BPE) → [`data`] prepares flat token files and samples windows from them →
-//! [`trainer::train`] runs the loop with [`optim::AdamW`] and the schedule in [`config::RunConfig`] →
-//! [`checkpoint`] and [`metrics`] write the run directory. [`bench`] times the bare training step.
+//! [`trainer::train`] runs the loop: [`step::train_step`] with [`optim::AdamW`] and the
+//! [`schedule::Schedule`] of [`config::RunConfig`] → checkpoints (`tritium_checkpoint`) and
+//! [`metrics`] in the run directory. [`finetune`] runs the same step on instruction data with
+//! LoRA adapters; both report [`event::Event`]s. [`bench`] times the bare training step.
 
 pub mod bench;
 pub mod chat;
-pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod eval;
+pub mod event;
 pub mod finetune;
-pub mod fsutil;
 pub mod instruct;
 pub mod metrics;
 pub mod optim;
+pub mod schedule;
 pub mod step;
 pub mod text;
 pub mod tokenizer;
@@ -23,5 +24,7 @@ pub mod trainer;
 
 pub use bench::{BenchConfig, BenchReport, run_bench};
 pub use config::RunConfig;
+pub use event::{Event, StartData};
+pub use schedule::{Decay, Schedule};
 pub use step::{StepOutput, StepParams, train_step};
-pub use trainer::{Event, Summary, TrainOptions, train};
+pub use trainer::{Summary, TrainOptions, train};

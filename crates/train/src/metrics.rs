@@ -49,7 +49,7 @@ pub fn truncate_after(path: &Path, step: usize) -> std::io::Result<()> {
         .filter(|r| r.step <= step)
         .map(|r| serde_json::to_string(&r).expect("row serializes") + "\n")
         .collect();
-    crate::fsutil::write_atomic(path, kept.as_bytes())
+    tritium_checkpoint::fsutil::write_atomic(path, kept.as_bytes())
 }
 
 /// An SVG line chart of training loss (blue) and validation loss (orange) against step.

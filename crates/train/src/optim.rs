@@ -39,6 +39,9 @@ pub struct AdamW {
     /// Optimizer steps taken (for bias correction).
     pub t: u64,
     state: Vec<Option<(Tensor<1>, Tensor<1>)>>,
+    /// Update with the fused one-pass kernel where the device allows (the same bits as the
+    /// tensor ops); off to run the plain tensor-op update, as the unfused model does.
+    pub fused: bool,
 }
 
 const MAGIC: &[u8; 8] = b"TRTMADW1";
@@ -49,6 +52,7 @@ impl AdamW {
             cfg,
             t: 0,
             state: Vec::new(),
+            fused: true,
         }
     }
 
@@ -103,7 +107,7 @@ impl AdamW {
                 }
             }
         }
-        crate::fsutil::write_atomic(path, &buf)
+        tritium_checkpoint::fsutil::write_atomic(path, &buf)
     }
 
     /// Reads what [`Self::save`] wrote; `sizes` are the parameter sizes in traversal order, checked
@@ -165,7 +169,12 @@ impl AdamW {
         if !r.is_empty() {
             return Err("trailing bytes after the last parameter".into());
         }
-        Ok(Self { cfg, t, state })
+        Ok(Self {
+            cfg,
+            t,
+            state,
+            fused: true,
+        })
     }
 }
 
@@ -198,7 +207,7 @@ impl ModuleMapper for Mapper<'_> {
             self.opt.state.resize_with(i + 1, || None);
         }
         let decays = D >= 2 && self.weight_decay != 0.0;
-        let p = if fused::enabled(&p.device()) {
+        let p = if fused::active(self.opt.fused, &p.device()) {
             // One pass per tensor on both cores; the same operations in the same order as the
             // tensor ops below, so the same bits (a test holds both to that).
             // Fresh moments are -0.0, not +0.0: then `0·β + y` is `y` to the bit for every y,
@@ -254,17 +263,19 @@ impl ModuleMapper for Mapper<'_> {
     }
 }
 
-/// Global L2 norm of all gradients (one number, like `torch.nn.utils.clip_grad_norm_`).
-pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f32 {
+/// Global L2 norm of all gradients (one number, like `torch.nn.utils.clip_grad_norm_`); summed
+/// by the fused kernel when `fused` and the device allows.
+pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams, fused: bool) -> f32 {
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,
         fused: f64,
+        on: bool,
     }
     impl ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
-                if fused::enabled(&g.device()) {
+                if fused::active(self.on, &g.device()) {
                     self.fused += fused::sum_squares(g) as f64;
                     return;
                 }
@@ -280,10 +291,24 @@ pub fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f32 {
         grads,
         sum: None,
         fused: 0.0,
+        on: fused,
     };
     model.visit(&mut v);
     let tensors = v.sum.map(|s| s.into_scalar::<f32>() as f64).unwrap_or(0.0);
     (tensors + v.fused).sqrt() as f32
+}
+
+/// The optimizer state saved in checkpoint `ckpt` for `model` (refused if it belongs to another
+/// model shape), as a run continues.
+pub fn load_from_checkpoint(
+    cfg: AdamWConfig,
+    ckpt: &Path,
+    model: &impl Module,
+    device: &Device,
+) -> Result<AdamW, tritium_checkpoint::CheckpointError> {
+    let path = ckpt.join(tritium_checkpoint::OPTIM);
+    AdamW::load(cfg, &path, &param_sizes(model), device)
+        .map_err(|msg| tritium_checkpoint::CheckpointError::Bad { path, msg })
 }
 
 /// Sizes of every float parameter, in traversal order.
@@ -303,7 +328,6 @@ pub fn param_sizes<M: Module>(model: &M) -> Vec<usize> {
 mod tests {
     use tritium_model::Backend;
     use tritium_model::burn::nn::{Linear, LinearConfig};
-    use tritium_model::fused::unfused_here;
 
     use super::*;
 
@@ -312,6 +336,7 @@ mod tests {
     fn three_steps(mut model: Linear, fused: bool) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
         let dev = model.weight.device();
         let mut opt = AdamW::new(AdamWConfig::default());
+        opt.fused = fused;
         let x = Tensor::<2>::from_floats(
             [
                 [0.5, -1.0, 2.0, 0.25, -0.75, 1.5, -2.0],
@@ -323,11 +348,7 @@ mod tests {
             let loss = model.forward(x.clone()).powf_scalar(2.0).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let clip = if step == 1 { 0.7 } else { 1.0 };
-            model = if fused {
-                opt.step(model, grads, 1e-2, 0.1, clip)
-            } else {
-                unfused_here(|| opt.step(model, grads, 1e-2, 0.1, clip))
-            };
+            model = opt.step(model, grads, 1e-2, 0.1, clip);
         }
         let d = tempfile::tempdir().unwrap();
         opt.save(&d.path().join("adamw")).unwrap();

@@ -1,10 +1,11 @@
-//! One optimizer step, shared by the training loop and the benchmark so the benchmark measures
-//! exactly what training runs: micro-batches (forward → cross-entropy → backward → accumulate) →
-//! global-norm clipping → AdamW.
+//! One optimizer step, shared by pretraining, fine-tuning and the benchmark, so the benchmark
+//! measures exactly what training runs: micro-batches (forward → loss → backward → accumulate) →
+//! a non-finite check → global-norm clipping → AdamW. The loss is the caller's: next-token
+//! cross-entropy in pretraining, the masked response loss in fine-tuning.
 
+use tritium_model::Transformer;
 use tritium_model::burn::optim::{GradientsAccumulator, GradientsParams};
 use tritium_model::burn::prelude::*;
-use tritium_model::{Transformer, cross_entropy};
 
 use crate::optim::{AdamW, grad_norm};
 
@@ -13,8 +14,6 @@ use crate::optim::{AdamW, grad_norm};
 pub struct StepParams {
     pub lr: f64,
     pub weight_decay: f64,
-    /// Quantization blend λ.
-    pub lambda: f32,
     /// Global-norm clip threshold; 0 disables clipping.
     pub grad_clip: f32,
 }
@@ -31,11 +30,13 @@ pub struct StepOutput {
 #[derive(Debug, Clone, Copy)]
 pub struct NonFinite(pub f32);
 
+/// One step over `micro_batches` micro-batches; `loss(model, m)` is the mean loss of micro-batch
+/// `m` (a scalar tensor under autodiff).
 pub fn train_step(
     model: Transformer,
     optim: &mut AdamW,
     micro_batches: usize,
-    mut batch: impl FnMut(usize) -> (Tensor<2, Int>, Tensor<2, Int>),
+    mut loss: impl FnMut(&Transformer, usize) -> Tensor<1>,
     p: StepParams,
 ) -> Result<(Transformer, StepOutput), NonFinite> {
     let mut acc = GradientsAccumulator::<Transformer>::new();
@@ -43,8 +44,7 @@ pub fn train_step(
     let n = micro_batches.max(1) as f32;
     // One micro-batch at a time, so only one graph's activations are alive.
     for micro in 0..micro_batches {
-        let (x, y) = batch(micro);
-        let loss = cross_entropy(model.forward_blend(x, p.lambda), y);
+        let loss = loss(&model, micro);
         let value = loss.clone().inner().into_scalar::<f32>();
         if !value.is_finite() {
             return Err(NonFinite(value));
@@ -54,7 +54,7 @@ pub fn train_step(
         acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
     }
     let grads = acc.grads();
-    let norm = grad_norm(&model, &grads);
+    let norm = grad_norm(&model, &grads, optim.fused);
     if !norm.is_finite() {
         return Err(NonFinite(norm));
     }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{
@@ -85,12 +84,7 @@ impl Tokenizer {
     }
 }
 
-pub fn hash_bytes(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use tritium_checkpoint::sha256_hex as hash_bytes;
 
 /// Trains a byte-level BPE (GPT-2's pre-tokenizer, no prefix space, so GGUF can declare it `gpt2`)
 /// with `<|endoftext|>` as its one special token, and writes `out` (tokenizer.json).
@@ -122,9 +116,11 @@ pub fn train_bpe(
     let json = tok
         .to_string(true)
         .map_err(|e| TokenizerError::Train(e.to_string()))?;
-    crate::fsutil::write_atomic(out, json.as_bytes()).map_err(|source| TokenizerError::Io {
-        path: out.to_path_buf(),
-        source,
+    tritium_checkpoint::fsutil::write_atomic(out, json.as_bytes()).map_err(|source| {
+        TokenizerError::Io {
+            path: out.to_path_buf(),
+            source,
+        }
     })
 }
 

@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use tritium_checkpoint::fsutil::write_atomic;
+use tritium_checkpoint::{
+    self as checkpoint, Checkpoint, CheckpointError, Contents, Origin, Provenance, State,
+};
+use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::softmax;
-use tritium_model::{Backend, Transformer, cross_entropy};
 
-use crate::checkpoint::{self, CheckpointError, State};
 use crate::config::RunConfig;
 use crate::data::{DataError, Dataset, TokenFile, prepare, splitmix64, window_start};
+use crate::event::{Event, StartData};
 use crate::metrics::{self, Row};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{self, AdamW, AdamWConfig};
 use crate::step::{NonFinite, StepParams, train_step};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -42,39 +46,6 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f32 },
 }
 
-/// What the loop reports as it goes; the CLI turns these into a progress bar or log lines.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Start {
-        first_step: usize,
-        max_steps: usize,
-        tokens_per_step: usize,
-        params: usize,
-        train_tokens: usize,
-        val_tokens: usize,
-        unigram_entropy: f64,
-    },
-    Prepared {
-        dir: PathBuf,
-        tokens: usize,
-        seconds: f64,
-        text_bytes: usize,
-    },
-    Step(Row),
-    Eval {
-        step: usize,
-        val_loss: f64,
-        sample: Option<String>,
-    },
-    Checkpoint {
-        step: usize,
-        path: PathBuf,
-    },
-    Interrupted {
-        step: usize,
-    },
-}
-
 pub struct TrainOptions {
     pub config: RunConfig,
     /// The run directory (`runs/NAME`).
@@ -83,6 +54,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Set by a Ctrl-C handler: checkpoint and return at the next step boundary.
     pub stop: Arc<AtomicBool>,
+    /// Run the fused CPU ops (the default) or the plain tensor-op model.
+    pub fused: bool,
 }
 
 /// How a run ended.
@@ -139,7 +112,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     }
 
     // --- model and optimizer ----------------------------------------------------------------------
-    let device = Backend::parse(&t.device)?.device()?.autodiff();
+    let device = t.device.device()?.autodiff();
     let adam = AdamWConfig {
         beta1: t.beta1,
         beta2: t.beta2,
@@ -147,15 +120,28 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
     let metrics_path = run.join("metrics.jsonl");
     let (mut model, mut optim, mut step, mut tokens) = if opts.resume {
-        let ckpt = checkpoint::latest(run)?;
-        let (model, optim, state) = checkpoint::load(&ckpt, cfg, &device)?;
+        let ckpt = Checkpoint::open(&checkpoint::latest(run)?)?;
+        let state = &ckpt.state;
+        if state.model != cfg.model {
+            return Err(CheckpointError::Bad {
+                path: ckpt.dir.clone(),
+                msg: format!(
+                    "checkpoint is of another model ([model] there: {:?}; here: {:?}); resume with its own config",
+                    state.model, cfg.model
+                ),
+            }
+            .into());
+        }
         if state.tokenizer_hash != tok.hash {
             return Err(TrainError::Config(format!(
                 "{}: checkpoint was trained with another tokenizer than {}",
-                ckpt.display(),
+                ckpt.dir.display(),
                 cfg.data.tokenizer.display()
             )));
         }
+        let model = ckpt.load_model(&device)?.with_fused(opts.fused);
+        let mut optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
+        optim.fused = opts.fused;
         // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
         (model, optim, state.step, state.tokens)
@@ -164,41 +150,56 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         std::fs::create_dir_all(run).map_err(io(run))?;
         device.seed(t.seed);
         let _ = std::fs::remove_file(&metrics_path);
+        let mut optim = AdamW::new(adam);
+        optim.fused = opts.fused;
         (
-            Transformer::new(&cfg.model, &device),
-            AdamW::new(adam),
+            Transformer::new(&cfg.model, &device).with_fused(opts.fused),
+            optim,
             0usize,
             0u64,
         )
     };
     let config_path = run.join("config.toml");
     let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    crate::fsutil::write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
+    write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
 
     let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
     on_event(Event::Start {
         first_step: step,
         max_steps: t.max_steps,
-        tokens_per_step,
-        params: cfg.model.param_count().total(),
-        train_tokens: data.train.len(),
-        val_tokens: data.val.len(),
-        unigram_entropy: data.val.unigram_entropy(),
+        data: StartData::Corpus {
+            tokens_per_step,
+            params: cfg.model.param_count().total(),
+            train_tokens: data.train.len(),
+            val_tokens: data.val.len(),
+            unigram_entropy: data.val.unigram_entropy(),
+        },
     });
 
     let mut best_val: Option<f64> = None;
     let mut last_val = None;
+    let provenance = Provenance {
+        origin: Origin::Train,
+        tokenizer: Some(cfg.data.tokenizer.clone()),
+        run: serde_json::to_value(cfg).unwrap_or_default(),
+    };
     let save = |model: &Transformer, optim: &AdamW, step: usize, tokens: u64, best: Option<f64>| {
         let state = State {
-            format: checkpoint::FORMAT,
             step,
             tokens,
             best_val_loss: best,
-            tokenizer_hash: tok.hash.clone(),
-            config: cfg.clone(),
+            ..State::new(cfg.model.clone(), tok.hash.clone(), provenance.clone())
         };
-        checkpoint::save(run, model, optim, &state, t.keep_checkpoints)
+        let contents = Contents {
+            model,
+            state: &state,
+            optim: &|p| optim.save(p),
+            tokenizer: Some(&cfg.data.tokenizer),
+            extra: &[],
+        };
+        checkpoint::save(run, &contents, t.keep_checkpoints)
     };
+    let schedule = cfg.schedule();
 
     // --- the loop ---------------------------------------------------------------------------------
     let loop_start = Instant::now();
@@ -219,25 +220,25 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             });
         }
         let started = Instant::now();
-        let lr = cfg.lr_at(step);
+        let lr = schedule.lr_at(step);
         let lambda = cfg.model.quant_lambda(step);
 
         let params = StepParams {
             lr,
-            weight_decay: cfg.weight_decay_at(step),
-            lambda,
+            weight_decay: schedule.weight_decay_at(step),
             grad_clip: t.grad_clip,
         };
-        let micro = |m: usize| {
-            batch(
+        let loss = |model: &Transformer, m: usize| {
+            let (x, y) = batch(
                 &data.train,
                 t.batch_size,
                 t.seq_len,
                 |row| window_start(t.seed, step, m, row, data.train.len(), t.seq_len),
                 &device,
-            )
+            );
+            model.cross_entropy(model.forward_blend(x, lambda), y)
         };
-        let (next, out) = train_step(model, &mut optim, t.grad_accum, micro, params).map_err(
+        let (next, out) = train_step(model, &mut optim, t.grad_accum, loss, params).map_err(
             |NonFinite(loss)| TrainError::NonFinite {
                 step: step + 1,
                 loss,
@@ -284,7 +285,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             };
             metrics::append(&metrics_path, &row).map_err(io(&metrics_path))?;
             let svg = run.join("loss.svg");
-            crate::fsutil::write_atomic(
+            write_atomic(
                 &svg,
                 metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes(),
             )
@@ -363,7 +364,9 @@ pub fn evaluate(
             |row| ((i * b + row) * stride).min(val.len() - t - 1),
             &device,
         );
-        total += cross_entropy(model.forward(x), y).into_scalar::<f32>() as f64;
+        total += model
+            .cross_entropy(model.forward(x), y)
+            .into_scalar::<f32>() as f64;
     }
     total / batches as f64
 }

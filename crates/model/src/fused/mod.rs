@@ -29,8 +29,6 @@ mod flex;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
@@ -79,29 +77,9 @@ pub fn supported(device: &Device) -> bool {
     )
 }
 
-static DISABLED: AtomicBool = AtomicBool::new(false);
-
-/// Turns the fused path off for the whole process (`--unfused`: comparisons and bisecting).
-pub fn set_enabled(on: bool) {
-    DISABLED.store(!on, Ordering::Relaxed);
-}
-
-thread_local! {
-    static OFF_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with the fused path off on this thread only: tests compare both paths while other
-/// tests run in parallel.
-pub fn unfused_here<R>(f: impl FnOnce() -> R) -> R {
-    let before = OFF_HERE.with(|c| c.replace(true));
-    let r = f();
-    OFF_HERE.with(|c| c.set(before));
-    r
-}
-
-/// Whether the model's layers on `device` run fused.
-pub fn enabled(device: &Device) -> bool {
-    !DISABLED.load(Ordering::Relaxed) && !OFF_HERE.with(|c| c.get()) && supported(device)
+/// Whether a layer asked to run fused (`on`, the model's setting) can on `device`.
+pub fn active(on: bool, device: &Device) -> bool {
+    on && supported(device)
 }
 
 /// Runs `op` on `x` flattened to `[rows, last]` and gives the result back `x`'s leading shape.
@@ -130,9 +108,9 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     })
 }
 
-/// `norm.forward(x)`, fused where the device allows.
-pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    if enabled(&x.device()) {
+/// `norm.forward(x)`, fused when `fused` (see [`active`]).
+pub fn norm<const D: usize>(norm: &burn::nn::RmsNorm, x: Tensor<D>, fused: bool) -> Tensor<D> {
+    if fused {
         rms_norm(x, norm.gamma.val(), norm.epsilon as f32)
     } else {
         norm.forward(x)

@@ -259,12 +259,9 @@ fn whole_model_errors(quant: &str) -> (f64, Vec<f64>) {
     let tokens = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
     let targets = Tensor::<2, Int>::random([3, 17], Distribution::Uniform(0.0, 61.0), &dev);
     let go = |fused: bool| {
-        let step = || {
-            let loss = crate::cross_entropy(model.forward(tokens.clone()), targets.clone());
-            let grads = loss.backward();
-            (loss, grads)
-        };
-        let (loss, grads) = if fused { step() } else { unfused_here(step) };
+        let m = model.clone().with_fused(fused);
+        let loss = m.cross_entropy(m.forward(tokens.clone()), targets.clone());
+        let grads = loss.backward();
         let mut v = Grads(&grads, Vec::new());
         model.visit(&mut v);
         (vals(loss)[0], v.1)
@@ -328,12 +325,14 @@ fn attention_equals_the_unfused_block() {
     let x = normal([2, 13, 48], 1.0, &dev);
     let probe = normal([2, 13, 48], 1.0, &dev);
     let go = |fused: bool| {
-        let step = || {
-            run(std::slice::from_ref(&x), &probe, |t| {
-                attn.forward(t[0].clone(), 1.0, None)
-            })
-        };
-        if fused { step() } else { unfused_here(step) }
+        let mut a = attn.clone();
+        a.fused = fused;
+        for l in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
+            l.fused = fused;
+        }
+        run(std::slice::from_ref(&x), &probe, |t| {
+            a.forward(t[0].clone(), 1.0, None)
+        })
     };
     assert_matches("attention", go(true), go(false));
 }
@@ -351,7 +350,7 @@ fn fused_steps_are_bit_reproducible() {
     let model = crate::Transformer::new(&cfg, &dev);
     let tokens = Tensor::<2, Int>::random([8, 64], Distribution::Uniform(0.0, 300.0), &dev);
     let step = || {
-        let loss = crate::cross_entropy(model.forward(tokens.clone()), tokens.clone());
+        let loss = model.cross_entropy(model.forward(tokens.clone()), tokens.clone());
         let grads = loss.backward();
         let g = model.blocks[0].ffn_norm.gamma.val().grad(&grads).unwrap();
         (vals(loss), vals(g))

@@ -70,7 +70,7 @@ pub fn task_file(dir: &Path, name: &str) -> Result<PathBuf, TaskError> {
 }
 
 pub fn load(path: &Path, limit: Option<usize>) -> Result<Vec<Item>, TaskError> {
-    let text = crate::text::read_text(path).map_err(|e| TaskError::File {
+    let text = tritium_train::text::read_text(path).map_err(|e| TaskError::File {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;

@@ -3,13 +3,14 @@
 
 use std::path::Path;
 
-use tritium_engine::{Logits, Model, Session};
+use tritium_engine::{Logits, Model, Runtime, Session};
 use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 
-use super::{EvalError, Request, Scorer, TokenScores, token_score};
-use crate::checkpoint;
-use crate::tokenizer::Tokenizer;
+use tritium_checkpoint::Checkpoint;
+use tritium_train::tokenizer::Tokenizer;
+
+use crate::{EvalError, Request, Scorer, TokenScores, token_score};
 
 pub struct BurnScorer {
     model: Transformer,
@@ -22,22 +23,26 @@ pub struct BurnScorer {
 
 impl BurnScorer {
     pub fn load(ckpt: &Path, device: &Device) -> Result<BurnScorer, EvalError> {
-        let ckpt = checkpoint::resolve(ckpt).map_err(|e| EvalError::Model(e.to_string()))?;
-        let (model, state) =
-            checkpoint::load_model(&ckpt, device).map_err(|e| EvalError::Model(e.to_string()))?;
-        let tok_path = if ckpt.join("tokenizer.json").exists() {
-            ckpt.join("tokenizer.json")
-        } else {
-            state.config.data.tokenizer.clone()
-        };
-        let tok = Tokenizer::load(&tok_path).map_err(|e| EvalError::Model(e.to_string()))?;
+        let err = |e: &dyn std::fmt::Display| EvalError::Model(e.to_string());
+        let ckpt = Checkpoint::open(ckpt).map_err(|e| err(&e))?;
+        let model = ckpt.load_model(device).map_err(|e| err(&e))?;
+        let tok =
+            Tokenizer::load(&ckpt.tokenizer_path().map_err(|e| err(&e))?).map_err(|e| err(&e))?;
         Ok(BurnScorer {
             model,
             device: device.clone(),
             tok,
-            max_len: state.config.model.max_seq_len,
+            max_len: ckpt.model_config().max_seq_len,
             batch: 16,
         })
+    }
+}
+
+impl BurnScorer {
+    /// Runs the fused CPU ops (the default) or the plain tensor-op model.
+    pub fn with_fused(mut self, on: bool) -> Self {
+        self.model.set_fused(on);
+        self
     }
 }
 
@@ -129,8 +134,8 @@ pub struct GgufScorer {
 }
 
 impl GgufScorer {
-    pub fn load(path: &Path) -> Result<GgufScorer, EvalError> {
-        let model = Model::load(path).map_err(|e| EvalError::Model(e.to_string()))?;
+    pub fn load(path: &Path, rt: &Runtime) -> Result<GgufScorer, EvalError> {
+        let model = Model::load(path, rt).map_err(|e| EvalError::Model(e.to_string()))?;
         // The scorer lives as long as the command; leaking the model lets the session borrow it.
         let model: &'static Model = Box::leak(Box::new(model));
         let sess =

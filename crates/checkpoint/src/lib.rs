@@ -1,0 +1,416 @@
+//! Checkpoints: the one directory format that training writes, fine-tuning reads and writes,
+//! export and evaluation read, and an importer writes.
+//!
+//! A run directory keeps its checkpoints under `checkpoints/step-N/`, with `checkpoints/latest`
+//! naming the newest. A checkpoint directory holds:
+//!
+//! | file | what |
+//! |---|---|
+//! | `model.bpk` | the weights (Burn's burnpack), adapters included when `lora.json` is there |
+//! | `optim.bin` | the optimizer's state (written by the training loop, opaque here) |
+//! | `state.json` | [`State`]: step, tokens, the [`ModelConfig`], tokenizer hash, [`Provenance`] |
+//! | `tokenizer.json` | the tokenizer the weights were trained with |
+//! | `chat_template.jinja` | the chat template fine-tuning rendered examples with (optional) |
+//! | `lora.json` | the [`LoraLayout`] of attached adapters (fine-tuning checkpoints only) |
+//!
+//! [`save`] writes a checkpoint into a temporary directory and renames it into place before
+//! `latest` is rewritten atomically, so a crash at any moment leaves the previous checkpoint whole.
+//! [`Checkpoint::open`] reads one back. Adapters, as training holds them and as files carry them,
+//! are [`adapter::Adapter`]s.
+
+pub mod adapter;
+pub mod fsutil;
+mod state;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tritium_model::burn::prelude::*;
+use tritium_model::burn::store::ModuleRecord;
+use tritium_model::{ModelConfig, Transformer};
+
+pub use adapter::{Adapter, AdapterSet, LoraLayout};
+pub use state::{FORMAT, Origin, Provenance, State};
+
+use fsutil::write_atomic;
+
+/// A checkpoint's Jinja chat template (written by fine-tuning; export copies it into the GGUF's
+/// `tokenizer.chat_template`).
+pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
+pub const MODEL: &str = "model.bpk";
+pub const OPTIM: &str = "optim.bin";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const LORA: &str = "lora.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+    #[error("{dir}: no checkpoint to resume from (no `latest` pointer); start a fresh run instead")]
+    None { dir: PathBuf },
+    #[error(
+        "{dir} already holds checkpoints; pass --resume {dir} to continue it, or choose another --out"
+    )]
+    Exists { dir: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let path = path.to_path_buf();
+    move |source| CheckpointError::Io { path, source }
+}
+
+/// SHA-256 of `bytes` as lowercase hex: the identity of a tokenizer file or a base model.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One checkpoint directory and its state.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: State,
+}
+
+impl Checkpoint {
+    /// A run directory (its latest checkpoint) or a `step-N` directory itself.
+    pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let dir = resolve(path)?;
+        let state = State::read(&dir)?;
+        Ok(Checkpoint { dir, state })
+    }
+
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.state.model
+    }
+
+    /// The tokenizer the weights were trained with: the copy inside the checkpoint, or for a
+    /// checkpoint written without one, the file its producing run named.
+    pub fn tokenizer_path(&self) -> Result<PathBuf, CheckpointError> {
+        let inside = self.dir.join(TOKENIZER);
+        if inside.exists() {
+            return Ok(inside);
+        }
+        self.state
+            .provenance
+            .tokenizer
+            .clone()
+            .ok_or_else(|| CheckpointError::Bad {
+                path: self.dir.clone(),
+                msg: format!("no {TOKENIZER} and no tokenizer recorded in state.json"),
+            })
+    }
+
+    /// The chat template fine-tuning stored, if any.
+    pub fn chat_template(&self) -> Result<Option<String>, CheckpointError> {
+        let path = self.dir.join(CHAT_TEMPLATE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CheckpointError::Io { path, source }),
+        }
+    }
+
+    /// The adapters a fine-tuning checkpoint holds, if any.
+    pub fn lora_layout(&self) -> Result<Option<LoraLayout>, CheckpointError> {
+        LoraLayout::read(&self.dir)
+    }
+
+    /// The model, built from the checkpoint's own config with its adapters attached.
+    pub fn load_model(&self, device: &Device) -> Result<Transformer, CheckpointError> {
+        let mut model = Transformer::new(&self.state.model, device);
+        if let Some(l) = self.lora_layout()? {
+            model.attach_lora(l.rank, l.alpha, l.dropout, &l.target, device);
+        }
+        load_weights(model, &self.dir.join(MODEL))
+    }
+
+    /// SHA-256 of `model.bpk`: the identity of a base model. Export writes it into the GGUF and
+    /// fine-tuning into the adapter, so an adapter is refused on a base it was not trained on.
+    pub fn model_hash(&self) -> Result<String, CheckpointError> {
+        let p = self.dir.join(MODEL);
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        Ok(sha256_hex(&bytes))
+    }
+}
+
+/// Loads `model.bpk` into a model of the right structure (adapters already attached).
+pub fn load_weights(model: Transformer, model_path: &Path) -> Result<Transformer, CheckpointError> {
+    let bad = |msg: String| CheckpointError::Bad {
+        path: model_path.to_path_buf(),
+        msg,
+    };
+    let fused = model.fused;
+    let record = ModuleRecord::load(model_path).map_err(|e| bad(e.to_string()))?;
+    model
+        .try_load_record(record)
+        .map(|m| m.with_fused(fused))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// What [`save`] writes.
+pub struct Contents<'a> {
+    pub model: &'a Transformer,
+    pub state: &'a State,
+    /// Writes the optimizer's state file at the path it is given.
+    pub optim: &'a dyn Fn(&Path) -> std::io::Result<()>,
+    /// The tokenizer file to copy in beside the weights (skipped if unreadable, as for a run
+    /// whose tokenizer was moved).
+    pub tokenizer: Option<&'a Path>,
+    /// Further files (name, bytes) written inside the same atomic directory.
+    pub extra: &'a [(&'a str, Vec<u8>)],
+}
+
+/// `checkpoints/` of a run directory.
+pub fn dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// Writes `step-N` of `run` atomically, points `latest` at it, and prunes all but the newest
+/// `keep`.
+pub fn save(run: &Path, c: &Contents, keep: usize) -> Result<PathBuf, CheckpointError> {
+    let root = dir(run);
+    let name = format!("step-{}", c.state.step);
+    let final_dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let model_path = tmp.join(MODEL);
+    c.model
+        .clone()
+        .into_record()
+        .save(&model_path)
+        .map_err(|e| CheckpointError::Bad {
+            path: model_path.clone(),
+            msg: e.to_string(),
+        })?;
+    sync_file(&model_path).map_err(io(&model_path))?;
+    let optim_path = tmp.join(OPTIM);
+    (c.optim)(&optim_path).map_err(io(&optim_path))?;
+    // The tokenizer travels with the weights, so export and evaluation need nothing else.
+    let tok_path = tmp.join(TOKENIZER);
+    if let Some(bytes) = c.tokenizer.and_then(|p| std::fs::read(p).ok()) {
+        write_atomic(&tok_path, &bytes).map_err(io(&tok_path))?;
+    }
+    for (name, bytes) in c.extra {
+        let p = tmp.join(name);
+        write_atomic(&p, bytes).map_err(io(&p))?;
+    }
+    let state_path = tmp.join("state.json");
+    write_atomic(&state_path, c.state.to_json().as_bytes()).map_err(io(&state_path))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    write_atomic(&root.join("latest"), name.as_bytes()).map_err(io(&root.join("latest")))?;
+    prune(&root, keep);
+    Ok(final_dir)
+}
+
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// Keeps the newest `keep` `step-N` directories (never the one `latest` names).
+fn prune(root: &Path, keep: usize) {
+    let latest = std::fs::read_to_string(root.join("latest")).unwrap_or_default();
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("step-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep.max(1));
+    for (_, p) in steps.into_iter().take(excess) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy() == latest.trim())
+        {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// Refuses to start a fresh run in a directory that holds one already (its checkpoints would be
+/// overwritten step by step).
+pub fn ensure_fresh(run: &Path) -> Result<(), CheckpointError> {
+    match latest(run) {
+        Ok(_) => Err(CheckpointError::Exists {
+            dir: run.to_path_buf(),
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The directory `latest` points at.
+pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
+    let root = dir(run);
+    let pointer = root.join("latest");
+    let name = match std::fs::read_to_string(&pointer) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CheckpointError::None {
+                dir: run.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: pointer,
+                source,
+            });
+        }
+    };
+    if !name.starts_with("step-") || name.contains('/') {
+        return Err(CheckpointError::Bad {
+            path: pointer,
+            msg: format!("names {name:?}, not a step-N directory"),
+        });
+    }
+    Ok(root.join(name))
+}
+
+/// A run directory (its latest checkpoint) or a `step-N` directory itself.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join("state.json").exists() {
+        Ok(path.to_path_buf())
+    } else if dir(path).exists() {
+        latest(path)
+    } else {
+        Err(CheckpointError::Bad {
+            path: path.to_path_buf(),
+            msg: "neither a checkpoint (no state.json) nor a run directory (no checkpoints/)"
+                .into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tritium_model::{Backend, FfnAct, Quant};
+
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 64,
+            d_model: 32,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: Some(2),
+            d_ff: 64,
+            ffn_act: FfnAct::Silu,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            max_seq_len: 16,
+            quant: Quant::Ternary,
+            quant_warmup_steps: 0,
+        }
+    }
+
+    fn state(step: usize) -> State {
+        let prov = Provenance {
+            origin: Origin::Train,
+            tokenizer: None,
+            run: serde_json::Value::Null,
+        };
+        State {
+            step,
+            ..State::new(cfg(), "h".into(), prov)
+        }
+    }
+
+    fn save_at(
+        run: &Path,
+        model: &Transformer,
+        step: usize,
+        keep: usize,
+    ) -> Result<PathBuf, CheckpointError> {
+        let s = state(step);
+        let c = Contents {
+            model,
+            state: &s,
+            optim: &|p| std::fs::write(p, b"moments"),
+            tokenizer: None,
+            extra: &[],
+        };
+        save(run, &c, keep)
+    }
+
+    #[test]
+    fn a_failed_save_keeps_the_last_good_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&cfg(), &dev);
+        save_at(d.path(), &model, 5, 3).unwrap();
+        // Make the next save fail the way a full disk or a permission error would: here a file
+        // sits where its temporary directory must go.
+        std::fs::write(dir(d.path()).join(".step-10.tmp"), "in the way").unwrap();
+        let e = save_at(d.path(), &model, 10, 3).unwrap_err().to_string();
+        assert!(e.contains(".step-10.tmp"), "{e}");
+        let latest_dir = latest(d.path()).unwrap();
+        assert!(latest_dir.ends_with("step-5"));
+        assert!(!dir(d.path()).join("step-10").exists());
+        let ck = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(ck.state.step, 5);
+        ck.load_model(&dev).unwrap();
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&cfg(), &dev);
+        for step in [1, 2, 3, 4] {
+            save_at(d.path(), &model, step, 2).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir(d.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["latest", "step-3", "step-4"]);
+    }
+
+    /// A format-1 `state.json` (the whole pretraining config inside) still opens, with its model
+    /// shape and tokenizer path taken from that config.
+    #[test]
+    fn format_1_states_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let model = serde_json::to_value(cfg()).unwrap();
+        let v1 = serde_json::json!({
+            "format": 1, "step": 7, "tokens": 896, "best_val_loss": 2.5,
+            "tokenizer_hash": "abc",
+            "config": { "model": model, "data": { "tokenizer": "datasets/tok.json" }, "train": {} }
+        });
+        std::fs::write(d.path().join("state.json"), v1.to_string()).unwrap();
+        let ck = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(ck.state.step, 7);
+        assert_eq!(ck.state.model, cfg());
+        assert_eq!(
+            ck.tokenizer_path().unwrap(),
+            PathBuf::from("datasets/tok.json")
+        );
+        std::fs::write(d.path().join("tokenizer.json"), "{}").unwrap();
+        assert_eq!(
+            ck.tokenizer_path().unwrap(),
+            d.path().join("tokenizer.json")
+        );
+
+        std::fs::write(d.path().join("state.json"), r#"{"format": 9}"#).unwrap();
+        let e = Checkpoint::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("format 9") && e.contains("state.json"), "{e}");
+    }
+}

@@ -1,0 +1,44 @@
+//! Where an engine runs: its thread team and the instruction set of its kernels. A [`Model`]
+//! takes one at load and its sessions use it, so two models in one process (a server holding two,
+//! a test comparing thread counts) each have their own; nothing is process-wide.
+//!
+//! [`Model`]: crate::Model
+
+use std::sync::Arc;
+
+use crate::kernels::Isa;
+use crate::kernels::pool::Pool;
+
+#[derive(Clone)]
+pub struct Runtime {
+    pub pool: Arc<Pool>,
+    pub isa: Isa,
+}
+
+impl Runtime {
+    /// `threads` threads (0: one per core) and the fastest instruction set this CPU runs.
+    pub fn new(threads: usize) -> Runtime {
+        Runtime {
+            pool: Arc::new(Pool::new(threads)),
+            isa: Isa::detect(),
+        }
+    }
+
+    /// The same team with the kernels narrowed to `isa` (comparisons, tests).
+    pub fn with_isa(self, isa: Isa) -> Runtime {
+        Runtime { isa, ..self }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("threads", &self.threads())
+            .field("isa", &self.isa)
+            .finish()
+    }
+}

@@ -1,0 +1,241 @@
+//! Every GGUF name tritium reads or writes, in one place: metadata keys, tensor names and the
+//! seven ternary projections of a block. llama.cpp's `bitnet` architecture (`llama-arch.cpp`)
+//! defines them upstream; an exporter, the engine, an importer or a test spells a name by calling
+//! into this module, never as a literal, so a rename happens here once.
+
+/// `general.architecture` of every model tritium writes and runs.
+pub const ARCH: &str = "bitnet";
+
+/// `general.*` keys.
+pub mod general {
+    pub const ARCHITECTURE: &str = "general.architecture";
+    /// `"model"` or `"adapter"`.
+    pub const TYPE: &str = "general.type";
+    pub const NAME: &str = "general.name";
+    pub const FILE_TYPE: &str = "general.file_type";
+    pub const QUANTIZATION_VERSION: &str = "general.quantization_version";
+    pub const ALIGNMENT: &str = "general.alignment";
+}
+
+/// The architecture's hyper-parameter keys (`bitnet.*`).
+pub mod arch {
+    pub const CONTEXT_LENGTH: &str = "bitnet.context_length";
+    pub const EMBEDDING_LENGTH: &str = "bitnet.embedding_length";
+    pub const BLOCK_COUNT: &str = "bitnet.block_count";
+    pub const FEED_FORWARD_LENGTH: &str = "bitnet.feed_forward_length";
+    pub const HEAD_COUNT: &str = "bitnet.attention.head_count";
+    pub const HEAD_COUNT_KV: &str = "bitnet.attention.head_count_kv";
+    pub const ROPE_FREQ_BASE: &str = "bitnet.rope.freq_base";
+    pub const ROPE_DIMENSION_COUNT: &str = "bitnet.rope.dimension_count";
+    pub const RMS_EPS: &str = "bitnet.attention.layer_norm_rms_epsilon";
+    pub const VOCAB_SIZE: &str = "bitnet.vocab_size";
+    /// Our own key: upstream llama.cpp always runs SiLU; tritium's engine reads this to run ReLU²
+    /// too (`"silu"` or `"relu2"`).
+    pub const FFN_ACT: &str = "bitnet.feed_forward_activation";
+}
+
+/// `tokenizer.*` keys (llama.cpp's byte-level BPE vocabulary, `"gpt2"`).
+pub mod tokenizer {
+    pub const MODEL: &str = "tokenizer.ggml.model";
+    pub const PRE: &str = "tokenizer.ggml.pre";
+    pub const TOKENS: &str = "tokenizer.ggml.tokens";
+    pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    pub const MERGES: &str = "tokenizer.ggml.merges";
+    pub const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+    pub const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+    pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+    pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+}
+
+/// llama.cpp's `llama_token_type` values in `tokenizer.ggml.token_type`.
+pub mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+/// Keys of a llama.cpp LoRA-adapter GGUF.
+pub mod adapter {
+    /// `"lora"`.
+    pub const TYPE: &str = "adapter.type";
+    pub const LORA_ALPHA: &str = "adapter.lora.alpha";
+}
+
+/// SHA-256 of the checkpoint's `model.bpk`, in base GGUFs and adapter GGUFs alike: the engine
+/// refuses an adapter whose base hash differs from the model's.
+pub const BASE_HASH: &str = "tritium.base_hash";
+
+/// The ChatML template used when neither a config nor a file names one; fine-tuning renders
+/// examples with it and the engine chats with it, so both sides agree on the markers.
+pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+/// The special tokens [`DEFAULT_CHAT_TEMPLATE`] needs.
+pub const CHAT_MARKERS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
+
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+/// An untied output head (tritium ties it; an importer may meet one).
+pub const OUTPUT: &str = "output.weight";
+
+/// The seven ternary projections of a block, in the order the model and the engine stack them.
+/// Configs spell them by their short names (`target = ["q", "v"]`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// The GGUF stem: `blk.N.<stem>.weight`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::Q => "attn_q",
+            Self::K => "attn_k",
+            Self::V => "attn_v",
+            Self::O => "attn_output",
+            Self::Gate => "ffn_gate",
+            Self::Up => "ffn_up",
+            Self::Down => "ffn_down",
+        }
+    }
+
+    /// The short name configs use (`target = ["q", "v"]`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Q => "q",
+            Self::K => "k",
+            Self::V => "v",
+            Self::O => "o",
+            Self::Gate => "gate",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+
+    pub fn from_short(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.short() == s)
+    }
+
+    pub fn from_stem(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.stem() == s)
+    }
+
+    /// `(in, out)` for a model of width `d`, KV width `kv` and feed-forward width `f`: the
+    /// tensor's GGUF dims `[in, out]`.
+    pub fn dims(self, d: usize, kv: usize, f: usize) -> (usize, usize) {
+        match self {
+            Self::Q | Self::O => (d, d),
+            Self::K | Self::V => (d, kv),
+            Self::Gate | Self::Up => (d, f),
+            Self::Down => (f, d),
+        }
+    }
+
+    /// Position in [`Projection::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `blk.N.<stem>.weight`.
+    pub fn weight(self, n: usize) -> String {
+        weight(n, self.stem())
+    }
+
+    /// `blk.N.<stem>.scale`: the exact per-tensor scale beside d = 1 blocks.
+    pub fn scale(self, n: usize) -> String {
+        format!("blk.{n}.{}.scale", self.stem())
+    }
+}
+
+/// The four RMSNorm gains of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockNorm {
+    Attn,
+    AttnSub,
+    Ffn,
+    FfnSub,
+}
+
+impl BlockNorm {
+    pub const ALL: [BlockNorm; 4] = [Self::Attn, Self::AttnSub, Self::Ffn, Self::FfnSub];
+
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::Attn => "attn_norm",
+            Self::AttnSub => "attn_sub_norm",
+            Self::Ffn => "ffn_norm",
+            Self::FfnSub => "ffn_sub_norm",
+        }
+    }
+
+    /// `blk.N.<stem>.weight`.
+    pub fn weight(self, n: usize) -> String {
+        weight(n, self.stem())
+    }
+}
+
+fn weight(n: usize, stem: &str) -> String {
+    format!("blk.{n}.{stem}.weight")
+}
+
+/// The LoRA tensors of a base tensor in an adapter file: `<base>.lora_a`, `<base>.lora_b`.
+pub fn lora_a(base: &str) -> String {
+    format!("{base}.lora_a")
+}
+pub fn lora_b(base: &str) -> String {
+    format!("{base}.lora_b")
+}
+
+/// The block and projection a base tensor name `blk.N.<stem>.weight` stands for.
+pub fn parse_projection(name: &str) -> Option<(usize, Projection)> {
+    let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (n, stem) = rest.split_once('.')?;
+    Some((n.parse().ok()?, Projection::from_stem(stem)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_llama_cpp_s() {
+        assert_eq!(Projection::O.weight(3), "blk.3.attn_output.weight");
+        assert_eq!(Projection::Down.scale(0), "blk.0.ffn_down.scale");
+        assert_eq!(BlockNorm::FfnSub.weight(11), "blk.11.ffn_sub_norm.weight");
+        assert_eq!(lora_b("blk.0.attn_q.weight"), "blk.0.attn_q.weight.lora_b");
+        assert_eq!(arch::HEAD_COUNT_KV, "bitnet.attention.head_count_kv");
+    }
+
+    #[test]
+    fn projections_round_trip_through_every_spelling() {
+        for (i, p) in Projection::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), i);
+            assert_eq!(Projection::from_short(p.short()), Some(p));
+            assert_eq!(Projection::from_stem(p.stem()), Some(p));
+            assert_eq!(parse_projection(&p.weight(7)), Some((7, p)));
+        }
+        assert_eq!(parse_projection("blk.x.attn_q.weight"), None);
+        assert_eq!(parse_projection("blk.0.attn_norm.weight"), None);
+        assert_eq!(Projection::from_short("attn_q"), None);
+    }
+}

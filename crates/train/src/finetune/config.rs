@@ -1,0 +1,194 @@
+//! The `[finetune]` table of a fine-tuning config, and the run spec a fine-tuning directory keeps.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tritium_checkpoint::LoraLayout;
+use tritium_model::{ModelConfig, Projection};
+
+use super::{FinetuneError, io};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Lora,
+    Full,
+}
+
+fn d_method() -> Method {
+    Method::Lora
+}
+fn d_rank() -> usize {
+    8
+}
+fn d_alpha() -> f32 {
+    16.0
+}
+fn d_dropout() -> f64 {
+    0.05
+}
+fn d_targets() -> Vec<Projection> {
+    Projection::ALL.to_vec()
+}
+fn d_steps() -> usize {
+    200
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_seq() -> usize {
+    256
+}
+fn d_lr() -> f64 {
+    2e-3
+}
+fn d_warmup() -> usize {
+    10
+}
+fn d_clip() -> f32 {
+    1.0
+}
+fn d_holdout() -> usize {
+    10
+}
+fn d_log() -> usize {
+    10
+}
+fn d_eval() -> usize {
+    50
+}
+fn d_ckpt() -> usize {
+    100
+}
+fn d_keep() -> usize {
+    2
+}
+
+/// The `[finetune]` table of a fine-tuning config.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    #[serde(default = "d_method")]
+    pub method: Method,
+    #[serde(default = "d_rank")]
+    pub rank: usize,
+    #[serde(default = "d_alpha")]
+    pub alpha: f32,
+    #[serde(default = "d_dropout")]
+    pub dropout: f64,
+    /// BitLinears that get adapters: any of q, k, v, o, gate, up, down.
+    #[serde(default = "d_targets")]
+    pub target: Vec<Projection>,
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Longest training row in tokens; longer examples are cut (and counted).
+    #[serde(default = "d_seq")]
+    pub seq_len: usize,
+    /// Pack several short examples into each row of `seq_len`, attention cut between them.
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d_clip")]
+    pub grad_clip: f32,
+    /// Every Nth example is held out when no separate evaluation file is given.
+    #[serde(default = "d_holdout")]
+    pub holdout_every: usize,
+    #[serde(default = "d_log")]
+    pub log_every: usize,
+    /// Held-out response loss every N steps (and at the end).
+    #[serde(default = "d_eval")]
+    pub eval_every: usize,
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    #[serde(default = "d_keep")]
+    pub keep_checkpoints: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// A Jinja chat template (default: ChatML).
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    finetune: FinetuneConfig,
+}
+
+impl FinetuneConfig {
+    pub fn load(path: &Path) -> Result<Self, FinetuneError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+        let f: File = toml::from_str(&text)
+            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+        f.finetune
+            .validate()
+            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+        Ok(f.finetune)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.rank == 0
+            || self.batch_size == 0
+            || self.seq_len < 2
+            || self.steps == 0
+            || !(0.0..1.0).contains(&self.dropout)
+        {
+            return Err(
+                "rank, batch_size and steps must be ≥ 1, seq_len ≥ 2, dropout in [0, 1)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn layout(&self) -> LoraLayout {
+        LoraLayout {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// What a fine-tuning run was asked to do, kept as `finetune.json` in its directory so
+/// `--resume DIR` needs nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub config: FinetuneConfig,
+    pub base: PathBuf,
+    /// Training files, read in order and joined.
+    pub data: Vec<PathBuf>,
+    pub eval_data: Option<PathBuf>,
+    /// Fold the adapter into the weights at the end (LoRA only).
+    #[serde(default)]
+    pub merge: bool,
+}
+
+impl RunSpec {
+    pub fn read(out: &Path) -> Result<Self, FinetuneError> {
+        let p = out.join("finetune.json");
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text)
+            .map_err(|e| FinetuneError::Config(format!("{}: {e}", p.display())))
+    }
+}
+
+/// Parameters an adapter set adds: `r·(d_in + d_out)` per adapted projection.
+pub fn lora_param_count(m: &ModelConfig, rank: usize, targets: &[Projection]) -> usize {
+    let (d, f, kv) = (m.d_model, m.d_ff, m.kv_heads() * m.head_dim());
+    let per = |p: &Projection| {
+        let (d_in, d_out) = p.dims(d, kv, f);
+        d_in + d_out
+    };
+    m.n_layers * rank * targets.iter().map(per).sum::<usize>()
+}
