@@ -7,11 +7,12 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use tritium_engine::{Logits, Model, Session};
+use tritium_engine::{Logits, Model, Runtime, Session};
 
 fuzz_target!(|data: &[u8]| {
-    tritium_engine::set_threads(1);
-    let Ok(model) = Model::from_bytes(Path::new("fuzz.gguf"), data.to_vec()) else {
+    // One thread: the fuzzer runs inputs back to back, and a team per input would only add noise.
+    let Ok(model) = Model::from_bytes(Path::new("fuzz.gguf"), data.to_vec(), &Runtime::new(1))
+    else {
         return;
     };
     let ctx = model.cfg.ctx.min(4);

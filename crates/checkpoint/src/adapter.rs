@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tritium_gguf::names::{self, Projection};
+use tritium_gguf::names::{self, LoraPart, Projection};
 use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 
@@ -219,13 +219,14 @@ impl AdapterSet {
         tensor_names.sort();
         let mut adapters = Vec::new();
         for n in &tensor_names {
-            let Some(base) = n.strip_suffix(".lora_a") else {
-                if n.ends_with(".lora_b") {
-                    continue;
+            let base = match names::parse_lora(n) {
+                Some((base, LoraPart::A)) => base,
+                Some((_, LoraPart::B)) => continue,
+                None => {
+                    return Err(bad(format!(
+                        "tensor {n} is neither <base>.lora_a nor <base>.lora_b"
+                    )));
                 }
-                return Err(bad(format!(
-                    "tensor {n} is neither <base>.lora_a nor <base>.lora_b"
-                )));
             };
             let (ad, a) = read(n)?;
             let (bd, b) = read(&names::lora_b(base))?;
@@ -254,8 +255,7 @@ impl AdapterSet {
             return Err(bad("holds no <base>.lora_a tensors".into()));
         }
         if let Some(orphan) = tensor_names.iter().find(|n| {
-            n.strip_suffix(".lora_b")
-                .is_some_and(|b| !tensor_names.contains(&names::lora_a(b)))
+            matches!(names::parse_lora(n), Some((b, LoraPart::B)) if !tensor_names.contains(&names::lora_a(b)))
         }) {
             return Err(bad(format!("tensor {orphan} has no matching .lora_a")));
         }

@@ -147,7 +147,7 @@ pub fn load_weights(model: Transformer, model_path: &Path) -> Result<Transformer
         path: model_path.to_path_buf(),
         msg,
     };
-    let fused = model.fused;
+    let fused = model.fused();
     let record = ModuleRecord::load(model_path).map_err(|e| bad(e.to_string()))?;
     model
         .try_load_record(record)

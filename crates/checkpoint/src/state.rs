@@ -94,6 +94,12 @@ impl State {
                 let model = serde_json::from_value(v1.config["model"].clone())
                     .map_err(|e| bad(format!("config.model: {e}")))?;
                 let tokenizer = v1.config["data"]["tokenizer"].as_str().map(PathBuf::from);
+                // Format 1 did not say what wrote it; fine-tuning left its template beside.
+                let origin = if ckpt.join(crate::CHAT_TEMPLATE).exists() {
+                    Origin::Finetune
+                } else {
+                    Origin::Train
+                };
                 Ok(State {
                     format: FORMAT,
                     step: v1.step,
@@ -102,14 +108,14 @@ impl State {
                     tokenizer_hash: v1.tokenizer_hash,
                     model,
                     provenance: Provenance {
-                        origin: Origin::Train,
+                        origin,
                         tokenizer,
                         run: v1.config,
                     },
                 })
             }
             Some(f) => Err(bad(format!(
-                "checkpoint format {f} is not {FORMAT}, which this build reads"
+                "checkpoint format {f}; this build reads formats 1 and {FORMAT}"
             ))),
             None => Err(bad("no checkpoint format number".into())),
         }

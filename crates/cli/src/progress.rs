@@ -31,6 +31,9 @@ pub struct Progress {
     tty: bool,
     out: PathBuf,
     log_every: usize,
+    /// What an evaluation measures: next-token loss on held-out text, or the response loss of
+    /// held-out examples.
+    eval_label: &'static str,
 }
 
 impl Progress {
@@ -40,6 +43,7 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             out,
             log_every: 10,
+            eval_label: "validation loss",
         }
     }
 
@@ -69,6 +73,9 @@ impl Progress {
                 data,
             } => {
                 self.start_lines(first_step, max_steps, &data);
+                if let StartData::Examples(_) = data {
+                    self.eval_label = "held-out response loss";
+                }
                 self.log_every = (max_steps / 50).clamp(1, 100);
                 if self.tty {
                     let bar = ProgressBar::new(max_steps as u64).with_style(
@@ -104,7 +111,7 @@ impl Progress {
                 val_loss,
                 sample,
             } => {
-                self.line(format!("step {step} | validation loss {val_loss:.4}"));
+                self.line(format!("step {step} | {} {val_loss:.4}", self.eval_label));
                 if let Some(s) = sample {
                     self.line(format!("  sample: {}", s.replace('\n', " ")));
                 }

@@ -266,7 +266,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "isa": model.rt.isa.name(),
         "threads": model.rt.threads(),
         "ternary_weights": model.ternary_weights(),
-        "file_ternary_bits_per_weight": model.weight_type.bits_per_weight(),
+        "file_ternary_bits_per_weight": model.ternary_bits_per_weight(),
         "file_bytes": model.file_bytes,
         "load_seconds": load_s,
         "first_token_seconds": first_token_s,

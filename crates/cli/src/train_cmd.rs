@@ -1,5 +1,5 @@
-//! `tritium train`, `tritium tokenizer train`, `tritium data prepare`: flags → library calls, and
-//! the progress display (an indicatif bar on a terminal, plain log lines otherwise).
+//! `tritium train`, `tritium tokenizer train`, `tritium data prepare`: flags → library calls (the
+//! progress display is `progress.rs`, shared with fine-tuning).
 
 use std::path::PathBuf;
 

@@ -4,7 +4,7 @@
 //! coming server both talk through this.
 
 use minijinja::Environment;
-use tritium_gguf::names::{CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE};
+use tritium_gguf::names::{CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE, tokenizer};
 
 use crate::forward::Session;
 use crate::sample::Sampler;
@@ -26,7 +26,12 @@ impl Chat {
             "chat",
             template.unwrap_or(DEFAULT_CHAT_TEMPLATE).to_string(),
         )
-        .map_err(|e| Error::Context(format!("the chat template does not parse: {e}")))?;
+        .map_err(|e| {
+            Error::Context(format!(
+                "the chat template ({}) does not parse: {e}",
+                tokenizer::CHAT_TEMPLATE
+            ))
+        })?;
         let messages = system
             .map(|s| vec![("system".to_string(), s.to_string())])
             .unwrap_or_default();

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use tritium_gguf::names::{self, BASE_HASH, Projection, adapter, general};
+use tritium_gguf::names::{self, BASE_HASH, LoraPart, Projection, adapter, general};
 use tritium_gguf::{GgmlType, Gguf, Value};
 
 use crate::Error;
@@ -89,14 +89,15 @@ impl Lora {
             (0..c.n_layers).map(|_| Default::default()).collect();
         let mut tensors = 0;
         for t in &g.tensors {
-            let Some(base) = t.name.strip_suffix(".lora_a") else {
-                if t.name.ends_with(".lora_b") {
-                    continue;
+            let base = match names::parse_lora(&t.name) {
+                Some((base, LoraPart::A)) => base,
+                Some((_, LoraPart::B)) => continue,
+                None => {
+                    return Err(bad(format!(
+                        "tensor {} is neither <base>.lora_a nor <base>.lora_b",
+                        t.name
+                    )));
                 }
-                return Err(bad(format!(
-                    "tensor {} is neither <base>.lora_a nor <base>.lora_b",
-                    t.name
-                )));
             };
             let target = parse_base(base, c.n_layers).ok_or_else(|| {
                 bad(format!(

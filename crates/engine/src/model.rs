@@ -267,6 +267,15 @@ impl Model {
                 .sum::<usize>()
     }
 
+    /// Bits a ternary weight takes in the file; None when the projections mix types.
+    pub fn ternary_bits_per_weight(&self) -> Option<f64> {
+        matches!(
+            self.weight_type,
+            GgmlType::Tq1_0 | GgmlType::Tq2_0 | GgmlType::I2S
+        )
+        .then(|| self.weight_type.bits_per_weight())
+    }
+
     /// Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows)
     /// and the LM head.
     pub fn bytes_per_token(&self) -> usize {

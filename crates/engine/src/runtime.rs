@@ -1,6 +1,8 @@
-//! Where an engine runs: its thread team and the instruction set of its kernels. A [`Model`]
-//! takes one at load and its sessions use it, so two models in one process (a server holding two,
-//! a test comparing thread counts) each have their own; nothing is process-wide.
+//! Where an engine runs: its thread team and the instruction set of its ternary, float-dot and
+//! attention kernels. A [`Model`] takes one at load and its sessions use it, so two models in one
+//! process (a server holding two, a test comparing thread counts) each have their own team. (The
+//! auto-vectorized row kernels in `tritium_kernels` pick AVX-512 or not once per process from the
+//! CPU, narrowed by `TRITIUM_ISA`; they give the same bits either way.)
 //!
 //! [`Model`]: crate::Model
 
@@ -24,7 +26,8 @@ impl Runtime {
         }
     }
 
-    /// The same team with the kernels narrowed to `isa` (comparisons, tests).
+    /// The same team with the ternary, float-dot and attention kernels narrowed to `isa`
+    /// (comparisons, tests).
     pub fn with_isa(self, isa: Isa) -> Runtime {
         Runtime { isa, ..self }
     }

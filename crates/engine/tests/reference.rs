@@ -277,3 +277,54 @@ fn two_engines_with_different_thread_counts_run_side_by_side() {
     assert_eq!(a.len(), 40 * one.cfg.vocab);
     assert_eq!(a, b);
 }
+
+/// A chat turn that reuses the KV cache of the turns before gives the tokens the whole
+/// conversation gives from an empty cache. The first reply ends at its length limit, so its last
+/// token was sampled but never run: the cache holds one token fewer than the conversation, which
+/// is why reuse stops at the session's position (a random model's bytes rarely re-tokenize to the
+/// same ids, so this test does not reach that edge by itself).
+#[test]
+fn a_chat_turn_reusing_the_cache_equals_the_whole_conversation_run_afresh() {
+    use tritium_engine::{Chat, Sampler, SamplerConfig};
+    let m = Model::from_bytes(
+        Path::new("chat.gguf"),
+        gguf(&Spec {
+            ctx: 256,
+            ..Spec::default()
+        }),
+        &rt(),
+    )
+    .unwrap();
+    let greedy = || {
+        Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        })
+    };
+    let mut s = Session::new(&m, 256).unwrap();
+    let mut chat = Chat::new(None, Some("be brief")).unwrap();
+    let first = chat
+        .reply(&mut s, &mut greedy(), "hello", 6, &[], |_| {})
+        .unwrap();
+    assert_eq!(first.tokens.len(), 6, "the first reply ends at its limit");
+    assert_eq!(
+        s.pos,
+        first.prompt_tokens + 5,
+        "its last token is not in the cache"
+    );
+    let second = chat
+        .reply(&mut s, &mut greedy(), "and then?", 6, &[], |_| {})
+        .unwrap();
+
+    let mut fresh = Chat::new(None, None).unwrap();
+    fresh.messages = chat.messages[..chat.messages.len() - 2].to_vec();
+    let mut s2 = Session::new(&m, 256).unwrap();
+    let again = fresh
+        .reply(&mut s2, &mut greedy(), "and then?", 6, &[], |_| {})
+        .unwrap();
+    assert_eq!(second.tokens, again.tokens);
+    assert!(
+        second.prompt_tokens < again.prompt_tokens,
+        "the cache was reused"
+    );
+}

@@ -12,17 +12,39 @@ use crate::types::GgmlType;
 
 pub const QK_K: usize = 256;
 
-/// `block_tq2_0`: 2.0625 bits per weight.
-/// Bytes 0..64 `qs`: element `e = 128h + 32l + m` is at bits `2l..2l+2` of byte `32h + m`.
-/// Bytes 64..66: `d`, fp16. Value = `(t − 1)·d`. Mirrors ggml-common.h `block_tq2_0`.
-pub const TQ2_0_BYTES: usize = 66;
+/// `block_tq2_0`: 2.0625 bits per weight. Mirrors ggml-common.h `block_tq2_0`.
+#[repr(C)]
+pub struct BlockTq2_0 {
+    /// Element `e = 128h + 32l + m` is at bits `2l..2l+2` of byte `32h + m`.
+    pub qs: [u8; QK_K / 4],
+    /// Value = `(t − 1)·d`.
+    pub d: f16,
+}
+pub const TQ2_0_BYTES: usize = size_of::<BlockTq2_0>();
+const _: () = assert!(TQ2_0_BYTES == 66);
+
 /// `block_tq1_0`: 1.6875 bits per weight, base-3 (5 trits per byte, most significant first, stored
-/// as ⌈v·256/243⌉ so a multiply-shift extracts digits). Bytes 0..32: elements `m + 32n` (n < 5);
-/// 32..48: elements `160 + m + 16n`; 48..52 (`qh`): elements `240 + j + 4n` (n < 4, 5th trit 0);
-/// 52..54: `d`, fp16. Mirrors ggml-common.h `block_tq1_0`.
-pub const TQ1_0_BYTES: usize = 54;
-/// `block_q8_0`: fp16 `d` then 32 int8; value = `q·d`.
-pub const Q8_0_BYTES: usize = 34;
+/// as ⌈v·256/243⌉ so a multiply-shift extracts digits). Mirrors ggml-common.h `block_tq1_0`.
+#[repr(C)]
+pub struct BlockTq1_0 {
+    /// Bytes 0..32: elements `m + 32n` (n < 5); 32..48: elements `160 + m + 16n`.
+    pub qs: [u8; (QK_K - 4 * QK_K / 64) / 5],
+    /// Elements `240 + j + 4n` (n < 4, 5th trit 0).
+    pub qh: [u8; QK_K / 64],
+    pub d: f16,
+}
+pub const TQ1_0_BYTES: usize = size_of::<BlockTq1_0>();
+const _: () = assert!(TQ1_0_BYTES == 54);
+
+/// `block_q8_0`: value = `q·d`.
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+pub const Q8_0_BYTES: usize = size_of::<BlockQ8_0>();
+const _: () = assert!(Q8_0_BYTES == 34);
+
 /// I2_S (bitnet.cpp, x86 "ACT_PARALLEL" layout): blocks of 128 elements in 32 bytes, byte
 /// `32b + j` = `t[128b+j]<<6 | t[128b+32+j]<<4 | t[128b+64+j]<<2 | t[128b+96+j]`; after all codes a
 /// 32-byte tail whose first 4 bytes are the tensor's f32 scale.

@@ -206,6 +206,20 @@ pub fn lora_b(base: &str) -> String {
     format!("{base}.lora_b")
 }
 
+/// Which half of a LoRA pair a tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraPart {
+    A,
+    B,
+}
+
+/// `<base>.lora_a` / `<base>.lora_b` → (base, part); anything else is not an adapter tensor.
+pub fn parse_lora(name: &str) -> Option<(&str, LoraPart)> {
+    name.strip_suffix(".lora_a")
+        .map(|b| (b, LoraPart::A))
+        .or_else(|| name.strip_suffix(".lora_b").map(|b| (b, LoraPart::B)))
+}
+
 /// The block and projection a base tensor name `blk.N.<stem>.weight` stands for.
 pub fn parse_projection(name: &str) -> Option<(usize, Projection)> {
     let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
@@ -223,6 +237,11 @@ mod tests {
         assert_eq!(Projection::Down.scale(0), "blk.0.ffn_down.scale");
         assert_eq!(BlockNorm::FfnSub.weight(11), "blk.11.ffn_sub_norm.weight");
         assert_eq!(lora_b("blk.0.attn_q.weight"), "blk.0.attn_q.weight.lora_b");
+        assert_eq!(
+            parse_lora(&lora_a("blk.2.ffn_up.weight")),
+            Some(("blk.2.ffn_up.weight", LoraPart::A))
+        );
+        assert_eq!(parse_lora("blk.0.attn_q.weight"), None);
         assert_eq!(arch::HEAD_COUNT_KV, "bitnet.attention.head_count_kv");
     }
 

@@ -172,12 +172,16 @@ impl<'a> Gguf<'a> {
             let v = c.value(ty, &key, 0)?;
             metadata.push((key, v));
         }
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        let alignment = match metadata
+            .iter()
+            .find(|(k, _)| k == crate::names::general::ALIGNMENT)
+        {
             None => 32,
             Some((_, Value::U32(a))) if a.is_power_of_two() => *a as usize,
             Some((_, v)) => {
                 return Err(Error::Invalid(format!(
-                    "general.alignment = {} must be a u32 power of two",
+                    "{} = {} must be a u32 power of two",
+                    crate::names::general::ALIGNMENT,
                     v.display()
                 )));
             }

@@ -1,5 +1,7 @@
 //! ggml tensor types and GGUF metadata values.
 
+use crate::blocks;
+
 /// The tensor types tritium reads and writes (ggml's ids; I2_S is bitnet.cpp's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
@@ -69,9 +71,9 @@ impl GgmlType {
         match self {
             Self::F32 => 4 * n,
             Self::F16 => 2 * n,
-            Self::Q8_0 => n / 32 * 34,
-            Self::Tq1_0 => n / 256 * 54,
-            Self::Tq2_0 => n / 256 * 66,
+            Self::Q8_0 => n / 32 * blocks::Q8_0_BYTES,
+            Self::Tq1_0 => n / blocks::QK_K * blocks::TQ1_0_BYTES,
+            Self::Tq2_0 => n / blocks::QK_K * blocks::TQ2_0_BYTES,
             // Packed 2-bit codes, then a 32-byte tail whose first 4 bytes are the f32 scale.
             Self::I2S => n / 4 + 32,
         }

@@ -1,6 +1,7 @@
 //! Assembling a GGUF v3 file: metadata first, then tensor infos, then the tensors, each padded to
 //! the alignment, at offsets equal to the running sum (what current llama.cpp insists on).
 
+use crate::names::general;
 use crate::types::{GgmlType, Value};
 
 pub const ALIGNMENT: usize = 32;
@@ -79,8 +80,8 @@ impl Writer {
         out.extend_from_slice(&3u32.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         let mut meta = self.metadata.clone();
-        if !meta.iter().any(|(k, _)| k == "general.alignment") {
-            meta.push(("general.alignment".into(), Value::U32(ALIGNMENT as u32)));
+        if !meta.iter().any(|(k, _)| k == general::ALIGNMENT) {
+            meta.push((general::ALIGNMENT.into(), Value::U32(ALIGNMENT as u32)));
         }
         out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
         for (k, v) in &meta {

@@ -47,8 +47,9 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Whether this CPU runs the AVX-512 (x86-64-v4) versions of the row kernels
-/// (`TRITIUM_ISA=scalar|avx2` turns them off, as it narrows the engine's kernels).
+/// Whether this CPU runs the AVX-512 (x86-64-v4) versions of the row kernels. Decided once per
+/// process, because the answer is the CPU's and the row kernels give the same bits either way;
+/// `TRITIUM_ISA=scalar|avx2` (read here, once) turns them off to compare.
 #[cfg(target_arch = "x86_64")]
 pub fn has_x86_v4() -> bool {
     use std::arch::is_x86_feature_detected as has;

@@ -22,7 +22,7 @@ pub struct Attention {
     pub n_kv_heads: usize,
     pub rope_theta: f32,
     #[module(skip)]
-    pub fused: bool,
+    pub(crate) fused: bool,
 }
 
 impl Attention {

@@ -21,7 +21,7 @@ pub struct BitLinear {
     pub lora: Option<Lora>,
     /// Run the fused CPU op where the device allows (see [`crate::Transformer::set_fused`]).
     #[module(skip)]
-    pub fused: bool,
+    pub(crate) fused: bool,
 }
 
 /// LoRA with llama.cpp's runtime semantics: `y = BitLinear(x) + (alpha/r)·B(A·x)`, the branch

@@ -16,20 +16,22 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const NAMES: [&'static str; 3] = ["flex", "ndarray", "wgpu"];
+    pub const ALL: [Backend; 3] = [Self::Flex, Self::Ndarray, Self::Wgpu];
 
     pub fn parse(name: &str) -> Result<Self, Error> {
-        match name {
-            "flex" => Ok(Self::Flex),
-            "ndarray" => Ok(Self::Ndarray),
-            "wgpu" => Ok(Self::Wgpu),
-            other => Err(Error::Config(format!(
-                "unknown device {other:?}; expected one of {}",
-                Self::NAMES.join(", ")
-            ))),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|b| b.name()).collect();
+                Error::Config(format!(
+                    "unknown device {name:?}; expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
+    /// The spelling of configs and flags; serde uses the same lowercase names.
     pub fn name(self) -> &'static str {
         match self {
             Self::Flex => "flex",

@@ -17,7 +17,7 @@ pub struct FeedForward {
     #[module(skip)]
     pub act: FfnAct,
     #[module(skip)]
-    pub fused: bool,
+    pub(crate) fused: bool,
 }
 
 impl FeedForward {

@@ -20,7 +20,7 @@ pub struct Block {
     pub ffn_norm: RmsNorm,
     pub ffn: FeedForward,
     #[module(skip)]
-    pub fused: bool,
+    pub(crate) fused: bool,
 }
 
 impl Block {
@@ -90,7 +90,7 @@ pub struct Transformer {
     /// the plain tensor-op model (the reference, for comparisons and bisecting): a setting of
     /// this model, so two models in one process may differ. On by default.
     #[module(skip)]
-    pub fused: bool,
+    pub(crate) fused: bool,
 }
 
 impl Transformer {
@@ -122,6 +122,11 @@ impl Transformer {
                 l.fused = on;
             }
         }
+    }
+
+    /// Whether this model runs the fused CPU ops where the device allows.
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     /// As [`Self::set_fused`], by value.

@@ -47,7 +47,6 @@ pub fn run_bench(
     device.seed(cfg.seed);
     let mut model = Transformer::new(model_cfg, &device).with_fused(cfg.fused);
     let mut optim = AdamW::new(AdamWConfig::default());
-    optim.fused = cfg.fused;
     let params = StepParams {
         lr: 1e-3,
         weight_decay: 0.1,

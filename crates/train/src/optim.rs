@@ -40,7 +40,7 @@ pub struct AdamW {
     pub t: u64,
     state: Vec<Option<(Tensor<1>, Tensor<1>)>>,
     /// Update with the fused one-pass kernel where the device allows (the same bits as the
-    /// tensor ops); off to run the plain tensor-op update, as the unfused model does.
+    /// tensor ops); off to run the plain tensor-op update. `train_step` sets it from the model.
     pub fused: bool,
 }
 

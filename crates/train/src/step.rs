@@ -27,8 +27,13 @@ pub struct StepOutput {
 }
 
 /// A loss or gradient norm that is NaN or infinite; the update was not applied.
-#[derive(Debug, Clone, Copy)]
-pub struct NonFinite(pub f32);
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum NonFinite {
+    #[error("loss became {0}")]
+    Loss(f32),
+    #[error("gradient norm became {0}")]
+    GradNorm(f32),
+}
 
 /// One step over `micro_batches` micro-batches; `loss(model, m)` is the mean loss of micro-batch
 /// `m` (a scalar tensor under autodiff).
@@ -39,6 +44,8 @@ pub fn train_step(
     mut loss: impl FnMut(&Transformer, usize) -> Tensor<1>,
     p: StepParams,
 ) -> Result<(Transformer, StepOutput), NonFinite> {
+    // The optimizer runs as the model does: fused kernels or the tensor-op reference.
+    optim.fused = model.fused();
     let mut acc = GradientsAccumulator::<Transformer>::new();
     let mut losses = Vec::with_capacity(micro_batches);
     let n = micro_batches.max(1) as f32;
@@ -47,7 +54,7 @@ pub fn train_step(
         let loss = loss(&model, micro);
         let value = loss.clone().inner().into_scalar::<f32>();
         if !value.is_finite() {
-            return Err(NonFinite(value));
+            return Err(NonFinite::Loss(value));
         }
         losses.push(value);
         let loss = if n > 1.0 { loss / n } else { loss };
@@ -56,7 +63,7 @@ pub fn train_step(
     let grads = acc.grads();
     let norm = grad_norm(&model, &grads, optim.fused);
     if !norm.is_finite() {
-        return Err(NonFinite(norm));
+        return Err(NonFinite::GradNorm(norm));
     }
     let clip = if p.grad_clip > 0.0 && norm > p.grad_clip {
         p.grad_clip / norm

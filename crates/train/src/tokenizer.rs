@@ -10,6 +10,8 @@ use tokenizers::{
     TokenizerImpl,
 };
 
+use tritium_checkpoint::sha256_hex;
+
 use crate::text::EOT_MARKER;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +60,7 @@ impl Tokenizer {
             })?;
         Ok(Self {
             inner,
-            hash: hash_bytes(&bytes),
+            hash: sha256_hex(&bytes),
             eot_id,
             path: path.to_path_buf(),
         })
@@ -83,8 +85,6 @@ impl Tokenizer {
             .unwrap_or_else(|e| format!("<undecodable: {e}>"))
     }
 }
-
-pub use tritium_checkpoint::sha256_hex as hash_bytes;
 
 /// Trains a byte-level BPE (GPT-2's pre-tokenizer, no prefix space, so GGUF can declare it `gpt2`)
 /// with `<|endoftext|>` as its one special token, and writes `out` (tokenizer.json).
@@ -149,7 +149,7 @@ mod tests {
         let ids = t.encode("zebra ünïcode ✓").unwrap();
         assert_eq!(t.decode(&ids), "zebra ünïcode ✓");
         assert_eq!(t.inner.id_to_token(t.eot_id).as_deref(), Some(EOT_MARKER));
-        assert_eq!(t.hash, hash_bytes(&std::fs::read(&out).unwrap()));
+        assert_eq!(t.hash, sha256_hex(&std::fs::read(&out).unwrap()));
     }
 
     #[test]

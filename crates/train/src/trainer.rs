@@ -41,9 +41,9 @@ pub enum TrainError {
     #[error("{0}")]
     Config(String),
     #[error(
-        "loss became {loss} at step {step}; stopped without saving it (the last good checkpoint is kept; lower lr or raise warmup_steps)"
+        "{what} at step {step}; stopped without saving it (the last good checkpoint is kept; lower lr or raise warmup_steps)"
     )]
-    NonFinite { step: usize, loss: f32 },
+    NonFinite { step: usize, what: NonFinite },
 }
 
 pub struct TrainOptions {
@@ -140,8 +140,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             )));
         }
         let model = ckpt.load_model(&device)?.with_fused(opts.fused);
-        let mut optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
-        optim.fused = opts.fused;
+        let optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
         // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
         (model, optim, state.step, state.tokens)
@@ -150,11 +149,9 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         std::fs::create_dir_all(run).map_err(io(run))?;
         device.seed(t.seed);
         let _ = std::fs::remove_file(&metrics_path);
-        let mut optim = AdamW::new(adam);
-        optim.fused = opts.fused;
         (
             Transformer::new(&cfg.model, &device).with_fused(opts.fused),
-            optim,
+            AdamW::new(adam),
             0usize,
             0u64,
         )
@@ -238,12 +235,13 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             );
             model.cross_entropy(model.forward_blend(x, lambda), y)
         };
-        let (next, out) = train_step(model, &mut optim, t.grad_accum, loss, params).map_err(
-            |NonFinite(loss)| TrainError::NonFinite {
-                step: step + 1,
-                loss,
-            },
-        )?;
+        let (next, out) =
+            train_step(model, &mut optim, t.grad_accum, loss, params).map_err(|what| {
+                TrainError::NonFinite {
+                    step: step + 1,
+                    what,
+                }
+            })?;
         model = next;
         step += 1;
         tokens += tokens_per_step as u64;

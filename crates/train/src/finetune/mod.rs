@@ -59,8 +59,8 @@ pub enum FinetuneError {
     /// to train on after tokenization.
     #[error("{0}")]
     Examples(String),
-    #[error("loss became {loss} at step {step}; lower lr (the last checkpoint is kept)")]
-    NonFinite { step: usize, loss: f32 },
+    #[error("{what} at step {step}; lower lr (the last checkpoint is kept)")]
+    NonFinite { step: usize, what: NonFinite },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FinetuneError {
@@ -273,7 +273,6 @@ pub fn finetune(
         .map_err(io(&spec_path))?;
         (AdamW::new(AdamWConfig::default()), 1)
     };
-    optim.fused = o.fused;
     if c.method == Method::Lora {
         model = model.freeze_base();
     }
@@ -420,7 +419,7 @@ pub fn finetune(
             grad_clip: c.grad_clip,
         };
         let (next, out_) = train_step(model, &mut optim, 1, loss, params)
-            .map_err(|NonFinite(loss)| FinetuneError::NonFinite { step, loss })?;
+            .map_err(|what| FinetuneError::NonFinite { step, what })?;
         model = next;
         let row = Row {
             step,
@@ -602,10 +601,12 @@ mod tests {
                 }
             },
         )
-        .err()
-        .expect("the run stops");
+        .expect_err("the run stops");
         assert!(matches!(e, FinetuneError::NonFinite { step: 2, .. }), "{e}");
-        assert!(e.to_string().contains("at step 2"), "{e}");
+        assert!(
+            e.to_string().contains("became") && e.to_string().contains("at step 2"),
+            "{e}"
+        );
         assert_eq!(steps, [1]);
         // Step 1's checkpoint is the last good one.
         assert!(checkpoint::latest(&out).unwrap().ends_with("step-1"));
