@@ -309,45 +309,44 @@ mod tests {
             e.contains("junk.safetensors") && e.contains("not a safetensors"),
             "{e}"
         );
-        // A lora_a without its lora_b, and no alpha anywhere.
-        let p = write(
-            dir.path(),
-            "no-alpha.safetensors",
-            vec![("blk.0.attn_q.weight.lora_a", vec![2, 4])],
-            None,
+        let (qa, qb) = ("blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b");
+        let (na, nb) = (
+            "blk.0.attn_norm.weight.lora_a",
+            "blk.0.attn_norm.weight.lora_b",
         );
-        let e = AdapterSet::read(&p).unwrap_err().to_string();
-        assert!(e.contains("no alpha"), "{e}");
-        let p = write(
-            dir.path(),
-            "orphan.safetensors",
-            vec![("blk.0.attn_q.weight.lora_a", vec![2, 4])],
-            Some("4"),
+        // (file, tensors, alpha in the metadata, what the error must say)
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, Vec<usize>)>,
+            Option<&'a str>,
+            &'a str,
         );
-        let e = AdapterSet::read(&p).unwrap_err().to_string();
-        assert!(e.contains("blk.0.attn_q.weight.lora_b is missing"), "{e}");
-        let p = write(
-            dir.path(),
-            "ranks.safetensors",
-            vec![
-                ("blk.0.attn_q.weight.lora_a", vec![2, 4]),
-                ("blk.0.attn_q.weight.lora_b", vec![4, 3]),
-            ],
-            Some("4"),
-        );
-        let e = AdapterSet::read(&p).unwrap_err().to_string();
-        assert!(e.contains("ranks differ"), "{e}");
-        let p = write(
-            dir.path(),
-            "name.safetensors",
-            vec![
-                ("blk.0.attn_norm.weight.lora_a", vec![2, 4]),
-                ("blk.0.attn_norm.weight.lora_b", vec![4, 2]),
-            ],
-            Some("4"),
-        );
-        let e = AdapterSet::read(&p).unwrap_err().to_string();
-        assert!(e.contains("not a ternary projection"), "{e}");
+        let cases: [Case; 4] = [
+            ("no-alpha", vec![(qa, vec![2, 4])], None, "no alpha"),
+            (
+                "orphan",
+                vec![(qa, vec![2, 4])],
+                Some("4"),
+                "blk.0.attn_q.weight.lora_b is missing",
+            ),
+            (
+                "ranks",
+                vec![(qa, vec![2, 4]), (qb, vec![4, 3])],
+                Some("4"),
+                "ranks differ",
+            ),
+            (
+                "name",
+                vec![(na, vec![2, 4]), (nb, vec![4, 2])],
+                Some("4"),
+                "not a ternary projection",
+            ),
+        ];
+        for (file, tensors, alpha, want) in cases {
+            let p = write(dir.path(), &format!("{file}.safetensors"), tensors, alpha);
+            let e = AdapterSet::read(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(file), "{e}");
+        }
     }
 
     #[test]

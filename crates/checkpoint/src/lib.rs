@@ -155,17 +155,43 @@ pub fn load_weights(model: Transformer, model_path: &Path) -> Result<Transformer
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Writes one file at the path it is given.
+pub type WriteFile<'a> = dyn Fn(&Path) -> std::io::Result<()> + 'a;
+
 /// What [`save`] writes.
 pub struct Contents<'a> {
     pub model: &'a Transformer,
     pub state: &'a State,
-    /// Writes the optimizer's state file at the path it is given.
-    pub optim: &'a dyn Fn(&Path) -> std::io::Result<()>,
+    /// Writes the optimizer's state file at the path it is given (None: a checkpoint without
+    /// one, a starting point that no run has trained yet).
+    pub optim: Option<&'a WriteFile<'a>>,
     /// The tokenizer file to copy in beside the weights (skipped if unreadable, as for a run
     /// whose tokenizer was moved).
     pub tokenizer: Option<&'a Path>,
     /// Further files (name, bytes) written inside the same atomic directory.
     pub extra: &'a [(&'a str, Vec<u8>)],
+}
+
+/// Writes `model` (of shape `cfg`) as step 0 of `run` with the tokenizer it reads and no
+/// optimizer state: a starting point that was not trained here (an import, a test's fixture).
+pub fn save_initial(
+    run: &Path,
+    model: &Transformer,
+    cfg: &ModelConfig,
+    tokenizer: &Path,
+    origin: Origin,
+) -> Result<PathBuf, CheckpointError> {
+    let bytes = std::fs::read(tokenizer).map_err(io(tokenizer))?;
+    let provenance = Provenance::new(origin, Some(tokenizer.to_path_buf()));
+    let state = State::new(cfg.clone(), sha256_hex(&bytes), provenance);
+    let contents = Contents {
+        model,
+        state: &state,
+        optim: None,
+        tokenizer: Some(tokenizer),
+        extra: &[],
+    };
+    save(run, &contents, 1)
 }
 
 /// `checkpoints/` of a run directory.
@@ -194,8 +220,10 @@ pub fn save(run: &Path, c: &Contents, keep: usize) -> Result<PathBuf, Checkpoint
             msg: e.to_string(),
         })?;
     sync_file(&model_path).map_err(io(&model_path))?;
-    let optim_path = tmp.join(OPTIM);
-    (c.optim)(&optim_path).map_err(io(&optim_path))?;
+    if let Some(write) = c.optim {
+        let optim_path = tmp.join(OPTIM);
+        write(&optim_path).map_err(io(&optim_path))?;
+    }
     // The tokenizer travels with the weights, so export and evaluation need nothing else.
     let tok_path = tmp.join(TOKENIZER);
     if let Some(bytes) = c.tokenizer.and_then(|p| std::fs::read(p).ok()) {
@@ -301,34 +329,19 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tritium_model::{Backend, FfnAct, Quant};
+    use tritium_model::Backend;
 
     fn cfg() -> ModelConfig {
-        ModelConfig {
-            vocab_size: 64,
-            d_model: 32,
-            n_layers: 1,
-            n_heads: 2,
-            n_kv_heads: Some(2),
-            d_ff: 64,
-            ffn_act: FfnAct::Silu,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            max_seq_len: 16,
-            quant: Quant::Ternary,
-            quant_warmup_steps: 0,
-        }
+        ModelConfig::from_toml_str(
+            "[model]\nvocab_size = 64\nd_model = 32\nn_layers = 1\nn_heads = 2\nd_ff = 64\nmax_seq_len = 16\n",
+        )
+        .unwrap()
     }
 
     fn state(step: usize) -> State {
-        let prov = Provenance {
-            origin: Origin::Train,
-            tokenizer: None,
-            run: serde_json::Value::Null,
-        };
         State {
             step,
-            ..State::new(cfg(), "h".into(), prov)
+            ..State::new(cfg(), "h".into(), Provenance::new(Origin::Train, None))
         }
     }
 
@@ -342,7 +355,7 @@ mod tests {
         let c = Contents {
             model,
             state: &s,
-            optim: &|p| std::fs::write(p, b"moments"),
+            optim: Some(&|p| std::fs::write(p, b"moments")),
             tokenizer: None,
             extra: &[],
         };

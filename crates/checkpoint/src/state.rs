@@ -35,6 +35,17 @@ pub struct Provenance {
     pub run: serde_json::Value,
 }
 
+impl Provenance {
+    /// Written by `origin`, which read `tokenizer`; no run config recorded.
+    pub fn new(origin: Origin, tokenizer: Option<PathBuf>) -> Provenance {
+        Provenance {
+            origin,
+            tokenizer,
+            run: serde_json::Value::Null,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {

@@ -53,6 +53,21 @@ impl Error {
             err: source,
         }
     }
+
+    pub fn gguf(path: &Path, err: tritium_gguf::Error) -> Error {
+        Error::Gguf {
+            path: path.to_path_buf(),
+            err,
+        }
+    }
+
+    /// Turns a message about `path`'s content into an error naming the file.
+    pub fn invalid(path: &Path) -> impl Fn(String) -> Error + Copy + '_ {
+        move |msg| Error::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        }
+    }
 }
 
 /// What ended a generation.

@@ -42,14 +42,8 @@ fn short(h: &str) -> String {
 impl Lora {
     pub fn load(path: &Path, model: &Model) -> Result<Lora, Error> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let g = Gguf::parse(&bytes).map_err(|e| Error::Gguf {
-            path: path.to_path_buf(),
-            err: e,
-        })?;
-        let bad = |msg: String| Error::Invalid {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let g = Gguf::parse(&bytes).map_err(|e| Error::gguf(path, e))?;
+        let bad = Error::invalid(path);
         if g.get(general::TYPE).and_then(Value::as_str) != Some("adapter")
             || g.get(adapter::TYPE).and_then(Value::as_str) != Some("lora")
         {

@@ -128,14 +128,8 @@ impl Model {
     fn from_bytes_inner(path: &Path, bytes: Bytes, rt: &Runtime) -> Result<Model, Error> {
         let start = Instant::now();
         let map = Arc::new(bytes);
-        let g = Gguf::parse(&map).map_err(|e| Error::Gguf {
-            path: path.to_path_buf(),
-            err: e,
-        })?;
-        let bad = |msg: String| Error::Invalid {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let g = Gguf::parse(&map).map_err(|e| Error::gguf(path, e))?;
+        let bad = Error::invalid(path);
         let cfg = read_config(&g).map_err(bad)?;
         let tokenizer =
             Tokenizer::from_gguf(&g, cfg.vocab).map_err(|m| bad(format!("tokenizer: {m}")))?;

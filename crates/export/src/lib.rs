@@ -85,29 +85,13 @@ macro_rules! named {
     };
 }
 
-named!(
-    WeightType,
-    "weight type",
-    [
-        ("tq2_0", WeightType::Tq2_0),
-        ("tq1_0", WeightType::Tq1_0),
-        ("i2_s", WeightType::I2S)
-    ]
-);
-named!(
-    ScaleMode,
-    "scale mode",
-    [("exact", ScaleMode::Exact), ("folded", ScaleMode::Folded)]
-);
-named!(
-    EmbdType,
-    "embedding type",
-    [
-        ("f16", EmbdType::F16),
-        ("f32", EmbdType::F32),
-        ("q8_0", EmbdType::Q8_0)
-    ]
-);
+#[rustfmt::skip]
+mod option_names {
+    use super::{EmbdType::*, ScaleMode::*, WeightType::*, *};
+    named!(WeightType, "weight type", [("tq2_0", Tq2_0), ("tq1_0", Tq1_0), ("i2_s", I2S)]);
+    named!(ScaleMode, "scale mode", [("exact", Exact), ("folded", Folded)]);
+    named!(EmbdType, "embedding type", [("f16", F16), ("f32", F32), ("q8_0", Q8_0)]);
+}
 
 impl WeightType {
     pub fn ggml(self) -> GgmlType {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tritium_checkpoint::{Contents, Origin, Provenance, State};
+use tritium_checkpoint::{Origin, save_initial};
 use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export, ternarize};
 use tritium_gguf::names::{self, BlockNorm, Projection, arch};
 use tritium_gguf::{GgmlType, Gguf};
@@ -64,23 +64,7 @@ fn checkpoint(dir: &Path, overrides: &[&str]) -> (PathBuf, Transformer) {
     dev.seed(3);
     let model = Transformer::new(&cfg, &dev);
     let tokenizer = root().join("datasets/tinystories/tokenizer.json");
-    let provenance = Provenance {
-        origin: Origin::Train,
-        tokenizer: Some(tokenizer.clone()),
-        run: serde_json::Value::Null,
-    };
-    let state = State {
-        step: 1,
-        ..State::new(cfg, String::new(), provenance)
-    };
-    let contents = Contents {
-        model: &model,
-        state: &state,
-        optim: &|p| std::fs::write(p, b""),
-        tokenizer: Some(&tokenizer),
-        extra: &[],
-    };
-    let path = tritium_checkpoint::save(dir, &contents, 1).unwrap();
+    let path = save_initial(dir, &model, &cfg, &tokenizer, Origin::Train).unwrap();
     (path, model)
 }
 

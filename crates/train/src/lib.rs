@@ -11,6 +11,7 @@ pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod event;
 pub mod finetune;
 pub mod instruct;
@@ -24,6 +25,7 @@ pub mod trainer;
 
 pub use bench::{BenchConfig, BenchReport, run_bench};
 pub use config::RunConfig;
+pub use error::TrainError;
 pub use event::{Event, StartData};
 pub use schedule::{Decay, Schedule};
 pub use step::{StepOutput, StepParams, train_step};

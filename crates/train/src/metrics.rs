@@ -23,6 +23,21 @@ pub struct Row {
     pub val_loss: Option<f64>,
 }
 
+impl Row {
+    /// A held-out evaluation at `step`.
+    pub fn validation(step: usize, tokens: u64, val_loss: f64) -> Row {
+        Row {
+            step,
+            tokens,
+            loss: None,
+            lr: None,
+            grad_norm: None,
+            tokens_per_s: None,
+            val_loss: Some(val_loss),
+        }
+    }
+}
+
 pub fn read(path: &Path) -> Vec<Row> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -2,7 +2,7 @@
 //! per step: learning rate → micro-batches (forward, backward, accumulate) → clip → AdamW → log →
 //! maybe evaluate and sample → maybe checkpoint → stop at `max_steps` or when asked to.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -16,35 +16,13 @@ use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::softmax;
 
 use crate::config::RunConfig;
-use crate::data::{DataError, Dataset, TokenFile, prepare, splitmix64, window_start};
+use crate::data::{Dataset, TokenFile, prepare, splitmix64, window_start};
+use crate::error::{TrainError, io};
 use crate::event::{Event, StartData};
 use crate::metrics::{self, Row};
 use crate::optim::{self, AdamW, AdamWConfig};
-use crate::step::{NonFinite, StepParams, train_step};
-use crate::tokenizer::{Tokenizer, TokenizerError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Model(#[from] tritium_model::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Config(String),
-    #[error(
-        "{what} at step {step}; stopped without saving it (the last good checkpoint is kept; lower lr or raise warmup_steps)"
-    )]
-    NonFinite { step: usize, what: NonFinite },
-}
+use crate::step::{StepParams, train_step};
+use crate::tokenizer::Tokenizer;
 
 pub struct TrainOptions {
     pub config: RunConfig,
@@ -73,10 +51,6 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     let cfg = &opts.config;
     let t = &cfg.train;
     let run = &opts.out;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
-    };
 
     // --- data -----------------------------------------------------------------------------------
     let tok = Tokenizer::load(&cfg.data.tokenizer)?;
@@ -190,7 +164,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         let contents = Contents {
             model,
             state: &state,
-            optim: &|p| optim.save(p),
+            optim: Some(&|p| optim.save(p)),
             tokenizer: Some(&cfg.data.tokenizer),
             extra: &[],
         };
@@ -272,15 +246,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             );
             last_val = Some(val);
             best_val = Some(best_val.map_or(val, |b: f64| b.min(val)));
-            let row = Row {
-                step,
-                tokens,
-                loss: None,
-                lr: None,
-                grad_norm: None,
-                tokens_per_s: None,
-                val_loss: Some(val),
-            };
+            let row = Row::validation(step, tokens, val);
             metrics::append(&metrics_path, &row).map_err(io(&metrics_path))?;
             let svg = run.join("loss.svg");
             write_atomic(

@@ -1,6 +1,6 @@
 //! The engine against the Burn model, logits and greedy tokens.
 
-use tritium_engine::{Logits, Sampler, SamplerConfig, Session, generate};
+use tritium_engine::{Logits, Session, generate};
 
 use super::*;
 #[test]
@@ -126,21 +126,10 @@ fn greedy_generation_matches_burn_for_64_tokens() {
         }
         assert!(ties <= 2, "{name}: {ties} near-ties broken differently");
         // The engine's own free-running greedy loop and `generate()` agree token for token.
-        let mut greedy = Sampler::new(SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        });
-        let mut s = Session::new(&m, 256).unwrap();
-        let mut got = Vec::new();
-        let mut logits = s.forward(&prompt, Logits::Last).unwrap().to_vec();
-        for _ in 0..64 {
-            let t = greedy.sample(&logits, &[]);
-            got.push(t);
-            logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
-        }
+        let got = greedy_tokens(&mut Session::new(&m, 256).unwrap(), &prompt, 64);
         let g = generate(
             &mut Session::new(&m, 256).unwrap(),
-            &mut greedy,
+            &mut greedy(),
             &prompt,
             64,
             &[],

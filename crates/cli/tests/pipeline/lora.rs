@@ -2,8 +2,9 @@
 //! only the adapter, resumes exactly, merges, and ties the adapter to its base.
 
 use tritium_checkpoint::AdapterSet;
-use tritium_engine::{Logits, Sampler, SamplerConfig, Session};
+use tritium_engine::{Logits, Session};
 use tritium_gguf::names;
+use tritium_train::finetune::{FinetuneConfig, FinetuneOptions, RunSpec};
 
 use super::*;
 
@@ -96,18 +97,7 @@ fn lora_adapter_in_the_engine_matches_burn() {
     }
     let mut s = Session::new(&m, 256).unwrap();
     s.lora = Some(&lora);
-    let mut greedy = Sampler::new(SamplerConfig {
-        temperature: 0.0,
-        ..SamplerConfig::default()
-    });
-    let mut engine_ids = Vec::new();
-    let mut logits = s.forward(&prompt, Logits::Last).unwrap().to_vec();
-    for _ in 0..32 {
-        let t = greedy.sample(&logits, &[]);
-        engine_ids.push(t);
-        logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
-    }
-    assert_eq!(engine_ids, burn_ids[prompt.len()..]);
+    assert_eq!(greedy_tokens(&mut s, &prompt, 32), burn_ids[prompt.len()..]);
 }
 
 /// LoRA fine-tuning on the bundled instruction data: the base stays bitwise the same, the
@@ -115,9 +105,7 @@ fn lora_adapter_in_the_engine_matches_burn() {
 #[test]
 fn lora_finetune_trains_only_the_adapter() {
     let _rng = rng_lock();
-    use tritium_train::finetune::{
-        FinetuneConfig, FinetuneOptions, RunSpec, finetune, lora_param_count,
-    };
+    use tritium_train::finetune::{finetune, lora_param_count};
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("ft.toml");
@@ -125,20 +113,18 @@ fn lora_finetune_trains_only_the_adapter() {
     let config = FinetuneConfig::load(&cfg_path).unwrap();
     let (base, _) = burn_model();
     let (model, state, s) = finetune(
-        FinetuneOptions {
-            spec: RunSpec {
+        ft_options(
+            RunSpec {
                 config: config.clone(),
                 base: f.ckpt.clone(),
                 data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
                 eval_data: None,
                 merge: false,
             },
-            out: dir.path().join("out"),
-            resume: false,
-            stop: Default::default(),
-            device: Backend::Flex,
-            fused: true,
-        },
+            dir.path().join("out"),
+            false,
+            Default::default(),
+        ),
         &mut |_| {},
     )
     .unwrap();
@@ -191,12 +177,24 @@ fn lora_finetune_trains_only_the_adapter() {
     assert_eq!(s.added_tokens, vec!["<|im_start|>", "<|im_end|>"]);
 }
 
-fn ft_spec(f: &Fixture, cfg: &str, merge: bool) -> tritium_train::finetune::RunSpec {
+/// A CPU fine-tuning run of `spec` into `out`, fused.
+fn ft_options(spec: RunSpec, out: PathBuf, resume: bool, stop: Arc<AtomicBool>) -> FinetuneOptions {
+    FinetuneOptions {
+        spec,
+        out,
+        resume,
+        stop,
+        device: Backend::Flex,
+        fused: true,
+    }
+}
+
+fn ft_spec(f: &Fixture, cfg: &str, merge: bool) -> RunSpec {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ft.toml");
     std::fs::write(&p, cfg).unwrap();
-    tritium_train::finetune::RunSpec {
-        config: tritium_train::finetune::FinetuneConfig::load(&p).unwrap(),
+    RunSpec {
+        config: FinetuneConfig::load(&p).unwrap(),
         base: f.ckpt.clone(),
         data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
         eval_data: None,
@@ -214,21 +212,19 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
     let _rng = rng_lock();
     use std::sync::atomic::Ordering;
     use tritium_train::Event;
-    use tritium_train::finetune::{FinetuneOptions, finetune};
+    use tritium_train::finetune::finetune;
     let adapters = |m: &Transformer| AdapterSet::from_model(m, None).adapters;
     let f = fixture();
     let cfg = "[finetune]\nrank = 4\nalpha = 8.0\ndropout = 0.1\nsteps = 10\nbatch_size = 2\nseq_len = 128\npacking = true\nlr = 3e-3\nwarmup_steps = 2\nlog_every = 2\neval_every = 5\ncheckpoint_every = 4\n";
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let (m1, _, s1) = finetune(
-        FinetuneOptions {
-            spec: ft_spec(f, cfg, true),
-            out: straight.clone(),
-            resume: false,
-            stop: Default::default(),
-            device: Backend::Flex,
-            fused: true,
-        },
+        ft_options(
+            ft_spec(f, cfg, true),
+            straight.clone(),
+            false,
+            Default::default(),
+        ),
         &mut |_| {},
     )
     .unwrap();
@@ -237,14 +233,7 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
     let resumed = dir.path().join("resumed");
     let stop = Arc::new(AtomicBool::new(false));
     let (_, _, part) = finetune(
-        FinetuneOptions {
-            spec: ft_spec(f, cfg, true),
-            out: resumed.clone(),
-            resume: false,
-            stop: stop.clone(),
-            device: Backend::Flex,
-            fused: true,
-        },
+        ft_options(ft_spec(f, cfg, true), resumed.clone(), false, stop.clone()),
         &mut |e| {
             if let Event::Step(r) = e
                 && r.step == 6
@@ -255,16 +244,9 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
     )
     .unwrap();
     assert!(part.interrupted && part.step == 6);
-    let spec = tritium_train::finetune::RunSpec::read(&resumed).unwrap();
+    let spec = RunSpec::read(&resumed).unwrap();
     let (m2, _, s2) = finetune(
-        FinetuneOptions {
-            spec,
-            out: resumed.clone(),
-            resume: true,
-            stop: Default::default(),
-            device: Backend::Flex,
-            fused: true,
-        },
+        ft_options(spec, resumed.clone(), true, Default::default()),
         &mut |_| {},
     )
     .unwrap();
@@ -294,22 +276,11 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
     let first = &ad[0]; // blk.0 attn_q
     let (a, b, alpha) = (&first.a, &first.b, first.alpha);
     let (r, d_in) = (first.rank, first.d_in);
-    let w0: Vec<f32> = base.blocks[0]
-        .attn
-        .wq
-        .weight
-        .val()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let w1: Vec<f32> = merged.blocks[0]
-        .attn
-        .wq
-        .weight
-        .val()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let wq = |m: &Transformer| -> Vec<f32> {
+        let w = m.blocks[0].attn.wq.weight.val();
+        w.into_data().try_to_vec::<f32>().unwrap()
+    };
+    let (w0, w1) = (wq(&base), wq(&merged));
     for (idx, (x, y)) in w0.iter().zip(&w1).enumerate().step_by(97) {
         let (o, i) = (idx / d_in, idx % d_in);
         let delta: f32 =

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use tritium_checkpoint::Checkpoint;
-use tritium_engine::{Model, Runtime};
+use tritium_engine::{Logits, Model, Runtime, Sampler, SamplerConfig, Session};
 use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export};
 use tritium_model::burn::prelude::*;
 use tritium_model::{Backend, Transformer};
@@ -161,3 +161,23 @@ fn burn_logits(model: &Transformer, dev: &Device, ids: &[u32]) -> Vec<f32> {
 }
 
 pub const PROMPT: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.";
+
+fn greedy() -> Sampler {
+    Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    })
+}
+
+/// `n` tokens after `prompt`, each the argmax, through the session's own loop (no `generate`).
+fn greedy_tokens(s: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut sampler = greedy();
+    let mut out = Vec::new();
+    let mut logits = s.forward(prompt, Logits::Last).unwrap().to_vec();
+    for _ in 0..n {
+        let t = sampler.sample(&logits, &[]);
+        out.push(t);
+        logits = s.forward(&[t], Logits::Last).unwrap().to_vec();
+    }
+    out
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tritium_checkpoint::LoraLayout;
 use tritium_model::{ModelConfig, Projection};
 
-use super::{FinetuneError, io};
+use crate::error::{TrainError, io};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,14 +125,14 @@ struct File {
 }
 
 impl FinetuneConfig {
-    pub fn load(path: &Path) -> Result<Self, FinetuneError> {
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         let f: File = toml::from_str(&text)
-            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         f.finetune
             .validate()
-            .map_err(|e| FinetuneError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         Ok(f.finetune)
     }
 
@@ -175,11 +175,10 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    pub fn read(out: &Path) -> Result<Self, FinetuneError> {
+    pub fn read(out: &Path) -> Result<Self, TrainError> {
         let p = out.join("finetune.json");
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-        serde_json::from_str(&text)
-            .map_err(|e| FinetuneError::Config(format!("{}: {e}", p.display())))
+        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))
     }
 }
 

@@ -31,42 +31,13 @@ use rows::{Order, Sample, batch, masked_nll, pack, response_loss, samples};
 
 use crate::chat::Template;
 use crate::data::splitmix64;
+use crate::error::{TrainError, io};
 use crate::event::{Event, StartData};
 use crate::metrics::{self, Row};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::schedule::{Decay, Schedule};
-use crate::step::{NonFinite, StepParams, train_step};
+use crate::step::{StepParams, train_step};
 use crate::tokenizer::Tokenizer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FinetuneError {
-    #[error("{0}")]
-    Config(String),
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error(transparent)]
-    Data(#[from] crate::instruct::InstructError),
-    #[error(transparent)]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
-    #[error(transparent)]
-    Model(#[from] tritium_model::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The instruction examples cannot be used: a template that does not render, or nothing left
-    /// to train on after tokenization.
-    #[error("{0}")]
-    Examples(String),
-    #[error("{what} at step {step}; lower lr (the last checkpoint is kept)")]
-    NonFinite { step: usize, what: NonFinite },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FinetuneError {
-    let path = path.to_path_buf();
-    move |source| FinetuneError::Io { path, source }
-}
 
 pub struct FinetuneOptions {
     pub spec: RunSpec,
@@ -158,13 +129,13 @@ fn schedule(c: &FinetuneConfig) -> Schedule {
 pub fn finetune(
     o: FinetuneOptions,
     on_event: &mut dyn FnMut(Event),
-) -> Result<(Transformer, State, FinetuneSummary), FinetuneError> {
+) -> Result<(Transformer, State, FinetuneSummary), TrainError> {
     let start = std::time::Instant::now();
     let spec = &o.spec;
     let c = &spec.config;
-    c.validate().map_err(FinetuneError::Config)?;
+    c.validate().map_err(TrainError::Config)?;
     if spec.merge && c.method != Method::Lora {
-        return Err(FinetuneError::Config(
+        return Err(TrainError::Config(
             "merge folds a LoRA adapter into the weights; method = \"full\" has none".into(),
         ));
     }
@@ -175,7 +146,7 @@ pub fn finetune(
     // Base model, tokenizer and template.
     let base = Checkpoint::open(&spec.base)?;
     if base.lora_layout()?.is_some() {
-        return Err(FinetuneError::Config(format!(
+        return Err(TrainError::Config(format!(
             "{}: this checkpoint carries LoRA adapters; fine-tune from a plain (or merged) checkpoint",
             base.dir.display()
         )));
@@ -184,7 +155,7 @@ pub fn finetune(
     let mut state = base.state.clone();
     let mut tok = Tokenizer::load(&base.tokenizer_path()?)?;
     let tpl_text = c.template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
-    let tpl = Template::new(tpl_text).map_err(FinetuneError::Config)?;
+    let tpl = Template::new(tpl_text).map_err(TrainError::Config)?;
     let (mut model, added) = if c.template.is_none() {
         add_markers(&mut tok, model, &mut state, &device)
     } else {
@@ -193,7 +164,7 @@ pub fn finetune(
 
     // Data.
     if spec.data.is_empty() {
-        return Err(FinetuneError::Config("no training data given".into()));
+        return Err(TrainError::Config("no training data given".into()));
     }
     let mut train_set = crate::instruct::Loaded::default();
     for p in &spec.data {
@@ -231,7 +202,7 @@ pub fn finetune(
     )?;
     let val = samples(&tok, &tpl, &val_ex, c.seq_len, &mut truncated, &mut dropped)?;
     if train.is_empty() || val.is_empty() {
-        return Err(FinetuneError::Examples(format!(
+        return Err(TrainError::Examples(format!(
             "{} training and {} held-out examples after tokenization: need at least one of each",
             train.len(),
             val.len()
@@ -280,7 +251,7 @@ pub fn finetune(
     let tok_json = tok
         .inner
         .to_string(false)
-        .map_err(|e| FinetuneError::Examples(e.to_string()))?;
+        .map_err(|e| TrainError::Examples(e.to_string()))?;
     let tok_out = out.join(checkpoint::TOKENIZER);
     write_atomic(&tok_out, tok_json.as_bytes()).map_err(io(&tok_out))?;
     state.tokenizer_hash = checkpoint::sha256_hex(tok_json.as_bytes());
@@ -336,17 +307,9 @@ pub fn finetune(
         max_steps: c.steps,
         data: StartData::Examples(Box::new(summary.clone())),
     });
-    let val_row = |step: usize, tokens: u64, v: f64| Row {
-        step,
-        tokens,
-        loss: None,
-        lr: None,
-        grad_norm: None,
-        tokens_per_s: None,
-        val_loss: Some(v),
-    };
     if logged_base.is_none() {
-        metrics::append(&metrics_path, &val_row(0, 0, base_val)).map_err(io(&metrics_path))?;
+        metrics::append(&metrics_path, &Row::validation(0, 0, base_val))
+            .map_err(io(&metrics_path))?;
         on_event(Event::Eval {
             step: 0,
             val_loss: base_val,
@@ -370,7 +333,7 @@ pub fn finetune(
         let contents = Contents {
             model,
             state,
-            optim: &|p| optim.save(p),
+            optim: Some(&|p| optim.save(p)),
             tokenizer: Some(&tok_out),
             extra,
         };
@@ -419,7 +382,7 @@ pub fn finetune(
             grad_clip: c.grad_clip,
         };
         let (next, out_) = train_step(model, &mut optim, 1, loss, params)
-            .map_err(|what| FinetuneError::NonFinite { step, what })?;
+            .map_err(|what| TrainError::NonFinite { step, what })?;
         model = next;
         let row = Row {
             step,
@@ -437,7 +400,8 @@ pub fn finetune(
         if (c.eval_every > 0 && step % c.eval_every == 0) || step == c.steps {
             let v = evaluate(&model);
             last_val = Some(v);
-            metrics::append(&metrics_path, &val_row(step, tokens, v)).map_err(io(&metrics_path))?;
+            metrics::append(&metrics_path, &Row::validation(step, tokens, v))
+                .map_err(io(&metrics_path))?;
             let svg = out.join("loss.svg");
             write_atomic(
                 &svg,
@@ -548,20 +512,7 @@ mod tests {
         dev.seed(1);
         let model = Transformer::new(&cfg, &dev);
         let tok = root().join("datasets/tinystories/tokenizer.json");
-        let prov = Provenance {
-            origin: Origin::Train,
-            tokenizer: Some(tok.clone()),
-            run: serde_json::Value::Null,
-        };
-        let state = State::new(cfg, String::new(), prov);
-        let c = Contents {
-            model: &model,
-            state: &state,
-            optim: &|p| AdamW::new(AdamWConfig::default()).save(p),
-            tokenizer: Some(&tok),
-            extra: &[],
-        };
-        checkpoint::save(dir, &c, 1).unwrap()
+        checkpoint::save_initial(dir, &model, &cfg, &tok, Origin::Train).unwrap()
     }
 
     /// Fine-tuning runs the shared optimizer step, so a step whose loss or gradient is not finite
@@ -602,7 +553,7 @@ mod tests {
             },
         )
         .expect_err("the run stops");
-        assert!(matches!(e, FinetuneError::NonFinite { step: 2, .. }), "{e}");
+        assert!(matches!(e, TrainError::NonFinite { step: 2, .. }), "{e}");
         assert!(
             e.to_string().contains("became") && e.to_string().contains("at step 2"),
             "{e}"

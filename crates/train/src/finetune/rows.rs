@@ -5,9 +5,9 @@ use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::log_softmax;
 
-use super::FinetuneError;
 use crate::chat::{self, Template};
 use crate::data::splitmix64;
+use crate::error::TrainError;
 use crate::instruct;
 use crate::tokenizer::Tokenizer;
 
@@ -27,10 +27,10 @@ pub(super) fn samples(
     seq: usize,
     truncated: &mut usize,
     dropped: &mut usize,
-) -> Result<Vec<Sample>, FinetuneError> {
+) -> Result<Vec<Sample>, TrainError> {
     let mut out = Vec::new();
     for ex in examples {
-        let (mut ids, mut mask) = chat::tokenize(tok, tpl, ex).map_err(FinetuneError::Examples)?;
+        let (mut ids, mut mask) = chat::tokenize(tok, tpl, ex).map_err(TrainError::Examples)?;
         ids.insert(0, tok.eot_id); // a document start, as in pretraining
         mask.insert(0, false);
         if ids.len() > seq + 1 {
