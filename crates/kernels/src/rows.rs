@@ -220,7 +220,9 @@ pub fn cross_entropy(logits: &[f32], v: usize, targets: &[usize]) -> (f32, Vec<f
         .zip(targets.par_iter())
         .map(|((lse, z), &t)| {
             *lse = log_sum_exp(z);
-            (*lse - z[t]) as f64
+            // A target outside the vocabulary has no probability: NaN, which the training step
+            // reports as a non-finite loss, rather than a panic inside the backend.
+            z.get(t).map_or(f64::NAN, |zt| (*lse - zt) as f64)
         })
         .collect();
     // Summed serially, in row order, so the loss does not depend on how rayon split the rows.
@@ -245,7 +247,10 @@ pub fn cross_entropy_backward(
         .zip(targets.par_iter())
         .for_each(|(((dz, z), lse), &t)| {
             softmax_grad_row(dz, z, *lse, scale);
-            dz[t] -= scale;
+            match dz.get_mut(t) {
+                Some(d) => *d -= scale,
+                None => dz.fill(f32::NAN),
+            }
         });
     dz
 }
@@ -254,6 +259,20 @@ pub fn cross_entropy_backward(
 mod tests {
     use super::*;
     use crate::testing::lcg;
+
+    /// A target id outside the vocabulary makes the loss and that row's gradient NaN (no panic,
+    /// no read past the row); the other rows' gradients are untouched.
+    #[test]
+    fn an_out_of_range_target_is_nan_not_a_panic() {
+        let z = lcg(9, 2 * 5);
+        let (loss, lse) = cross_entropy(&z, 5, &[1, 5]);
+        assert!(loss.is_nan());
+        let dz = cross_entropy_backward(&z, 5, &[1, 5], &lse, 1.0);
+        assert!(dz[..5].iter().all(|g| g.is_finite()));
+        assert!(dz[5..].iter().all(|g| g.is_nan()));
+        let (ok, _) = cross_entropy(&z, 5, &[1, 4]);
+        assert!(ok.is_finite());
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
