@@ -20,6 +20,7 @@
 
 pub mod adapter;
 pub mod fsutil;
+mod lock;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use tritium_model::burn::store::ModuleRecord;
 use tritium_model::{ModelConfig, Transformer};
 
 pub use adapter::{Adapter, AdapterSet, LoraLayout};
+pub use lock::{LOCK, RunLock};
 pub use state::{FORMAT, Origin, Provenance, State};
 
 use fsutil::write_atomic;
@@ -57,6 +59,10 @@ pub enum CheckpointError {
         "{dir} already holds checkpoints; pass --resume {dir} to continue it, or choose another --out"
     )]
     Exists { dir: PathBuf },
+    #[error(
+        "{dir} is being written by another tritium process (it holds {dir}/.lock); wait for it to finish or choose another --out"
+    )]
+    Locked { dir: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
@@ -93,19 +99,41 @@ impl Checkpoint {
 
     /// The tokenizer the weights were trained with: the copy inside the checkpoint, or for a
     /// checkpoint written without one, the file its producing run named.
+    ///
+    /// Either way the file must be the one the weights were trained with: its SHA-256 is checked
+    /// against `state.json`'s `tokenizer_hash` (a tokenizer with two ids swapped would otherwise
+    /// export and evaluate without a word).
     pub fn tokenizer_path(&self) -> Result<PathBuf, CheckpointError> {
         let inside = self.dir.join(TOKENIZER);
-        if inside.exists() {
-            return Ok(inside);
+        let path = if inside.exists() {
+            inside
+        } else {
+            self.state
+                .provenance
+                .tokenizer
+                .clone()
+                .ok_or_else(|| CheckpointError::Bad {
+                    path: self.dir.clone(),
+                    msg: format!("no {TOKENIZER} and no tokenizer recorded in state.json"),
+                })?
+        };
+        let want = &self.state.tokenizer_hash;
+        // Written before hashes were recorded: nothing to check against.
+        if !want.is_empty() {
+            let have = sha256_hex(&std::fs::read(&path).map_err(io(&path))?);
+            if &have != want {
+                return Err(CheckpointError::Bad {
+                    path,
+                    msg: format!(
+                        "SHA-256 {}… differs from the {}… that {} records: not the tokenizer these weights were trained with",
+                        &have[..12],
+                        want.get(..12).unwrap_or(want),
+                        self.dir.join("state.json").display()
+                    ),
+                });
+            }
         }
-        self.state
-            .provenance
-            .tokenizer
-            .clone()
-            .ok_or_else(|| CheckpointError::Bad {
-                path: self.dir.clone(),
-                msg: format!("no {TOKENIZER} and no tokenizer recorded in state.json"),
-            })
+        Ok(path)
     }
 
     /// The chat template fine-tuning stored, if any.
@@ -397,25 +425,49 @@ mod tests {
         assert_eq!(names, vec!["latest", "step-3", "step-4"]);
     }
 
+    /// A checkpoint's tokenizer must be the one its weights were trained with.
+    #[test]
+    fn a_tokenizer_with_another_hash_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Backend::Flex.device().unwrap();
+        let tok = d.path().join("tok.json");
+        std::fs::write(&tok, r#"{"model": {"vocab": {"a": 0, "b": 1}}}"#).unwrap();
+        let model = Transformer::new(&cfg(), &dev);
+        let run = d.path().join("run");
+        save_initial(&run, &model, &cfg(), &tok, Origin::Import).unwrap();
+        let ck = Checkpoint::open(&run).unwrap();
+        assert_eq!(ck.tokenizer_path().unwrap(), ck.dir.join(TOKENIZER));
+        // Two ids swapped in the copy beside the weights.
+        std::fs::write(
+            ck.dir.join(TOKENIZER),
+            r#"{"model": {"vocab": {"a": 1, "b": 0}}}"#,
+        )
+        .unwrap();
+        let e = ck.tokenizer_path().unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.json") && e.contains("not the tokenizer"),
+            "{e}"
+        );
+    }
+
     /// A format-1 `state.json` (the whole pretraining config inside) still opens, with its model
     /// shape and tokenizer path taken from that config.
     #[test]
     fn format_1_states_are_read() {
         let d = tempfile::tempdir().unwrap();
         let model = serde_json::to_value(cfg()).unwrap();
+        let tok = d.path().join("tok.json");
+        std::fs::write(&tok, "{}").unwrap();
         let v1 = serde_json::json!({
             "format": 1, "step": 7, "tokens": 896, "best_val_loss": 2.5,
-            "tokenizer_hash": "abc",
-            "config": { "model": model, "data": { "tokenizer": "datasets/tok.json" }, "train": {} }
+            "tokenizer_hash": sha256_hex(b"{}"),
+            "config": { "model": model, "data": { "tokenizer": tok }, "train": {} }
         });
         std::fs::write(d.path().join("state.json"), v1.to_string()).unwrap();
         let ck = Checkpoint::open(d.path()).unwrap();
         assert_eq!(ck.state.step, 7);
         assert_eq!(ck.state.model, cfg());
-        assert_eq!(
-            ck.tokenizer_path().unwrap(),
-            PathBuf::from("datasets/tok.json")
-        );
+        assert_eq!(ck.tokenizer_path().unwrap(), tok);
         std::fs::write(d.path().join("tokenizer.json"), "{}").unwrap();
         assert_eq!(
             ck.tokenizer_path().unwrap(),

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tritium_checkpoint::fsutil::write_atomic;
 use tritium_checkpoint::{
-    self as checkpoint, Checkpoint, CheckpointError, Contents, Origin, Provenance, State,
+    self as checkpoint, Checkpoint, CheckpointError, Contents, Origin, Provenance, RunLock, State,
 };
 use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
@@ -92,6 +92,8 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         beta2: t.beta2,
         eps: t.eps,
     };
+    // Held until the run returns: a second writer of the same directory is refused.
+    let _lock = RunLock::acquire(run)?;
     let metrics_path = run.join("metrics.jsonl");
     let (mut model, mut optim, mut step, mut tokens) = if opts.resume {
         let ckpt = Checkpoint::open(&checkpoint::latest(run)?)?;

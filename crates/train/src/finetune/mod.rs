@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use tritium_checkpoint::fsutil::write_atomic;
 use tritium_checkpoint::{
-    self as checkpoint, AdapterSet, Checkpoint, Contents, Origin, Provenance, State,
+    self as checkpoint, AdapterSet, Checkpoint, Contents, Origin, Provenance, RunLock, State,
     adapter::AdapterInfo,
 };
 use tritium_gguf::names::{CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE};
@@ -222,6 +222,8 @@ pub fn finetune(
     }
 
     // The run directory: a fresh one, or the checkpoint to continue from.
+    // Held until the run returns: a second writer of the same directory is refused.
+    let _lock = RunLock::acquire(out)?;
     let metrics_path = out.join("metrics.jsonl");
     let (mut optim, first_step) = if o.resume {
         let ckpt = checkpoint::latest(out)?;
@@ -513,6 +515,43 @@ mod tests {
         let model = Transformer::new(&cfg, &dev);
         let tok = root().join("datasets/tinystories/tokenizer.json");
         checkpoint::save_initial(dir, &model, &cfg, &tok, Origin::Train).unwrap()
+    }
+
+    /// A run directory another process is writing (it holds the lock) is refused before any
+    /// file in it is touched.
+    #[test]
+    fn a_locked_run_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base(&dir.path().join("base"));
+        let cfg = dir.path().join("ft.toml");
+        std::fs::write(
+            &cfg,
+            "[finetune]\nrank = 2\nsteps = 1\nbatch_size = 2\nseq_len = 64\n",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        let _held = RunLock::acquire(&out).unwrap();
+        let e = finetune(
+            FinetuneOptions {
+                spec: RunSpec {
+                    config: FinetuneConfig::load(&cfg).unwrap(),
+                    base,
+                    data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
+                    eval_data: None,
+                    merge: false,
+                },
+                out: out.clone(),
+                resume: false,
+                stop: Default::default(),
+                device: Backend::Flex,
+                fused: true,
+            },
+            &mut |_| {},
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("another tritium process"), "{e}");
+        let files: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "only the lock file: {files:?}");
     }
 
     /// Fine-tuning runs the shared optimizer step, so a step whose loss or gradient is not finite
