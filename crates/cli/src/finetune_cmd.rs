@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use tritium_checkpoint::AdapterSet;
+use tritium_export::BaseScales;
 use tritium_model::Backend;
 use tritium_train::finetune::{self, FinetuneConfig, FinetuneOptions, Method, RunSpec};
 
@@ -85,9 +86,10 @@ pub fn finetune(a: FinetuneArgs, fused: bool) -> Result<()> {
     if config.method == Method::Lora {
         let gguf = out.join("adapter.gguf");
         let set = AdapterSet::from_model(&model, Some(summary.base_hash.clone()));
-        tritium_export::export_lora(&set, &gguf)?;
+        // For the base as `tritium export` writes it by default (exact scales).
+        tritium_export::export_lora(&set, &BaseScales::exact(&model), &gguf)?;
         println!(
-            "adapter: {} and {} (llama.cpp LoRA GGUF) for base {}",
+            "adapter: {} and {} (llama.cpp LoRA GGUF, for the base exported with exact scales; for another export of it: tritium export --lora ADAPTER --base BASE.gguf) for base {}",
             out.join("adapter.safetensors").display(),
             gguf.display(),
             summary.adapter_base.display()

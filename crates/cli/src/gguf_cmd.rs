@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tritium_checkpoint::AdapterSet;
-use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export as run_export};
+use tritium_checkpoint::adapter::AdapterInfo;
+use tritium_checkpoint::{AdapterSet, Checkpoint};
+use tritium_export::{
+    BaseScales, EmbdType, ExportOptions, ScaleMode, WeightType, export as run_export,
+};
 use tritium_gguf::Gguf;
 use tritium_model::Backend;
 
@@ -18,6 +21,11 @@ pub struct ExportArgs {
     /// LoRA-adapter GGUF, for `tritium run --lora` or llama.cpp's `--lora`.
     #[arg(long, value_name = "ADAPTER", conflicts_with = "checkpoint")]
     lora: Option<PathBuf>,
+    /// With --lora: the base GGUF the adapter will run on (its `.scale` tensors decide the
+    /// adapter's form). Default: the base checkpoint recorded in adapter.json, as `export` writes
+    /// it with exact scales.
+    #[arg(long, value_name = "BASE.gguf", requires = "lora")]
+    base: Option<PathBuf>,
     /// Ternary weight type: tq2_0 (2.06 bpw, llama.cpp), tq1_0 (1.69 bpw, llama.cpp), i2_s (bitnet.cpp).
     #[arg(long = "type", default_value = "tq2_0")]
     ty: WeightType,
@@ -45,7 +53,23 @@ pub struct InspectArgs {
 pub fn export(a: ExportArgs) -> Result<()> {
     if let Some(adapter) = &a.lora {
         let set = AdapterSet::read(adapter)?;
-        let n = tritium_export::export_lora(&set, &a.out)
+        let scales = match &a.base {
+            Some(gguf) => BaseScales::from_gguf(gguf)?,
+            None => {
+                let info = adapter.with_file_name("adapter.json");
+                let text = std::fs::read_to_string(&info).with_context(|| {
+                    format!(
+                        "{}: needed to find the adapter's base checkpoint; or pass --base BASE.gguf",
+                        info.display()
+                    )
+                })?;
+                let info: AdapterInfo = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not an adapter.json", info.display()))?;
+                let base = Checkpoint::open(&info.base)?;
+                BaseScales::exact(&base.load_model(&a.device.device()?)?)
+            }
+        };
+        let n = tritium_export::export_lora(&set, &scales, &a.out)
             .with_context(|| format!("exporting {}", adapter.display()))?;
         println!(
             "wrote {} from {}: {n} adapted projections, rank {}, alpha {}{}",

@@ -1,6 +1,8 @@
 //! LoRA adapters applied beside the ternary projections, with llama.cpp's runtime semantics:
 //! `y = BitLinear(x) + (alpha / r)·B(A·x)`, where `x` is the projection's full-precision input
-//! (before activation quantization). The file is a llama.cpp LoRA-adapter GGUF:
+//! (before activation quantization) — except that where the base GGUF carries a `.scale` tensor
+//! for `ffn_gate` or `ffn_up`, llama.cpp multiplies the branch by it too, and so does the engine
+//! ([`Projection::lora_branch_scaled`]): one adapter file means the same in both. The file is a llama.cpp LoRA-adapter GGUF:
 //! `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (f32), and tensors
 //! `<base tensor>.lora_a` (ggml `[in, r]`, i.e. `A` as `[r, in]`) and `<base>.lora_b` (`[r, out]`,
 //! i.e. `B` as `[out, r]`), F32, F16 or Q8_0.
@@ -17,6 +19,10 @@ use crate::model::Model;
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub rank: usize,
+    /// What llama.cpp multiplies this branch by besides `alpha/r`: the base's `.scale` for the
+    /// projections it scales after the adapter is added ([`Projection::lora_branch_scaled`]),
+    /// else 1.
+    pub branch: f32,
     /// `[r, in]`
     pub a: Vec<f32>,
     /// `[out, r]`
@@ -123,8 +129,13 @@ impl Lora {
                 )));
             }
             let rank = t.dims[1] as usize;
+            let base_scale = model.layers[target.0].scales[target.1.index()];
             pairs[target.0][target.1.index()] = Some(Pair {
                 rank,
+                branch: match base_scale {
+                    Some(s) if target.1.lora_branch_scaled() => s,
+                    _ => 1.0,
+                },
                 a: g.dequantize(t),
                 b: g.dequantize(tb),
             });
@@ -157,7 +168,8 @@ impl Lora {
         let Some(pair) = &self.pairs[layer][p] else {
             return;
         };
-        let scale = self.user_scale
+        let scale = pair.branch
+            * self.user_scale
             * if self.alpha != 0.0 {
                 self.alpha / pair.rank as f32
             } else {

@@ -61,6 +61,9 @@ pub struct Layer {
     pub wgu: TernaryMatrix,     // [2F, D]: gate then up
     pub ffn_sub_norm: Vec<f32>, // [F]
     pub wdown: TernaryMatrix,   // [D, F]
+    /// The optional `blk.N.*.scale` tensors, by [`Projection`] (already folded into the matrices;
+    /// kept because llama.cpp scales some adapter branches by them too).
+    pub scales: [Option<f32>; 7],
 }
 
 /// The file's bytes: memory-mapped (the normal case) or owned (tests, fuzzing).
@@ -169,9 +172,14 @@ impl Model {
         }
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for n in 0..cfg.n_layers {
+            let mut scales = [None; 7];
+            for p in Projection::ALL {
+                scales[p.index()] = w.scale(n, p).map_err(bad)?;
+            }
             let p = |p: Projection| {
                 let (cols, rows) = cfg.projection_shape(p);
-                w.pack(n, p, cols, rows).map_err(bad)
+                let extra = scales[p.index()].unwrap_or(1.0);
+                w.pack(n, p, cols, rows, extra).map_err(bad)
             };
             let norm = |which: BlockNorm, len: usize| w.vector(&which.weight(n), len).map_err(bad);
             use Projection::*;
@@ -184,6 +192,7 @@ impl Model {
                 wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]),
                 ffn_sub_norm: norm(BlockNorm::FfnSub, f)?,
                 wdown: p(Down)?,
+                scales,
             });
         }
         let rows = |t: &TensorInfo| match t.ty {
@@ -455,22 +464,26 @@ impl<'g, 'a> Weights<'g, 'a> {
         Ok(t)
     }
 
+    /// The optional `.scale` tensor of projection `p` of block `n`.
+    fn scale(&self, n: usize, p: Projection) -> Result<Option<f32>, String> {
+        let name = p.scale(n);
+        if self.g.tensor(&name).is_none() {
+            return Ok(None);
+        }
+        let s = self.tensor(&name, &[1], &[GgmlType::F32])?;
+        Ok(Some(self.g.dequantize(s)[0]))
+    }
+
+    /// Projection `p` of block `n` packed, its output multiplied by `extra` (the `.scale`).
     fn pack(
         &self,
         n: usize,
         p: Projection,
         cols: usize,
         rows: usize,
+        extra: f32,
     ) -> Result<TernaryMatrix, String> {
         let t = self.ternary(n, p, cols, rows)?;
-        let scale_name = p.scale(n);
-        let extra = match self.g.tensor(&scale_name) {
-            None => 1.0,
-            Some(_) => {
-                let s = self.tensor(&scale_name, &[1], &[GgmlType::F32])?;
-                self.g.dequantize(s)[0]
-            }
-        };
         TernaryMatrix::from_gguf(t.ty, self.g.data(t), cols, rows, extra)
             .map_err(|e| format!("tensor {}: {e}", t.name))
     }

@@ -15,6 +15,9 @@ pub struct Spec {
     pub n_kv_heads: usize,
     pub ctx: usize,
     pub weights: GgmlType,
+    /// TQ weights as trits with d = 1 plus an F32 `.scale` tensor per projection (the exact form
+    /// `tritium export` writes by default) instead of the scale in every block.
+    pub exact_scales: bool,
     pub seed: u64,
 }
 
@@ -28,6 +31,7 @@ impl Default for Spec {
             n_kv_heads: 2,
             ctx: 16,
             weights: GgmlType::Tq2_0,
+            exact_scales: false,
             seed: 1,
         }
     }
@@ -103,8 +107,14 @@ pub fn gguf(spec: &Spec) -> Vec<u8> {
             let q: Vec<i8> = (0..cols * rows)
                 .map(|_| (rng.next() % 3) as i8 - 1)
                 .collect();
-            let scale = 1.0 / (cols as f32).sqrt();
-            let qf: Vec<f32> = q.iter().map(|&x| x as f32 * scale).collect();
+            // Each projection its own scale, so a scale applied to the wrong one shows.
+            let scale = (1.0 + p.index() as f32 / 8.0) / (cols as f32).sqrt();
+            let exact = spec.exact_scales && spec.weights != GgmlType::I2S;
+            let in_blocks = if exact { 1.0 } else { scale };
+            let qf: Vec<f32> = q.iter().map(|&x| x as f32 * in_blocks).collect();
+            if exact {
+                w.tensor(&p.scale(n), &[1], GgmlType::F32, encode_f32(&[scale]));
+            }
             let data = match spec.weights {
                 GgmlType::Tq1_0 => quantize_tq1_0(&qf),
                 GgmlType::I2S => quantize_i2_s(&q, scale),

@@ -50,13 +50,26 @@ fn reference(g: &Gguf, tokens: &[u32], lora: &Adapter, alpha: f64) -> Vec<Vec<f6
     );
     let hd = d / nh;
     let embd = t(names::TOKEN_EMBD);
+    // llama.cpp's projection, from its llama-graph.cpp: the `.scale` tensor (if any) multiplies
+    // the ternary product; the adapter branch is added after that, except in build_ffn's up and
+    // gate products, where it is added first and scaled with them.
     let proj = |name: &str, x: &[f64]| -> Vec<f64> {
-        let mut y = matvec(&t(name), &quant(x));
+        let scale_name = format!("{}.scale", name.strip_suffix(".weight").unwrap());
+        let s = g
+            .tensor(&scale_name)
+            .map_or(1.0, |st| g.dequantize(st)[0] as f64);
+        let in_ffn_gate_or_up = (0..nl).any(|l| {
+            [Projection::Gate, Projection::Up]
+                .iter()
+                .any(|p| p.weight(l) == name)
+        });
+        let mut y: Vec<f64> = matvec(&t(name), &quant(x)).iter().map(|v| v * s).collect();
         if let Some((_, a, b, r)) = lora.iter().find(|(n, ..)| n == name) {
             let ax = matvec(a, x);
             let bax = matvec(b, &ax);
+            let branch = if in_ffn_gate_or_up { s } else { 1.0 };
             for (y, v) in y.iter_mut().zip(bax) {
-                *y += alpha / *r as f64 * v;
+                *y += branch * alpha / *r as f64 * v;
             }
         }
         y
@@ -180,12 +193,20 @@ fn max_rel(got: &[f32], want: &[f64]) -> f64 {
         / scale
 }
 
+/// With scales folded into the blocks and with exact `.scale` tensors (where llama.cpp scales the
+/// up and gate adapter branches too), with and without an adapter on five projections.
 #[test]
 fn engine_equals_float64_reference_with_and_without_lora() {
-    let spec = Spec {
-        n_layers: 2,
-        ..Spec::default()
-    };
+    for exact_scales in [false, true] {
+        engine_equals_reference(Spec {
+            n_layers: 2,
+            exact_scales,
+            ..Spec::default()
+        });
+    }
+}
+
+fn engine_equals_reference(spec: Spec) {
     let bytes = gguf(&spec);
     let g = Gguf::parse(&bytes).unwrap();
     let model = Model::from_bytes(Path::new("m.gguf"), bytes.clone(), &rt()).unwrap();
@@ -206,7 +227,11 @@ fn engine_equals_float64_reference_with_and_without_lora() {
         let v = model.cfg.vocab;
         for (t, w) in want.iter().enumerate() {
             let e = max_rel(&got[t * v..(t + 1) * v], w);
-            assert!(e < 1e-4, "{name} position {t}: {e:.2e}");
+            assert!(
+                e < 1e-4,
+                "{name} (exact scales: {}) position {t}: {e:.2e}",
+                spec.exact_scales
+            );
         }
         if use_lora {
             let mut base = Session::new(&model, 16).unwrap();

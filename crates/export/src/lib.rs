@@ -10,19 +10,20 @@
 //! `ScaleMode::Folded` instead puts fp16(s) into every block's `d` (no extra tensors; 11-bit
 //! mantissa, so within 4.9e-4 relative).
 
+pub mod lora;
 pub mod tokenizer;
+
+pub use lora::{BaseScales, export_lora};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tritium_checkpoint::fsutil::write_atomic;
-use tritium_checkpoint::{AdapterSet, Checkpoint, CheckpointError};
+use tritium_checkpoint::{Checkpoint, CheckpointError};
 use tritium_gguf::blocks::{
     encode_f16, encode_f32, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
 };
-use tritium_gguf::names::{
-    self, BlockNorm, Projection, adapter, arch, general, tokenizer as tok_keys,
-};
+use tritium_gguf::names::{self, BlockNorm, Projection, arch, general, tokenizer as tok_keys};
 use tritium_gguf::{GgmlType, Value, Writer};
 use tritium_model::burn::prelude::*;
 use tritium_model::quant::weight_scale;
@@ -332,51 +333,4 @@ pub fn export(
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
-}
-
-/// Writes adapters as a llama.cpp LoRA-adapter GGUF: `general.type = "adapter"`,
-/// `adapter.type = "lora"`, `adapter.lora.alpha`, and per adapted projection `<base>.lora_a`
-/// (ggml `[in, r]`) and `<base>.lora_b` (`[r, out]`), F32. The set's base hash (the base
-/// checkpoint's, see [`Checkpoint::model_hash`]) is written as `tritium.base_hash`, which the engine
-/// compares with the base GGUF's; llama.cpp ignores it. Returns the number of adapted projections.
-pub fn export_lora(set: &AdapterSet, out: &Path) -> Result<usize, ExportError> {
-    let list = &set.adapters;
-    let Some(alpha) = list.first().map(|t| t.alpha) else {
-        return Err(ExportError::Lora("the model has no LoRA adapters".into()));
-    };
-    if list.iter().any(|t| t.alpha != alpha) {
-        return Err(ExportError::Lora(format!(
-            "adapters with different alphas cannot share one GGUF (llama.cpp has one {})",
-            adapter::LORA_ALPHA
-        )));
-    }
-    let mut w = Writer::new();
-    w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
-        .kv(general::TYPE, Value::String("adapter".into()))
-        .kv(adapter::TYPE, Value::String("lora".into()))
-        .kv(adapter::LORA_ALPHA, Value::F32(alpha));
-    if let Some(h) = &set.base_hash {
-        w.kv(names::BASE_HASH, Value::String(h.clone()));
-    }
-    for ad in list {
-        let base = ad.base_name();
-        // ggml lists dimensions fastest first: A [r, in] row-major is ggml [in, r].
-        w.tensor(
-            &names::lora_a(&base),
-            &[ad.d_in as u64, ad.rank as u64],
-            GgmlType::F32,
-            encode_f32(&ad.a),
-        );
-        w.tensor(
-            &names::lora_b(&base),
-            &[ad.rank as u64, ad.d_out as u64],
-            GgmlType::F32,
-            encode_f32(&ad.b),
-        );
-    }
-    write_atomic(out, &w.to_bytes()).map_err(|source| ExportError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    Ok(list.len())
 }

@@ -151,6 +151,16 @@ impl Projection {
         }
     }
 
+    /// Whether llama.cpp multiplies this projection's LoRA branch by the base's `.scale` tensor
+    /// too. Its `build_ffn` adds the adapter inside the up and gate products and applies
+    /// `ffn_up.scale` / `ffn_gate.scale` afterwards, `(W·x + c·B·A·x)·s`; the attention
+    /// projections and `ffn_down` go through `build_lora_mm(w, x, w_s)`, which scales before the
+    /// adapter is added, `s·W·x + c·B·A·x` (llama.cpp's `llama-graph.cpp`, as vendored by
+    /// llama-cpp-python 0.3.36 and upstream since). Without a `.scale` tensor nothing is scaled.
+    pub fn lora_branch_scaled(self) -> bool {
+        matches!(self, Self::Gate | Self::Up)
+    }
+
     /// Position in [`Projection::ALL`].
     pub fn index(self) -> usize {
         self as usize
