@@ -44,22 +44,3 @@ impl RunLock {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_writer_is_refused_until_the_first_lets_go() {
-        let d = tempfile::tempdir().unwrap();
-        let run = d.path().join("run");
-        let first = RunLock::acquire(&run).unwrap();
-        let e = RunLock::acquire(&run).unwrap_err().to_string();
-        assert!(
-            e.contains("another tritium process") && e.contains("run"),
-            "{e}"
-        );
-        drop(first);
-        RunLock::acquire(&run).unwrap();
-    }
-}

@@ -19,14 +19,12 @@ use crate::model::Model;
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub rank: usize,
+    pub a: Vec<f32>, // [r, in]
+    pub b: Vec<f32>, // [out, r]
     /// What llama.cpp multiplies this branch by besides `alpha/r`: the base's `.scale` for the
     /// projections it scales after the adapter is added ([`Projection::lora_branch_scaled`]),
     /// else 1.
     pub branch: f32,
-    /// `[r, in]`
-    pub a: Vec<f32>,
-    /// `[out, r]`
-    pub b: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ use crate::schedule::{Decay, Schedule};
 use crate::step::{StepParams, train_step};
 use crate::tokenizer::Tokenizer;
 
+#[derive(Clone)]
 pub struct FinetuneOptions {
     pub spec: RunSpec,
     pub out: PathBuf,
@@ -57,18 +58,27 @@ pub struct FinetuneSummary {
     pub held_out: usize,
     /// Training rows after packing (= `examples` without packing).
     pub rows: usize,
+    /// Records that did not parse (with `skip_invalid`).
     pub skipped: usize,
+    /// Examples cut at `seq_len`.
     pub truncated: usize,
+    /// Examples with no response token left after the cut.
     pub dropped_no_target: usize,
+    /// Parameters the optimizer updates (the adapters', for LoRA), as PEFT counts them.
     pub trainable_params: usize,
+    /// Every parameter, adapters included.
     pub total_params: usize,
+    /// Held-out response loss of the base.
     pub base_val_loss: f64,
+    /// Held-out response loss after the run.
     pub final_val_loss: f64,
     /// Held-out loss after folding the adapter into the ternary weights (`merge`).
     pub merged_val_loss: Option<f64>,
+    /// Chat markers the tokenizer (and embedding) gained.
     pub added_tokens: Vec<String>,
     /// The step the run stopped at; below `steps` when interrupted.
     pub step: usize,
+    /// Stopped by Ctrl-C (a checkpoint was written).
     pub interrupted: bool,
     /// SHA-256 of the base's `model.bpk` that the adapter belongs to.
     pub base_hash: String,
@@ -517,80 +527,54 @@ mod tests {
         checkpoint::save_initial(dir, &model, &cfg, &tok, Origin::Train).unwrap()
     }
 
-    /// A run directory another process is writing (it holds the lock) is refused before any
-    /// file in it is touched.
-    #[test]
-    fn a_locked_run_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = base(&dir.path().join("base"));
-        let cfg = dir.path().join("ft.toml");
-        std::fs::write(
-            &cfg,
-            "[finetune]\nrank = 2\nsteps = 1\nbatch_size = 2\nseq_len = 64\n",
-        )
-        .unwrap();
-        let out = dir.path().join("out");
-        let _held = RunLock::acquire(&out).unwrap();
-        let e = finetune(
-            FinetuneOptions {
-                spec: RunSpec {
-                    config: FinetuneConfig::load(&cfg).unwrap(),
-                    base,
-                    data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
-                    eval_data: None,
-                    merge: false,
-                },
-                out: out.clone(),
-                resume: false,
-                stop: Default::default(),
-                device: Backend::Flex,
-                fused: true,
+    /// A fresh CPU run of the `[finetune]` table `config` on the bundled seed tasks, from a tiny
+    /// base written in `dir/base`, into `dir/out`.
+    fn options(dir: &Path, config: &str) -> FinetuneOptions {
+        let cfg = dir.join("ft.toml");
+        std::fs::write(&cfg, config).unwrap();
+        FinetuneOptions {
+            spec: RunSpec {
+                config: FinetuneConfig::load(&cfg).unwrap(),
+                base: base(&dir.join("base")),
+                data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
+                eval_data: None,
+                merge: false,
             },
-            &mut |_| {},
-        )
-        .expect_err("refused");
-        assert!(e.to_string().contains("another tritium process"), "{e}");
-        let files: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
-        assert_eq!(files.len(), 1, "only the lock file: {files:?}");
+            out: dir.join("out"),
+            resume: false,
+            stop: Default::default(),
+            device: Backend::Flex,
+            fused: true,
+        }
     }
 
+    /// A run directory another process is writing (it holds the lock) is refused before any file
+    /// in it is touched, and taken once the lock is let go.
+    ///
     /// Fine-tuning runs the shared optimizer step, so a step whose loss or gradient is not finite
     /// stops the run with its step number before the update, keeping the last checkpoint (before
     /// the shared step, fine-tuning checked only the loss and not the gradient norm). An absurd
     /// learning rate blows the adapter up in the first update; the second step's loss is NaN.
     #[test]
-    fn a_non_finite_fine_tuning_step_stops_through_the_shared_check() {
+    fn a_locked_directory_is_refused_and_a_non_finite_step_stops_through_the_shared_check() {
         let dir = tempfile::tempdir().unwrap();
-        let base = base(&dir.path().join("base"));
-        let cfg = dir.path().join("ft.toml");
-        std::fs::write(
-            &cfg,
+        let opts = options(
+            dir.path(),
             "[finetune]\nrank = 2\nsteps = 5\nbatch_size = 2\nseq_len = 64\nlr = 1e30\nwarmup_steps = 0\ngrad_clip = 0.0\ncheckpoint_every = 1\neval_every = 0\n",
-        )
-        .unwrap();
-        let out = dir.path().join("out");
+        );
+        let out = opts.out.clone();
+        let held = RunLock::acquire(&out).unwrap();
+        let e = finetune(opts.clone(), &mut |_| {}).expect_err("refused");
+        assert!(e.to_string().contains("another tritium process"), "{e}");
+        let files: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "only the lock file: {files:?}");
+        drop(held);
         let mut steps = Vec::new();
-        let e = finetune(
-            FinetuneOptions {
-                spec: RunSpec {
-                    config: FinetuneConfig::load(&cfg).unwrap(),
-                    base,
-                    data: vec![root().join("datasets/instruct/seed_tasks.alpaca.jsonl")],
-                    eval_data: None,
-                    merge: false,
-                },
-                out: out.clone(),
-                resume: false,
-                stop: Default::default(),
-                device: Backend::Flex,
-                fused: true,
-            },
-            &mut |e| {
-                if let Event::Step(r) = e {
-                    steps.push(r.step)
-                }
-            },
-        )
+        let e = finetune(opts, &mut |e| {
+            if let Event::Step(r) = e {
+                steps.push(r.step)
+            }
+        })
         .expect_err("the run stops");
         assert!(matches!(e, TrainError::NonFinite { step: 2, .. }), "{e}");
         assert!(
