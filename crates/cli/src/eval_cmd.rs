@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tritium_engine::Runtime;
 use tritium_eval::scorers::{BurnScorer, GgufScorer};
 use tritium_eval::{self as eval, Scorer, TASKS, TaskResult, tasks};
 use tritium_model::Backend;
@@ -67,12 +66,6 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     if a.text.is_none() && a.tasks.is_none() {
         bail!("nothing to evaluate: pass --text FILE and/or --tasks LIST");
     }
-    let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
-    let mut scorer: Box<dyn Scorer> = if is_gguf {
-        Box::new(GgufScorer::load(&a.model, &Runtime::new(a.threads))?)
-    } else {
-        Box::new(BurnScorer::load(&a.model, &a.device.device()?)?.with_fused(fused))
-    };
     let names: Vec<String> = match a.tasks.as_deref() {
         None => vec![],
         Some("all") => TASKS.iter().map(|s| s.to_string()).collect(),
@@ -82,12 +75,29 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
             .filter(|s| !s.is_empty())
             .collect(),
     };
+    if a.tasks.is_some() && names.is_empty() {
+        bail!(
+            "--tasks {:?}: names no task; give \"all\" or some of {}",
+            a.tasks.as_deref().unwrap_or_default(),
+            TASKS.join(", ")
+        );
+    }
     // Check every task file before spending time on any.
     let mut loaded = Vec::new();
     for n in &names {
         let path = tasks::task_file(&a.task_dir, n)?;
         loaded.push((n.clone(), tasks::load(&path, a.limit)?));
     }
+    // The model last: every flag and file is checked first.
+    let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
+    let mut scorer: Box<dyn Scorer> = if is_gguf {
+        Box::new(GgufScorer::load(
+            &a.model,
+            &crate::run_cmd::runtime(a.threads),
+        )?)
+    } else {
+        Box::new(BurnScorer::load(&a.model, &a.device.device()?)?.with_fused(fused))
+    };
     let start = Instant::now();
     let mut report = serde_json::json!({ "model": a.model.display().to_string() });
     if let Some(text_path) = &a.text {

@@ -21,16 +21,17 @@ pub struct RunArgs {
     /// Tokens to generate at most.
     #[arg(short = 'n', long, default_value_t = 128)]
     pub n_predict: usize,
+    // Negative numbers parse as values, so they reach the range checks and their message.
     /// Temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
@@ -66,13 +67,13 @@ pub struct RunArgs {
 pub struct BenchArgs {
     pub model: PathBuf,
     /// Prompt tokens processed in one batch.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one())]
     pub pp: usize,
     /// Tokens generated one at a time after the prompt.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one())]
     pub tg: usize,
     /// Timed repeats (after one untimed warm-up); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     pub reps: usize,
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -84,12 +85,44 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// A count flag that must be at least 1.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// The engine's runtime for `-t THREADS`, saying so when the request exceeds the cores this
+/// process may use (more threads would only spin against each other).
+pub fn runtime(threads: usize) -> Runtime {
+    let (n, capped) = Runtime::cap(threads);
+    if capped {
+        eprintln!("warning: -t {threads}: using {n} threads, the cores this process may use");
+    }
+    Runtime::new(n)
+}
+
 fn load(path: &std::path::Path, threads: usize) -> Result<Model> {
-    Model::load(path, &Runtime::new(threads)).map_err(anyhow::Error::from)
+    Model::load(path, &runtime(threads)).map_err(anyhow::Error::from)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
     let t0 = Instant::now();
+    let sampling = SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
+    };
+    // Every flag is checked before the model is loaded.
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    if a.stops.iter().any(String::is_empty) {
+        bail!("--stop \"\": a stop string must not be empty (it would stop before any token)");
+    }
+    if !(a.lora_scale.is_finite()) {
+        bail!("--lora-scale {}: must be a finite number", a.lora_scale);
+    }
     let model = load(&a.model, a.threads)?;
     let ctx = a.ctx.unwrap_or(model.cfg.ctx);
     let lora = match &a.lora {
@@ -102,15 +135,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let mut sess = Session::new(&model, ctx)?;
     sess.lora = lora.as_ref();
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        seed: a.seed,
-    });
+    let mut sampler = Sampler::new(sampling);
     if a.chat {
         return chat(&a, &mut sess, &mut sampler);
     }

@@ -124,3 +124,53 @@ fn bad_inputs_are_one_line_errors() {
         "{err}"
     );
 }
+
+/// Flag values out of range are refused before any work, with the flag named, and never with a
+/// panic (exit 101); a thread count above the cores is capped with a warning.
+#[test]
+fn hostile_flag_values_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", m.as_str(), "-p", "hi", "-n", "2"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", m.as_str(), "--pp", "8", "--tg", "4", "--reps", "1"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (bench(&["--pp", "0"]), "--pp"),
+        (bench(&["--tg", "0"]), "--tg"),
+        (bench(&["--reps", "0"]), "--reps"),
+        (run(&["--temp", "nan"]), "--temp"),
+        (run(&["--temp", "-1"]), "--temp"),
+        (run(&["--top-p", "2"]), "--top-p"),
+        (run(&["--top-p", "0"]), "--top-p"),
+        (run(&["--min-p", "-1"]), "--min-p"),
+        (run(&["--repeat-penalty", "-1"]), "--repeat-penalty"),
+        (run(&["--repeat-penalty", "inf"]), "--repeat-penalty"),
+        (run(&["--stop", ""]), "--stop"),
+        (run(&["--lora-scale", "nan"]), "--lora-scale"),
+        (owned(&["eval", "--model", &m, "--tasks", ""]), "--tasks"),
+        (owned(&["eval", "--model", &m, "--tasks", " , "]), "--tasks"),
+    ];
+    for (args, flag) in &cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = tritium(&refs);
+        let (_, err) = text(&o);
+        assert!(
+            !o.status.success() && o.status.code() != Some(101) && err.contains(flag),
+            "{args:?}: exit {:?}: {err}",
+            o.status.code()
+        );
+    }
+    let capped = bench(&["-t", "1000"]);
+    let o = tritium(&capped.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("-t 1000: using"), "{err}");
+}

@@ -18,11 +18,23 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// `threads` threads (0: one per core) and the fastest instruction set this CPU runs.
+    /// `threads` threads (0: one per core) and the fastest instruction set this CPU runs. More
+    /// threads than the cores this process may use only spin against each other, so the team is
+    /// capped there (see [`Runtime::cap`]).
     pub fn new(threads: usize) -> Runtime {
         Runtime {
-            pool: Arc::new(Pool::new(threads)),
+            pool: Arc::new(Pool::new(Self::cap(threads).0)),
             isa: Isa::detect(),
+        }
+    }
+
+    /// The team size `new(threads)` builds, and whether `threads` was lowered to get it.
+    pub fn cap(threads: usize) -> (usize, bool) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match threads {
+            0 => (cores, false),
+            t if t > cores => (cores, true),
+            t => (t, false),
         }
     }
 

@@ -28,6 +28,35 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    /// Checks every knob, naming the one at fault with its flag spelling (the server will take
+    /// the same values from requests).
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, v: f32, want: &str| Err(format!("{name} {v}: must be {want}"));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "--temp",
+                self.temperature,
+                "a finite number ≥ 0 (0 is greedy)",
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("--top-p", self.top_p, "in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("--min-p", self.min_p, "in [0, 1]");
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(
+                "--repeat-penalty",
+                self.repeat_penalty,
+                "a finite number > 0 (1 is off)",
+            );
+        }
+        Ok(())
+    }
+}
+
 pub struct Sampler {
     pub cfg: SamplerConfig,
     state: u64,

@@ -136,18 +136,37 @@ impl FinetuneConfig {
         Ok(f.finetune)
     }
 
+    /// Every value in range, the message naming the key.
     pub(super) fn validate(&self) -> Result<(), String> {
-        if self.rank == 0
-            || self.batch_size == 0
-            || self.seq_len < 2
-            || self.steps == 0
-            || !(0.0..1.0).contains(&self.dropout)
-        {
-            return Err(
-                "rank, batch_size and steps must be ≥ 1, seq_len ≥ 2, dropout in [0, 1)".into(),
-            );
-        }
-        Ok(())
+        let at_least = |key: &str, v: usize, min: usize| {
+            (v < min).then(|| format!("[finetune].{key} = {v}: must be at least {min}"))
+        };
+        let positive = |key: &str, v: f64| {
+            (!(v.is_finite() && v > 0.0))
+                .then(|| format!("[finetune].{key} = {v}: must be a finite number > 0"))
+        };
+        let non_negative = |key: &str, v: f64| {
+            (!(v.is_finite() && v >= 0.0))
+                .then(|| format!("[finetune].{key} = {v}: must be a finite number ≥ 0"))
+        };
+        let problem = at_least("rank", self.rank, 1)
+            .or_else(|| at_least("batch_size", self.batch_size, 1))
+            .or_else(|| at_least("seq_len", self.seq_len, 2))
+            .or_else(|| at_least("steps", self.steps, 1))
+            .or_else(|| positive("lr", self.lr))
+            .or_else(|| positive("alpha", self.alpha as f64))
+            .or_else(|| non_negative("weight_decay", self.weight_decay))
+            .or_else(|| non_negative("grad_clip", self.grad_clip as f64))
+            .or_else(|| {
+                (!(0.0..1.0).contains(&self.dropout))
+                    .then(|| format!("[finetune].dropout = {}: must be in [0, 1)", self.dropout))
+            })
+            .or_else(|| {
+                (self.method == Method::Lora && self.target.is_empty()).then(|| {
+                    "[finetune].target is empty: LoRA needs at least one of q, k, v, o, gate, up, down".to_string()
+                })
+            });
+        problem.map_or(Ok(()), Err)
     }
 
     pub(super) fn layout(&self) -> LoraLayout {
@@ -190,4 +209,33 @@ pub fn lora_param_count(m: &ModelConfig, rank: usize, targets: &[Projection]) ->
         d_in + d_out
     };
     m.n_layers * rank * targets.iter().map(per).sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each bad `[finetune]` value is refused with its key and the file named.
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ft.toml");
+        for (body, key) in [
+            ("alpha = -1.0", "alpha"),
+            ("alpha = nan", "alpha"),
+            ("target = []", "target"),
+            ("target = [\"qq\"]", "qq"),
+            ("lr = 0.0", "lr"),
+            ("rank = 0", "rank"),
+            ("seq_len = 1", "seq_len"),
+            ("dropout = 1.0", "dropout"),
+            ("grad_clip = -1.0", "grad_clip"),
+        ] {
+            std::fs::write(&p, format!("[finetune]\n{body}\n")).unwrap();
+            let e = FinetuneConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("ft.toml"), "{body}: {e}");
+        }
+        std::fs::write(&p, "[finetune]\nmethod = \"full\"\ntarget = []\n").unwrap();
+        FinetuneConfig::load(&p).expect("full fine-tuning has no targets to name");
+    }
 }

@@ -161,6 +161,14 @@ pub fn finetune(
             base.dir.display()
         )));
     }
+    if c.seq_len > base.model_config().max_seq_len {
+        return Err(TrainError::Config(format!(
+            "[finetune].seq_len = {} exceeds the base model's max_seq_len of {} ({})",
+            c.seq_len,
+            base.model_config().max_seq_len,
+            base.dir.display()
+        )));
+    }
     let model = base.load_model(&device)?.with_fused(o.fused);
     let mut state = base.state.clone();
     let mut tok = Tokenizer::load(&base.tokenizer_path()?)?;
