@@ -131,36 +131,27 @@ fn bad_inputs_are_one_line_errors() {
 fn hostile_flag_values_name_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let m = model(dir.path());
-    let run = |extra: &[&str]| {
-        let mut args = vec!["run", m.as_str(), "-p", "hi", "-n", "2"];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let bench = |extra: &[&str]| {
-        let mut args = vec!["bench", m.as_str(), "--pp", "8", "--tg", "4", "--reps", "1"];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (bench(&["--pp", "0"]), "--pp"),
-        (bench(&["--tg", "0"]), "--tg"),
-        (bench(&["--reps", "0"]), "--reps"),
-        (run(&["--temp", "nan"]), "--temp"),
-        (run(&["--temp", "-1"]), "--temp"),
-        (run(&["--top-p", "2"]), "--top-p"),
-        (run(&["--top-p", "0"]), "--top-p"),
-        (run(&["--min-p", "-1"]), "--min-p"),
-        (run(&["--repeat-penalty", "-1"]), "--repeat-penalty"),
-        (run(&["--repeat-penalty", "inf"]), "--repeat-penalty"),
-        (run(&["--stop", ""]), "--stop"),
-        (run(&["--lora-scale", "nan"]), "--lora-scale"),
-        (owned(&["eval", "--model", &m, "--tasks", ""]), "--tasks"),
-        (owned(&["eval", "--model", &m, "--tasks", " , "]), "--tasks"),
+    // (subcommand, flag, a value out of its range)
+    #[rustfmt::skip]
+    let cases = [
+        ("bench", "--pp", "0"), ("bench", "--tg", "0"), ("bench", "--reps", "0"),
+        ("run", "--temp", "nan"), ("run", "--temp", "-1"), ("run", "--top-p", "2"),
+        ("run", "--top-p", "0"), ("run", "--min-p", "-1"), ("run", "--repeat-penalty", "-1"),
+        ("run", "--repeat-penalty", "inf"), ("run", "--stop", ""), ("run", "--lora-scale", "nan"),
+        ("eval", "--tasks", ""), ("eval", "--tasks", " , "),
     ];
-    for (args, flag) in &cases {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = tritium(&refs);
+    let command = |cmd: &str| -> Vec<&str> {
+        match cmd {
+            "run" => vec!["run", &m, "-p", "hi", "-n", "2"],
+            // No other count flag: clap would refuse a repeated one for another reason.
+            "bench" => vec!["bench", &m],
+            _ => vec!["eval", "--model", &m],
+        }
+    };
+    for (cmd, flag, value) in cases {
+        let mut args = command(cmd);
+        args.extend([flag, value]);
+        let o = tritium(&args);
         let (_, err) = text(&o);
         assert!(
             !o.status.success() && o.status.code() != Some(101) && err.contains(flag),
@@ -168,8 +159,9 @@ fn hostile_flag_values_name_the_flag() {
             o.status.code()
         );
     }
-    let capped = bench(&["-t", "1000"]);
-    let o = tritium(&capped.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = tritium(&[
+        "bench", &m, "--pp", "8", "--tg", "4", "--reps", "1", "-t", "1000",
+    ]);
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("-t 1000: using"), "{err}");

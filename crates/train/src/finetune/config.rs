@@ -218,8 +218,8 @@ mod tests {
     /// Each bad `[finetune]` value is refused with its key and the file named.
     #[test]
     fn bad_values_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ft.toml");
+        let file = tempfile::Builder::new().suffix("ft.toml").tempfile().unwrap();
+        let p = file.path();
         for (body, key) in [
             ("alpha = -1.0", "alpha"),
             ("alpha = nan", "alpha"),
@@ -231,11 +231,11 @@ mod tests {
             ("dropout = 1.0", "dropout"),
             ("grad_clip = -1.0", "grad_clip"),
         ] {
-            std::fs::write(&p, format!("[finetune]\n{body}\n")).unwrap();
-            let e = FinetuneConfig::load(&p).unwrap_err().to_string();
+            std::fs::write(p, format!("[finetune]\n{body}\n")).unwrap();
+            let e = FinetuneConfig::load(p).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("ft.toml"), "{body}: {e}");
         }
-        std::fs::write(&p, "[finetune]\nmethod = \"full\"\ntarget = []\n").unwrap();
-        FinetuneConfig::load(&p).expect("full fine-tuning has no targets to name");
+        std::fs::write(p, "[finetune]\nmethod = \"full\"\ntarget = []\n").unwrap();
+        FinetuneConfig::load(p).expect("full fine-tuning has no targets to name");
     }
 }
