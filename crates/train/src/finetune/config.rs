@@ -218,7 +218,10 @@ mod tests {
     /// Each bad `[finetune]` value is refused with its key and the file named.
     #[test]
     fn bad_values_name_the_key() {
-        let file = tempfile::Builder::new().suffix("ft.toml").tempfile().unwrap();
+        let file = tempfile::Builder::new()
+            .suffix("ft.toml")
+            .tempfile()
+            .unwrap();
         let p = file.path();
         for (body, key) in [
             ("alpha = -1.0", "alpha"),
