@@ -1,10 +1,19 @@
 //! Writing files so that a crash or a full disk never leaves a half-written file under the final name.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
+/// Only a regular file is ever replaced: a directory, device or pipe at `path` is an error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a regular file; refusing to replace it",
+        ));
+    }
     let tmp = tmp_path(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -25,4 +34,57 @@ pub fn tmp_path(path: &Path) -> std::path::PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// `path` made absolute with symlinks resolved, for comparing two spellings of one file (a path
+/// that does not exist yet is resolved through its parent).
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = path.canonicalize() {
+        return Some(p);
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
+    };
+    Some(parent.join(path.file_name()?))
+}
+
+/// Refuses an output that is one of the command's inputs, however spelled: the atomic rename
+/// would replace the data being read (an export's `--out` naming the checkpoint's `model.bpk`).
+pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<(), String> {
+    let Some(o) = resolved(out) else {
+        return Ok(());
+    };
+    match inputs.iter().find(|i| resolved(i).is_some_and(|r| r == o)) {
+        Some(i) => Err(format!(
+            "{}: is an input of this command ({}); choose another output path",
+            out.display(),
+            i.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory where a file would go is left alone; an input, however spelled, is refused.
+    #[test]
+    fn only_regular_files_are_replaced_and_inputs_never() {
+        let d = tempfile::TempDir::new().expect("a temporary directory");
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = write_atomic(&sub, b"x").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(sub.is_dir(), "the directory is untouched");
+        let f = sub.join("model.bpk");
+        write_atomic(&f, b"weights").unwrap();
+        // The same file spelled through `..`: refused; another file: fine.
+        let spelled = sub.join("..").join("sub").join("model.bpk");
+        let e = check_output(&spelled, std::slice::from_ref(&f)).unwrap_err();
+        assert!(e.contains("is an input"), "{e}");
+        check_output(&sub.join("out.gguf"), std::slice::from_ref(&f)).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"weights");
+    }
 }

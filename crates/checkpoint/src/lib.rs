@@ -222,6 +222,23 @@ pub fn save_initial(
     save(run, &contents, 1)
 }
 
+/// The files a checkpoint directory holds (whether or not each is there): what no command may
+/// write over while reading the checkpoint.
+pub fn parts(dir: &Path) -> Vec<PathBuf> {
+    [
+        MODEL,
+        OPTIM,
+        "state.json",
+        TOKENIZER,
+        CHAT_TEMPLATE,
+        LORA,
+        LOCK,
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .collect()
+}
+
 /// `checkpoints/` of a run directory.
 pub fn dir(run: &Path) -> PathBuf {
     run.join("checkpoints")

@@ -84,10 +84,19 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     }
     // Check every task file before spending time on any.
     let mut loaded = Vec::new();
+    let mut inputs: Vec<PathBuf> = a.text.iter().cloned().collect();
     for n in &names {
         let path = tasks::task_file(&a.task_dir, n)?;
         loaded.push((n.clone(), tasks::load(&path, a.limit)?));
+        inputs.push(path);
     }
+    // The results must not replace what is being evaluated.
+    let out = a.out.clone().unwrap_or_else(|| default_out(&a.model));
+    match tritium_checkpoint::resolve(&a.model) {
+        Ok(dir) => inputs.extend(tritium_checkpoint::parts(&dir)),
+        Err(_) => inputs.push(a.model.clone()),
+    }
+    tritium_checkpoint::fsutil::check_output(&out, &inputs).map_err(anyhow::Error::msg)?;
     // The model last: every flag and file is checked first.
     let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
     let mut scorer: Box<dyn Scorer> = if is_gguf {
@@ -162,7 +171,6 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     report["tasks"] = serde_json::to_value(&results)?;
     report["seconds"] = serde_json::json!(secs);
     report["items_per_second"] = serde_json::json!(items_done as f64 / secs);
-    let out = a.out.clone().unwrap_or_else(|| default_out(&a.model));
     let text = serde_json::to_string_pretty(&report)?;
     tritium_checkpoint::fsutil::write_atomic(&out, text.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;

@@ -52,6 +52,9 @@ pub struct InspectArgs {
 
 pub fn export(a: ExportArgs) -> Result<()> {
     if let Some(adapter) = &a.lora {
+        let mut inputs = vec![adapter.clone(), adapter.with_file_name("adapter.json")];
+        inputs.extend(a.base.clone());
+        tritium_checkpoint::fsutil::check_output(&a.out, &inputs).map_err(anyhow::Error::msg)?;
         let set = AdapterSet::read(adapter)?;
         let scales = match &a.base {
             Some(gguf) => BaseScales::from_gguf(gguf)?,

@@ -306,8 +306,31 @@ fn bad_inputs_give_one_line_errors() {
         d.path().join("r2").to_str().unwrap(),
     ]));
     assert!(e.contains("prepare the data again"), "{e}");
-    // A corrupt checkpoint: refused with its path, and never overwritten.
+    // Outputs that are inputs: export and eval would replace the weights they read.
     let model = out.join("checkpoints/step-5/model.bpk");
+    let before = std::fs::read(&model).unwrap();
+    let m = model.to_str().unwrap();
+    let valid = root().join("datasets/tinystories/valid_head.txt.gz");
+    for args in [
+        vec!["export", "--checkpoint", o, "--out", m],
+        vec![
+            "eval",
+            "--model",
+            o,
+            "--text",
+            valid.to_str().unwrap(),
+            "--out",
+            m,
+        ],
+    ] {
+        let e = stderr(&run(&args));
+        assert!(
+            e.contains("model.bpk") && e.contains("is an input"),
+            "{args:?}: {e}"
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    // A corrupt checkpoint: refused with its path, and never overwritten.
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     let r = run(&["train", "--resume", o, "--set", "max_steps=9"]);

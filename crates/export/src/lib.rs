@@ -18,7 +18,7 @@ pub use lora::{BaseScales, export_lora};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tritium_checkpoint::fsutil::write_atomic;
+use tritium_checkpoint::fsutil::{check_output, write_atomic};
 use tritium_checkpoint::{Checkpoint, CheckpointError};
 use tritium_gguf::blocks::{
     encode_f16, encode_f32, quantize_i2_s, quantize_q8_0, quantize_tq1_0, quantize_tq2_0,
@@ -49,6 +49,9 @@ pub enum ExportError {
     I2sLength { tensor: String, n: usize },
     #[error("LoRA export: {0}")]
     Lora(String),
+    /// The output path is one of the inputs.
+    #[error("{0}")]
+    Output(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -185,6 +188,9 @@ pub fn export(
 ) -> Result<ExportReport, ExportError> {
     let start = Instant::now();
     let ckpt = Checkpoint::open(ckpt_or_run)?;
+    let mut inputs = tritium_checkpoint::parts(&ckpt.dir);
+    inputs.extend(ckpt.state.provenance.tokenizer.clone());
+    check_output(out, &inputs).map_err(ExportError::Output)?;
     let device = opts.device.device()?;
     let model = ckpt.load_model(&device)?;
     let cfg = ckpt.model_config();
