@@ -151,8 +151,23 @@ impl Checkpoint {
         LoraLayout::read(&self.dir)
     }
 
-    /// The model, built from the checkpoint's own config with its adapters attached.
+    /// The model, built from the checkpoint's own config with its adapters attached. A
+    /// `state.json` describing more parameters than `model.bpk` can hold (four bytes each) is
+    /// refused before the model is allocated.
     pub fn load_model(&self, device: &Device) -> Result<Transformer, CheckpointError> {
+        let weights = self.dir.join(MODEL);
+        let have = std::fs::metadata(&weights).map_err(io(&weights))?.len();
+        let params = self.state.model.param_count().total() as u64;
+        if have / 4 < params {
+            return Err(CheckpointError::Bad {
+                path: self.dir.join("state.json"),
+                msg: format!(
+                    "describes a model of {params} parameters, but {} holds {have} bytes, room for {} f32 values",
+                    weights.display(),
+                    have / 4
+                ),
+            });
+        }
         let mut model = Transformer::new(&self.state.model, device);
         if let Some(l) = self.lora_layout()? {
             model.attach_lora(l.rank, l.alpha, l.dropout, &l.target, device);

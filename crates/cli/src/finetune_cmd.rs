@@ -44,7 +44,7 @@ pub struct FinetuneArgs {
     pub device: Backend,
 }
 
-pub fn finetune(a: FinetuneArgs, fused: bool) -> Result<()> {
+pub fn finetune(a: FinetuneArgs, fused: bool, check_memory: bool) -> Result<()> {
     let (spec, out) = match &a.resume {
         Some(dir) => (RunSpec::read(dir)?, dir.clone()),
         None => {
@@ -71,6 +71,7 @@ pub fn finetune(a: FinetuneArgs, fused: bool) -> Result<()> {
             stop,
             device: a.device,
             fused,
+            check_memory,
         },
         &mut |e| view.event(e),
     )?;

@@ -52,6 +52,10 @@ struct Cli {
     /// (int8 BitLinear, attention, RMSNorm, SiLU gate, cross-entropy); for comparisons.
     #[arg(long, global = true)]
     unfused: bool,
+    /// Start a training or fine-tuning step even when its memory estimate exceeds the memory
+    /// available (by default such a run is refused before anything is allocated).
+    #[arg(long, global = true)]
+    ignore_memory: bool,
 }
 
 #[derive(Subcommand)]
@@ -140,18 +144,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let fused = !cli.unfused;
+    let check_memory = !cli.ignore_memory;
     match cli.command {
-        Command::Train(a) => train_cmd::train(a, fused),
+        Command::Train(a) => train_cmd::train(a, fused, check_memory),
         Command::Tokenizer(c) => train_cmd::tokenizer(c),
         Command::Data(c) => train_cmd::data(c),
         Command::Export(a) => gguf_cmd::export(a),
         Command::Inspect(a) => gguf_cmd::inspect(a),
         Command::Info(a) => info(a),
-        Command::BenchTrain(a) => bench_train(a, fused),
+        Command::BenchTrain(a) => bench_train(a, fused, check_memory),
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
         Command::Eval(a) => eval_cmd::eval(a, fused),
-        Command::Finetune(a) => finetune_cmd::finetune(a, fused),
+        Command::Finetune(a) => finetune_cmd::finetune(a, fused, check_memory),
     }
 }
 
@@ -220,7 +225,7 @@ fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_train(a: BenchTrainArgs, fused: bool) -> Result<()> {
+fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()> {
     let cfg = load_config(&a.config)?;
     let bench = BenchConfig {
         batch: a.batch,
@@ -231,6 +236,7 @@ fn bench_train(a: BenchTrainArgs, fused: bool) -> Result<()> {
         backend: a.device,
         seed: a.seed,
         fused,
+        check_memory,
     };
     let r =
         run_bench(&cfg, &bench).with_context(|| format!("benchmarking {}", a.config.display()))?;

@@ -120,7 +120,7 @@ pub fn data(cmd: DataCmd) -> Result<()> {
     }
 }
 
-pub fn train(a: TrainArgs, fused: bool) -> Result<()> {
+pub fn train(a: TrainArgs, fused: bool, check_memory: bool) -> Result<()> {
     let (config_path, out, resume) = match (&a.resume, &a.config) {
         (Some(run), cfg) => (
             cfg.clone().unwrap_or_else(|| run.join("config.toml")),
@@ -158,6 +158,7 @@ pub fn train(a: TrainArgs, fused: bool) -> Result<()> {
             resume,
             stop,
             fused,
+            check_memory,
         },
         &mut |e| view.event(e),
     )

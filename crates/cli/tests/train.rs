@@ -205,6 +205,8 @@ fn bad_inputs_give_one_line_errors() {
     let cfg = cfg.to_str().unwrap();
     let out = d.path().join("r");
     let o = out.to_str().unwrap();
+    let other = d.path().join("r-other.gguf");
+    let o2 = other.to_str().unwrap();
 
     let e = stderr(&run(&["train", "--config", "missing.toml"]));
     assert!(e.contains("missing.toml") && !e.contains("panicked"), "{e}");
@@ -306,6 +308,31 @@ fn bad_inputs_give_one_line_errors() {
         d.path().join("r2").to_str().unwrap(),
     ]));
     assert!(e.contains("prepare the data again"), "{e}");
+    // An absurd size is refused before anything is allocated, with the estimate; a state.json
+    // that claims one is refused against the size of its weights.
+    let e = stderr(&run(&[
+        "train",
+        "--config",
+        cfg,
+        "--set",
+        "vocab_size=4000000000",
+        "--out",
+        o2,
+    ]));
+    assert!(
+        e.contains("GiB available") && e.contains("--ignore-memory"),
+        "{e}"
+    );
+    let state = out.join("checkpoints/step-5/state.json");
+    let honest = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(
+        &state,
+        honest.replace("\"vocab_size\": 4096", "\"vocab_size\": 4000000000"),
+    )
+    .unwrap();
+    let e = stderr(&run(&["export", "--checkpoint", o, "--out", o2]));
+    assert!(e.contains("state.json") && e.contains("room for"), "{e}");
+    std::fs::write(&state, honest).unwrap();
     // Outputs that are inputs: export and eval would replace the weights they read.
     let model = out.join("checkpoints/step-5/model.bpk");
     let before = std::fs::read(&model).unwrap();

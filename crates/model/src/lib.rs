@@ -63,6 +63,7 @@ pub mod fused {
         unreachable!("nothing is fused without the flex backend")
     }
 }
+pub mod memory;
 pub mod quant;
 pub mod rope;
 pub mod transformer;

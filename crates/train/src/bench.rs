@@ -22,6 +22,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Time the fused CPU ops (the default) or the plain tensor-op model.
     pub fused: bool,
+    /// Refuse a step whose memory estimate exceeds what the machine has available.
+    pub check_memory: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,6 +45,10 @@ pub fn run_bench(
     model_cfg: &ModelConfig,
     cfg: &BenchConfig,
 ) -> Result<BenchReport, tritium_model::Error> {
+    if cfg.check_memory {
+        let need = model_cfg.train_step_bytes(cfg.batch, cfg.seq).total();
+        tritium_model::memory::check(need, "a training step of this model at --batch × --seq")?;
+    }
     let device = cfg.backend.device()?.autodiff();
     device.seed(cfg.seed);
     let mut model = Transformer::new(model_cfg, &device).with_fused(cfg.fused);

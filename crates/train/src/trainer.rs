@@ -34,6 +34,8 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Run the fused CPU ops (the default) or the plain tensor-op model.
     pub fused: bool,
+    /// Refuse a training step whose memory estimate exceeds what the machine has available.
+    pub check_memory: bool,
 }
 
 /// How a run ended.
@@ -92,6 +94,13 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         beta2: t.beta2,
         eps: t.eps,
     };
+    if opts.check_memory {
+        let need = cfg.model.train_step_bytes(t.batch_size, t.seq_len).total();
+        tritium_model::memory::check(
+            need,
+            "a training step of this [model] at [train].batch_size × seq_len",
+        )?;
+    }
     // Held until the run returns: a second writer of the same directory is refused.
     let _lock = RunLock::acquire(run)?;
     let metrics_path = run.join("metrics.jsonl");

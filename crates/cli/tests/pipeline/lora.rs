@@ -207,6 +207,7 @@ fn ft_options(spec: RunSpec, out: PathBuf, resume: bool, stop: Arc<AtomicBool>) 
         stop,
         device: Backend::Flex,
         fused: true,
+        check_memory: true,
     }
 }
 

@@ -86,6 +86,7 @@ fn fixture() -> &'static Fixture {
                     resume: false,
                     stop: Arc::new(AtomicBool::new(false)),
                     fused: true,
+                    check_memory: true,
                 };
                 train(opts, &mut |_| {}).unwrap();
                 tritium_checkpoint::resolve(&out).unwrap()

@@ -50,6 +50,8 @@ pub struct FinetuneOptions {
     pub device: Backend,
     /// Run the fused CPU ops (the default) or the plain tensor-op model.
     pub fused: bool,
+    /// Refuse a run whose memory estimate exceeds what the machine has available.
+    pub check_memory: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +170,18 @@ pub fn finetune(
             base.model_config().max_seq_len,
             base.dir.display()
         )));
+    }
+    if o.check_memory {
+        // The step as pretraining would take it: an upper bound for LoRA, whose frozen base
+        // keeps no gradients or moments.
+        let need = base
+            .model_config()
+            .train_step_bytes(c.batch_size, c.seq_len)
+            .total();
+        tritium_model::memory::check(
+            need,
+            "fine-tuning this base at [finetune].batch_size × seq_len",
+        )?;
     }
     let model = base.load_model(&device)?.with_fused(o.fused);
     let mut state = base.state.clone();
@@ -553,6 +567,7 @@ mod tests {
             stop: Default::default(),
             device: Backend::Flex,
             fused: true,
+            check_memory: true,
         }
     }
 
