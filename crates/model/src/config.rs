@@ -112,9 +112,11 @@ impl ModelConfig {
         let model = file
             .model
             .ok_or_else(|| Error::Config("missing [model] table".into()))?;
-        let cfg: ModelConfig = model
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("[model]: {}", e.message())))?;
+        let cfg: ModelConfig = serde_path_to_error::deserialize(model).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                Error::Config(format!("[model].{}: {}", e.path(), e.inner().message()))
+            },
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }

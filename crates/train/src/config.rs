@@ -121,23 +121,47 @@ impl RunConfig {
             origin: origin.clone(),
             msg: e.to_string(),
         })?;
+        // Where each overridden key came from, so a bad value blames its --set, not the file.
+        let mut set_by = Vec::new();
         for o in overrides {
-            apply_override(&mut value, o).map_err(|msg| ConfigError::Invalid {
+            let key = apply_override(&mut value, o).map_err(|msg| ConfigError::Invalid {
                 origin: format!("--set {o}"),
                 msg,
             })?;
+            set_by.push((key, format!("--set {o}")));
         }
-        Self::from_table(value, &origin)
+        Self::from_table_with(value, &origin, &set_by)
     }
 
     pub fn from_table(value: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        Self::from_table_with(value, origin, &[])
+    }
+
+    /// As [`Self::from_table`]; `set_by` maps a key path (`train.max_steps`) to the `--set` that
+    /// gave it its value.
+    fn from_table_with(
+        value: toml::Table,
+        origin: &str,
+        set_by: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let invalid = |msg: String| ConfigError::Invalid {
             origin: origin.to_string(),
             msg,
         };
-        let cfg: RunConfig = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        let cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let key = e.path().to_string();
+                let origin = set_by
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map_or(origin, |(_, o)| o.as_str());
+                ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    msg: format!("{key}: {}", e.inner().message()),
+                }
+            },
+        )?;
         cfg.model.validate().map_err(|e| invalid(e.to_string()))?;
         cfg.validate().map_err(invalid)?;
         Ok(cfg)
@@ -220,8 +244,8 @@ impl RunConfig {
 }
 
 /// `key=value` onto the table. The value is parsed as TOML (so `3`, `1e-3`, `"x"`, `true`), falling
-/// back to a plain string.
-fn apply_override(root: &mut toml::Table, o: &str) -> Result<(), String> {
+/// back to a plain string. Returns the key path it set (`train.max_steps`).
+fn apply_override(root: &mut toml::Table, o: &str) -> Result<String, String> {
     let (key, raw) = o.split_once('=').ok_or("expected key=value")?;
     let key = key.trim();
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -250,8 +274,9 @@ fn apply_override(root: &mut toml::Table, o: &str) -> Result<(), String> {
         .or_insert_with(|| toml::Value::Table(Default::default()))
         .as_table_mut()
         .ok_or(format!("[{table}] is not a table"))?;
+    let path = format!("{table}.{field}");
     t.insert(field, value);
-    Ok(())
+    Ok(path)
 }
 
 const MODEL_KEYS: &[&str] = &[
@@ -278,6 +303,31 @@ mod tests {
         assert_eq!(c.model.d_model, 256);
         let big = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bitnet-125m.toml");
         RunConfig::load(&big, &[]).unwrap();
+    }
+
+    /// A value of the wrong type names its key path, and its origin: the file, or the `--set`
+    /// that gave it.
+    #[test]
+    fn type_errors_name_the_key_and_where_it_came_from() {
+        let file = tempfile::Builder::new()
+            .suffix("bad.toml")
+            .tempfile()
+            .unwrap();
+        let text = std::fs::read_to_string(tiny()).unwrap();
+        std::fs::write(
+            file.path(),
+            text.replace("d_model = 256", "d_model = \"256\""),
+        )
+        .unwrap();
+        let e = RunConfig::load(file.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.d_model") && e.contains("bad.toml"), "{e}");
+        let e = RunConfig::load(&tiny(), &["max_steps=abc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--set max_steps=abc") && e.contains("train.max_steps"),
+            "{e}"
+        );
     }
 
     #[test]
