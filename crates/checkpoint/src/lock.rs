@@ -24,6 +24,12 @@ impl RunLock {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
         };
+        if run.exists() && !run.is_dir() {
+            return Err(CheckpointError::Bad {
+                path: run.to_path_buf(),
+                msg: "exists and is not a directory; --out names a run directory".into(),
+            });
+        }
         std::fs::create_dir_all(run).map_err(io(run))?;
         let path = run.join(LOCK);
         let file = OpenOptions::new()

@@ -111,7 +111,16 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     let mut report = serde_json::json!({ "model": a.model.display().to_string() });
     if let Some(text_path) = &a.text {
         let text = tritium_train::text::read_text(text_path)?;
-        let ctx = a.ctx.unwrap_or(scorer.max_len());
+        let max = scorer.max_len();
+        let ctx = match a.ctx {
+            Some(c) if c > max => {
+                eprintln!("warning: --ctx {c}: the model's context is {max}; using {max}");
+                max
+            }
+            Some(c) => c,
+            None => max,
+        };
+        // The default stride follows the window actually used.
         let stride = a.stride.unwrap_or(ctx / 2);
         let pb = bar(1, "perplexity", a.json);
         let p = eval::perplexity(scorer.as_mut(), &text, ctx, stride, |done, total| {

@@ -106,6 +106,10 @@ fn bad_inputs_are_one_line_errors() {
             vec!["bench", &m, "--pp", "60", "--tg", "10"],
             "exceeds the model's context of 64",
         ),
+        (
+            vec!["run", dir.path().to_str().unwrap(), "-p", "hi"],
+            "is a directory, not a GGUF file",
+        ),
     ] {
         let o = tritium(&args);
         let (_, err) = text(&o);

@@ -333,6 +333,28 @@ fn bad_inputs_give_one_line_errors() {
     let e = stderr(&run(&["export", "--checkpoint", o, "--out", o2]));
     assert!(e.contains("state.json") && e.contains("room for"), "{e}");
     std::fs::write(&state, honest).unwrap();
+    // A file where the run directory should be; a perplexity window beyond the model's context
+    // (used at the context, with the default stride following it).
+    std::fs::write(&other, "not a directory").unwrap();
+    let e = stderr(&run(&["train", "--config", cfg, "--out", o2]));
+    assert!(
+        e.contains("r-other.gguf") && e.contains("not a directory"),
+        "{e}"
+    );
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time there was a cat. ".repeat(20)).unwrap();
+    let r = run(&[
+        "eval",
+        "--model",
+        o,
+        "--text",
+        short.to_str().unwrap(),
+        "--ctx",
+        "100000",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("--ctx 100000"), "{}", stderr(&r));
+    std::fs::remove_file(&other).unwrap();
     // Outputs that are inputs: export and eval would replace the weights they read.
     let model = out.join("checkpoints/step-5/model.bpk");
     let before = std::fs::read(&model).unwrap();

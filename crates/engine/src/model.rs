@@ -113,6 +113,12 @@ pub struct Model {
 
 impl Model {
     pub fn load(path: &Path, rt: &Runtime) -> Result<Model, Error> {
+        if path.is_dir() {
+            return Err(Error::invalid(path)(
+                "is a directory, not a GGUF file (a checkpoint? `tritium export` writes one)"
+                    .into(),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
         // file truncated by another process while mapped is outside what any mmap reader can
