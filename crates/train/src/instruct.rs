@@ -60,21 +60,18 @@ pub fn load(path: &Path, skip_invalid: bool) -> Result<Loaded, InstructError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let byte = e.valid_up_to();
-            let line = bytes[..byte].iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(InstructError::Utf8 {
-                path: path.to_path_buf(),
-                line,
-                byte,
-            });
-        }
-    };
     let name = path.display();
     let mut records: Vec<(String, Result<Value, String>)> = Vec::new();
-    if text.trim_start().starts_with('[') {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        // One JSON document: it must be text as a whole.
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let byte = e.valid_up_to();
+            InstructError::Utf8 {
+                path: path.to_path_buf(),
+                line: bytes[..byte].iter().filter(|&&b| b == b'\n').count() + 1,
+                byte,
+            }
+        })?;
         match serde_json::from_str::<Vec<Value>>(text) {
             Ok(items) => records.extend(
                 items
@@ -90,13 +87,27 @@ pub fn load(path: &Path, skip_invalid: bool) -> Result<Loaded, InstructError> {
             }
         }
     } else {
-        for (i, line) in text.lines().enumerate() {
-            if !line.trim().is_empty() {
-                records.push((
-                    format!("{name}:{}", i + 1),
-                    serde_json::from_str(line).map_err(|e| format!("not JSON: {e}")),
-                ));
+        // JSONL: each line on its own, so a line that is not UTF-8 is one bad record (skipped and
+        // counted with --skip-invalid), not a bad file.
+        let mut start = 0;
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            let at = format!("{name}:{}", i + 1);
+            match std::str::from_utf8(line) {
+                Err(e) => records.push((
+                    at,
+                    Err(format!(
+                        "not UTF-8 (line {}, byte {})",
+                        i + 1,
+                        start + e.valid_up_to()
+                    )),
+                )),
+                Ok(l) if !l.trim().is_empty() => records.push((
+                    at,
+                    serde_json::from_str(l).map_err(|e| format!("not JSON: {e}")),
+                )),
+                Ok(_) => {}
             }
+            start += line.len() + 1;
         }
     }
     let mut out = Loaded::default();
@@ -301,6 +312,12 @@ mod tests {
         );
         let e = load(&p, false).unwrap_err().to_string();
         assert!(e.contains("not UTF-8 (line 2"), "{e}");
+        let l = load(&p, true).unwrap();
+        assert_eq!(
+            (l.examples.len(), l.skipped.len()),
+            (1, 1),
+            "the bad line is skipped"
+        );
         let p = write(dir.path(), "e.jsonl", b"\n\n");
         assert!(
             load(&p, false)
