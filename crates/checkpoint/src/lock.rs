@@ -15,6 +15,8 @@ pub const LOCK: &str = ".lock";
 pub struct RunLock {
     _file: File,
     pub dir: PathBuf,
+    /// Temporary files and directories a killed writer left behind, removed on taking the lock.
+    pub cleaned: Vec<PathBuf>,
 }
 
 impl RunLock {
@@ -42,11 +44,59 @@ impl RunLock {
             Ok(()) => Ok(RunLock {
                 _file: file,
                 dir: run.to_path_buf(),
+                // Safe now: no other writer holds the directory.
+                cleaned: remove_stale_temps(run),
             }),
             Err(TryLockError::WouldBlock) => Err(CheckpointError::Locked {
                 dir: run.to_path_buf(),
             }),
             Err(TryLockError::Error(source)) => Err(CheckpointError::Io { path, source }),
         }
+    }
+}
+
+/// Removes the `.NAME.tmp` files and directories that atomic writes in `run` and its
+/// `checkpoints/` leave when killed before their rename, and returns what it removed.
+fn remove_stale_temps(run: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for dir in [run.to_path_buf(), crate::dir(run)] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let p = entry.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if gone.is_ok() {
+                removed.push(p);
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a `kill -9` in the middle of a checkpoint or metrics write leaves is cleared by the
+    /// next writer; finished files stay.
+    #[test]
+    fn the_next_writer_clears_a_killed_writers_temporaries() {
+        let tmp = tempfile::TempDir::new().expect("a temporary directory");
+        let run = tmp.path();
+        std::fs::create_dir_all(run.join("checkpoints/.step-7.tmp")).unwrap();
+        std::fs::write(run.join("checkpoints/.step-7.tmp/model.bpk"), b"half").unwrap();
+        std::fs::write(run.join(".metrics.jsonl.tmp"), b"half").unwrap();
+        std::fs::write(run.join("metrics.jsonl"), b"kept").unwrap();
+        let lock = RunLock::acquire(run).unwrap();
+        assert_eq!(lock.cleaned.len(), 2, "{:?}", lock.cleaned);
+        assert!(!run.join("checkpoints/.step-7.tmp").exists());
+        assert!(!run.join(".metrics.jsonl.tmp").exists());
+        assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), b"kept");
     }
 }
