@@ -506,6 +506,13 @@ mod tests {
             d.path().join("tokenizer.json")
         );
 
+        // A shape no model has (zero heads would divide by zero when sized) is refused on open.
+        let mut doctored = serde_json::to_value(&ck.state).unwrap();
+        doctored["model"]["n_heads"] = 0.into();
+        std::fs::write(d.path().join("state.json"), doctored.to_string()).unwrap();
+        let e = Checkpoint::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("n_heads"), "{e}");
+
         std::fs::write(d.path().join("state.json"), r#"{"format": 9}"#).unwrap();
         let e = Checkpoint::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("format 9") && e.contains("state.json"), "{e}");

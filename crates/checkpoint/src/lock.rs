@@ -55,14 +55,41 @@ impl RunLock {
     }
 }
 
-/// Removes the `.NAME.tmp` files and directories that atomic writes in `run` and its
+/// The files a run writes atomically in its directory; their `.NAME.tmp` forms are what a kill
+/// can leave behind. Only these are removed: `--out` may name a directory shared with others.
+const RUN_FILES: &[&str] = &[
+    "metrics.jsonl",
+    "config.toml",
+    "loss.svg",
+    "tokenizer.json",
+    "finetune.json",
+    "summary.json",
+    "adapter.safetensors",
+    "adapter.json",
+    "adapter.gguf",
+];
+
+/// Whether `name` in `checkpoints/` is a checkpoint's or `latest`'s temporary form.
+fn checkpoint_temp(name: &str) -> bool {
+    name == ".latest.tmp"
+        || name
+            .strip_prefix(".step-")
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files and directories that tritium's atomic writes in `run` and its
 /// `checkpoints/` leave when killed before their rename, and returns what it removed.
 fn remove_stale_temps(run: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    for dir in [run.to_path_buf(), crate::dir(run)] {
+    let ours_in_run = |name: &str| RUN_FILES.iter().any(|f| name == format!(".{f}.tmp"));
+    for (dir, ours) in [
+        (run.to_path_buf(), &ours_in_run as &dyn Fn(&str) -> bool),
+        (crate::dir(run), &checkpoint_temp),
+    ] {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            if !ours(&name) {
                 continue;
             }
             let p = entry.path();
@@ -93,10 +120,15 @@ mod tests {
         std::fs::write(run.join("checkpoints/.step-7.tmp/model.bpk"), b"half").unwrap();
         std::fs::write(run.join(".metrics.jsonl.tmp"), b"half").unwrap();
         std::fs::write(run.join("metrics.jsonl"), b"kept").unwrap();
+        std::fs::write(run.join(".someone-elses.tmp"), b"not ours").unwrap();
         let lock = RunLock::acquire(run).unwrap();
         assert_eq!(lock.cleaned.len(), 2, "{:?}", lock.cleaned);
         assert!(!run.join("checkpoints/.step-7.tmp").exists());
         assert!(!run.join(".metrics.jsonl.tmp").exists());
         assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), b"kept");
+        assert!(
+            run.join(".someone-elses.tmp").exists(),
+            "only tritium's own temporaries go"
+        );
     }
 }

@@ -98,12 +98,19 @@ impl State {
         };
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let state = Self::from_json(value, ckpt).map_err(bad)?;
+        // A shape the model cannot be built with is refused here, before anything sizes by it.
+        state.model.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(state)
+    }
+
+    fn from_json(value: serde_json::Value, ckpt: &Path) -> Result<State, String> {
         match value.get("format").and_then(serde_json::Value::as_u64) {
-            Some(2) => serde_json::from_value(value).map_err(|e| bad(e.to_string())),
+            Some(2) => serde_json::from_value(value).map_err(|e| e.to_string()),
             Some(1) => {
-                let v1: StateV1 = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                let v1: StateV1 = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 let model = serde_json::from_value(v1.config["model"].clone())
-                    .map_err(|e| bad(format!("config.model: {e}")))?;
+                    .map_err(|e| format!("config.model: {e}"))?;
                 let tokenizer = v1.config["data"]["tokenizer"].as_str().map(PathBuf::from);
                 // Format 1 did not say what wrote it; fine-tuning left its template beside.
                 let origin = if ckpt.join(crate::CHAT_TEMPLATE).exists() {
@@ -116,7 +123,13 @@ impl State {
                     step: v1.step,
                     tokens: v1.tokens,
                     best_val_loss: v1.best_val_loss,
-                    tokenizer_hash: v1.tokenizer_hash,
+                    // Some format-1 fine-tuning checkpoints recorded the base's tokenizer hash
+                    // beside their own tokenizer: unknown, so not checked.
+                    tokenizer_hash: if origin == Origin::Finetune {
+                        String::new()
+                    } else {
+                        v1.tokenizer_hash
+                    },
                     model,
                     provenance: Provenance {
                         origin,
@@ -125,10 +138,10 @@ impl State {
                     },
                 })
             }
-            Some(f) => Err(bad(format!(
+            Some(f) => Err(format!(
                 "checkpoint format {f}; this build reads formats 1 and {FORMAT}"
-            ))),
-            None => Err(bad("no checkpoint format number".into())),
+            )),
+            None => Err("no checkpoint format number".into()),
         }
     }
 

@@ -22,8 +22,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "ADAPTER", conflicts_with = "checkpoint")]
     lora: Option<PathBuf>,
     /// With --lora: the base GGUF the adapter will run on (its `.scale` tensors decide the
-    /// adapter's form). Default: the base checkpoint recorded in adapter.json, as `export` writes
-    /// it with exact scales.
+    /// adapter's form). Default: the base checkpoint recorded in adapter.json, exported as
+    /// --type and --scale say (exact scales unless --scale folded or --type i2_s).
     #[arg(long, value_name = "BASE.gguf", requires = "lora")]
     base: Option<PathBuf>,
     /// Ternary weight type: tq2_0 (2.06 bpw, llama.cpp), tq1_0 (1.69 bpw, llama.cpp), i2_s (bitnet.cpp).
@@ -58,6 +58,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
         let set = AdapterSet::read(adapter)?;
         let scales = match &a.base {
             Some(gguf) => BaseScales::from_gguf(gguf)?,
+            // Without the file, --scale and --type say which export of the base it will run on.
+            None if a.scale == ScaleMode::Folded || a.ty == WeightType::I2S => BaseScales::folded(),
             None => {
                 let info = adapter.with_file_name("adapter.json");
                 let text = std::fs::read_to_string(&info).with_context(|| {

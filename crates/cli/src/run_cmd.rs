@@ -55,8 +55,8 @@ pub struct RunArgs {
     /// A LoRA adapter GGUF (llama.cpp's format) applied beside the ternary projections.
     #[arg(long)]
     pub lora: Option<PathBuf>,
-    /// Multiplies the adapter's alpha/r.
-    #[arg(long, default_value_t = 1.0)]
+    /// Multiplies the adapter's alpha/r (llama.cpp's --lora-scaled; negative subtracts it).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub lora_scale: f32,
     /// Print timings to stderr.
     #[arg(long)]

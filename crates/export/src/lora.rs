@@ -58,6 +58,9 @@ impl BaseScales {
         let bytes = std::fs::read(path).map_err(io)?;
         let bad = |msg: String| ExportError::Lora(format!("{}: {msg}", path.display()));
         let g = Gguf::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+        if g.get(general::TYPE).and_then(Value::as_str) == Some("adapter") {
+            return Err(bad("is an adapter, not a base model GGUF".into()));
+        }
         let mut scales = HashMap::new();
         for t in &g.tensors {
             let Some(stem) = t.name.strip_suffix(".scale") else {
@@ -67,7 +70,14 @@ impl BaseScales {
                 if t.ty != GgmlType::F32 || t.dims != [1] {
                     return Err(bad(format!("tensor {} is not one F32 value", t.name)));
                 }
-                scales.insert((n, p), g.dequantize(t)[0]);
+                let s = g.dequantize(t)[0];
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(bad(format!(
+                        "tensor {} = {s} is not a positive scale",
+                        t.name
+                    )));
+                }
+                scales.insert((n, p), s);
             }
         }
         let base_hash = g

@@ -114,7 +114,13 @@ impl ModelConfig {
             .ok_or_else(|| Error::Config("missing [model] table".into()))?;
         let cfg: ModelConfig = serde_path_to_error::deserialize(model).map_err(
             |e: serde_path_to_error::Error<toml::de::Error>| {
-                Error::Config(format!("[model].{}: {}", e.path(), e.inner().message()))
+                let key = e.path().to_string();
+                let at = if key == "." {
+                    "[model]".to_string()
+                } else {
+                    format!("[model].{key}")
+                };
+                Error::Config(format!("{at}: {}", e.inner().message()))
             },
         )?;
         cfg.validate()?;
@@ -154,6 +160,21 @@ impl ModelConfig {
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1".into());
+            }
+        }
+        // Bounds far above any real model, so that size arithmetic cannot overflow.
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, 1usize << 32),
+            ("d_model", self.d_model, 1 << 20),
+            ("n_layers", self.n_layers, 1 << 12),
+            ("d_ff", self.d_ff, 1 << 22),
+            ("max_seq_len", self.max_seq_len, 1 << 24),
+        ] {
+            if v > max {
+                return bad(
+                    key,
+                    format!("{v} is beyond any model this tool can hold (at most {max})"),
+                );
             }
         }
         if !self.d_model.is_multiple_of(self.n_heads) {
@@ -239,16 +260,18 @@ impl ModelConfig {
     /// logits and log-probabilities (2·V per token). It is an estimate: the allocator's slack and
     /// temporaries come on top (the training benchmark reports measured peak RSS next to it).
     pub fn train_step_bytes(&self, batch: usize, seq: usize) -> TrainMemory {
-        let p = self.param_count().total();
-        let d = self.d_model;
-        let f = self.d_ff;
-        let h = self.n_heads;
-        let kv_dim = self.kv_heads() * self.head_dim();
+        // In u128, saturating at the end: a huge batch or sequence must read as huge, not wrap.
+        let p = self.param_count().total() as u128;
+        let d = self.d_model as u128;
+        let f = self.d_ff as u128;
+        let h = self.n_heads as u128;
+        let seq_len = seq as u128;
+        let kv_dim = (self.kv_heads() * self.head_dim()) as u128;
         let per_token_layer = 2 * d // attn_norm in/out
             + 2 * d                   // shared q/k/v input + quantized copy
             + d + 2 * kv_dim          // q, k, v (before RoPE)
             + d + 2 * kv_dim          // after RoPE / GQA repeat (upper bound)
-            + 2 * h * seq             // attention scores and probabilities
+            + 2 * h * seq_len         // attention scores and probabilities
             + 2 * d                   // attention output, sub-norm output
             + 2 * d                   // o-proj input + quantized copy
             + 2 * d                   // ffn_norm in/out
@@ -256,12 +279,14 @@ impl ModelConfig {
             + 4 * f                   // gate, up, act(gate), product
             + 2 * f                   // ffn_sub_norm output + quantized copy
             + d; // residual
-        let tokens = batch * seq;
-        let activations =
-            4 * tokens * (self.n_layers * per_token_layer + 2 * self.vocab_size + 2 * d);
+        let tokens = (batch as u128).saturating_mul(seq_len);
+        let per_token =
+            self.n_layers as u128 * per_token_layer + 2 * self.vocab_size as u128 + 2 * d;
+        let activations = tokens.saturating_mul(4 * per_token);
+        let clamp = |v: u128| v.min(usize::MAX as u128) as usize;
         TrainMemory {
-            weights_and_optimizer: 16 * p,
-            activations,
+            weights_and_optimizer: clamp(16 * p),
+            activations: clamp(activations),
         }
     }
 }
@@ -277,7 +302,7 @@ pub struct TrainMemory {
 
 impl TrainMemory {
     pub fn total(&self) -> usize {
-        self.weights_and_optimizer + self.activations
+        self.weights_and_optimizer.saturating_add(self.activations)
     }
 }
 

@@ -156,9 +156,13 @@ impl RunConfig {
                     .rev()
                     .find(|(k, _)| *k == key)
                     .map_or(origin, |(_, o)| o.as_str());
+                let msg = match key.as_str() {
+                    "." => e.inner().message().to_string(),
+                    _ => format!("{key}: {}", e.inner().message()),
+                };
                 ConfigError::Invalid {
                     origin: origin.to_string(),
-                    msg: format!("{key}: {}", e.inner().message()),
+                    msg,
                 }
             },
         )?;
