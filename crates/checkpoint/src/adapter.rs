@@ -230,6 +230,12 @@ impl AdapterSet {
             };
             let (ad, a) = read(n)?;
             let (bd, b) = read(&names::lora_b(base))?;
+            if ad[0] == 0 || !alpha.is_finite() {
+                return Err(bad(format!(
+                    "{base}: rank {} and alpha {alpha}: need rank ≥ 1 and a finite alpha",
+                    ad[0]
+                )));
+            }
             if ad[0] != bd[1] {
                 return Err(bad(format!(
                     "{base}: lora_a is {ad:?} and lora_b {bd:?}; their ranks differ"

@@ -108,14 +108,25 @@ impl Checkpoint {
         let path = if inside.exists() {
             inside
         } else {
-            self.state
-                .provenance
-                .tokenizer
-                .clone()
-                .ok_or_else(|| CheckpointError::Bad {
-                    path: self.dir.clone(),
-                    msg: format!("no {TOKENIZER} and no tokenizer recorded in state.json"),
-                })?
+            // The recorded path is used only when it names one file wherever tritium runs: a
+            // relative one would be resolved against today's working directory, not the run's.
+            match &self.state.provenance.tokenizer {
+                Some(p) if p.is_absolute() => p.clone(),
+                recorded => {
+                    return Err(CheckpointError::Bad {
+                        path: self.dir.clone(),
+                        msg: match recorded {
+                            Some(p) => format!(
+                                "no {TOKENIZER}, and the tokenizer state.json records ({}) is a relative path; copy the tokenizer into the checkpoint as {TOKENIZER}",
+                                p.display()
+                            ),
+                            None => {
+                                format!("no {TOKENIZER} and no tokenizer recorded in state.json")
+                            }
+                        },
+                    });
+                }
+            }
         };
         let want = &self.state.tokenizer_hash;
         // Written before hashes were recorded: nothing to check against.

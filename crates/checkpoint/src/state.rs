@@ -36,11 +36,13 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// Written by `origin`, which read `tokenizer`; no run config recorded.
+    /// Written by `origin`, which read `tokenizer`; no run config recorded. The tokenizer's path
+    /// is made absolute, so that a checkpoint whose own copy goes missing finds it from any
+    /// working directory (its hash still decides whether it is the same file).
     pub fn new(origin: Origin, tokenizer: Option<PathBuf>) -> Provenance {
         Provenance {
             origin,
-            tokenizer,
+            tokenizer: tokenizer.map(|p| std::path::absolute(&p).unwrap_or(p)),
             run: serde_json::Value::Null,
         }
     }
@@ -106,11 +108,11 @@ impl State {
 
     fn from_json(value: serde_json::Value, ckpt: &Path) -> Result<State, String> {
         match value.get("format").and_then(serde_json::Value::as_u64) {
-            Some(2) => serde_json::from_value(value).map_err(|e| e.to_string()),
+            Some(2) => at_path(value),
             Some(1) => {
-                let v1: StateV1 = serde_json::from_value(value).map_err(|e| e.to_string())?;
-                let model = serde_json::from_value(v1.config["model"].clone())
-                    .map_err(|e| format!("config.model: {e}"))?;
+                let v1: StateV1 = at_path(value)?;
+                let model =
+                    at_path(v1.config["model"].clone()).map_err(|e| format!("config.model.{e}"))?;
                 let tokenizer = v1.config["data"]["tokenizer"].as_str().map(PathBuf::from);
                 // Format 1 did not say what wrote it; fine-tuning left its template beside.
                 let origin = if ckpt.join(crate::CHAT_TEMPLATE).exists() {
@@ -148,4 +150,16 @@ impl State {
     pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("state serializes")
     }
+}
+
+/// Deserializes `value`, naming the field at fault ("model.d_model: invalid type: …").
+fn at_path<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
 }

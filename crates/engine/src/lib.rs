@@ -24,7 +24,7 @@ use std::time::Instant;
 pub use chat::Chat;
 pub use forward::{Logits, Session};
 pub use lora::Lora;
-pub use model::Model;
+pub use model::{Model, map_file};
 pub use runtime::Runtime;
 pub use sample::{Sampler, SamplerConfig};
 

@@ -111,20 +111,24 @@ pub struct Model {
     pub rt: Runtime,
 }
 
+/// Maps a GGUF file read-only. A directory is named as such (mapping one fails with ENODEV, "No
+/// such device", which misleads).
+pub fn map_file(path: &Path) -> Result<Mmap, Error> {
+    if path.is_dir() {
+        return Err(Error::invalid(path)(
+            "is a directory, not a GGUF file (a checkpoint? `tritium export` writes one)".into(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
+    // file truncated by another process while mapped is outside what any mmap reader can
+    // defend against (llama.cpp shares the assumption).
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
 impl Model {
     pub fn load(path: &Path, rt: &Runtime) -> Result<Model, Error> {
-        if path.is_dir() {
-            return Err(Error::invalid(path)(
-                "is a directory, not a GGUF file (a checkpoint? `tritium export` writes one)"
-                    .into(),
-            ));
-        }
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only and private; tritium never writes a GGUF it is running. A
-        // file truncated by another process while mapped is outside what any mmap reader can
-        // defend against (llama.cpp shares the assumption).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::from_bytes_inner(path, Bytes::Map(map), rt)
+        Self::from_bytes_inner(path, Bytes::Map(map_file(path)?), rt)
     }
 
     /// A model from bytes in memory (`name` is used in error messages).

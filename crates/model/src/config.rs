@@ -91,6 +91,18 @@ impl ParamCount {
     }
 }
 
+/// Deserializes a TOML value; a failure comes with the dotted path of the key at fault ("." for
+/// the value itself) and the message, so every config error can name its key.
+pub fn from_toml<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            (e.path().to_string(), e.inner().message().to_string())
+        },
+    )
+}
+
 impl ModelConfig {
     /// Reads the `[model]` table of a TOML run config and validates it. Other tables are left to
     /// their owners (the training loop reads `[train]`), but unknown keys inside `[model]` are errors.
@@ -112,17 +124,14 @@ impl ModelConfig {
         let model = file
             .model
             .ok_or_else(|| Error::Config("missing [model] table".into()))?;
-        let cfg: ModelConfig = serde_path_to_error::deserialize(model).map_err(
-            |e: serde_path_to_error::Error<toml::de::Error>| {
-                let key = e.path().to_string();
-                let at = if key == "." {
-                    "[model]".to_string()
-                } else {
-                    format!("[model].{key}")
-                };
-                Error::Config(format!("{at}: {}", e.inner().message()))
-            },
-        )?;
+        let cfg: ModelConfig = from_toml(model).map_err(|(key, msg)| {
+            let at = if key == "." {
+                "[model]".to_string()
+            } else {
+                format!("[model].{key}")
+            };
+            Error::Config(format!("{at}: {msg}"))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

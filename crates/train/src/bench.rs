@@ -7,6 +7,7 @@ use std::time::Instant;
 use tritium_model::burn::prelude::*;
 use tritium_model::{Backend, ModelConfig, Transformer};
 
+use crate::TrainError;
 use crate::data::splitmix64;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::step::{StepParams, train_step};
@@ -41,10 +42,7 @@ pub struct BenchReport {
     pub estimated_mib: f64,
 }
 
-pub fn run_bench(
-    model_cfg: &ModelConfig,
-    cfg: &BenchConfig,
-) -> Result<BenchReport, tritium_model::Error> {
+pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchReport, TrainError> {
     if cfg.check_memory {
         let need = model_cfg.train_step_bytes(cfg.batch, cfg.seq).total();
         tritium_model::memory::check(need, "a training step of this model at --batch × --seq")?;
@@ -74,25 +72,29 @@ pub fn run_bench(
         )
     };
     let mut loss = f32::NAN;
+    let mut step = 0;
     let mut run = |model: Transformer, loss: &mut f32| {
         let loss_of = |m: &Transformer, micro: usize| {
             let (x, y) = batch(micro);
             m.cross_entropy(m.forward(x), y)
         };
-        let (m, out) = train_step(model, &mut optim, 1, loss_of, params)
-            .expect("random-token training stays finite");
+        step += 1;
+        // A config can make even random-token training diverge (an extreme norm_eps, say).
+        let (m, out) = train_step(model, &mut optim, 1, loss_of, params).map_err(|what| {
+            TrainError::Config(format!("training step {step} on random tokens: {what}"))
+        })?;
         *loss = out.loss;
-        m
+        Ok::<_, TrainError>(m)
     };
     for _ in 0..cfg.warmup {
-        model = run(model, &mut loss);
+        model = run(model, &mut loss)?;
     }
     let mut rates = Vec::with_capacity(cfg.windows.max(1));
     for _ in 0..cfg.windows.max(1) {
         let start = Instant::now();
         for _ in 0..cfg.steps {
             // Each step reads its loss back, which synchronises the device: the window holds all the work.
-            model = run(model, &mut loss);
+            model = run(model, &mut loss)?;
         }
         rates.push((cfg.batch * cfg.seq * cfg.steps) as f64 / start.elapsed().as_secs_f64());
     }

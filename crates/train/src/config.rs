@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tritium_model::config::from_toml;
 use tritium_model::{Backend, ModelConfig};
 
 use crate::schedule::{Decay, Schedule};
@@ -116,8 +117,13 @@ impl RunConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let origin = path.display().to_string();
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// As [`Self::load`], from the text of a file named `origin` in messages.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let origin = origin.to_string();
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             origin: origin.clone(),
             msg: e.to_string(),
         })?;
@@ -148,24 +154,21 @@ impl RunConfig {
             origin: origin.to_string(),
             msg,
         };
-        let cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(
-            |e: serde_path_to_error::Error<toml::de::Error>| {
-                let key = e.path().to_string();
-                let origin = set_by
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| *k == key)
-                    .map_or(origin, |(_, o)| o.as_str());
-                let msg = match key.as_str() {
-                    "." => e.inner().message().to_string(),
-                    _ => format!("{key}: {}", e.inner().message()),
-                };
-                ConfigError::Invalid {
-                    origin: origin.to_string(),
-                    msg,
-                }
-            },
-        )?;
+        let cfg: RunConfig = from_toml(toml::Value::Table(value)).map_err(|(key, msg)| {
+            let origin = set_by
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == key)
+                .map_or(origin, |(_, o)| o.as_str());
+            let msg = match key.as_str() {
+                "." => msg,
+                _ => format!("{key}: {msg}"),
+            };
+            ConfigError::Invalid {
+                origin: origin.to_string(),
+                msg,
+            }
+        })?;
         cfg.model.validate().map_err(|e| invalid(e.to_string()))?;
         cfg.validate().map_err(invalid)?;
         Ok(cfg)

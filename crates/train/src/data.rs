@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::text::{TextError, documents};
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use tritium_checkpoint::fsutil::write_atomic;
+use tritium_checkpoint::fsutil::{check_output, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -29,6 +29,9 @@ pub enum DataError {
     },
     #[error("{path}: {msg}")]
     Meta { path: PathBuf, msg: String },
+    /// An output that is one of the inputs.
+    #[error("{0}")]
+    Output(String),
     #[error("no text in the inputs ({0}): nothing to train on")]
     Empty(String),
     #[error(
@@ -87,6 +90,17 @@ pub fn prepare(
     val_every: usize,
 ) -> Result<PrepareReport, DataError> {
     let start = Instant::now();
+    let mut read = inputs.to_vec();
+    read.push(tok.path.clone());
+    if out.exists() && !out.is_dir() {
+        return Err(DataError::Output(format!(
+            "{}: exists and is not a directory (prepared data is a directory of token files)",
+            out.display()
+        )));
+    }
+    for name in ["train.bin", "val.bin", "meta.json"] {
+        check_output(&out.join(name), &read).map_err(DataError::Output)?;
+    }
     let mut docs = Vec::new();
     for p in inputs {
         docs.extend(documents(p)?);

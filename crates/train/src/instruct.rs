@@ -60,11 +60,16 @@ pub fn load(path: &Path, skip_invalid: bool) -> Result<Loaded, InstructError> {
         path: path.to_path_buf(),
         source,
     })?;
+    from_bytes(path, &bytes, skip_invalid)
+}
+
+/// As [`load`], from the bytes of the file at `path` (named in messages).
+pub fn from_bytes(path: &Path, bytes: &[u8], skip_invalid: bool) -> Result<Loaded, InstructError> {
     let name = path.display();
     let mut records: Vec<(String, Result<Value, String>)> = Vec::new();
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         // One JSON document: it must be text as a whole.
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
             let byte = e.valid_up_to();
             InstructError::Utf8 {
                 path: path.to_path_buf(),

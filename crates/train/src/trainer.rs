@@ -161,9 +161,8 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     let mut best_val: Option<f64> = None;
     let mut last_val = None;
     let provenance = Provenance {
-        origin: Origin::Train,
-        tokenizer: Some(cfg.data.tokenizer.clone()),
         run: serde_json::to_value(cfg).unwrap_or_default(),
+        ..Provenance::new(Origin::Train, Some(cfg.data.tokenizer.clone()))
     };
     let save = |model: &Transformer, optim: &AdamW, step: usize, tokens: u64, best: Option<f64>| {
         let state = State {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tritium_checkpoint::LoraLayout;
+use tritium_model::config::from_toml;
 use tritium_model::{ModelConfig, Projection};
 
 use crate::error::{TrainError, io};
@@ -102,9 +103,10 @@ pub struct FinetuneConfig {
     pub holdout_every: usize,
     #[serde(default = "d_log")]
     pub log_every: usize,
-    /// Held-out response loss every N steps (and at the end).
+    /// Held-out response loss every N steps (and at the end; 0: only at the end).
     #[serde(default = "d_eval")]
     pub eval_every: usize,
+    /// A checkpoint every N steps (and at the end; 0: only at the end).
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: usize,
     #[serde(default = "d_keep")]
@@ -128,11 +130,20 @@ impl FinetuneConfig {
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        let f: File = toml::from_str(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        f.finetune
-            .validate()
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// As [`Self::load`], from the text of a file named `origin` in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let bad = |msg: String| TrainError::Config(format!("{origin}: {msg}"));
+        // Parsed in two steps: syntax errors carry their line, type errors the key's path.
+        let table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let f: File =
+            from_toml(toml::Value::Table(table)).map_err(|(key, msg)| match key.as_str() {
+                "." => bad(msg),
+                _ => bad(format!("{key}: {msg}")),
+            })?;
+        f.finetune.validate().map_err(bad)?;
         Ok(f.finetune)
     }
 
@@ -153,6 +164,9 @@ impl FinetuneConfig {
             .or_else(|| at_least("batch_size", self.batch_size, 1))
             .or_else(|| at_least("seq_len", self.seq_len, 2))
             .or_else(|| at_least("steps", self.steps, 1))
+            .or_else(|| at_least("holdout_every", self.holdout_every, 2))
+            .or_else(|| at_least("log_every", self.log_every, 1))
+            .or_else(|| at_least("keep_checkpoints", self.keep_checkpoints, 1))
             .or_else(|| positive("lr", self.lr))
             .or_else(|| positive("alpha", self.alpha as f64))
             .or_else(|| non_negative("weight_decay", self.weight_decay))
@@ -165,6 +179,14 @@ impl FinetuneConfig {
                 (self.method == Method::Lora && self.target.is_empty()).then(|| {
                     "[finetune].target is empty: LoRA needs at least one of q, k, v, o, gate, up, down".to_string()
                 })
+            })
+            .or_else(|| {
+                let mut seen = Vec::new();
+                self.target.iter().find(|t| {
+                    let dup = seen.contains(t);
+                    seen.push(*t);
+                    dup
+                }).map(|t| format!("[finetune].target names {} twice", format!("{t:?}").to_lowercase()))
             });
         problem.map_or(Ok(()), Err)
     }
@@ -196,6 +218,12 @@ pub struct RunSpec {
 impl RunSpec {
     pub fn read(out: &Path) -> Result<Self, TrainError> {
         let p = out.join("finetune.json");
+        if !p.exists() && out.is_dir() {
+            return Err(TrainError::Config(format!(
+                "{}: not a fine-tuning run (no finetune.json); --resume takes the --out of `tritium finetune`",
+                out.display()
+            )));
+        }
         let text = std::fs::read_to_string(&p).map_err(io(&p))?;
         serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))
     }

@@ -215,7 +215,7 @@ pub fn finetune(
         }
         None => {
             for (i, e) in train_set.examples.into_iter().enumerate() {
-                if c.holdout_every > 0 && i % c.holdout_every == c.holdout_every - 1 {
+                if i % c.holdout_every == c.holdout_every - 1 {
                     val_ex.push(e)
                 } else {
                     train_ex.push(e)
@@ -234,8 +234,15 @@ pub fn finetune(
     )?;
     let val = samples(&tok, &tpl, &val_ex, c.seq_len, &mut truncated, &mut dropped)?;
     if train.is_empty() || val.is_empty() {
+        let held_out = match &spec.eval_data {
+            Some(p) => format!("from {}", p.display()),
+            None => format!(
+                "every {}th of the data, [finetune].holdout_every; or give --eval-data",
+                c.holdout_every
+            ),
+        };
         return Err(TrainError::Examples(format!(
-            "{} training and {} held-out examples after tokenization: need at least one of each",
+            "{} training and {} held-out examples ({held_out}) after tokenization: need at least one of each",
             train.len(),
             val.len()
         )));
@@ -291,9 +298,8 @@ pub fn finetune(
     state.tokenizer_hash = checkpoint::sha256_hex(tok_json.as_bytes());
     state.best_val_loss = None;
     state.provenance = Provenance {
-        origin: Origin::Finetune,
-        tokenizer: Some(tok_out.clone()),
         run: serde_json::to_value(spec).unwrap_or_default(),
+        ..Provenance::new(Origin::Finetune, Some(tok_out.clone()))
     };
 
     let trainable = match c.method {
