@@ -19,10 +19,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub text: Option<PathBuf>,
     /// Perplexity window in tokens (default: the model's context).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::run_cmd::at_least(2))]
     pub ctx: Option<usize>,
     /// Perplexity stride in tokens (default: half the window).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::run_cmd::at_least_one())]
     pub stride: Option<usize>,
     /// Zero-shot tasks, comma-separated, or "all" (arc_easy, arc_challenge, piqa, boolq, copa,
     /// openbook_qa, winogrande, lambada_openai).
@@ -32,7 +32,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "datasets/eval")]
     pub task_dir: PathBuf,
     /// At most N items per task.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::run_cmd::at_least_one())]
     pub limit: Option<usize>,
     /// Engine threads for a GGUF (default: one per core).
     #[arg(short, long, default_value_t = 0)]
@@ -122,6 +122,9 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
         };
         // The default stride follows the window actually used.
         let stride = a.stride.unwrap_or(ctx / 2);
+        if stride >= ctx {
+            bail!("--stride {stride}: must be below the window of {ctx} tokens (--ctx)");
+        }
         let pb = bar(1, "perplexity", a.json);
         let p = eval::perplexity(scorer.as_mut(), &text, ctx, stride, |done, total| {
             pb.set_length(total as u64);

@@ -85,6 +85,8 @@ pub fn finetune(a: FinetuneArgs, fused: bool, check_memory: bool) -> Result<()> 
         return Ok(());
     }
     if config.method == Method::Lora {
+        // The run's files are written under its lock, this one too.
+        let _lock = tritium_checkpoint::RunLock::acquire(&out)?;
         let gguf = out.join("adapter.gguf");
         let set = AdapterSet::from_model(&model, Some(summary.base_hash.clone()));
         // For the base as `tritium export` writes it by default (exact scales).

@@ -118,10 +118,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let f = std::fs::File::open(&a.file).with_context(|| a.file.display().to_string())?;
-    // SAFETY: a read-only private map of a file this process does not modify; a file changed by
-    // another program while mapped is outside what any mmap reader can guard against.
-    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| a.file.display().to_string())?;
+    let map = tritium_engine::map_file(&a.file)?;
     let g = Gguf::parse(&map).with_context(|| a.file.display().to_string())?;
     if a.json {
         let meta: serde_json::Map<String, serde_json::Value> = g

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tritium_model::{Backend, ModelConfig};
 use tritium_train::{BenchConfig, run_bench};
 
@@ -92,10 +92,10 @@ struct InfoArgs {
     #[arg(long)]
     config: PathBuf,
     /// Batch size for the memory estimate.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = run_cmd::at_least_one())]
     batch: usize,
     /// Sequence length for the memory estimate (default: the model's max_seq_len).
-    #[arg(long)]
+    #[arg(long, value_parser = run_cmd::at_least_one())]
     seq: Option<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -107,19 +107,19 @@ struct BenchTrainArgs {
     /// Run config (TOML with a [model] table).
     #[arg(long)]
     config: PathBuf,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = run_cmd::at_least_one())]
     batch: usize,
     /// Sequence length (default: the model's max_seq_len).
-    #[arg(long)]
+    #[arg(long, value_parser = run_cmd::at_least_one())]
     seq: Option<usize>,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Steps per timed window.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = run_cmd::at_least_one())]
     steps: usize,
     /// Timed windows; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = run_cmd::at_least_one())]
     windows: usize,
     /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
     #[arg(long, default_value_t = Backend::Flex)]
@@ -133,13 +133,46 @@ struct BenchTrainArgs {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = match Cli::from_arg_matches(&negative_numbers(Cli::command()).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, as anyhow's `{:#}` prints them, less the causes whose
+/// text the line already ends with: error types that name their file print their I/O cause in
+/// their own message, and it should be said once.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
+}
+
+/// Lets a negative number reach a flag's value parser, which names the flag and its range, instead
+/// of clap taking it for a flag and advising `-- -1`, which does not work for a flag's value.
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.get_action().takes_values() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(negative_numbers)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -168,11 +201,25 @@ fn load_config(path: &std::path::Path) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// `--seq`, or the model's context when it is not given.
+fn seq_len(cfg: &ModelConfig, seq: Option<usize>) -> Result<usize> {
+    match seq {
+        Some(s) if s > cfg.max_seq_len => {
+            anyhow::bail!(
+                "--seq {s}: beyond the model's max_seq_len of {}",
+                cfg.max_seq_len
+            )
+        }
+        Some(s) => Ok(s),
+        None => Ok(cfg.max_seq_len),
+    }
+}
+
 const MIB: f64 = (1 << 20) as f64;
 
 fn info(a: InfoArgs) -> Result<()> {
     let cfg = load_config(&a.config)?;
-    let seq = a.seq.unwrap_or(cfg.max_seq_len);
+    let seq = seq_len(&cfg, a.seq)?;
     let p = cfg.param_count();
     let mem = cfg.train_step_bytes(a.batch, seq);
     if a.json {
@@ -229,10 +276,10 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
     let cfg = load_config(&a.config)?;
     let bench = BenchConfig {
         batch: a.batch,
-        seq: a.seq.unwrap_or(cfg.max_seq_len),
+        seq: seq_len(&cfg, a.seq)?,
         warmup: a.warmup,
         steps: a.steps,
-        windows: a.windows.max(1),
+        windows: a.windows,
         backend: a.device,
         seed: a.seed,
         fused,

@@ -23,15 +23,15 @@ pub struct RunArgs {
     pub n_predict: usize,
     // Negative numbers parse as values, so they reach the range checks and their message.
     /// Temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
+    #[arg(long = "temp", default_value_t = 0.8)]
     pub temperature: f32,
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.05)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
     /// Interactive chat using the file's chat template (or a ChatML default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt")]
     pub chat: bool,
     /// System message for --chat.
     #[arg(long)]
@@ -56,7 +56,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// Multiplies the adapter's alpha/r (llama.cpp's --lora-scaled; negative subtracts it).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_scale: f32,
     /// Print timings to stderr.
     #[arg(long)]
@@ -85,9 +85,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// A count flag that must be at least `min` (clap names the flag and its value).
+pub fn at_least(min: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |s: &str| match s.parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(format!("must be at least {min}")),
+        Err(e) => Err(format!("{e} (a whole number ≥ {min} expected)")),
+    }
+}
+
 /// A count flag that must be at least 1.
-pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+pub fn at_least_one() -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    at_least(1)
 }
 
 /// The engine's runtime for `-t THREADS`, saying so when the request exceeds the cores this
@@ -120,11 +129,20 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.stops.iter().any(String::is_empty) {
         bail!("--stop \"\": a stop string must not be empty (it would stop before any token)");
     }
+    if a.system.is_some() && !a.chat {
+        bail!("--system: a system message is for --chat");
+    }
     if !(a.lora_scale.is_finite()) {
         bail!("--lora-scale {}: must be a finite number", a.lora_scale);
     }
     let model = load(&a.model, a.threads)?;
     let ctx = a.ctx.unwrap_or(model.cfg.ctx);
+    if ctx == 0 || ctx > model.cfg.ctx {
+        bail!(
+            "--ctx {ctx}: must be between 1 and the model's context of {}",
+            model.cfg.ctx
+        );
+    }
     let lora = match &a.lora {
         Some(p) => {
             let mut l = tritium_engine::Lora::load(p, &model)?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use tritium_checkpoint::fsutil::check_output;
 use tritium_model::Backend;
 use tritium_train::data::prepare;
 use tritium_train::text::documents;
@@ -56,8 +57,9 @@ pub enum DataCmd {
         input: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        /// Every n-th document goes to the validation split.
-        #[arg(long, default_value_t = 20)]
+        /// Every n-th document goes to the validation split (at least 2: 1 would leave nothing
+        /// to train on).
+        #[arg(long, default_value_t = 20, value_parser = crate::run_cmd::at_least(2))]
         val_every: usize,
     },
 }
@@ -72,12 +74,17 @@ pub fn tokenizer(cmd: TokenizerCmd) -> Result<()> {
             if vocab_size < 257 {
                 bail!("--vocab-size {vocab_size}: must exceed the 256 byte tokens");
             }
+            check_output(&out, &input).map_err(anyhow::Error::msg)?;
             let mut docs = Vec::new();
             for p in &input {
                 docs.extend(documents(p)?);
             }
             if docs.is_empty() {
-                bail!("no text in {:?}", input);
+                let names: Vec<String> = input.iter().map(|p| p.display().to_string()).collect();
+                bail!(
+                    "no text in the inputs ({}): nothing to train on",
+                    names.join(", ")
+                );
             }
             train_bpe(&docs, vocab_size, &out)?;
             let t = Tokenizer::load(&out)?;
@@ -142,6 +149,12 @@ pub fn train(a: TrainArgs, fused: bool, check_memory: bool) -> Result<()> {
         }
         (None, None) => bail!("give --config FILE for a new run, or --resume RUN_DIR"),
     };
+    if resume && a.config.is_none() && out.is_dir() && !config_path.exists() {
+        bail!(
+            "{}: not a training run (no config.toml); --resume takes the --out of `tritium train`",
+            out.display()
+        );
+    }
     let mut config = RunConfig::load(&config_path, &a.set)?;
     if let Some(d) = a.device {
         config.train.device = d;
