@@ -151,6 +151,19 @@ fn resume_after_ctrl_c_and_after_sigkill_matches_a_straight_run() {
         .spawn()
         .unwrap();
     wait_for_step(&mut child, &broken, 12);
+    // A second writer of the same run directory, while the first runs, is refused and changes
+    // nothing (its seed would otherwise be what a later --resume reads from config.toml).
+    let second = run(&["train", "--config", cfg, "--set", "seed=99", "--out", b]);
+    let e = stderr(&second);
+    assert!(
+        !second.status.success() && e.contains("being written by another tritium process"),
+        "{e}"
+    );
+    let saved = std::fs::read_to_string(broken.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("seed = 7") && !saved.contains("seed = 99"),
+        "{saved}"
+    );
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
