@@ -1,0 +1,184 @@
+"""A tiny Hugging Face `BitNetForCausalLM` written by PyPI `transformers`, for `tritium import`.
+
+Writes two model directories and the logits transformers computes for them, which
+`crates/cli/tests/pipeline/import.rs` compares with tritium's Burn model after import and with the
+engine after export. The files are committed, so CI needs no Python:
+
+    pip install torch transformers   # checked with torch 2.15, transformers 5.24
+    TORCHDYNAMO_DISABLE=1 python tests/hf/make_bitnet_fixture.py
+
+- `bitnet-bf16/`: bf16 master weights with `quantization_mode = "online"` (`AutoBitLinear`
+  ternarizes the weights and int8-quantizes the activations in every forward), the form of
+  Microsoft's `-bf16` repository.
+- `bitnet-packed/`: the same model ternarized offline, as the packed repository holds it: uint8
+  codes (four rows per byte, `transformers.integrations.bitnet.pack_weights`) and a per-tensor
+  `weight_scale` that the default `linear_class = "bitlinear"` divides by.
+
+The model: relu², grouped-query attention (4 heads, 2 KV heads), tied embedding, 2 layers, width
+256 (a multiple of 256, so that TQ2_0 export works), the 320-token byte-level BPE beside it.
+Reference logits are computed in float32 (the bf16 weights upcast exactly). Quantization is
+discontinuous, so the script searches seeds until every quantizer input lies at least MARGIN (in
+int8 or trit units) from a rounding boundary, and records the margin it got; the norms' gains are
+random, as a trained model's are, which keeps bf16 activations off exact ties.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from transformers import BitNetConfig, BitNetForCausalLM
+from transformers.integrations.bitnet import AutoBitLinear, BitLinear, pack_weights
+
+HERE = Path(__file__).parent
+MARGIN = 5e-5
+IDS = [0, 17, 240, 5, 99, 311, 42, 128]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def config():
+    vocab = Tokenizer.from_file(str(HERE / "tokenizer.json")).get_vocab_size()
+    return BitNetConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="relu2",
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
+
+
+def margins(model):
+    """Smallest distance of any weight or activation quantizer input to a .5 boundary."""
+    worst = [math.inf]
+
+    def frac(y):
+        f = (y.abs() - y.abs().floor() - 0.5).abs()
+        return f
+
+    def hook(mod, args):
+        x = args[0].float()
+        s = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+        y = x * s
+        f = torch.where(y.abs() >= 126.5, torch.ones_like(y), frac(y))
+        worst[0] = min(worst[0], f.min().item())
+
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (AutoBitLinear, BitLinear))]
+    for m in model.modules():
+        if isinstance(m, AutoBitLinear):
+            w = m.weight.float()
+            worst[0] = min(worst[0], frac(w / w.abs().mean().clamp(min=1e-5)).min().item())
+    return worst, hooks
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(torch.tensor([IDS])).logits[0]
+
+
+def write_dir(out, state, cfg_dict):
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
+    shutil.copy(HERE / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": CHATML, "eos_token": "<|endoftext|>"}, indent=2) + "\n"
+    )
+
+
+def main():
+    torch.set_grad_enabled(False)
+    # The first seed whose every quantizer input clears MARGIN in both forms.
+    for seed in range(400):
+        torch.manual_seed(seed)
+        cfg = config()
+        plain = BitNetForCausalLM(cfg)
+        # Gains as a trained model has them, not all ones: with bf16 weights, two entries of a
+        # row are often in ratio exactly 1/2, an exact .5 tie for the activation quantizer.
+        for name, p in plain.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        plain = plain.to(torch.bfloat16)
+        tmp = HERE / "bitnet-bf16"
+        plain.save_pretrained(tmp)
+        cfg_dict = json.loads((tmp / "config.json").read_text())
+        cfg_dict["quantization_config"] = {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "online",
+        }
+        state = load_file(tmp / "model.safetensors")
+        state = {k: v.contiguous() for k, v in state.items()}
+        write_dir(tmp, state, cfg_dict)
+        online = BitNetForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        assert any(isinstance(m, AutoBitLinear) for m in online.modules()), "not loaded as AutoBitLinear"
+        worst, hooks = margins(online)
+        ref_online = logits(online)
+        for h in hooks:
+            h.remove()
+        if worst[0] < MARGIN:
+            continue
+
+        # The packed form: trits as codes 0/1/2 four rows to a byte, and the scale the default
+        # `bitlinear` class divides by (1/mean|W|), kept in bf16 as the packed repository keeps it.
+        packed = {}
+        for name, w in state.items():
+            if name.endswith("_proj.weight"):
+                w = w.float()
+                s = 1.0 / w.abs().mean().clamp(min=1e-5)
+                t = (w * s).round().clamp(-1, 1)
+                packed[name] = pack_weights(t.clone().to(torch.int8))
+                packed[name.replace(".weight", ".weight_scale")] = s.reshape(1).to(torch.bfloat16)
+            else:
+                packed[name] = w
+        pdict = dict(cfg_dict)
+        pdict["quantization_config"] = {
+            "quant_method": "bitnet",
+            "linear_class": "bitlinear",
+            "quantization_mode": "offline",
+        }
+        write_dir(HERE / "bitnet-packed", packed, pdict)
+        offline = BitNetForCausalLM.from_pretrained(HERE / "bitnet-packed", dtype=torch.float32)
+        assert any(isinstance(m, BitLinear) for m in offline.modules()), "not loaded as BitLinear"
+        worst_p, hooks = margins(offline)
+        ref_packed = logits(offline)
+        for h in hooks:
+            h.remove()
+        if worst_p[0] >= MARGIN:
+            break
+    print(f"seed {seed}: margin {worst[0]:.2e} (bf16), {worst_p[0]:.2e} (packed)")
+
+    (HERE / "reference.json").write_text(
+        json.dumps(
+            {
+                "ids": IDS,
+                "seed": seed,
+                "margin": min(worst[0], worst_p[0]),
+                "transformers": __import__("transformers").__version__,
+                "torch": torch.__version__,
+                "logits_bf16": [round(x, 7) for x in ref_online.flatten().tolist()],
+                "logits_packed": [round(x, 7) for x in ref_packed.flatten().tolist()],
+            }
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
