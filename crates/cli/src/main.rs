@@ -35,6 +35,7 @@ fn keep_freed_memory() {
 mod eval_cmd;
 mod finetune_cmd;
 mod gguf_cmd;
+mod import_cmd;
 mod progress;
 mod run_cmd;
 mod train_cmd;
@@ -82,6 +83,8 @@ enum Command {
     Finetune(finetune_cmd::FinetuneArgs),
     /// Perplexity and zero-shot accuracy of a checkpoint or a GGUF.
     Eval(eval_cmd::EvalArgs),
+    /// Import a published BitNet model (Hugging Face BitNetForCausalLM) as a checkpoint.
+    Import(import_cmd::ImportArgs),
     /// Prompt-processing and generation speed of the bundled engine on a GGUF, like llama-bench.
     Bench(run_cmd::BenchArgs),
 }
@@ -189,6 +192,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
         Command::Eval(a) => eval_cmd::eval(a, fused),
+        Command::Import(a) => import_cmd::import(a),
         Command::Finetune(a) => finetune_cmd::finetune(a, fused, check_memory),
     }
 }

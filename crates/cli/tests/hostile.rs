@@ -523,6 +523,51 @@ fn hostile_inputs_are_refused_cleanly() {
             "{\"nope\": 1}\n",
         );
     }
+    // Hugging Face directories with one fault each, from the transformers-written fixture.
+    let hf = root().join("tests/hf/bitnet-bf16");
+    let hf_config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    let hf_copy = |name: &str, config: Option<String>| {
+        let to = d.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in [
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            std::fs::copy(hf.join(f), to.join(f)).unwrap();
+        }
+        if let Some(c) = config {
+            std::fs::write(to.join("config.json"), c).unwrap();
+        }
+    };
+    let edit = |from: &str, to: &str| {
+        assert!(hf_config.contains(from), "{from}");
+        Some(hf_config.replacen(from, to, 1))
+    };
+    hf_copy("hf-noconfig", None);
+    hf_copy(
+        "hf-llama",
+        edit("\"BitNetForCausalLM\"", "\"LlamaForCausalLM\""),
+    );
+    hf_copy("hf-gelu", edit("\"relu2\"", "\"gelu\""));
+    hf_copy(
+        "hf-float",
+        edit("\"quantization_config\"", "\"quantization_confix\""),
+    );
+    hf_copy(
+        "hf-shape",
+        edit("\"intermediate_size\": 512", "\"intermediate_size\": 768"),
+    );
+    hf_copy(
+        "hf-type",
+        edit("\"hidden_size\": 256", "\"hidden_size\": \"256\""),
+    );
+    hf_copy("hf-shards", Some(hf_config.clone()));
+    std::fs::write(
+        d.join("hf-shards/model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
     std::fs::create_dir_all(d.join("outdir")).unwrap();
     put(d, "existing.txt", "keep me");
 
@@ -785,6 +830,17 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["export", "--lora", "{d}/ad-garbage.safetensors", "--out", "{d}/x.gguf"], Refused, vec!["ad-garbage.safetensors"]),
         (vec!["export", "--lora", "{ad}", "--base", "{d}/notgguf.gguf", "--out", "{d}/x.gguf"], Refused, vec!["notgguf.gguf"]),
         (vec!["export", "--lora", "{ad}", "--out", "{ad}"], Refused, vec!["adapter.safetensors", "is an input"]),
+        // ---- import
+        (vec!["import", "--from", "{d}/nope", "--out", "{out}"], Refused, vec!["nope"]),
+        (vec!["import", "--from", "{d}/m.gguf", "--out", "{out}"], Refused, vec!["m.gguf", "not a directory"]),
+        (vec!["import", "--from", "{d}/hf-noconfig", "--out", "{out}"], Refused, vec!["hf-noconfig/config.json"]),
+        (vec!["import", "--from", "{d}/hf-llama", "--out", "{out}"], Refused, vec!["config.json", "LlamaForCausalLM"]),
+        (vec!["import", "--from", "{d}/hf-gelu", "--out", "{out}"], Refused, vec!["config.json", "hidden_act"]),
+        (vec!["import", "--from", "{d}/hf-float", "--out", "{out}"], Refused, vec!["config.json", "quantization_config"]),
+        (vec!["import", "--from", "{d}/hf-shape", "--out", "{out}"], Refused, vec!["tensor model.layers.0.mlp.ffn_sub_norm.weight", "shape"]),
+        (vec!["import", "--from", "{d}/hf-type", "--out", "{out}"], Refused, vec!["config.json", "hidden_size"]),
+        (vec!["import", "--from", "{d}/hf-shards", "--out", "{out}"], Refused, vec!["model-00002-of-00002.safetensors"]),
+        (vec!["import", "--from", "tests/hf/bitnet-bf16", "--out", "{d}/run"], Refused, vec!["run", "already holds checkpoints"]),
         // ---- eval
         (vec!["eval", "--model", "{d}/nope.gguf", "--text", "{d}/text.txt"], Refused, vec!["nope.gguf"]),
         (vec!["eval", "--model", "{d}/half.gguf", "--text", "{d}/text.txt"], Refused, vec!["half.gguf"]),

@@ -13,6 +13,7 @@
 
 mod engine;
 mod eval;
+mod import;
 mod lora;
 
 use std::path::{Path, PathBuf};
