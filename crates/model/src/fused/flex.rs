@@ -94,7 +94,8 @@ fn bitlinear_forward(x: &T, w: &T) -> (QuantizedRows, TernaryMatrix, T) {
     let xq = QuantizedRows::quantize(f32s(&x), m, k);
     // The scale from flex's own mean, the reference's summation order: a weight exactly at g/2
     // then rounds the same way in both (an f64 mean differs in the last bit and can flip it).
-    let g = Flex::float_mean(Flex::float_abs(w.clone()));
+    // Per row, then over rows: `quant::weight_scale`'s order.
+    let g = Flex::float_mean(Flex::float_mean_dim(Flex::float_abs(w.clone()), 1));
     let wq = TernaryMatrix::quantize_with_scale(f32s(&w), n, k, f32s(&g)[0]);
     let y = matmul(isa(), &xq, &wq);
     (xq, wq, tensor(y, &[m, n]))
