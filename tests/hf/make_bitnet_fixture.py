@@ -4,7 +4,7 @@ Writes two model directories and the logits transformers computes for them, whic
 `crates/cli/tests/pipeline/import.rs` compares with tritium's Burn model after import and with the
 engine after export. The files are committed, so CI needs no Python:
 
-    pip install torch transformers   # checked with torch 2.15, transformers 5.24
+    pip install torch transformers peft   # checked with torch 2.15, transformers 5.24, peft 0.21
     TORCHDYNAMO_DISABLE=1 python tests/hf/make_bitnet_fixture.py
 
 - `bitnet-bf16/`: bf16 master weights with `quantization_mode = "online"` (`AutoBitLinear`
@@ -13,6 +13,8 @@ engine after export. The files are committed, so CI needs no Python:
 - `bitnet-packed/`: the same model ternarized offline, as the packed repository holds it: uint8
   codes (four rows per byte, `transformers.integrations.bitnet.pack_weights`) and a per-tensor
   `weight_scale` that the default `linear_class = "bitlinear"` divides by.
+- `peft-lora/`: a PEFT LoRA adapter (r 4, alpha 8, all seven projections, random factors) on the
+  bf16 model, as `PeftModel.save_pretrained` writes it.
 
 The model: relu², grouped-query attention (4 heads, 2 KV heads), tied embedding, 2 layers, width
 256 (a multiple of 256, so that TQ2_0 export works), the 320-token byte-level BPE beside it.
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
+from peft import LoraConfig, get_peft_model
 from transformers import BitNetConfig, BitNetForCausalLM
 from transformers.integrations.bitnet import AutoBitLinear, BitLinear, pack_weights
 
@@ -77,9 +80,9 @@ def margins(model):
         f = torch.where(y.abs() >= 126.5, torch.ones_like(y), frac(y))
         worst[0] = min(worst[0], f.min().item())
 
-    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (AutoBitLinear, BitLinear))]
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if type(m) in (AutoBitLinear, BitLinear)]
     for m in model.modules():
-        if isinstance(m, AutoBitLinear):
+        if type(m) is AutoBitLinear:
             w = m.weight.float()
             worst[0] = min(worst[0], frac(w / w.abs().mean().clamp(min=1e-5)).min().item())
     return worst, hooks
@@ -160,20 +163,49 @@ def main():
         ref_packed = logits(offline)
         for h in hooks:
             h.remove()
-        if worst_p[0] >= MARGIN:
+        if worst_p[0] < MARGIN:
+            continue
+
+        # A PEFT LoRA adapter on the bf16 model, every factor random (B = 0 would test nothing).
+        torch.manual_seed(1000 + seed)
+        lora = get_peft_model(
+            BitNetForCausalLM.from_pretrained(tmp, dtype=torch.float32),
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        )
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.05 * torch.randn_like(p))
+        worst_l, hooks = margins(lora)
+        ref_lora = logits(lora)
+        for h in hooks:
+            h.remove()
+        if worst_l[0] >= MARGIN:
+            out = HERE / "peft-lora"
+            if out.exists():
+                shutil.rmtree(out)
+            lora.save_pretrained(out)
+            # Where the base is, relative to the repository, and no model card.
+            cfg_path = out / "adapter_config.json"
+            adapter_cfg = json.loads(cfg_path.read_text())
+            adapter_cfg["base_model_name_or_path"] = "tests/hf/bitnet-bf16"
+            cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
+            (out / "README.md").unlink(missing_ok=True)
             break
-    print(f"seed {seed}: margin {worst[0]:.2e} (bf16), {worst_p[0]:.2e} (packed)")
+    print(f"seed {seed}: margin {worst[0]:.2e} (bf16), {worst_p[0]:.2e} (packed), {worst_l[0]:.2e} (LoRA)")
 
     (HERE / "reference.json").write_text(
         json.dumps(
             {
                 "ids": IDS,
                 "seed": seed,
-                "margin": min(worst[0], worst_p[0]),
+                "margin": min(worst[0], worst_p[0], worst_l[0]),
+                "peft": __import__("peft").__version__,
                 "transformers": __import__("transformers").__version__,
                 "torch": torch.__version__,
                 "logits_bf16": [round(x, 7) for x in ref_online.flatten().tolist()],
                 "logits_packed": [round(x, 7) for x in ref_packed.flatten().tolist()],
+                "logits_bf16_lora": [round(x, 7) for x in ref_lora.flatten().tolist()],
             }
         )
         + "\n"
