@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tritium_gguf::names::{self, LoraPart, Projection};
 use tritium_model::Transformer;
+use tritium_model::burn::module::Param;
 use tritium_model::burn::prelude::*;
 
 use crate::fsutil::write_atomic;
@@ -118,6 +119,52 @@ impl AdapterSet {
             adapters,
             base_hash,
         }
+    }
+
+    /// Attaches these adapters to `model` (replacing any it has), each checked against the shape
+    /// of the projection it adapts.
+    pub fn attach(&self, model: &mut Transformer, device: &Device) -> Result<(), CheckpointError> {
+        let bad = |msg: String| CheckpointError::Bad {
+            path: std::path::PathBuf::from("adapter"),
+            msg,
+        };
+        let n_layers = model.blocks.len();
+        for ad in &self.adapters {
+            let block = model.blocks.get_mut(ad.layer).ok_or_else(|| {
+                bad(format!(
+                    "layer {} of {:?}: the model has {n_layers} layers",
+                    ad.layer, ad.target
+                ))
+            })?;
+            let i = Projection::ALL
+                .iter()
+                .position(|p| *p == ad.target)
+                .unwrap_or(0);
+            let layer = block
+                .projections_mut()
+                .into_iter()
+                .nth(i)
+                .expect("seven projections");
+            let [d_out, d_in] = layer.weight.dims();
+            if (d_out, d_in) != (ad.d_out, ad.d_in) {
+                return Err(bad(format!(
+                    "layer {} {:?}: adapter is [{}, {}], the projection [{d_out}, {d_in}]",
+                    ad.layer, ad.target, ad.d_out, ad.d_in
+                )));
+            }
+            let mut lora =
+                tritium_model::bitlinear::Lora::new(d_in, d_out, ad.rank, ad.alpha, 0.0, device);
+            let t2 = |v: &[f32], r: usize, c: usize| {
+                Param::from_tensor(Tensor::<2>::from_data(
+                    TensorData::new(v.to_vec(), [r, c]),
+                    device,
+                ))
+            };
+            lora.a = t2(&ad.a, ad.rank, d_in);
+            lora.b = t2(&ad.b, d_out, ad.rank);
+            layer.lora = Some(lora);
+        }
+        Ok(())
     }
 
     /// Writes `dir/adapter.safetensors` (tensors `<base>.lora_a` / `.lora_b`, F32, with `alpha`

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tritium_model::burn::module::Param;
 use tritium_model::burn::prelude::*;
-use tritium_model::{FfnAct, ModelConfig, Quant, Transformer};
+use tritium_model::{FfnAct, ModelConfig, Projection, Quant, Transformer};
 
+use crate::hf;
 use crate::{
     CHAT_TEMPLATE, CheckpointError, Contents, Origin, Provenance, State, save, sha256_hex,
 };
@@ -128,8 +129,6 @@ pub fn import_hf(
 
     let mut raw = read_tensors(from)?;
     let mut model = Transformer::new(&cfg, device);
-    let heads = cfg.n_heads * (cfg.d_model / cfg.n_heads);
-    let kv = cfg.kv_heads() * (cfg.d_model / cfg.n_heads);
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
     let mut take = |name: &str| {
         raw.remove(name)
@@ -180,7 +179,7 @@ pub fn import_hf(
                     "autobitlinear: multiplied by weight_scale"
                 }
             );
-            Ok(latent(&trits, g))
+            Ok(hf::exact_latent(&trits, g))
         } else {
             if packed_rule.is_some() {
                 return Err(bad(
@@ -203,45 +202,19 @@ pub fn import_hf(
         let n = v.len();
         Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v, [n]), device))
     };
-    model.tok_embd.weight = t2(float(EMBD, &[v, d], &mut take)?, v, d);
-    model.output_norm.gamma = t1(float(NORM, &[d], &mut take)?);
+    model.tok_embd.weight = t2(float(hf::EMBD, &[v, d], &mut take)?, v, d);
+    model.output_norm.gamma = t1(float(hf::NORM, &[d], &mut take)?);
     for (i, b) in model.blocks.iter_mut().enumerate() {
-        let n = |s: &str| format!("model.layers.{i}.{s}");
-        b.attn_norm.gamma = t1(float(&n("input_layernorm.weight"), &[d], &mut take)?);
-        b.ffn_norm.gamma = t1(float(
-            &n("post_attention_layernorm.weight"),
-            &[d],
-            &mut take,
-        )?);
-        b.attn.sub_norm.gamma = t1(float(
-            &n("self_attn.attn_sub_norm.weight"),
-            &[d],
-            &mut take,
-        )?);
-        b.ffn.sub_norm.gamma = t1(float(&n("mlp.ffn_sub_norm.weight"), &[f], &mut take)?);
-        b.attn.wq.weight = t2(
-            linear(&n("self_attn.q_proj.weight"), heads, d, &mut take)?,
-            heads,
-            d,
-        );
-        b.attn.wk.weight = t2(
-            linear(&n("self_attn.k_proj.weight"), kv, d, &mut take)?,
-            kv,
-            d,
-        );
-        b.attn.wv.weight = t2(
-            linear(&n("self_attn.v_proj.weight"), kv, d, &mut take)?,
-            kv,
-            d,
-        );
-        b.attn.wo.weight = t2(
-            linear(&n("self_attn.o_proj.weight"), d, heads, &mut take)?,
-            d,
-            heads,
-        );
-        b.ffn.gate.weight = t2(linear(&n("mlp.gate_proj.weight"), f, d, &mut take)?, f, d);
-        b.ffn.up.weight = t2(linear(&n("mlp.up_proj.weight"), f, d, &mut take)?, f, d);
-        b.ffn.down.weight = t2(linear(&n("mlp.down_proj.weight"), d, f, &mut take)?, d, f);
+        let n = |part: &str| hf::layer(i, part);
+        b.attn_norm.gamma = t1(float(&n(hf::ATTN_NORM), &[d], &mut take)?);
+        b.ffn_norm.gamma = t1(float(&n(hf::FFN_NORM), &[d], &mut take)?);
+        b.attn.sub_norm.gamma = t1(float(&n(hf::ATTN_SUB_NORM), &[d], &mut take)?);
+        b.ffn.sub_norm.gamma = t1(float(&n(hf::FFN_SUB_NORM), &[f], &mut take)?);
+        for (target, l) in Projection::ALL.into_iter().zip(b.projections_mut()) {
+            let [out_f, in_f] = l.weight.dims();
+            let name = n(&hf::weight(target));
+            l.weight = t2(linear(&name, out_f, in_f, &mut take)?, out_f, in_f);
+        }
     }
     // A tied head may still be stored; it must be the embedding, which it is by definition when
     // tied. Anything else left over is a tensor this architecture does not have.
@@ -400,10 +373,6 @@ fn model_config(hf: &HfConfig) -> Result<(ModelConfig, Option<bool>), String> {
     ))
 }
 
-/// HF tensor names of the parts that are not per layer (per layer: `model.layers.N.…`).
-const EMBD: &str = "model.embed_tokens.weight";
-const NORM: &str = "model.norm.weight";
-
 /// Every tensor of `model.safetensors`, or of the shards `model.safetensors.index.json` lists.
 fn read_tensors(from: &Path) -> Result<BTreeMap<String, Raw>, CheckpointError> {
     let index = from.join("model.safetensors.index.json");
@@ -510,57 +479,6 @@ fn unpack(t: &Raw, out_f: usize, in_f: usize) -> Result<Vec<i8>, String> {
     Ok(w)
 }
 
-/// Latent weights that our absmean quantizer maps back to exactly `trits · g`: the non-zeros
-/// have mean magnitude `g/p` (p: the fraction of non-zeros), so mean|W| = g, and every |W|/g is
-/// at least 0.7/p ≥ 0.7, which rounds and clamps to 1.
-///
-/// The magnitudes are spread ±30% around `g/p` in pairs that cancel, not all equal: a float sum
-/// of millions of equal values drifts systematically (by 5e-4 relative at 65k values in flex's
-/// mean, enough to move the scale visibly), while spread values round at random and the mean
-/// comes out at `g` to float precision.
-fn latent(trits: &[i8], g: f32) -> Vec<f32> {
-    let nonzero = trits.iter().filter(|&&t| t != 0).count();
-    if nonzero == 0 {
-        return vec![0.0; trits.len()];
-    }
-    let m = g as f64 * trits.len() as f64 / nonzero as f64;
-    let mut pending: Option<f64> = None;
-    let mut k = 0u64;
-    let mut out: Vec<f32> = trits
-        .iter()
-        .map(|&t| {
-            if t == 0 {
-                return 0.0;
-            }
-            let u = match pending.take() {
-                Some(u) => -u,
-                None => {
-                    k += 1;
-                    let u = 0.3 * (2.0 * unit(k) - 1.0);
-                    pending = Some(u);
-                    u
-                }
-            };
-            (t as f64 * m * (1.0 + u)) as f32
-        })
-        .collect();
-    // An odd count leaves one value without its partner: it takes the plain magnitude.
-    if pending.is_some()
-        && let Some(last) = out.iter_mut().rev().find(|x| **x != 0.0)
-    {
-        *last = last.signum() * m as f32;
-    }
-    out
-}
-
-/// A deterministic number in [0, 1) for index `k` (splitmix64).
-fn unit(k: u64) -> f64 {
-    let mut z = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as f64 / 2f64.powi(64)
-}
-
 /// The chat template beside a Hugging Face tokenizer: `chat_template.jinja` (transformers 5) or
 /// `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates, of which
 /// the one named "default").
@@ -616,17 +534,5 @@ mod tests {
             [1, -1],
         ];
         assert_eq!(w, want.concat());
-    }
-
-    /// The latent weights of `T·g` quantize back to `T·g`, not to the shrunk `T·g·p`.
-    #[test]
-    fn latent_weights_keep_trits_and_scale() {
-        let trits = [1i8, 0, -1, 0, 0, 1, 0, 0];
-        let w = latent(&trits, 0.25);
-        let mean = w.iter().map(|x| x.abs()).sum::<f32>() / w.len() as f32;
-        assert!((mean - 0.25).abs() < 1e-7, "{mean}");
-        for (x, t) in w.iter().zip(trits) {
-            assert_eq!((x / mean).round().clamp(-1.0, 1.0), t as f32);
-        }
     }
 }

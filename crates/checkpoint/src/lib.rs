@@ -20,6 +20,7 @@
 
 pub mod adapter;
 pub mod fsutil;
+pub mod hf;
 pub mod import;
 mod lock;
 mod state;

@@ -17,8 +17,9 @@ pub struct ExportArgs {
     /// A checkpoint directory (runs/NAME/checkpoints/step-N) or a run directory (its latest checkpoint).
     #[arg(long, required_unless_present = "lora")]
     checkpoint: Option<PathBuf>,
-    /// Instead of a model: convert a fine-tuning adapter (adapter.safetensors) into a llama.cpp
-    /// LoRA-adapter GGUF, for `tritium run --lora` or llama.cpp's `--lora`.
+    /// Instead of a model: convert a fine-tuning adapter (adapter.safetensors, or a PEFT LoRA
+    /// directory) into a llama.cpp LoRA-adapter GGUF, for `tritium run --lora` or llama.cpp's
+    /// `--lora` (or, with --format safetensors, into a PEFT directory).
     #[arg(long, value_name = "ADAPTER", conflicts_with = "checkpoint")]
     lora: Option<PathBuf>,
     /// With --lora: the base GGUF the adapter will run on (its `.scale` tensors decide the
@@ -38,6 +39,11 @@ pub struct ExportArgs {
     /// Where the checkpoint's model runs: flex (default), ndarray or wgpu.
     #[arg(long, default_value_t = Backend::Flex)]
     device: Backend,
+    /// gguf (a file), or safetensors: a Hugging Face `BitNetForCausalLM` directory (bf16 master
+    /// weights, online quantization) for a checkpoint, a PEFT LoRA directory for --lora.
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "safetensors"])]
+    format: String,
+    /// The GGUF file, or with --format safetensors the directory to create.
     #[arg(long)]
     out: PathBuf,
 }
@@ -51,11 +57,14 @@ pub struct InspectArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
+    if a.format == "safetensors" {
+        return export_hf(&a);
+    }
     if let Some(adapter) = &a.lora {
         let mut inputs = vec![adapter.clone(), adapter.with_file_name("adapter.json")];
         inputs.extend(a.base.clone());
         tritium_checkpoint::fsutil::check_output(&a.out, &inputs).map_err(anyhow::Error::msg)?;
-        let set = AdapterSet::read(adapter)?;
+        let set = read_adapter(adapter)?;
         let scales = match &a.base {
             Some(gguf) => BaseScales::from_gguf(gguf)?,
             // Without the file, --scale and --type say which export of the base it will run on.
@@ -113,6 +122,50 @@ pub fn export(a: ExportArgs) -> Result<()> {
         r.ternary_bpw(),
         r.file_bpw(),
         r.seconds
+    );
+    Ok(())
+}
+
+/// A fine-tuning adapter (adapter.safetensors) or a PEFT LoRA directory.
+fn read_adapter(path: &std::path::Path) -> Result<AdapterSet> {
+    Ok(if path.is_dir() {
+        tritium_checkpoint::hf::read_peft(path)?
+    } else {
+        AdapterSet::read(path)?
+    })
+}
+
+/// `--format safetensors`: back to transformers (a model) or PEFT (an adapter).
+fn export_hf(a: &ExportArgs) -> Result<()> {
+    if let Some(adapter) = &a.lora {
+        let inputs = [adapter.clone(), adapter.with_file_name("adapter.json")];
+        tritium_checkpoint::fsutil::check_output(&a.out, &inputs).map_err(anyhow::Error::msg)?;
+        let set = read_adapter(adapter)?;
+        // PEFT records the base by name; the checkpoint the adapter was trained on is the best one.
+        let base = std::fs::read_to_string(adapter.with_file_name("adapter.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<AdapterInfo>(&t).ok())
+            .map(|i| i.base.display().to_string())
+            .unwrap_or_default();
+        let n = tritium_export::hf::export_peft(&set, &base, &a.out)
+            .with_context(|| format!("exporting {}", adapter.display()))?;
+        println!(
+            "wrote {} (PEFT LoRA: adapter_model.safetensors, adapter_config.json) from {}: {n} adapted projections, rank {}, alpha {}",
+            a.out.display(),
+            adapter.display(),
+            set.adapters[0].rank,
+            set.adapters[0].alpha
+        );
+        return Ok(());
+    }
+    let checkpoint = a.checkpoint.clone().expect("required by clap");
+    let r = tritium_export::hf::export_hf(&checkpoint, &a.out, a.device)
+        .with_context(|| format!("exporting {}", checkpoint.display()))?;
+    println!(
+        "wrote {} (Hugging Face BitNetForCausalLM, bf16 master weights, online quantization): {} tensors, {:.2} MB",
+        r.dir.display(),
+        r.tensors,
+        r.bytes as f64 / 1e6
     );
     Ok(())
 }

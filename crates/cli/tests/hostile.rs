@@ -568,6 +568,20 @@ fn hostile_inputs_are_refused_cleanly() {
         r#"{"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}"#,
     )
     .unwrap();
+    std::fs::create_dir_all(d.join("peft-rslora")).unwrap();
+    let peft = root().join("tests/hf/peft-lora");
+    std::fs::copy(
+        peft.join("adapter_model.safetensors"),
+        d.join("peft-rslora/adapter_model.safetensors"),
+    )
+    .unwrap();
+    let peft_config = std::fs::read_to_string(peft.join("adapter_config.json")).unwrap();
+    assert!(peft_config.contains("\"use_rslora\": false"));
+    std::fs::write(
+        d.join("peft-rslora/adapter_config.json"),
+        peft_config.replace("\"use_rslora\": false", "\"use_rslora\": true"),
+    )
+    .unwrap();
     std::fs::create_dir_all(d.join("outdir")).unwrap();
     put(d, "existing.txt", "keep me");
 
@@ -841,6 +855,10 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["import", "--from", "{d}/hf-type", "--out", "{out}"], Refused, vec!["config.json", "hidden_size"]),
         (vec!["import", "--from", "{d}/hf-shards", "--out", "{out}"], Refused, vec!["model-00002-of-00002.safetensors"]),
         (vec!["import", "--from", "tests/hf/bitnet-bf16", "--out", "{d}/run"], Refused, vec!["run", "already holds checkpoints"]),
+        (vec!["export", "--checkpoint", "{d}/run", "--format", "onnx", "--out", "{d}/x"], Refused, vec!["--format", "onnx"]),
+        (vec!["export", "--checkpoint", "{d}/run", "--format", "safetensors", "--out", "{d}/outdir"], Refused, vec!["outdir", "exists"]),
+        (vec!["export", "--lora", "{d}/peft-rslora", "--base", "{d}/m.gguf", "--out", "{d}/x.gguf"], Refused, vec!["adapter_config.json", "use_rslora"]),
+        (vec!["export", "--lora", "{d}/outdir", "--format", "safetensors", "--out", "{d}/peft-x"], Refused, vec!["outdir/adapter_config.json"]),
         // ---- eval
         (vec!["eval", "--model", "{d}/nope.gguf", "--text", "{d}/text.txt"], Refused, vec!["nope.gguf"]),
         (vec!["eval", "--model", "{d}/half.gguf", "--text", "{d}/text.txt"], Refused, vec!["half.gguf"]),

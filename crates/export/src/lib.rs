@@ -10,6 +10,7 @@
 //! `ScaleMode::Folded` instead puts fp16(s) into every block's `d` (no extra tensors; 11-bit
 //! mantissa, so within 4.9e-4 relative).
 
+pub mod hf;
 pub mod lora;
 pub mod tokenizer;
 

@@ -4,6 +4,7 @@
 
 use super::*;
 use tritium_checkpoint::import::import_hf;
+use tritium_export::{BaseScales, export_lora};
 
 fn reference(key: &str) -> (Vec<u32>, Vec<f32>) {
     let text = std::fs::read_to_string(root().join("tests/hf/reference.json")).unwrap();
@@ -69,4 +70,84 @@ fn imported_bitnet_computes_what_transformers_computes() {
             assert!(e <= 1e-4, "{form} through {what}: {e:.2e} relative");
         }
     }
+}
+
+/// A PEFT LoRA adapter written by PyPI peft on the bf16 model: read into tritium, the Burn model
+/// with it and the engine with its llama.cpp adapter GGUF compute peft's logits; written back as
+/// PEFT, it holds the same tensors.
+#[test]
+fn peft_adapter_computes_what_peft_computes_and_goes_back() {
+    use tritium_checkpoint::hf::read_peft;
+    use tritium_export::hf::export_peft;
+    let _rng = rng_lock();
+    let dev = Backend::Flex.device().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, want) = reference("logits_bf16_lora");
+    let r = import_hf(
+        &root().join("tests/hf/bitnet-bf16"),
+        &tmp.path().join("base"),
+        &dev,
+    )
+    .unwrap();
+    let set = read_peft(&root().join("tests/hf/peft-lora")).unwrap();
+    assert_eq!(set.adapters.len(), 14, "7 projections × 2 layers");
+    let mut model = load_model(&r.checkpoint, &dev);
+    let scales = BaseScales::exact(&model);
+    set.attach(&mut model, &dev).unwrap();
+    let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
+
+    let base = tmp.path().join("base.gguf");
+    let opts = ExportOptions {
+        weights: WeightType::Tq2_0,
+        scale: ScaleMode::Exact,
+        embd: EmbdType::F32,
+        device: Backend::Flex,
+    };
+    export(&r.checkpoint, &opts, &base).unwrap();
+    let adapter = tmp.path().join("adapter.gguf");
+    export_lora(&set, &scales, &adapter).unwrap();
+    let m = load_gguf(&base);
+    let lora = tritium_engine::Lora::load(&adapter, &m).unwrap();
+    let mut s = Session::new(&m, ids.len()).unwrap();
+    s.lora = Some(&lora);
+    let engine = rel_err(s.forward(&ids, Logits::All).unwrap(), &want);
+    eprintln!("PEFT adapter: relative error vs peft: burn {burn:.2e}, engine {engine:.2e}");
+    assert!(burn <= 1e-4, "burn: {burn:.2e}");
+    assert!(engine <= 1e-3, "engine: {engine:.2e}");
+
+    let out = tmp.path().join("peft-out");
+    export_peft(&set, "tests/hf/bitnet-bf16", &out).unwrap();
+    let back = read_peft(&out).unwrap();
+    assert_eq!(back, set, "PEFT → tritium → PEFT keeps every factor");
+}
+
+/// Import (packed form) → export as a Hugging Face directory (bf16 master weights) → import
+/// again: still transformers' logits. The exported directory holds bf16 masters that
+/// transformers' own quantizer maps to the same trits (checked by hand with scripts/hf-check.py).
+#[test]
+fn hf_export_round_trips_through_import() {
+    let _rng = rng_lock();
+    let dev = Backend::Flex.device().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, want) = reference("logits_packed");
+    let first = import_hf(
+        &root().join("tests/hf/bitnet-packed"),
+        &tmp.path().join("a"),
+        &dev,
+    )
+    .unwrap();
+    let hf_dir = tmp.path().join("hf");
+    let report = tritium_export::hf::export_hf(&first.checkpoint, &hf_dir, Backend::Flex).unwrap();
+    assert_eq!(report.tensors, 24);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["quantization_config"]["quantization_mode"], "online");
+    assert_eq!(config["num_key_value_heads"], 2);
+    let second = import_hf(&hf_dir, &tmp.path().join("b"), &dev).unwrap();
+    assert!(second.form.starts_with("bf16"), "{}", second.form);
+    let model = load_model(&second.checkpoint, &dev);
+    let e = rel_err(&burn_logits(&model, &dev, &ids), &want);
+    eprintln!("packed → import → HF bf16 → import: {e:.2e} relative vs transformers");
+    assert!(e <= 1e-4, "{e:.2e}");
 }
