@@ -24,7 +24,8 @@ use tritium_model::{FfnAct, ModelConfig, Projection, Quant, Transformer};
 
 use crate::hf;
 use crate::{
-    CHAT_TEMPLATE, CheckpointError, Contents, Origin, Provenance, State, save, sha256_hex,
+    CHAT_TEMPLATE, CheckpointError, Contents, Origin, Provenance, State, TOKENIZER, save,
+    sha256_hex,
 };
 
 /// What an import read and wrote.
@@ -234,32 +235,49 @@ pub fn import_hf(
     let tok = from.join("tokenizer.json");
     let tok_bytes = std::fs::read(&tok).map_err(crate::io(&tok))?;
     let template = chat_template(from)?;
-    let mut extra = Vec::new();
-    if let Some(t) = &template {
-        extra.push((CHAT_TEMPLATE, t.clone().into_bytes()));
+    write_import(out, &model, &cfg, from, form, tensors, tok_bytes, template)
+}
+
+/// Writes an imported model as step 0 of `out`, with its tokenizer and chat template, in one
+/// atomic checkpoint directory.
+#[allow(clippy::too_many_arguments)]
+fn write_import(
+    out: &Path,
+    model: &Transformer,
+    cfg: &ModelConfig,
+    from: &Path,
+    form: String,
+    tensors: usize,
+    tokenizer: Vec<u8>,
+    template: Option<String>,
+) -> Result<ImportReport, CheckpointError> {
+    let chat_template = template.is_some();
+    let mut extra = vec![(TOKENIZER, tokenizer.clone())];
+    if let Some(t) = template {
+        extra.push((CHAT_TEMPLATE, t.into_bytes()));
     }
     let provenance = Provenance {
         run: serde_json::json!({ "import": from.display().to_string(), "form": form }),
-        ..Provenance::new(Origin::Import, Some(tok.clone()))
+        ..Provenance::new(Origin::Import, None)
     };
-    let state = State::new(cfg.clone(), sha256_hex(&tok_bytes), provenance);
+    let state = State::new(cfg.clone(), sha256_hex(&tokenizer), provenance);
     let checkpoint = save(
         out,
         &Contents {
-            model: &model,
+            model,
             state: &state,
             optim: None,
-            tokenizer: Some(&tok),
+            tokenizer: None,
             extra: &extra,
         },
         1,
     )?;
     Ok(ImportReport {
         checkpoint,
-        config: cfg,
+        config: cfg.clone(),
         form,
         tensors,
-        chat_template: template.is_some(),
+        chat_template,
     })
 }
 
@@ -507,6 +525,259 @@ fn chat_template(from: &Path) -> Result<Option<String>, CheckpointError> {
         _ => None,
     })
 }
+
+/// Imports a GGUF of llama.cpp's `bitnet` architecture (TQ2_0, TQ1_0 or I2_S projections, with or
+/// without `.scale` tensors; F32, F16 or Q8_0 embedding) as step 0 of the run directory `out`.
+/// The tokenizer.json is rebuilt from the file's `tokenizer.ggml.*` (byte-level BPE).
+pub fn import_gguf(
+    from: &Path,
+    out: &Path,
+    device: &Device,
+) -> Result<ImportReport, CheckpointError> {
+    use tritium_gguf::names::{self as gnames, BlockNorm};
+    use tritium_gguf::{GgmlType, Gguf};
+    let bad = |msg: String| CheckpointError::Bad {
+        path: from.to_path_buf(),
+        msg,
+    };
+    if crate::dir(out).exists() {
+        return Err(CheckpointError::Bad {
+            path: out.to_path_buf(),
+            msg: "already holds checkpoints; import into a new directory".into(),
+        });
+    }
+    let bytes = std::fs::read(from).map_err(crate::io(from))?;
+    let g = Gguf::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+    let h = tritium_gguf::hparams::read(&g).map_err(bad)?;
+    if g.tensor(gnames::OUTPUT).is_some() {
+        return Err(bad(format!(
+            "tensor {}: an untied output head; tritium's models share the embedding with it",
+            gnames::OUTPUT
+        )));
+    }
+    let cfg = ModelConfig {
+        vocab_size: h.vocab,
+        d_model: h.d_model,
+        n_layers: h.n_layers,
+        n_heads: h.n_heads,
+        n_kv_heads: Some(h.n_kv_heads),
+        d_ff: h.d_ff,
+        ffn_act: match h.act {
+            tritium_gguf::hparams::Act::Silu => FfnAct::Silu,
+            tritium_gguf::hparams::Act::Relu2 => FfnAct::Relu2,
+        },
+        rope_theta: h.rope_theta,
+        norm_eps: h.eps,
+        max_seq_len: h.ctx,
+        quant: Quant::Ternary,
+        quant_warmup_steps: 0,
+    };
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    // A tensor of the given ggml dims and one of `types`, as f32 values (ggml order: the first
+    // dim fastest, so a `[in, out]` tensor is row-major `[out, in]`).
+    let floats =
+        |name: &str, dims: &[usize], types: &[GgmlType]| -> Result<Vec<f32>, CheckpointError> {
+            let t = g
+                .tensor(name)
+                .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+            let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            if t.dims != want || !types.contains(&t.ty) {
+                return Err(bad(format!(
+                    "tensor {name} is {} {:?}, expected {want:?} of {:?}",
+                    t.ty.name(),
+                    t.dims,
+                    types.iter().map(|t| t.name()).collect::<Vec<_>>()
+                )));
+            }
+            let v = g.dequantize(t);
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(bad(format!("tensor {name} holds {x}")));
+            }
+            Ok(v)
+        };
+    let float_types = [GgmlType::F32, GgmlType::F16];
+    let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+    let mut model = Transformer::new(&cfg, device);
+    let t2 = |v: Vec<f32>, r: usize, c: usize| {
+        Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v, [r, c]), device))
+    };
+    let t1 = |v: Vec<f32>| {
+        let n = v.len();
+        Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v, [n]), device))
+    };
+    model.tok_embd.weight = t2(
+        floats(
+            gnames::TOKEN_EMBD,
+            &[d, v],
+            &[GgmlType::F32, GgmlType::F16, GgmlType::Q8_0],
+        )?,
+        v,
+        d,
+    );
+    model.output_norm.gamma = t1(floats(gnames::OUTPUT_NORM, &[d], &float_types)?);
+    let mut form = String::new();
+    for (i, b) in model.blocks.iter_mut().enumerate() {
+        for (norm, width) in BlockNorm::ALL.into_iter().zip([d, d, d, f]) {
+            let gamma = t1(floats(&norm.weight(i), &[width], &float_types)?);
+            match norm {
+                BlockNorm::Attn => b.attn_norm.gamma = gamma,
+                BlockNorm::AttnSub => b.attn.sub_norm.gamma = gamma,
+                BlockNorm::Ffn => b.ffn_norm.gamma = gamma,
+                BlockNorm::FfnSub => b.ffn.sub_norm.gamma = gamma,
+            }
+        }
+        for (p, l) in Projection::ALL.into_iter().zip(b.projections_mut()) {
+            let [rows, cols] = l.weight.dims();
+            let name = p.weight(i);
+            let ty = g.tensor(&name).map(|t| t.ty.name()).unwrap_or("?");
+            form = format!("GGUF, {ty} projections");
+            let mut w = floats(
+                &name,
+                &[cols, rows],
+                &[GgmlType::Tq2_0, GgmlType::Tq1_0, GgmlType::I2S],
+            )?;
+            if g.tensor(&p.scale(i)).is_some() {
+                let s = floats(&p.scale(i), &[1], &[GgmlType::F32])?[0];
+                w.iter_mut().for_each(|x| *x *= s);
+                form.push_str(" with exact scales");
+            }
+            let (trits, scale) =
+                trits_and_scale(&w).map_err(|m| bad(format!("tensor {name}: {m}")))?;
+            l.weight = t2(hf::exact_latent(&trits, scale), rows, cols);
+        }
+    }
+    let tok_json = gguf_tokenizer_json(&g).map_err(bad)?;
+    let template = g
+        .get(gnames::tokenizer::CHAT_TEMPLATE)
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    let tensors = g.tensors.len();
+    write_import(
+        out,
+        &model,
+        &cfg,
+        from,
+        form,
+        tensors,
+        tok_json.into_bytes(),
+        template,
+    )
+}
+
+/// Trits and the one scale of a dequantized ternary tensor: every non-zero must have the same
+/// magnitude (tritium's BitLinear has one scale per tensor; a file with per-block scales that
+/// differ is a model it cannot hold exactly).
+fn trits_and_scale(w: &[f32]) -> Result<(Vec<i8>, f32), String> {
+    let scale = w.iter().find(|x| **x != 0.0).map_or(0.0, |x| x.abs());
+    if let Some(x) = w
+        .iter()
+        .find(|x| **x != 0.0 && (x.abs() - scale).abs() > 1e-6 * scale)
+    {
+        return Err(format!(
+            "non-zero weights of magnitude {scale} and {}: per-block scales that differ, which one scale per tensor cannot hold",
+            x.abs()
+        ));
+    }
+    let trits = w
+        .iter()
+        .map(|x| (x.signum() * (*x != 0.0) as i32 as f32) as i8)
+        .collect();
+    Ok((trits, scale))
+}
+
+/// A Hugging Face tokenizer.json for a GGUF's byte-level BPE (`tokenizer.ggml.model = "gpt2"`):
+/// vocabulary, merges, and control tokens as special added tokens. Llama-3's pre-tokenizer
+/// (`tokenizer.ggml.pre = "llama-bpe"`) splits with its own regex before the byte-level step.
+fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
+    use tritium_gguf::Value;
+    use tritium_gguf::names::{token_type, tokenizer as keys};
+    let model = g.get(keys::MODEL).and_then(Value::as_str);
+    if model != Some("gpt2") {
+        return Err(format!(
+            "{} = {model:?}: only byte-level BPE (\"gpt2\") tokenizers are rebuilt",
+            keys::MODEL
+        ));
+    }
+    let strings = |key: &str| -> Result<Vec<String>, String> {
+        match g.get(key) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| format!("{key} holds a non-string"))
+                })
+                .collect(),
+            _ => Err(format!("{key} is missing")),
+        }
+    };
+    let tokens = strings(keys::TOKENS)?;
+    let merges = strings(keys::MERGES).unwrap_or_default();
+    let types: Vec<i32> = match g.get(keys::TOKEN_TYPE) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::I32(x) => *x,
+                Value::U32(x) => *x as i32,
+                _ => token_type::NORMAL,
+            })
+            .collect(),
+        _ => vec![token_type::NORMAL; tokens.len()],
+    };
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        let ty = types.get(id).copied().unwrap_or(token_type::NORMAL);
+        if ty == token_type::UNUSED {
+            continue; // padding rows (`[PAD…]`) that no text encodes to
+        }
+        vocab.insert(tok.clone(), id.into());
+        if ty == token_type::CONTROL || ty == token_type::USER_DEFINED {
+            added.push(serde_json::json!({
+                "id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == token_type::CONTROL,
+            }));
+        }
+    }
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true,
+    });
+    let pre = match g.get(keys::PRE).and_then(Value::as_str) {
+        Some("llama-bpe") | Some("llama3") => serde_json::json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            ],
+        }),
+        None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.clone(),
+        Some(other) => {
+            return Err(format!(
+                "{} = {other:?}: tritium rebuilds gpt2 and llama-bpe pre-tokenizers",
+                keys::PRE
+            ));
+        }
+    };
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    });
+    serde_json::to_string(&json).map_err(|e| e.to_string())
+}
+
+/// Llama-3's pre-tokenizer split, as its tokenizer.json spells it.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,9 @@ use tritium_model::Backend;
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// A Hugging Face `BitNetForCausalLM` directory: config.json, model.safetensors (or shards
-    /// with model.safetensors.index.json), tokenizer.json, tokenizer_config.json
+    /// A Hugging Face `BitNetForCausalLM` directory (config.json, model.safetensors or shards
+    /// with model.safetensors.index.json, tokenizer.json, tokenizer_config.json), or a GGUF file
+    /// of llama.cpp's `bitnet` architecture (TQ2_0, TQ1_0 or I2_S)
     #[arg(long)]
     pub from: PathBuf,
     /// The run directory to write (its checkpoints/step-0)
@@ -21,13 +22,17 @@ pub struct ImportArgs {
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
-    if !a.from.is_dir() {
+    let device = a.device.device()?;
+    let r = if a.from.is_dir() {
+        tritium_checkpoint::import::import_hf(&a.from, &a.out, &device)?
+    } else if a.from.is_file() && is_gguf(&a.from) {
+        tritium_checkpoint::import::import_gguf(&a.from, &a.out, &device)?
+    } else {
         bail!(
-            "{}: not a directory; --from takes a Hugging Face model directory (config.json, model.safetensors, tokenizer.json)",
+            "{}: neither a directory nor a GGUF file; --from takes a Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or a bitnet GGUF",
             a.from.display()
         );
-    }
-    let r = tritium_checkpoint::import::import_hf(&a.from, &a.out, &a.device.device()?)?;
+    };
     let c = &r.config;
     println!(
         "imported {} ({}): d_model {} · {} layers · {} heads ({} kv) · d_ff {} · vocab {} · ctx {} · {:?}; {} tensors{}",
@@ -50,4 +55,14 @@ pub fn import(a: ImportArgs) -> Result<()> {
     );
     println!("checkpoint: {}", r.checkpoint.display());
     Ok(())
+}
+
+/// Whether the file starts with GGUF's magic.
+fn is_gguf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }

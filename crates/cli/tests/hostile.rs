@@ -846,7 +846,6 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["export", "--lora", "{ad}", "--out", "{ad}"], Refused, vec!["adapter.safetensors", "is an input"]),
         // ---- import
         (vec!["import", "--from", "{d}/nope", "--out", "{out}"], Refused, vec!["nope"]),
-        (vec!["import", "--from", "{d}/m.gguf", "--out", "{out}"], Refused, vec!["m.gguf", "not a directory"]),
         (vec!["import", "--from", "{d}/hf-noconfig", "--out", "{out}"], Refused, vec!["hf-noconfig/config.json"]),
         (vec!["import", "--from", "{d}/hf-llama", "--out", "{out}"], Refused, vec!["config.json", "LlamaForCausalLM"]),
         (vec!["import", "--from", "{d}/hf-gelu", "--out", "{out}"], Refused, vec!["config.json", "hidden_act"]),
@@ -855,6 +854,10 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["import", "--from", "{d}/hf-type", "--out", "{out}"], Refused, vec!["config.json", "hidden_size"]),
         (vec!["import", "--from", "{d}/hf-shards", "--out", "{out}"], Refused, vec!["model-00002-of-00002.safetensors"]),
         (vec!["import", "--from", "tests/hf/bitnet-bf16", "--out", "{d}/run"], Refused, vec!["run", "already holds checkpoints"]),
+        (vec!["import", "--from", "{d}/notgguf.gguf", "--out", "{out}"], Refused, vec!["notgguf.gguf", "neither a directory nor a GGUF file"]),
+        (vec!["import", "--from", "{d}/half.gguf", "--out", "{out}"], Refused, vec!["half.gguf"]),
+        (vec!["import", "--from", "{d}/ft/adapter.gguf", "--out", "{out}"], Refused, vec!["adapter.gguf"]),
+        (vec!["import", "--from", "{d}/m.gguf", "--out", "{d}/run"], Refused, vec!["already holds checkpoints"]),
         (vec!["export", "--checkpoint", "{d}/run", "--format", "onnx", "--out", "{d}/x"], Refused, vec!["--format", "onnx"]),
         (vec!["export", "--checkpoint", "{d}/run", "--format", "safetensors", "--out", "{d}/outdir"], Refused, vec!["outdir", "exists"]),
         (vec!["export", "--lora", "{d}/peft-rslora", "--base", "{d}/m.gguf", "--out", "{d}/x.gguf"], Refused, vec!["adapter_config.json", "use_rslora"]),

@@ -8,6 +8,7 @@
 //! table of metadata keys and tensor names.
 
 pub mod blocks;
+pub mod hparams;
 pub mod names;
 pub mod read;
 pub mod types;

@@ -32,6 +32,18 @@ pub mod arch {
     /// Our own key: upstream llama.cpp always runs SiLU; tritium's engine reads this to run ReLU²
     /// too (`"silu"` or `"relu2"`).
     pub const FFN_ACT: &str = "bitnet.feed_forward_activation";
+
+    /// bitnet.cpp's names for the same architecture (its 2B4T file says `"bitnet-b1.58"`, an
+    /// earlier upload `"bitnet-25"`): the keys carry that prefix, and the FFN is always ReLU².
+    pub const BITNET_CPP: [&str; 2] = ["bitnet-b1.58", "bitnet-25"];
+
+    /// `key` (one of the constants above) under the architecture name `arch`.
+    pub fn under(arch: &str, key: &str) -> String {
+        match key.strip_prefix("bitnet.") {
+            Some(rest) => format!("{arch}.{rest}"),
+            None => key.to_string(),
+        }
+    }
 }
 
 /// `tokenizer.*` keys (llama.cpp's byte-level BPE vocabulary, `"gpt2"`).

@@ -151,3 +151,105 @@ fn hf_export_round_trips_through_import() {
     eprintln!("packed → import → HF bf16 → import: {e:.2e} relative vs transformers");
     assert!(e <= 1e-4, "{e:.2e}");
 }
+
+/// Every GGUF form `tritium export` writes (llama.cpp's `bitnet` architecture: TQ2_0, TQ1_0 and
+/// I2_S, exact and folded scales, f16 and f32 embeddings), imported: the checkpoint computes what
+/// the engine computes on the file, and its rebuilt tokenizer.json encodes as the original does.
+#[test]
+fn gguf_imports_compute_what_the_engine_computes() {
+    use tritium_checkpoint::import::import_gguf;
+    let _rng = rng_lock();
+    let f = fixture();
+    let dev = Backend::Flex.device().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let original = tritium_train::tokenizer::Tokenizer::load(
+        &Checkpoint::open(&f.ckpt).unwrap().tokenizer_path().unwrap(),
+    )
+    .unwrap();
+    let text = "Once upon a time, Lily's cat found 3 red balls. \"Wow!\" she said.\n\nThe end.";
+    let ids = original.encode(text).unwrap();
+    for (name, path) in &f.files {
+        let out = tmp.path().join(name);
+        let r = import_gguf(path, &out, &dev).unwrap();
+        let tok = tritium_train::tokenizer::Tokenizer::load(
+            &Checkpoint::open(&r.checkpoint)
+                .unwrap()
+                .tokenizer_path()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids,
+            "{name}: the rebuilt tokenizer"
+        );
+        let model = load_model(&r.checkpoint, &dev);
+        let m = load_gguf(path);
+        let mut s = Session::new(&m, ids.len()).unwrap();
+        let want = s.forward(&ids, Logits::All).unwrap().to_vec();
+        let e = rel_err(&burn_logits(&model, &dev, &ids), &want);
+        eprintln!("{name}: imported checkpoint vs engine on the file {e:.2e}");
+        assert!(e <= 1e-4, "{name}: {e:.2e}");
+    }
+}
+
+/// bitnet.cpp's layout for 2B4T (architecture `bitnet-b1.58`, keys under that name, I2_S
+/// projections, ReLU² built in, no activation key), written here from our I2_S export of the
+/// transformers fixture: the engine runs it and the importer reads it, both giving
+/// transformers' logits.
+#[test]
+fn bitnet_cpp_layout_runs_and_imports() {
+    use tritium_checkpoint::import::import_gguf;
+    use tritium_gguf::names::{arch, general};
+    use tritium_gguf::{Gguf, Value, Writer};
+    let _rng = rng_lock();
+    let dev = Backend::Flex.device().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ids, want) = reference("logits_bf16");
+    let r = import_hf(
+        &root().join("tests/hf/bitnet-bf16"),
+        &tmp.path().join("a"),
+        &dev,
+    )
+    .unwrap();
+    let ours = tmp.path().join("i2_s.gguf");
+    let opts = ExportOptions {
+        weights: WeightType::I2S,
+        scale: ScaleMode::Exact,
+        embd: EmbdType::F16,
+        device: Backend::Flex,
+    };
+    export(&r.checkpoint, &opts, &ours).unwrap();
+    let bytes = std::fs::read(&ours).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut w = Writer::new();
+    for (k, v) in &g.metadata {
+        if k == arch::FFN_ACT || k == "general.alignment" {
+            continue;
+        }
+        if k == general::ARCHITECTURE {
+            w.kv(k, Value::String("bitnet-b1.58".into()));
+        } else {
+            w.kv(&arch::under("bitnet-b1.58", k), v.clone());
+        }
+    }
+    for t in &g.tensors {
+        assert!(!t.name.ends_with(".scale"), "I2_S carries its scale inside");
+        w.tensor(&t.name, &t.dims, t.ty, g.data(t).to_vec());
+    }
+    let theirs = tmp.path().join("bitnet-b1.58.gguf");
+    std::fs::write(&theirs, w.to_bytes()).unwrap();
+
+    let m = load_gguf(&theirs);
+    let mut s = Session::new(&m, ids.len()).unwrap();
+    let engine = rel_err(s.forward(&ids, Logits::All).unwrap(), &want);
+    let imported = import_gguf(&theirs, &tmp.path().join("b"), &dev).unwrap();
+    let model = load_model(&imported.checkpoint, &dev);
+    let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
+    eprintln!("bitnet.cpp layout: engine {engine:.2e}, imported {burn:.2e} vs transformers");
+    // The embedding is f16 here, as bitnet.cpp writes it: the bf16 fixture's values survive it.
+    assert!(
+        engine <= 1e-4 && burn <= 1e-4,
+        "engine {engine:.2e}, burn {burn:.2e}"
+    );
+}
