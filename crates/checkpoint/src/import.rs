@@ -688,7 +688,7 @@ fn trits_and_scale(w: &[f32]) -> Result<(Vec<i8>, f32), String> {
 /// A Hugging Face tokenizer.json for a GGUF's byte-level BPE (`tokenizer.ggml.model = "gpt2"`):
 /// vocabulary, merges, and control tokens as special added tokens. Llama-3's pre-tokenizer
 /// (`tokenizer.ggml.pre = "llama-bpe"`) splits with its own regex before the byte-level step.
-fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
+pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
     use tritium_gguf::Value;
     use tritium_gguf::names::{token_type, tokenizer as keys};
     let model = g.get(keys::MODEL).and_then(Value::as_str);

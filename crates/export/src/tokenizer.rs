@@ -54,6 +54,7 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
         put(id, tok, NORMAL)?;
     }
     let mut eot = None;
+    let mut eot_rank: Option<usize> = None;
     for added in json["added_tokens"].as_array().into_iter().flatten() {
         let id = added["id"]
             .as_u64()
@@ -63,8 +64,17 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
             .ok_or_else(|| bad("added token without content".into()))?;
         let special = added["special"].as_bool().unwrap_or(false);
         put(id, content, if special { CONTROL } else { USER_DEFINED })?;
-        if ["<|endoftext|>", "</s>", "<eos>"].contains(&content) {
+        // The first document end in order of preference, whatever the ids' order.
+        let rank = |t: &str| {
+            tritium_gguf::names::END_OF_TEXT
+                .iter()
+                .position(|e| *e == t)
+        };
+        if let Some(r) = rank(content)
+            && eot_rank.is_none_or(|best| r < best)
+        {
             eot = Some(id as u32);
+            eot_rank = Some(r);
         }
     }
     if tokens.len() > rows {

@@ -69,6 +69,11 @@ pub mod token_type {
     pub const BYTE: i32 = 6;
 }
 
+/// Tokens that end a document, in order of preference: GPT-2's (and tritium's own tokenizers'),
+/// Llama-3's, SentencePiece's and Gemma's. Training puts one between documents; exports record
+/// it as BOS/EOS.
+pub const END_OF_TEXT: [&str; 4] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>"];
+
 /// Keys of a llama.cpp LoRA-adapter GGUF.
 pub mod adapter {
     /// `"lora"`.

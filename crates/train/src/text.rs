@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const EOT_MARKER: &str = "<|endoftext|>";
+pub const EOT_MARKER: &str = tritium_gguf::names::END_OF_TEXT[0];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {

@@ -26,7 +26,8 @@ pub enum TokenizerError {
     #[error("training the tokenizer failed: {0}")]
     Train(String),
     #[error(
-        "{path}: the tokenizer has no end-of-text token (looked for {EOT_MARKER:?}, \"</s>\", \"<eos>\")"
+        "{path}: the tokenizer has no end-of-text token (looked for {:?})",
+        tritium_gguf::names::END_OF_TEXT
     )]
     NoEot { path: PathBuf },
 }
@@ -52,7 +53,7 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 msg: e.to_string(),
             })?;
-        let eot_id = [EOT_MARKER, "</s>", "<eos>"]
+        let eot_id = tritium_gguf::names::END_OF_TEXT
             .iter()
             .find_map(|t| inner.token_to_id(t))
             .ok_or_else(|| TokenizerError::NoEot {

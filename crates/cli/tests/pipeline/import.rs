@@ -253,3 +253,46 @@ fn bitnet_cpp_layout_runs_and_imports() {
         "engine {engine:.2e}, burn {burn:.2e}"
     );
 }
+
+/// The tokenizer.json rebuilt from a GGUF splits as its pre-tokenizer says: Llama-3's
+/// (`llama-bpe`) cuts digits into groups of three before merging, GPT-2's does not, so the same
+/// merges give different tokens for "12345".
+#[test]
+fn rebuilt_tokenizers_split_as_their_pre_tokenizer_says() {
+    use tritium_checkpoint::import::gguf_tokenizer_json;
+    use tritium_gguf::names::{token_type, tokenizer as keys};
+    use tritium_gguf::{Gguf, Value, Writer};
+    let strings =
+        |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
+    let tokens = [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "12",
+        "123",
+        "1234",
+        "<|end_of_text|>",
+    ];
+    let mut types = vec![Value::I32(token_type::NORMAL); tokens.len() - 1];
+    types.push(Value::I32(token_type::CONTROL));
+    let split = |pre: &str| {
+        let mut w = Writer::new();
+        w.kv(keys::MODEL, Value::String("gpt2".into()))
+            .kv(keys::PRE, Value::String(pre.into()))
+            .kv(keys::TOKENS, strings(&tokens))
+            .kv(keys::TOKEN_TYPE, Value::Array(types.clone()))
+            .kv(keys::MERGES, strings(&["1 2", "12 3", "123 4"]));
+        let bytes = w.to_bytes();
+        let json = gguf_tokenizer_json(&Gguf::parse(&bytes).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        let tok = tritium_train::tokenizer::Tokenizer::load(&path).unwrap();
+        assert_eq!(tok.eot_id, 8, "Llama-3's <|end_of_text|> ends documents");
+        tok.encode("12345").unwrap()
+    };
+    assert_eq!(split("gpt2"), vec![7, 4], "GPT-2: one pre-token, 1234 + 5");
+    assert_eq!(split("llama-bpe"), vec![6, 3, 4], "Llama-3: 123 | 45");
+}
