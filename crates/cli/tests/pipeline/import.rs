@@ -35,6 +35,33 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
+/// The fixture form `form` of `tests/hf`, imported into `dir`.
+fn import_fixture(
+    form: &str,
+    dir: &Path,
+    dev: &Device,
+) -> tritium_checkpoint::import::ImportReport {
+    import_hf(&root().join("tests/hf").join(form), dir, dev).unwrap()
+}
+
+/// The checkpoint exported to `path` as `weights` (exact scales, f32 embedding unless `f16`).
+fn export_as(ckpt: &Path, weights: WeightType, f16: bool, path: &Path) {
+    let opts = ExportOptions {
+        weights,
+        scale: ScaleMode::Exact,
+        embd: if f16 { EmbdType::F16 } else { EmbdType::F32 },
+        device: Backend::Flex,
+    };
+    export(ckpt, &opts, path).unwrap();
+}
+
+/// The engine's logits for `ids` on the GGUF at `path`.
+fn engine_logits(path: &Path, ids: &[u32]) -> Vec<f32> {
+    let m = load_gguf(path);
+    let mut s = Session::new(&m, ids.len()).unwrap();
+    s.forward(ids, Logits::All).unwrap().to_vec()
+}
+
 #[test]
 fn imported_bitnet_computes_what_transformers_computes() {
     let _rng = rng_lock();
@@ -46,24 +73,15 @@ fn imported_bitnet_computes_what_transformers_computes() {
     ] {
         let (ids, want) = reference(key);
         let out = tmp.path().join(form);
-        let r = import_hf(&root().join("tests/hf").join(form), &out, &dev).unwrap();
+        let r = import_fixture(form, &out, &dev);
         assert!(r.chat_template, "{form}: the chat template comes along");
         let model = load_model(&r.checkpoint, &dev);
         let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
         let mut errs = vec![("burn", burn)];
         for (name, weights) in [("tq2_0", WeightType::Tq2_0), ("i2_s", WeightType::I2S)] {
             let path = tmp.path().join(format!("{form}-{name}.gguf"));
-            let opts = ExportOptions {
-                weights,
-                scale: ScaleMode::Exact,
-                embd: EmbdType::F32,
-                device: Backend::Flex,
-            };
-            export(&r.checkpoint, &opts, &path).unwrap();
-            let m = load_gguf(&path);
-            let mut s = Session::new(&m, ids.len()).unwrap();
-            let got = s.forward(&ids, Logits::All).unwrap().to_vec();
-            errs.push((name, rel_err(&got, &want)));
+            export_as(&r.checkpoint, weights, false, &path);
+            errs.push((name, rel_err(&engine_logits(&path, &ids), &want)));
         }
         eprintln!("{form}: relative error vs transformers {errs:?}");
         for (what, e) in errs {
@@ -83,12 +101,7 @@ fn peft_adapter_computes_what_peft_computes_and_goes_back() {
     let dev = Backend::Flex.device().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (ids, want) = reference("logits_bf16_lora");
-    let r = import_hf(
-        &root().join("tests/hf/bitnet-bf16"),
-        &tmp.path().join("base"),
-        &dev,
-    )
-    .unwrap();
+    let r = import_fixture("bitnet-bf16", &tmp.path().join("base"), &dev);
     let set = read_peft(&root().join("tests/hf/peft-lora")).unwrap();
     assert_eq!(set.adapters.len(), 14, "7 projections × 2 layers");
     let mut model = load_model(&r.checkpoint, &dev);
@@ -97,13 +110,7 @@ fn peft_adapter_computes_what_peft_computes_and_goes_back() {
     let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
 
     let base = tmp.path().join("base.gguf");
-    let opts = ExportOptions {
-        weights: WeightType::Tq2_0,
-        scale: ScaleMode::Exact,
-        embd: EmbdType::F32,
-        device: Backend::Flex,
-    };
-    export(&r.checkpoint, &opts, &base).unwrap();
+    export_as(&r.checkpoint, WeightType::Tq2_0, false, &base);
     let adapter = tmp.path().join("adapter.gguf");
     export_lora(&set, &scales, &adapter).unwrap();
     let m = load_gguf(&base);
@@ -130,12 +137,7 @@ fn hf_export_round_trips_through_import() {
     let dev = Backend::Flex.device().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (ids, want) = reference("logits_packed");
-    let first = import_hf(
-        &root().join("tests/hf/bitnet-packed"),
-        &tmp.path().join("a"),
-        &dev,
-    )
-    .unwrap();
+    let first = import_fixture("bitnet-packed", &tmp.path().join("a"), &dev);
     let hf_dir = tmp.path().join("hf");
     let report = tritium_export::hf::export_hf(&first.checkpoint, &hf_dir, Backend::Flex).unwrap();
     assert_eq!(report.tensors, 24);
@@ -184,9 +186,7 @@ fn gguf_imports_compute_what_the_engine_computes() {
             "{name}: the rebuilt tokenizer"
         );
         let model = load_model(&r.checkpoint, &dev);
-        let m = load_gguf(path);
-        let mut s = Session::new(&m, ids.len()).unwrap();
-        let want = s.forward(&ids, Logits::All).unwrap().to_vec();
+        let want = engine_logits(path, &ids);
         let e = rel_err(&burn_logits(&model, &dev, &ids), &want);
         eprintln!("{name}: imported checkpoint vs engine on the file {e:.2e}");
         assert!(e <= 1e-4, "{name}: {e:.2e}");
@@ -206,20 +206,9 @@ fn bitnet_cpp_layout_runs_and_imports() {
     let dev = Backend::Flex.device().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (ids, want) = reference("logits_bf16");
-    let r = import_hf(
-        &root().join("tests/hf/bitnet-bf16"),
-        &tmp.path().join("a"),
-        &dev,
-    )
-    .unwrap();
+    let r = import_fixture("bitnet-bf16", &tmp.path().join("a"), &dev);
     let ours = tmp.path().join("i2_s.gguf");
-    let opts = ExportOptions {
-        weights: WeightType::I2S,
-        scale: ScaleMode::Exact,
-        embd: EmbdType::F16,
-        device: Backend::Flex,
-    };
-    export(&r.checkpoint, &opts, &ours).unwrap();
+    export_as(&r.checkpoint, WeightType::I2S, true, &ours);
     let bytes = std::fs::read(&ours).unwrap();
     let g = Gguf::parse(&bytes).unwrap();
     let mut w = Writer::new();
@@ -240,9 +229,7 @@ fn bitnet_cpp_layout_runs_and_imports() {
     let theirs = tmp.path().join("bitnet-b1.58.gguf");
     std::fs::write(&theirs, w.to_bytes()).unwrap();
 
-    let m = load_gguf(&theirs);
-    let mut s = Session::new(&m, ids.len()).unwrap();
-    let engine = rel_err(s.forward(&ids, Logits::All).unwrap(), &want);
+    let engine = rel_err(&engine_logits(&theirs, &ids), &want);
     let imported = import_gguf(&theirs, &tmp.path().join("b"), &dev).unwrap();
     let model = load_model(&imported.checkpoint, &dev);
     let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
