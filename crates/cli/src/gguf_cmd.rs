@@ -9,7 +9,8 @@ use tritium_checkpoint::{AdapterSet, Checkpoint};
 use tritium_export::{
     BaseScales, EmbdType, ExportOptions, ScaleMode, WeightType, export as run_export,
 };
-use tritium_gguf::Gguf;
+use tritium_gguf::names::arch;
+use tritium_gguf::{Gguf, Value};
 use tritium_model::Backend;
 
 #[derive(Args)]
@@ -203,6 +204,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     );
     for (k, v) in &g.metadata {
         let _ = writeln!(s, "  {k:<45} {}", v.display());
+    }
+    if g.get(arch::FFN_ACT).and_then(Value::as_str) == Some("relu2") {
+        let _ = writeln!(
+            s,
+            "  note: {} = \"relu2\" is tritium's key; upstream llama.cpp runs SiLU for the bitnet architecture and computes wrong logits for this file (tritium run and bitnet.cpp's bitnet-b1.58 architecture run ReLU²)",
+            arch::FFN_ACT
+        );
     }
     let _ = writeln!(
         s,
