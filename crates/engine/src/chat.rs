@@ -4,7 +4,7 @@
 //! coming server both talk through this.
 
 use minijinja::Environment;
-use tritium_gguf::names::{CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE, tokenizer};
+use tritium_gguf::names::{DEFAULT_CHAT_TEMPLATE, END_OF_TURN, tokenizer};
 
 use crate::forward::Session;
 use crate::sample::Sampler;
@@ -79,7 +79,7 @@ impl Chat {
         let common = common_prefix(&self.in_cache, &ids).min(ids.len().saturating_sub(1));
         sess.pos = common.min(sess.pos);
         let mut stops = stops.to_vec();
-        stops.push(CHAT_MARKERS[1].into());
+        stops.extend(END_OF_TURN.iter().map(|s| s.to_string()));
         let g = generate(sess, sampler, &ids[sess.pos..], n, &stops, on_text)?;
         self.in_cache = ids;
         self.in_cache.extend(&g.tokens);

@@ -91,6 +91,10 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m
 /// The special tokens [`DEFAULT_CHAT_TEMPLATE`] needs.
 pub const CHAT_MARKERS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
 
+/// Texts that end an assistant's turn in the chat templates people use: ChatML's, Llama-3's (and
+/// so 2B4T's), Phi's and Gemma's. A chat reply stops at any of them.
+pub const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
 pub const TOKEN_EMBD: &str = "token_embd.weight";
 pub const OUTPUT_NORM: &str = "output_norm.weight";
 /// An untied output head (tritium ties it; an importer may meet one).
