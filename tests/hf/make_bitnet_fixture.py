@@ -38,6 +38,7 @@ from transformers.integrations.bitnet import AutoBitLinear, BitLinear, pack_weig
 
 HERE = Path(__file__).parent
 MARGIN = 5e-5
+W_MARGIN = 5e-7  # for f32 weights (1bitLLM layout), in trit units
 IDS = [0, 17, 240, 5, 99, 311, 42, 128]
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -65,8 +66,9 @@ def config():
     )
 
 
-def margins(model):
-    """Smallest distance of any weight or activation quantizer input to a .5 boundary."""
+def margins(model, weights=True):
+    """Smallest distance of any weight (unless `weights` is False) or activation quantizer input
+    to a .5 boundary."""
     worst = [math.inf]
 
     def frac(y):
@@ -82,7 +84,7 @@ def margins(model):
 
     hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if type(m) in (AutoBitLinear, BitLinear)]
     for m in model.modules():
-        if type(m) is AutoBitLinear:
+        if weights and type(m) is AutoBitLinear:
             w = m.weight.float()
             worst[0] = min(worst[0], frac(w / w.abs().mean().clamp(min=1e-5)).min().item())
     return worst, hooks
@@ -189,10 +191,14 @@ def main():
             cfg_path = out / "adapter_config.json"
             adapter_cfg = json.loads(cfg_path.read_text())
             adapter_cfg["base_model_name_or_path"] = "tests/hf/bitnet-bf16"
+            adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])  # a set in peft
             cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
             (out / "README.md").unlink(missing_ok=True)
             break
     print(f"seed {seed}: margin {worst[0]:.2e} (bf16), {worst_p[0]:.2e} (packed), {worst_l[0]:.2e} (LoRA)")
+
+    seed_1b, margin_1b, ref_1b = one_bit_llm()
+    print(f"1bitLLM layout: seed {seed_1b}, margin {margin_1b:.2e}")
 
     (HERE / "reference.json").write_text(
         json.dumps(
@@ -206,10 +212,79 @@ def main():
                 "logits_bf16": [round(x, 7) for x in ref_online.flatten().tolist()],
                 "logits_packed": [round(x, 7) for x in ref_packed.flatten().tolist()],
                 "logits_bf16_lora": [round(x, 7) for x in ref_lora.flatten().tolist()],
+                "seed_1bitllm": seed_1b,
+                "logits_1bitllm": [round(x, 7) for x in ref_1b.flatten().tolist()],
             }
         )
         + "\n"
     )
+
+
+def one_bit_llm():
+    """The 1bitLLM reproductions' layout (`1bitLLM/bitnet_b1_58-large`): custom code registered as
+    `BitnetForCausalLM` with `model_type = "llama"`, SiLU, multi-head attention, fp32 latent
+    weights quantized online by the custom BitLinear (the same absmean / per-token absmax as
+    transformers' online mode), and sub-norms named `self_attn.inner_attn_ln` and
+    `mlp.ffn_layernorm`. Its reference logits come from transformers' BitNet on the same weights
+    (the custom code is not in transformers); the directory holds the 1bitLLM names and config."""
+    out = HERE / "bitnet-1bitllm"
+    for seed in range(400):
+        torch.manual_seed(5000 + seed)
+        cfg = config()
+        cfg.hidden_act = "silu"
+        cfg.num_key_value_heads = cfg.num_attention_heads
+        plain = BitNetForCausalLM(cfg)
+        for name, p in plain.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        tmp = HERE / "bitnet-1bitllm-transformers"
+        plain.save_pretrained(tmp)
+        cfg_dict = json.loads((tmp / "config.json").read_text())
+        cfg_dict["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+        (tmp / "config.json").write_text(json.dumps(cfg_dict))
+        online = BitNetForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        # f32 weights are continuous: among 65k of them one always lies within ~1e-6 of a trit
+        # boundary, which the two scales (equal to 1e-7) still agree on; activations need MARGIN.
+        worst, hooks = margins(online, weights=False)
+        ref = logits(online)
+        for h in hooks:
+            h.remove()
+        w_worst, _ = margins(online)
+        state = {k: v.contiguous() for k, v in load_file(tmp / "model.safetensors").items()}
+        shutil.rmtree(tmp)
+        if worst[0] >= MARGIN and w_worst[0] >= W_MARGIN:
+            break
+    renamed = {
+        k.replace("self_attn.attn_sub_norm", "self_attn.inner_attn_ln").replace("mlp.ffn_sub_norm", "mlp.ffn_layernorm"): v
+        for k, v in state.items()
+    }
+    one_bit = {
+        "architectures": ["BitnetForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "tie_word_embeddings": True,
+        "vocab_size": cfg.vocab_size,
+        "input_bits": 8,
+        "weight_bits": 1,
+        "torch_dtype": "float32",
+    }
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    save_file(renamed, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(one_bit, indent=2, sort_keys=True) + "\n")
+    shutil.copy(HERE / "tokenizer.json", out / "tokenizer.json")
+    return seed, worst[0], ref
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ pub const ATTN_SUB_NORM: &str = "self_attn.attn_sub_norm.weight";
 pub const FFN_NORM: &str = "post_attention_layernorm.weight";
 pub const FFN_SUB_NORM: &str = "mlp.ffn_sub_norm.weight";
 
+/// The 1bitLLM reproductions' custom class (`model_type = "llama"`), and its names for the two
+/// sub-norms; everything else is named as above.
+pub const ONE_BIT_LLM: &str = "BitnetForCausalLM";
+pub const ONE_BIT_ATTN_SUB_NORM: &str = "self_attn.inner_attn_ln.weight";
+pub const ONE_BIT_FFN_SUB_NORM: &str = "mlp.ffn_layernorm.weight";
+
 /// `model.layers.N.<part>`.
 pub fn layer(i: usize, part: &str) -> String {
     format!("model.layers.{i}.{part}")

@@ -41,7 +41,7 @@ pub struct ImportReport {
 
 /// The keys of a `BitNetForCausalLM` config.json that decide the computation. Others (ids of
 /// special tokens, dtype, transformers' version) are informative and ignored.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct HfConfig {
     #[serde(default)]
     architectures: Vec<String>,
@@ -78,7 +78,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct HfQuant {
     quant_method: String,
     #[serde(default = "bitlinear")]
@@ -126,6 +126,7 @@ pub fn import_hf(
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
             .map_err(|e| bad(&cfg_path, format!("{}: {}", e.path(), e.inner())))?;
     let (cfg, packed_rule) = model_config(&hf).map_err(|m| bad(&cfg_path, m))?;
+    let one_bit = hf.architectures.iter().any(|a| a == hf::ONE_BIT_LLM);
     cfg.validate().map_err(|e| bad(&cfg_path, e.to_string()))?;
 
     let mut raw = read_tensors(from)?;
@@ -209,8 +210,13 @@ pub fn import_hf(
         let n = |part: &str| hf::layer(i, part);
         b.attn_norm.gamma = t1(float(&n(hf::ATTN_NORM), &[d], &mut take)?);
         b.ffn_norm.gamma = t1(float(&n(hf::FFN_NORM), &[d], &mut take)?);
-        b.attn.sub_norm.gamma = t1(float(&n(hf::ATTN_SUB_NORM), &[d], &mut take)?);
-        b.ffn.sub_norm.gamma = t1(float(&n(hf::FFN_SUB_NORM), &[f], &mut take)?);
+        let (attn_sub, ffn_sub) = if one_bit {
+            (hf::ONE_BIT_ATTN_SUB_NORM, hf::ONE_BIT_FFN_SUB_NORM)
+        } else {
+            (hf::ATTN_SUB_NORM, hf::FFN_SUB_NORM)
+        };
+        b.attn.sub_norm.gamma = t1(float(&n(attn_sub), &[d], &mut take)?);
+        b.ffn.sub_norm.gamma = t1(float(&n(ffn_sub), &[f], &mut take)?);
         for (target, l) in Projection::ALL.into_iter().zip(b.projections_mut()) {
             let [out_f, in_f] = l.weight.dims();
             let name = n(&hf::weight(target));
@@ -289,11 +295,26 @@ fn model_config(hf: &HfConfig) -> Result<(ModelConfig, Option<bool>), String> {
     let arch_ok = if hf.architectures.is_empty() {
         hf.model_type.as_deref() == Some("bitnet")
     } else {
-        hf.architectures.iter().any(|a| a == "BitNetForCausalLM")
+        hf.architectures
+            .iter()
+            .any(|a| a == "BitNetForCausalLM" || a == hf::ONE_BIT_LLM)
     };
+    // The 1bitLLM reproductions' custom code always quantizes online and has no
+    // quantization_config.
+    if hf.architectures.iter().any(|a| a == hf::ONE_BIT_LLM) && hf.quantization_config.is_none() {
+        return model_config(&HfConfig {
+            architectures: vec!["BitNetForCausalLM".into()],
+            quantization_config: Some(HfQuant {
+                quant_method: "bitnet".into(),
+                linear_class: "autobitlinear".into(),
+                quantization_mode: "online".into(),
+            }),
+            ..hf.clone()
+        });
+    }
     if !arch_ok {
         return Err(format!(
-            "architectures = {:?}, model_type = {:?}: only BitNetForCausalLM (model_type \"bitnet\") is imported",
+            "architectures = {:?}, model_type = {:?}: only BitNetForCausalLM (model_type \"bitnet\") and the 1bitLLM reproductions' BitnetForCausalLM are imported",
             hf.architectures, hf.model_type
         ));
     }

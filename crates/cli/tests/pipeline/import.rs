@@ -1,6 +1,8 @@
-//! `tritium import` of a Hugging Face `BitNetForCausalLM` written by PyPI transformers
-//! (`tests/hf/make_bitnet_fixture.py`): the imported checkpoint, and the GGUF exported from it,
-//! compute the logits transformers computed, within 1e-4 relative to the largest logit.
+//! `tritium import` of a Hugging Face `BitNetForCausalLM` written by PyPI transformers (bf16
+//! master and packed forms, and the 1bitLLM reproductions' layout; see
+//! `tests/hf/make_bitnet_fixture.py`): the imported checkpoint, and the GGUF exported from it,
+//! compute the logits transformers computed, within 1e-4 relative to the largest logit. Also
+//! PEFT adapters, the way back to safetensors, and GGUF imports.
 
 use super::*;
 use tritium_checkpoint::import::import_hf;
@@ -70,11 +72,17 @@ fn imported_bitnet_computes_what_transformers_computes() {
     for (form, key) in [
         ("bitnet-bf16", "logits_bf16"),
         ("bitnet-packed", "logits_packed"),
+        ("bitnet-1bitllm", "logits_1bitllm"),
     ] {
         let (ids, want) = reference(key);
         let out = tmp.path().join(form);
         let r = import_fixture(form, &out, &dev);
-        assert!(r.chat_template, "{form}: the chat template comes along");
+        // The 1bitLLM layout's directory has no tokenizer_config.json.
+        assert_eq!(
+            r.chat_template,
+            form != "bitnet-1bitllm",
+            "{form}: the chat template"
+        );
         let model = load_model(&r.checkpoint, &dev);
         let burn = rel_err(&burn_logits(&model, &dev, &ids), &want);
         let mut errs = vec![("burn", burn)];
