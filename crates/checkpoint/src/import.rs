@@ -104,6 +104,33 @@ struct Raw {
     data: Vec<u8>,
 }
 
+/// Where a tensor lies in its safetensors file; its bytes are read when the tensor is used, so a
+/// 2B model's shards are never held in memory beside the model being built.
+struct Desc {
+    file: PathBuf,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    start: u64,
+    len: usize,
+}
+
+impl Desc {
+    fn read(self) -> Result<Raw, CheckpointError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.file).map_err(crate::io(&self.file))?;
+        let mut data = vec![0u8; self.len];
+        f.seek(SeekFrom::Start(self.start))
+            .and_then(|_| f.read_exact(&mut data))
+            .map_err(crate::io(&self.file))?;
+        Ok(Raw {
+            file: self.file,
+            dtype: self.dtype,
+            shape: self.shape,
+            data,
+        })
+    }
+}
+
 /// Imports the Hugging Face model directory `from` as step 0 of the run directory `out`.
 pub fn import_hf(
     from: &Path,
@@ -134,7 +161,8 @@ pub fn import_hf(
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
     let mut take = |name: &str| {
         raw.remove(name)
-            .ok_or_else(|| bad(from, format!("tensor {name} is missing")))
+            .ok_or_else(|| bad(from, format!("tensor {name} is missing")))?
+            .read()
     };
 
     let float = |name: &str,
@@ -218,7 +246,9 @@ pub fn import_hf(
         b.attn.sub_norm.gamma = t1(float(&n(attn_sub), &[d], &mut take)?);
         b.ffn.sub_norm.gamma = t1(float(&n(ffn_sub), &[f], &mut take)?);
         for (target, l) in Projection::ALL.into_iter().zip(b.projections_mut()) {
-            let [out_f, in_f] = l.weight.dims();
+            // From the config, not `l.weight.dims()`: asking a lazily initialised parameter its
+            // shape initialises it, and a 2B model would first be filled with random numbers.
+            let (in_f, out_f) = target.dims(d, cfg.kv_heads() * (d / cfg.n_heads), f);
             let name = n(&hf::weight(target));
             l.weight = t2(linear(&name, out_f, in_f, &mut take)?, out_f, in_f);
         }
@@ -413,7 +443,7 @@ fn model_config(hf: &HfConfig) -> Result<(ModelConfig, Option<bool>), String> {
 }
 
 /// Every tensor of `model.safetensors`, or of the shards `model.safetensors.index.json` lists.
-fn read_tensors(from: &Path) -> Result<BTreeMap<String, Raw>, CheckpointError> {
+fn read_tensors(from: &Path) -> Result<BTreeMap<String, Desc>, CheckpointError> {
     let index = from.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(crate::io(&index))?;
@@ -441,23 +471,65 @@ fn read_tensors(from: &Path) -> Result<BTreeMap<String, Raw>, CheckpointError> {
     };
     let mut out = BTreeMap::new();
     for file in files {
-        let bytes = std::fs::read(&file).map_err(crate::io(&file))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Bad {
-                path: file.clone(),
-                msg: format!("not a safetensors file ({e})"),
-            })?;
-        for (name, t) in st.tensors() {
-            out.insert(
-                name,
-                Raw {
-                    file: file.clone(),
-                    dtype: t.dtype(),
-                    shape: t.shape().to_vec(),
-                    data: t.data().to_vec(),
-                },
-            );
+        out.extend(read_header(&file)?);
+    }
+    Ok(out)
+}
+
+/// The tensor table of a safetensors file: an 8-byte little-endian header length, then a JSON
+/// object `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`, offsets
+/// counted from the end of the header. Every offset is checked against the file's size and every
+/// size against the shape and dtype.
+fn read_header(file: &Path) -> Result<BTreeMap<String, Desc>, CheckpointError> {
+    use std::io::Read;
+    let bad = |msg: String| CheckpointError::Bad {
+        path: file.to_path_buf(),
+        msg: format!("not a safetensors file ({msg})"),
+    };
+    let mut f = std::fs::File::open(file).map_err(crate::io(file))?;
+    let size = f.metadata().map_err(crate::io(file))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 || 8 + n > size {
+        return Err(bad(format!("header of {n} bytes in a file of {size}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let table: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let data_start = 8 + n;
+    let mut out = BTreeMap::new();
+    for (name, info) in table {
+        if name == "__metadata__" {
+            continue;
         }
+        let dtype: safetensors::Dtype = serde_json::from_value(info["dtype"].clone())
+            .map_err(|e| bad(format!("tensor {name}: dtype: {e}")))?;
+        let shape: Vec<usize> = serde_json::from_value(info["shape"].clone())
+            .map_err(|e| bad(format!("tensor {name}: shape: {e}")))?;
+        let offsets: [u64; 2] = serde_json::from_value(info["data_offsets"].clone())
+            .map_err(|e| bad(format!("tensor {name}: data_offsets: {e}")))?;
+        let [begin, end] = offsets;
+        let want = shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |a, &d| a.checked_mul(d as u64))
+            .map(|bits| bits.div_ceil(8));
+        if begin > end || data_start + end > size || want != Some(end - begin) {
+            return Err(bad(format!(
+                "tensor {name}: bytes {begin}..{end} for {dtype:?} {shape:?} in a file of {size}"
+            )));
+        }
+        out.insert(
+            name,
+            Desc {
+                file: file.to_path_buf(),
+                dtype,
+                shape,
+                start: data_start + begin,
+                len: (end - begin) as usize,
+            },
+        );
     }
     Ok(out)
 }
@@ -648,7 +720,8 @@ pub fn import_gguf(
             }
         }
         for (p, l) in Projection::ALL.into_iter().zip(b.projections_mut()) {
-            let [rows, cols] = l.weight.dims();
+            // From the config (see import_hf): the lazy parameter stays uninitialised.
+            let (cols, rows) = p.dims(d, cfg.kv_heads() * (d / cfg.n_heads), f);
             let name = p.weight(i);
             let ty = g.tensor(&name).map(|t| t.ty.name()).unwrap_or("?");
             form = format!("GGUF, {ty} projections");

@@ -563,6 +563,15 @@ fn hostile_inputs_are_refused_cleanly() {
         edit("\"hidden_size\": 256", "\"hidden_size\": \"256\""),
     );
     hf_copy("hf-shards", Some(hf_config.clone()));
+    hf_copy("hf-trunc", Some(hf_config.clone()));
+    let st = std::fs::read(d.join("hf-trunc/model.safetensors")).unwrap();
+    std::fs::write(d.join("hf-trunc/model.safetensors"), &st[..st.len() / 2]).unwrap();
+    hf_copy("hf-header", Some(hf_config.clone()));
+    std::fs::write(
+        d.join("hf-header/model.safetensors"),
+        u64::MAX.to_le_bytes(),
+    )
+    .unwrap();
     std::fs::write(
         d.join("hf-shards/model.safetensors.index.json"),
         r#"{"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}"#,
@@ -853,6 +862,8 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["import", "--from", "{d}/hf-shape", "--out", "{out}"], Refused, vec!["tensor model.layers.0.mlp.ffn_sub_norm.weight", "shape"]),
         (vec!["import", "--from", "{d}/hf-type", "--out", "{out}"], Refused, vec!["config.json", "hidden_size"]),
         (vec!["import", "--from", "{d}/hf-shards", "--out", "{out}"], Refused, vec!["model-00002-of-00002.safetensors"]),
+        (vec!["import", "--from", "{d}/hf-trunc", "--out", "{out}"], Refused, vec!["hf-trunc/model.safetensors", "not a safetensors file"]),
+        (vec!["import", "--from", "{d}/hf-header", "--out", "{out}"], Refused, vec!["hf-header/model.safetensors", "header"]),
         (vec!["import", "--from", "tests/hf/bitnet-bf16", "--out", "{d}/run"], Refused, vec!["run", "already holds checkpoints"]),
         (vec!["import", "--from", "{d}/notgguf.gguf", "--out", "{out}"], Refused, vec!["notgguf.gguf", "neither a directory nor a GGUF file"]),
         (vec!["import", "--from", "{d}/half.gguf", "--out", "{out}"], Refused, vec!["half.gguf"]),
