@@ -172,12 +172,20 @@ pub fn finetune(
         )));
     }
     if o.check_memory {
-        // The step as pretraining would take it: an upper bound for LoRA, whose frozen base
-        // keeps no gradients or moments.
-        let need = base
-            .model_config()
-            .train_step_bytes(c.batch_size, c.seq_len)
-            .total();
+        // Full fine-tuning: the step as pretraining takes it. LoRA: the frozen base keeps no
+        // gradients or moments (the adapters' share is small), but its f32 weights are there
+        // twice while a checkpoint is written (Burn's record copies them): 8 bytes a parameter
+        // and the activations. At 2B4T's shape (rows of 512) that is 24.4 GiB; the run, let
+        // through by hand, reached the 22.6 GiB this machine has and was killed after its
+        // checkpoint. Charged as full training, LoRA was estimated at 42 GiB.
+        let cfg = base.model_config();
+        let mem = cfg.train_step_bytes(c.batch_size, c.seq_len);
+        let need = match c.method {
+            Method::Full => mem.total(),
+            Method::Lora => mem
+                .activations
+                .saturating_add(cfg.param_count().total().saturating_mul(8)),
+        };
         tritium_model::memory::check(
             need,
             "fine-tuning this base at [finetune].batch_size × seq_len",
