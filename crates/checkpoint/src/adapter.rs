@@ -248,18 +248,14 @@ impl AdapterSet {
             let t = st
                 .tensor(name)
                 .map_err(|_| bad(format!("tensor {name} is missing")))?;
-            if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
+            if t.shape().len() != 2 {
                 return Err(bad(format!(
-                    "tensor {name}: {:?} {:?}, expected a 2-D F32 matrix",
-                    t.dtype(),
+                    "tensor {name}: shape {:?}, expected a 2-D matrix",
                     t.shape()
                 )));
             }
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v = crate::hf::widen(t.dtype(), t.data())
+                .map_err(|m| bad(format!("tensor {name}: {m}")))?;
             Ok((t.shape().to_vec(), v))
         };
         let mut tensor_names: Vec<String> = st.names().into_iter().map(String::from).collect();

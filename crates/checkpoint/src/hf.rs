@@ -51,6 +51,31 @@ pub fn weight(p: Projection) -> String {
     format!("{}.weight", module(p))
 }
 
+/// The values of a float safetensors tensor as f32 (bf16 and f16 widen exactly); a value that is
+/// not finite is refused.
+pub(crate) fn widen(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    let v: Vec<f32> = match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("dtype {other:?}, expected F32, BF16 or F16")),
+    };
+    match v.iter().find(|x| !x.is_finite()) {
+        Some(x) => Err(format!("holds {x}")),
+        None => Ok(v),
+    }
+}
+
 /// PEFT's name of a LoRA factor: `base_model.model.model.layers.N.<module>.lora_{A,B}.weight`.
 pub fn peft_name(layer: usize, target: Projection, part: &str) -> String {
     format!(
@@ -159,27 +184,7 @@ pub fn read_peft(dir: &Path) -> Result<AdapterSet, CheckpointError> {
                 format!("tensor {name}: shape {:?}, expected {shape:?}", t.shape()),
             ));
         }
-        match t.dtype() {
-            safetensors::Dtype::F32 => Ok(t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
-            safetensors::Dtype::BF16 => Ok(t
-                .data()
-                .chunks_exact(2)
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                .collect()),
-            safetensors::Dtype::F16 => Ok(t
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()),
-            other => Err(bad(
-                &path,
-                format!("tensor {name}: dtype {other:?}, expected F32, BF16 or F16"),
-            )),
-        }
+        widen(t.dtype(), t.data()).map_err(|m| bad(&path, format!("tensor {name}: {m}")))
     };
     let mut names = st.names();
     names.sort();

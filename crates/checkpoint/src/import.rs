@@ -539,29 +539,7 @@ fn to_f32(t: &Raw, shape: &[usize]) -> Result<Vec<f32>, String> {
     if t.shape != shape {
         return Err(format!("shape {:?}, expected {shape:?}", t.shape));
     }
-    use safetensors::Dtype;
-    let v: Vec<f32> = match t.dtype {
-        Dtype::F32 => t
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::BF16 => t
-            .data
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
-        Dtype::F16 => t
-            .data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => return Err(format!("dtype {other:?}, expected F32, BF16 or F16")),
-    };
-    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-        return Err(format!("holds {x}"));
-    }
-    Ok(v)
+    hf::widen(t.dtype, &t.data)
 }
 
 /// Trits of a packed `[out/4, in]` uint8 tensor, row-major `[out, in]`.
