@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tritium_gguf::names::{self, LoraPart, Projection};
 use tritium_model::Transformer;
-use tritium_model::burn::module::Param;
 use tritium_model::burn::prelude::*;
 
 use crate::fsutil::write_atomic;
@@ -154,14 +153,8 @@ impl AdapterSet {
             }
             let mut lora =
                 tritium_model::bitlinear::Lora::new(d_in, d_out, ad.rank, ad.alpha, 0.0, device);
-            let t2 = |v: &[f32], r: usize, c: usize| {
-                Param::from_tensor(Tensor::<2>::from_data(
-                    TensorData::new(v.to_vec(), [r, c]),
-                    device,
-                ))
-            };
-            lora.a = t2(&ad.a, ad.rank, d_in);
-            lora.b = t2(&ad.b, d_out, ad.rank);
+            lora.a = crate::matrix(ad.a.clone(), ad.rank, d_in, device);
+            lora.b = crate::matrix(ad.b.clone(), d_out, ad.rank, device);
             layer.lora = Some(lora);
         }
         Ok(())

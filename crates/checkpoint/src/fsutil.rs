@@ -27,6 +27,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Writes `files` (name, bytes) as the new directory `out`: into `.out.tmp` beside it, each file
+/// synced, then renamed into place, so `out` is either absent or whole. An existing `out` is an
+/// error rather than a merge. Returns the bytes written.
+pub fn write_dir_atomic(out: &Path, files: &[(&str, Vec<u8>)]) -> std::io::Result<usize> {
+    if out.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists; a new directory is written here, never merged into one",
+        ));
+    }
+    let tmp = tmp_path(out);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let mut bytes = 0;
+    for (name, b) in files {
+        let mut f = std::fs::File::create(tmp.join(name))?;
+        f.write_all(b)?;
+        f.sync_all()?;
+        bytes += b.len();
+    }
+    std::fs::rename(&tmp, out)?;
+    Ok(bytes)
+}
+
 /// `dir/.name.tmp` for `dir/name`.
 pub fn tmp_path(path: &Path) -> std::path::PathBuf {
     let name = path

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tritium_model::burn::module::Param;
 use tritium_model::burn::prelude::*;
 use tritium_model::{FfnAct, ModelConfig, Projection, Quant, Transformer};
 
@@ -141,12 +140,7 @@ pub fn import_hf(
         path: path.to_path_buf(),
         msg,
     };
-    if crate::dir(out).exists() {
-        return Err(bad(
-            out,
-            "already holds checkpoints; import into a new directory".into(),
-        ));
-    }
+    fresh(out)?;
     let cfg_path = from.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(crate::io(&cfg_path))?;
     let hf: HfConfig =
@@ -225,13 +219,8 @@ pub fn import_hf(
         }
     };
 
-    let t2 = |v: Vec<f32>, r: usize, c: usize| {
-        Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v, [r, c]), device))
-    };
-    let t1 = |v: Vec<f32>| {
-        let n = v.len();
-        Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v, [n]), device))
-    };
+    let t2 = |v: Vec<f32>, r: usize, c: usize| crate::matrix(v, r, c, device);
+    let t1 = |v: Vec<f32>| crate::vector(v, device);
     model.tok_embd.weight = t2(float(hf::EMBD, &[v, d], &mut take)?, v, d);
     model.output_norm.gamma = t1(float(hf::NORM, &[d], &mut take)?);
     for (i, b) in model.blocks.iter_mut().enumerate() {
@@ -315,6 +304,17 @@ fn write_import(
         tensors,
         chat_template,
     })
+}
+
+/// Refuses a run directory that already holds checkpoints: an import starts a run.
+fn fresh(out: &Path) -> Result<(), CheckpointError> {
+    if crate::dir(out).exists() {
+        return Err(CheckpointError::Bad {
+            path: out.to_path_buf(),
+            msg: "already holds checkpoints; import into a new directory".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The model config, and for packed weights whether `weight_scale` divides (`bitlinear`) or
@@ -611,12 +611,7 @@ pub fn import_gguf(
         path: from.to_path_buf(),
         msg,
     };
-    if crate::dir(out).exists() {
-        return Err(CheckpointError::Bad {
-            path: out.to_path_buf(),
-            msg: "already holds checkpoints; import into a new directory".into(),
-        });
-    }
+    fresh(out)?;
     let bytes = std::fs::read(from).map_err(crate::io(from))?;
     let g = Gguf::parse(&bytes).map_err(|e| bad(e.to_string()))?;
     let h = tritium_gguf::hparams::read(&g).map_err(bad)?;
@@ -648,34 +643,17 @@ pub fn import_gguf(
     // dim fastest, so a `[in, out]` tensor is row-major `[out, in]`).
     let floats =
         |name: &str, dims: &[usize], types: &[GgmlType]| -> Result<Vec<f32>, CheckpointError> {
-            let t = g
-                .tensor(name)
-                .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
-            let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-            if t.dims != want || !types.contains(&t.ty) {
-                return Err(bad(format!(
-                    "tensor {name} is {} {:?}, expected {want:?} of {:?}",
-                    t.ty.name(),
-                    t.dims,
-                    types.iter().map(|t| t.name()).collect::<Vec<_>>()
-                )));
+            let v = g.dequantize(g.expect(name, dims, types).map_err(bad)?);
+            match v.iter().find(|x| !x.is_finite()) {
+                Some(x) => Err(bad(format!("tensor {name} holds {x}"))),
+                None => Ok(v),
             }
-            let v = g.dequantize(t);
-            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                return Err(bad(format!("tensor {name} holds {x}")));
-            }
-            Ok(v)
         };
     let float_types = [GgmlType::F32, GgmlType::F16];
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
     let mut model = Transformer::new(&cfg, device);
-    let t2 = |v: Vec<f32>, r: usize, c: usize| {
-        Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v, [r, c]), device))
-    };
-    let t1 = |v: Vec<f32>| {
-        let n = v.len();
-        Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v, [n]), device))
-    };
+    let t2 = |v: Vec<f32>, r: usize, c: usize| crate::matrix(v, r, c, device);
+    let t1 = |v: Vec<f32>| crate::vector(v, device);
     model.tok_embd.weight = t2(
         floats(
             gnames::TOKEN_EMBD,

@@ -211,6 +211,31 @@ pub fn load_weights(model: Transformer, model_path: &Path) -> Result<Transformer
         .map_err(|e| bad(e.to_string()))
 }
 
+/// A parameter holding the row-major `[rows, cols]` matrix `v`.
+pub(crate) fn matrix(
+    v: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> tritium_model::burn::module::Param<Tensor<2>> {
+    tritium_model::burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(v, [rows, cols]),
+        device,
+    ))
+}
+
+/// A parameter holding the vector `v`.
+pub(crate) fn vector(
+    v: Vec<f32>,
+    device: &Device,
+) -> tritium_model::burn::module::Param<Tensor<1>> {
+    let n = v.len();
+    tritium_model::burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(v, [n]),
+        device,
+    ))
+}
+
 /// Writes one file at the path it is given.
 pub type WriteFile<'a> = dyn Fn(&Path) -> std::io::Result<()> + 'a;
 

@@ -288,25 +288,7 @@ impl<'g, 'a> Weights<'g, 'a> {
         dims: &[usize],
         types: &[GgmlType],
     ) -> Result<&'g TensorInfo, String> {
-        let t = self
-            .g
-            .tensor(name)
-            .ok_or_else(|| format!("tensor {name} is missing"))?;
-        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-        if t.dims != want {
-            return Err(format!(
-                "tensor {name} has shape {:?}, the architecture needs {want:?}",
-                t.dims
-            ));
-        }
-        if !types.contains(&t.ty) {
-            let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
-            return Err(format!(
-                "tensor {name} is {}, expected one of {names:?}",
-                t.ty.name()
-            ));
-        }
-        Ok(t)
+        self.g.expect(name, dims, types)
     }
 
     fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, String> {

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use tritium_checkpoint::adapter::AdapterSet;
-use tritium_checkpoint::fsutil::check_output;
+use tritium_checkpoint::fsutil::{check_output, write_dir_atomic};
 use tritium_checkpoint::hf::{self, exact_latent_bf16, peft_name};
 use tritium_checkpoint::{Checkpoint, TOKENIZER};
 use tritium_model::burn::prelude::*;
@@ -70,31 +70,9 @@ fn safetensors_bytes(entries: &[Entry]) -> Result<Vec<u8>, ExportError> {
     safetensors::serialize(views, Some(meta)).map_err(|e| ExportError::Output(e.to_string()))
 }
 
-/// Writes `files` (name, bytes) as the directory `out`: into a temporary sibling first, renamed
-/// into place; an existing `out` is refused rather than merged into.
+/// Writes `files` as the new directory `out`, atomically.
 fn write_dir(out: &Path, files: &[(&str, Vec<u8>)]) -> Result<usize, ExportError> {
-    if out.exists() {
-        return Err(ExportError::Output(format!(
-            "{}: exists; --format safetensors writes a new directory",
-            out.display()
-        )));
-    }
-    let name = out
-        .file_name()
-        .ok_or_else(|| ExportError::Output(format!("{}: not a directory name", out.display())))?;
-    let tmp = out.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let mut bytes = 0;
-    for (f, b) in files {
-        let p = tmp.join(f);
-        std::fs::write(&p, b).map_err(io(&p))?;
-        bytes += b.len();
-    }
-    std::fs::rename(&tmp, out).map_err(io(out))?;
-    Ok(bytes)
+    write_dir_atomic(out, files).map_err(io(out))
 }
 
 /// Writes the checkpoint `ckpt_or_run` as a Hugging Face `BitNetForCausalLM` directory `out`.

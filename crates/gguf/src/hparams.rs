@@ -126,7 +126,7 @@ pub fn read(g: &Gguf) -> Result<Hparams, String> {
     {
         return Err(format!(
             "{} = {} but the head size is {}; partial RoPE is not supported",
-            arch::ROPE_DIMENSION_COUNT,
+            key(arch::ROPE_DIMENSION_COUNT),
             v.display(),
             cfg.head_dim()
         ));
@@ -136,7 +136,7 @@ pub fn read(g: &Gguf) -> Result<Hparams, String> {
     {
         return Err(format!(
             "{} = {} but {} has {vocab} rows",
-            arch::VOCAB_SIZE,
+            key(arch::VOCAB_SIZE),
             v.display(),
             names::TOKEN_EMBD
         ));
@@ -144,7 +144,7 @@ pub fn read(g: &Gguf) -> Result<Hparams, String> {
     if cfg.n_layers > 4096 {
         return Err(format!(
             "{} = {} is absurd",
-            arch::BLOCK_COUNT,
+            key(arch::BLOCK_COUNT),
             cfg.n_layers
         ));
     }

@@ -271,6 +271,34 @@ impl<'a> Gguf<'a> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// Tensor `name`, checked to have ggml dims `dims` and one of `types`: what a reader of an
+    /// architecture asks of every tensor before it uses one.
+    pub fn expect(
+        &self,
+        name: &str,
+        dims: &[usize],
+        types: &[GgmlType],
+    ) -> Result<&TensorInfo, String> {
+        let t = self
+            .tensor(name)
+            .ok_or_else(|| format!("tensor {name} is missing"))?;
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            return Err(format!(
+                "tensor {name} has shape {:?}, the architecture needs {want:?}",
+                t.dims
+            ));
+        }
+        if !types.contains(&t.ty) {
+            let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+            return Err(format!(
+                "tensor {name} is {}, expected one of {names:?}",
+                t.ty.name()
+            ));
+        }
+        Ok(t)
+    }
+
     /// The raw bytes of a tensor (bounds were checked by `parse`).
     pub fn data(&self, t: &TensorInfo) -> &'a [u8] {
         &self.bytes[t.offset..t.offset + t.nbytes]
