@@ -100,7 +100,7 @@ impl AdapterSet {
         for (layer, b) in model.blocks.iter().enumerate() {
             for (target, l) in Projection::ALL.into_iter().zip(b.projections()) {
                 if let Some(lo) = &l.lora {
-                    let [d_out, d_in] = l.weight.dims();
+                    let [d_out, d_in] = l.dims();
                     adapters.push(Adapter {
                         layer,
                         target,
@@ -144,7 +144,7 @@ impl AdapterSet {
                 .into_iter()
                 .nth(i)
                 .expect("seven projections");
-            let [d_out, d_in] = layer.weight.dims();
+            let [d_out, d_in] = layer.dims();
             if (d_out, d_in) != (ad.d_out, ad.d_in) {
                 return Err(bad(format!(
                     "layer {} {:?}: adapter is [{}, {}], the projection [{d_out}, {d_in}]",

@@ -294,6 +294,7 @@ fn write_import(
             optim: None,
             tokenizer: None,
             extra: &extra,
+            packed_from: None,
         },
         1,
     )?;

@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod hf;
 pub mod import;
 mod lock;
+pub mod pack;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -188,6 +189,19 @@ impl Checkpoint {
         load_weights(model, &self.dir.join(MODEL))
     }
 
+    /// The model as a frozen base for LoRA: every projection packed as it is read (2 bits a
+    /// weight; see [`pack`]), with the file they came from for the checkpoints that follow.
+    pub fn load_packed(
+        &self,
+        device: &Device,
+    ) -> Result<(Transformer, pack::PackedFrom), CheckpointError> {
+        let mut model = Transformer::new(&self.state.model, device);
+        if let Some(l) = self.lora_layout()? {
+            model.attach_lora(l.rank, l.alpha, l.dropout, &l.target, device);
+        }
+        pack::load_packed(model, &self.dir.join(MODEL), device)
+    }
+
     /// SHA-256 of `model.bpk`: the identity of a base model. Export writes it into the GGUF and
     /// fine-tuning into the adapter, so an adapter is refused on a base it was not trained on.
     pub fn model_hash(&self) -> Result<String, CheckpointError> {
@@ -251,6 +265,9 @@ pub struct Contents<'a> {
     pub tokenizer: Option<&'a Path>,
     /// Further files (name, bytes) written inside the same atomic directory.
     pub extra: &'a [(&'a str, Vec<u8>)],
+    /// The base file a packed model's projections came from ([`pack::load_packed`]): their
+    /// latent weights are copied from it, so the checkpoint holds the whole model.
+    pub packed_from: Option<&'a pack::PackedFrom>,
 }
 
 /// Writes `model` (of shape `cfg`) as step 0 of `run` with the tokenizer it reads and no
@@ -271,6 +288,7 @@ pub fn save_initial(
         optim: None,
         tokenizer: Some(tokenizer),
         extra: &[],
+        packed_from: None,
     };
     save(run, &contents, 1)
 }
@@ -309,14 +327,7 @@ pub fn save(run: &Path, c: &Contents, keep: usize) -> Result<PathBuf, Checkpoint
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let model_path = tmp.join(MODEL);
-    c.model
-        .clone()
-        .into_record()
-        .save(&model_path)
-        .map_err(|e| CheckpointError::Bad {
-            path: model_path.clone(),
-            msg: e.to_string(),
-        })?;
+    pack::write(c.model, &model_path, c.packed_from)?;
     sync_file(&model_path).map_err(io(&model_path))?;
     if let Some(write) = c.optim {
         let optim_path = tmp.join(OPTIM);
@@ -456,6 +467,7 @@ mod tests {
             optim: Some(&|p| std::fs::write(p, b"moments")),
             tokenizer: None,
             extra: &[],
+            packed_from: None,
         };
         save(run, &c, keep)
     }

@@ -163,6 +163,10 @@ impl ExportReport {
 /// Ternary trits (row-major `[out, in]`) and the scale of one BitLinear, computed by the same Burn
 /// ops the forward pass uses.
 pub fn ternarize(layer: &BitLinear) -> (Vec<i8>, f32) {
+    if let Some(p) = &layer.packed {
+        // Already ternarized, by the same rule: the codes and scale the forward pass uses.
+        return ((0..p.rows).flat_map(|r| p.row(r)).collect(), p.scale);
+    }
     let w = layer.weight.val();
     let g = weight_scale(&w);
     let q = (w / g.clone()).round().clamp(-1.0, 1.0);

@@ -1,9 +1,13 @@
 //! `BitLinear`: a bias-free linear layer whose forward pass sees ternary weights and int8 activations
 //! (see [`crate::quant`]) while the optimizer updates full-precision latent weights.
 
+use std::sync::Arc;
+
 use burn::module::Param;
 use burn::nn::Initializer;
 use burn::prelude::*;
+use burn::tensor::TensorData;
+use tritium_kernels::bitlinear::TernaryMatrix;
 
 use crate::config::Quant;
 use crate::quant::{quantize_activations, ste, ternarize};
@@ -22,6 +26,10 @@ pub struct BitLinear {
     /// Run the fused CPU op where the device allows (see [`crate::Transformer::set_fused`]).
     #[module(skip)]
     pub(crate) fused: bool,
+    /// A frozen base layer held as its ternary codes and scale (2 bits a weight) instead of the
+    /// latent weight, which is then empty (`[0, d_in]`): LoRA on a packed base ([`Self::pack`]).
+    #[module(skip)]
+    pub packed: Option<Arc<TernaryMatrix>>,
 }
 
 /// LoRA with llama.cpp's runtime semantics: `y = BitLinear(x) + (alpha/r)·B(A·x)`, the branch
@@ -96,14 +104,56 @@ impl BitLinear {
             quant,
             lora: None,
             fused: true,
+            packed: None,
+        }
+    }
+
+    /// Freezes the layer as the ternary codes and scale its forward pass uses, and drops the
+    /// latent weight: the output is the same to the bit, the weight gets no gradient, and it
+    /// takes a sixteenth of the memory.
+    pub fn pack(&mut self) {
+        let w = self.weight.val();
+        self.pack_from(w);
+    }
+
+    /// The same with the latent weight given (read from a file a layer at a time, say).
+    pub fn pack_from(&mut self, w: Tensor<2>) {
+        let device = w.device();
+        let [n, d_in] = w.dims();
+        // The scale through the tensor ops the fused forward runs, in its order (mean of row
+        // means), so a weight at exactly g/2 rounds the same way in both.
+        let g = crate::quant::weight_scale(&w).into_scalar::<f32>();
+        let v = w.into_data().convert::<f32>();
+        let v = v.as_slice::<f32>().expect("f32 weights");
+        self.packed = Some(Arc::new(TernaryMatrix::quantize_with_scale(v, n, d_in, g)));
+        self.weight = Param::from_tensor(Tensor::zeros([0, d_in], &device));
+    }
+
+    /// `[d_out, d_in]`, whether the weight is latent or packed.
+    pub fn dims(&self) -> [usize; 2] {
+        match &self.packed {
+            Some(p) => [p.rows, p.cols],
+            // Without initialising a lazily built weight (a model about to be loaded).
+            None => self.weight.lazy_shape().dims::<2>(),
         }
     }
 
     /// `x: [.., d_in] → [.., d_out]`. `lambda` blends quantization in (1 = fully ternary).
     pub fn forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
         let x_in = x.clone();
+        let y = match &self.packed {
+            Some(p) => packed_forward(x, p, self.fused),
+            None => self.latent_forward(x, lambda),
+        };
+        match &self.lora {
+            None => y,
+            Some(l) => y + l.forward(x_in),
+        }
+    }
+
+    fn latent_forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
         let w = self.weight.val();
-        let y = match self.quant {
+        match self.quant {
             #[cfg(feature = "flex")]
             Quant::Ternary if lambda == 1.0 && crate::fused::active(self.fused, &w.device()) => {
                 crate::fused::bitlinear(x, w)
@@ -113,12 +163,23 @@ impl BitLinear {
                 ste(w.clone(), ternarize(w), lambda),
             ),
             Quant::None => matmul_t(x, w),
-        };
-        match &self.lora {
-            None => y,
-            Some(l) => y + l.forward(x_in),
         }
     }
+}
+
+/// A packed layer's product: the fused op, or elsewhere the tensor-op reference on the
+/// dequantized codes (a constant, so no gradient but to `x`).
+fn packed_forward<const D: usize>(x: Tensor<D>, w: &Arc<TernaryMatrix>, fused: bool) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if crate::fused::active(fused, &x.device()) {
+        return crate::fused::bitlinear_packed(x, w);
+    }
+    let _ = fused;
+    let wd = Tensor::<2>::from_data(
+        TensorData::new(w.dequantize(), [w.rows, w.cols]),
+        &x.device(),
+    );
+    matmul_t(ste(x.clone(), quantize_activations(x), 1.0), wd)
 }
 
 /// `x · wᵀ` for `x: [.., k]`, `w: [n, k]`, flattening the leading axes into one matrix product.

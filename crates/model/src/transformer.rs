@@ -190,7 +190,7 @@ impl Transformer {
         for b in self.blocks.iter_mut() {
             for (p, layer) in Projection::ALL.into_iter().zip(b.projections_mut()) {
                 if targets.contains(&p) {
-                    let [d_out, d_in] = layer.weight.dims();
+                    let [d_out, d_in] = layer.dims();
                     layer.lora = Some(crate::bitlinear::Lora::new(
                         d_in, d_out, rank, alpha, dropout, device,
                     ));
@@ -213,6 +213,51 @@ impl Transformer {
         m
     }
 
+    /// Every projection with its path in the model's record (`blocks.3.attn.wq`; its weight
+    /// is `<path>.weight`), in block order.
+    pub fn bitlinears_mut(&mut self) -> Vec<(String, &mut BitLinear)> {
+        const FIELDS: [&str; 7] = [
+            "attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.gate", "ffn.up", "ffn.down",
+        ];
+        let mut out = Vec::with_capacity(self.blocks.len() * FIELDS.len());
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (field, layer) in FIELDS.iter().zip(b.projections_mut()) {
+                out.push((format!("blocks.{i}.{field}"), layer));
+            }
+        }
+        out
+    }
+
+    /// LoRA's frozen base held packed: as [`Self::freeze_base`], with every projection not yet
+    /// packed replaced by its ternary codes and scale ([`BitLinear::pack`]).
+    pub fn freeze_base_packed(mut self) -> Self {
+        for (_, layer) in self.bitlinears_mut() {
+            if layer.packed.is_none() {
+                layer.pack();
+            }
+        }
+        self.freeze_base()
+    }
+
+    /// Parameters of the model, packed projections counted at their full size (Burn's
+    /// `num_params` sees only their empty latent weights).
+    pub fn param_total(&self) -> usize {
+        let packed: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.projections())
+            .filter_map(|l| l.packed.as_ref().map(|p| p.rows * p.cols))
+            .sum();
+        self.num_params() + packed
+    }
+
+    /// Whether any projection holds packed codes instead of a latent weight.
+    pub fn is_packed(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.projections().iter().any(|l| l.packed.is_some()))
+    }
+
     /// The model with every adapter removed (the base, e.g. after tokens were added to it).
     pub fn without_lora(&self) -> Self {
         let mut base = self.clone();
@@ -230,6 +275,10 @@ impl Transformer {
     pub fn merge_lora(mut self) -> Self {
         for b in self.blocks.iter_mut() {
             for layer in b.projections_mut() {
+                assert!(
+                    layer.packed.is_none(),
+                    "a packed base has no latent weight to fold an adapter into: merge a model loaded unpacked"
+                );
                 if let Some(l) = layer.lora.take() {
                     let scale = l.alpha / l.rank() as f32;
                     let delta = l.b.val().matmul(l.a.val()) * scale;

@@ -179,3 +179,56 @@ fn packed_examples_with_a_segment_mask_equal_separate_runs() {
         "the mask must matter for this test to mean anything"
     );
 }
+
+/// LoRA on a packed base is LoRA on the latent base: the same loss and the same adapter
+/// gradients, to the bit, and nothing else trainable.
+#[test]
+fn lora_on_a_packed_base_equals_lora_on_the_latent_base() {
+    use tritium_gguf::names::Projection;
+    let d = dev().autodiff();
+    d.seed(7);
+    let mut model = Transformer::new(&cfg(2), &d);
+    model.attach_lora(4, 8.0, 0.0, &Projection::ALL, &d);
+    // B starts at zero; give it values so the adapters' own gradients depend on B too.
+    for b in model.blocks.iter_mut() {
+        for l in b.projections_mut() {
+            let lora = l.lora.as_mut().unwrap();
+            let shape = lora.b.dims();
+            lora.b = Param::from_tensor(Tensor::random(
+                shape,
+                burn::tensor::Distribution::Normal(0.0, 0.1),
+                &d,
+            ));
+        }
+    }
+    let latent = model.clone().freeze_base();
+    let packed = model.freeze_base_packed();
+    assert!(packed.is_packed() && !latent.is_packed());
+    let tokens = ids(&[1, 5, 9, 2, 33, 7, 7, 40], &d);
+    let targets = ids(&[5, 9, 2, 33, 7, 7, 40, 3], &d);
+    let run = |m: &Transformer| {
+        let loss = m.cross_entropy(m.forward(tokens.clone()), targets.clone());
+        let g = loss.clone().backward();
+        let mut adapter_grads = Vec::new();
+        for b in &m.blocks {
+            for l in b.projections() {
+                let lora = l.lora.as_ref().unwrap();
+                adapter_grads.push(values(lora.a.val().grad(&g).unwrap()));
+                adapter_grads.push(values(lora.b.val().grad(&g).unwrap()));
+                assert!(l.weight.val().grad(&g).is_none(), "the base is frozen");
+            }
+        }
+        assert!(m.tok_embd.weight.val().grad(&g).is_none());
+        (values(loss), adapter_grads)
+    };
+    let (loss_p, grads_p) = run(&packed);
+    let (loss_l, grads_l) = run(&latent);
+    assert_eq!(loss_p, loss_l);
+    assert_eq!(grads_p, grads_l);
+    // The latent weights are gone: the adapters (r·(d_in + d_out) per projection), the
+    // embedding and the norms are what is left.
+    let adapters = 4 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 64) * 3);
+    let norms = 32 + 32 + 32 + 64;
+    assert_eq!(packed.num_params(), 2 * (adapters + norms) + 50 * 32 + 32);
+    assert_eq!(packed.param_total(), latent.num_params());
+}

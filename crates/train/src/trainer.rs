@@ -177,6 +177,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             optim: Some(&|p| optim.save(p)),
             tokenizer: Some(&cfg.data.tokenizer),
             extra: &[],
+            packed_from: None,
         };
         checkpoint::save(run, &contents, t.keep_checkpoints)
     };

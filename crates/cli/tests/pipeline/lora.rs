@@ -132,7 +132,7 @@ fn lora_finetune_trains_only_the_adapter() {
     let cfg_path = dir.path().join("ft.toml");
     std::fs::write(&cfg_path, "[finetune]\nrank = 4\nalpha = 8.0\nsteps = 30\nbatch_size = 4\nseq_len = 128\nlr = 3e-3\nwarmup_steps = 5\nlog_every = 10\n").unwrap();
     let config = FinetuneConfig::load(&cfg_path).unwrap();
-    let (base, _) = burn_model();
+    let (base, dev) = burn_model();
     let (model, state, s) = finetune(
         ft_options(
             RunSpec {
@@ -167,7 +167,8 @@ fn lora_finetune_trains_only_the_adapter() {
         .map(|ad| ad.a.len() + ad.b.len())
         .sum();
     assert_eq!(counted, s.trainable_params);
-    // Bitwise-unchanged base: every BitLinear and norm, and the original embedding rows.
+    // Bitwise-unchanged base: every BitLinear and norm, and the original embedding rows. The
+    // run held the projections packed; its checkpoint holds them as the base's latent weights.
     let vals = |t: Tensor<2>| -> Vec<u32> {
         t.into_data()
             .convert::<f32>()
@@ -175,14 +176,25 @@ fn lora_finetune_trains_only_the_adapter() {
             .map(f32::to_bits)
             .collect()
     };
-    for (bb, bm) in base.blocks.iter().zip(&model.blocks) {
-        for (x, y) in [
-            (&bb.attn.wq, &bm.attn.wq),
-            (&bb.attn.wo, &bm.attn.wo),
-            (&bb.ffn.gate, &bm.ffn.gate),
-            (&bb.ffn.down, &bm.ffn.down),
-        ] {
-            assert_eq!(vals(x.weight.val()), vals(y.weight.val()));
+    let saved = load_model(
+        &tritium_checkpoint::latest(&dir.path().join("out")).unwrap(),
+        &dev,
+    );
+    assert!(model.is_packed() && !saved.is_packed());
+    for ((bb, bm), bs) in base.blocks.iter().zip(&model.blocks).zip(&saved.blocks) {
+        for ((x, y), z) in bb
+            .projections()
+            .into_iter()
+            .zip(bm.projections())
+            .zip(bs.projections())
+        {
+            assert_eq!(vals(x.weight.val()), vals(z.weight.val()));
+            let mut repacked = x.clone();
+            repacked.pack();
+            let codes = |l: &tritium_model::BitLinear| l.packed.as_ref().unwrap().dequantize();
+            assert_eq!(codes(&repacked), codes(y));
+            // What export and the adapter's exact scales read from a packed layer.
+            assert_eq!(tritium_export::ternarize(y), tritium_export::ternarize(x));
         }
         assert_eq!(
             vals(bb.ffn_norm.gamma.val().unsqueeze()),

@@ -127,6 +127,45 @@ impl Backward<Flex, 2> for BitLinearBackward {
     }
 }
 
+/// The frozen form: nothing to keep but the weight (shared) and the input's row count.
+fn bitlinear_packed_forward(x: &T, w: &TernaryMatrix) -> T {
+    let [m, k] = dims2(x);
+    assert_eq!(
+        k, w.cols,
+        "BitLinear: input has {k} features, weight expects {}",
+        w.cols
+    );
+    let x = contiguous(x);
+    let xq = QuantizedRows::quantize(f32s(&x), m, k);
+    tensor(matmul(isa(), &xq, w), &[m, w.rows])
+}
+
+#[derive(Clone, Debug)]
+struct PackedSaved {
+    rows: usize,
+    w: Arc<TernaryMatrix>,
+}
+
+#[derive(Debug)]
+struct BitLinearPackedBackward;
+
+impl Backward<Flex, 1> for BitLinearPackedBackward {
+    type State = PackedSaved;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let PackedSaved { rows, w } = ops.state;
+        if let Some(node) = node_x {
+            // The straight-through dX = dY · (q_w·g), the weight dequantized for this product only.
+            let wd = w.dequantize();
+            let (dx, _) = dense::linear_backward(f32s(&dy), None, Some(&wd), rows, w.rows, w.cols);
+            let dx = dx.expect("asked for dX");
+            grads.register::<Flex>(node.id, tensor(dx, &[rows, w.cols]));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Float linear (the tied head)
 
@@ -364,6 +403,10 @@ impl FusedOps for Flex {
         bitlinear_forward(&x, &w).2
     }
 
+    fn bitlinear_packed(x: T, w: Arc<TernaryMatrix>) -> T {
+        bitlinear_packed_forward(&x, &w)
+    }
+
     fn linear(x: T, w: T) -> T {
         linear_forward(&x, &w).2
     }
@@ -423,6 +466,21 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(bitlinear_forward(x.primitive(), w.primitive()).2)
             }
+        }
+    }
+
+    fn bitlinear_packed(x: FloatTensor<Self>, w: Arc<TernaryMatrix>) -> FloatTensor<Self> {
+        let prep = BitLinearPackedBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let y = bitlinear_packed_forward(x.primitive(), &w);
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let rows = dims2(x.primitive())[0];
+                prep.finish(PackedSaved { rows, w }, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

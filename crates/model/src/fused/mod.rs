@@ -32,12 +32,17 @@ mod tests;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
+use std::sync::Arc;
+use tritium_kernels::bitlinear::TernaryMatrix;
 pub use tritium_kernels::optim::AdamStep;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
     /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, both fake-quantized (λ = 1).
     fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x: [m, k]` times a frozen weight already ternarized and packed (`[n, k]`) → `[m, n]`,
+    /// activations fake-quantized as in [`FusedOps::bitlinear`]. The gradient reaches `x` only.
+    fn bitlinear_packed(x: FloatTensor<Self>, w: Arc<TernaryMatrix>) -> FloatTensor<Self>;
     /// Plain f32 `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (the tied head), its two backward
     /// products side by side.
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -96,6 +101,14 @@ fn on_rows<const D: usize>(x: Tensor<D>, op: impl FnOnce(Tensor<2>) -> Tensor<2>
 pub fn bitlinear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     on_rows(x, |x| {
         let y = <Dispatch as FusedOps>::bitlinear(x.into_dispatch(), w.into_dispatch());
+        Tensor::from_dispatch(y)
+    })
+}
+
+/// `x · wᵀ` for `x: [.., k]` and a packed frozen `w: [n, k]` (see [`crate::BitLinear::pack`]).
+pub fn bitlinear_packed<const D: usize>(x: Tensor<D>, w: &Arc<TernaryMatrix>) -> Tensor<D> {
+    on_rows(x, |x| {
+        let y = <Dispatch as FusedOps>::bitlinear_packed(x.into_dispatch(), w.clone());
         Tensor::from_dispatch(y)
     })
 }

@@ -172,26 +172,43 @@ pub fn finetune(
         )));
     }
     if o.check_memory {
-        // Full fine-tuning: the step as pretraining takes it. LoRA: the frozen base keeps no
-        // gradients or moments (the adapters' share is small), but its f32 weights are there
-        // twice while a checkpoint is written (Burn's record copies them): 8 bytes a parameter
-        // and the activations. At 2B4T's shape (rows of 512) that is 24.4 GiB; the run, let
-        // through by hand, reached the 22.6 GiB this machine has and was killed after its
-        // checkpoint. Charged as full training, LoRA was estimated at 42 GiB.
+        // Full fine-tuning: the step as pretraining takes it. LoRA: the base packed (a quarter
+        // byte a projection weight, the embedding and norms in f32, one projection dequantized
+        // at a time for the backward pass), the adapters with gradients and moments, and the
+        // activations. Checkpoints stream the model a tensor at a time and add nothing.
         let cfg = base.model_config();
         let mem = cfg.train_step_bytes(c.batch_size, c.seq_len);
         let need = match c.method {
             Method::Full => mem.total(),
-            Method::Lora => mem
-                .activations
-                .saturating_add(cfg.param_count().total().saturating_mul(8)),
+            Method::Lora => {
+                let count = cfg.param_count();
+                let largest = cfg.d_ff.max(cfg.d_model) * cfg.d_model;
+                [
+                    mem.activations,
+                    count.ternary / 4,
+                    count.full_precision.saturating_mul(4),
+                    lora_param_count(cfg, c.rank, &c.target).saturating_mul(16),
+                    largest.saturating_mul(4),
+                ]
+                .into_iter()
+                .fold(0usize, usize::saturating_add)
+            }
         };
         tritium_model::memory::check(
             need,
             "fine-tuning this base at [finetune].batch_size × seq_len",
         )?;
     }
-    let model = base.load_model(&device)?.with_fused(o.fused);
+    // LoRA keeps the frozen base packed from the start (2 bits a weight, never the whole f32
+    // model in memory); full fine-tuning trains the latent weights.
+    let (model, packed_from) = match c.method {
+        Method::Lora => {
+            let (m, from) = base.load_packed(&device)?;
+            (m, Some(from))
+        }
+        Method::Full => (base.load_model(&device)?, None),
+    };
+    let model = model.with_fused(o.fused);
     let mut state = base.state.clone();
     let mut tok = Tokenizer::load(&base.tokenizer_path()?)?;
     let tpl_text = c.template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
@@ -263,7 +280,7 @@ pub fn finetune(
     };
 
     // Model: adapters on a frozen base, or everything trainable.
-    let total_params = model.num_params();
+    let total_params = model.param_total();
     if c.method == Method::Lora {
         model.attach_lora(c.rank, c.alpha, c.dropout, &c.target, &device);
     }
@@ -274,7 +291,12 @@ pub fn finetune(
     let metrics_path = out.join("metrics.jsonl");
     let (mut optim, first_step) = if o.resume {
         let ckpt = checkpoint::latest(out)?;
-        model = checkpoint::load_weights(model, &ckpt.join(checkpoint::MODEL))?;
+        let weights = ckpt.join(checkpoint::MODEL);
+        model = if model.is_packed() {
+            checkpoint::pack::load_into_packed(model, &weights)?
+        } else {
+            checkpoint::load_weights(model, &weights)?
+        };
         let optim = optim::load_from_checkpoint(AdamWConfig::default(), &ckpt, &model, &device)?;
         let step = State::read(&ckpt)?.step;
         metrics::truncate_after(&metrics_path, step).map_err(io(&metrics_path))?;
@@ -294,7 +316,7 @@ pub fn finetune(
         (AdamW::new(AdamWConfig::default()), 1)
     };
     if c.method == Method::Lora {
-        model = model.freeze_base();
+        model = model.freeze_base_packed();
     }
     // The tokenizer (with any added markers) travels with every checkpoint of this run.
     let tok_json = tok
@@ -384,6 +406,7 @@ pub fn finetune(
             optim: Some(&|p| optim.save(p)),
             tokenizer: Some(&tok_out),
             extra,
+            packed_from: packed_from.as_ref(),
         };
         checkpoint::save(run, &contents, keep)
     };
@@ -505,7 +528,16 @@ pub fn finetune(
         };
         set.save(out, &info)?;
         if spec.merge {
-            let merged = model.clone().merge_lora();
+            // A packed base has no latent weights to fold into: merge the final checkpoint's
+            // model, which holds them (copied from the base file).
+            let merged = if model.is_packed() {
+                Checkpoint::open(&checkpoint::latest(out)?)?
+                    .load_model(&device)?
+                    .with_fused(o.fused)
+            } else {
+                model.clone()
+            }
+            .merge_lora();
             summary.merged_val_loss = Some(evaluate(&merged));
             let mut st = state.clone();
             st.step = c.steps;
