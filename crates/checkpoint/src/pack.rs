@@ -291,7 +291,13 @@ impl ModuleVisitor for Collect {
             shape,
             Some(param.id.val()),
             len,
-            move || Ok(t.to_data().convert::<f32>().into_bytes()),
+            // f32 elements as they are (little-endian on every target we build for) rather than
+            // a byte vector, which `Bytes` would copy once more to align.
+            move || {
+                Ok(Bytes::from_elems(tritium_model::fused::f32_values(
+                    t.clone(),
+                )))
+            },
         );
         self.tensors.push(tensor);
     }

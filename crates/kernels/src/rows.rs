@@ -169,6 +169,25 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
+    fn relu2_chunk(h: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
+            let r = g.max(0.0);
+            *h = r * r * u;
+        }
+    }
+}
+
+crate::multiversion! {
+    fn relu2_backward_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dh: &[f32]) {
+        for i in 0..g.len().min(dg.len()).min(du.len()).min(u.len()).min(dh.len()) {
+            let r = g[i].max(0.0);
+            du[i] = dh[i] * (r * r);
+            dg[i] = dh[i] * u[i] * (2.0 * r);
+        }
+    }
+}
+
+crate::multiversion! {
     /// One row's log-sum-exp.
     fn log_sum_exp(z: &[f32]) -> f32 {
         let max = max_map(z, |v| v);
@@ -184,18 +203,31 @@ crate::multiversion! {
     }
 }
 
-/// The SiLU gate `h = silu(g) ⊙ u`, elementwise.
-pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+/// The gate of a gated feed-forward block: which activation the gate projection goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// `silu(g) ⊙ u` (Llama's SwiGLU).
+    Silu,
+    /// `relu(g)² ⊙ u` (BitNet b1.58 2B4T).
+    Relu2,
+}
+
+/// The gate `h = act(g) ⊙ u`, elementwise.
+pub fn gate(act: Gate, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut h = vec![0f32; g.len()];
     h.par_chunks_mut(1 << 14)
         .zip(g.par_chunks(1 << 14))
         .zip(u.par_chunks(1 << 14))
-        .for_each(|((h, g), u)| swiglu_chunk(h, g, u));
+        .for_each(|((h, g), u)| match act {
+            Gate::Silu => swiglu_chunk(h, g, u),
+            Gate::Relu2 => relu2_chunk(h, g, u),
+        });
     h
 }
 
-/// Its gradients: `dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))`, `du = dh ⊙ g σ(g)`.
-pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Its gradients. SiLU: `dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))`, `du = dh ⊙ g σ(g)`. relu²:
+/// `dg = dh ⊙ u ⊙ 2·relu(g)`, `du = dh ⊙ relu(g)²`.
+pub fn gate_backward(act: Gate, g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; g.len()];
     let mut du = vec![0f32; g.len()];
     const C: usize = 1 << 14;
@@ -204,7 +236,10 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>)
         .zip(g.par_chunks(C))
         .zip(u.par_chunks(C))
         .zip(dh.par_chunks(C))
-        .for_each(|((((dg, du), g), u), dh)| swiglu_backward_chunk(dg, du, g, u, dh));
+        .for_each(|((((dg, du), g), u), dh)| match act {
+            Gate::Silu => swiglu_backward_chunk(dg, du, g, u, dh),
+            Gate::Relu2 => relu2_backward_chunk(dg, du, g, u, dh),
+        });
     (dg, du)
 }
 
@@ -330,37 +365,41 @@ mod tests {
     }
 
     #[test]
-    fn swiglu_by_hand_and_gradients_by_finite_differences() {
+    fn gates_by_hand_and_gradients_by_finite_differences() {
         // silu(1) = 1·σ(1) = 0.7310586; times u = 2.
-        let h = swiglu(&[1.0, 0.0], &[2.0, 5.0]);
+        let h = gate(Gate::Silu, &[1.0, 0.0], &[2.0, 5.0]);
         assert!((h[0] - 1.462_117_2).abs() < 1e-6 && h[1] == 0.0, "{h:?}");
+        // relu(1.5)² = 2.25, times 2; relu(-1) = 0.
+        assert_eq!(gate(Gate::Relu2, &[1.5, -1.0], &[2.0, 5.0]), [4.5, 0.0]);
         let n = 40;
         let (g, u, w) = (
             lcg(4, n).iter().map(|v| v * 6.0).collect::<Vec<_>>(),
             lcg(5, n),
             lcg(6, n),
         );
-        let loss = |g: &[f32], u: &[f32]| -> f64 {
-            swiglu(g, u)
-                .iter()
-                .zip(&w)
-                .map(|(a, b)| (*a as f64) * (*b as f64))
-                .sum()
-        };
-        let (dg, du) = swiglu_backward(&g, &u, &w);
-        for i in 0..n {
-            let ng = numeric(&|g| loss(g, &u), &g, i);
-            let nu = numeric(&|u| loss(&g, u), &u, i);
-            assert!(
-                (dg[i] as f64 - ng).abs() < 2e-3,
-                "dg[{i}] {} vs {ng}",
-                dg[i]
-            );
-            assert!(
-                (du[i] as f64 - nu).abs() < 2e-3,
-                "du[{i}] {} vs {nu}",
-                du[i]
-            );
+        for act in [Gate::Silu, Gate::Relu2] {
+            let loss = |g: &[f32], u: &[f32]| -> f64 {
+                gate(act, g, u)
+                    .iter()
+                    .zip(&w)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum()
+            };
+            let (dg, du) = gate_backward(act, &g, &u, &w);
+            for i in 0..n {
+                let ng = numeric(&|g| loss(g, &u), &g, i);
+                let nu = numeric(&|u| loss(&g, u), &u, i);
+                assert!(
+                    (dg[i] as f64 - ng).abs() < 2e-3,
+                    "{act:?} dg[{i}] {} vs {ng}",
+                    dg[i]
+                );
+                assert!(
+                    (du[i] as f64 - nu).abs() < 2e-3,
+                    "{act:?} du[{i}] {} vs {nu}",
+                    du[i]
+                );
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use burn::tensor::activation::{relu, silu};
 
 use crate::bitlinear::BitLinear;
 use crate::config::{FfnAct, ModelConfig};
+use crate::fused::Gate;
 
 #[derive(Module, Debug)]
 pub struct FeedForward {
@@ -40,7 +41,8 @@ impl FeedForward {
         let up = self.up.forward(h, lambda);
         let fused = crate::fused::active(self.fused, &up.device());
         let g = match self.act {
-            FfnAct::Silu if fused => crate::fused::swiglu(gate, up),
+            FfnAct::Silu if fused => crate::fused::gate(gate, up, Gate::Silu),
+            FfnAct::Relu2 if fused => crate::fused::gate(gate, up, Gate::Relu2),
             FfnAct::Silu => silu(gate) * up,
             FfnAct::Relu2 => relu(gate).square() * up,
         }; // [B, T, F]

@@ -46,8 +46,12 @@ pub mod fused {
     pub fn linear<const D: usize>(_: Tensor<D>, _: Tensor<2>) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
     }
-    pub fn swiglu<const D: usize>(_: Tensor<D>, _: Tensor<D>) -> Tensor<D> {
+    pub use tritium_kernels::rows::Gate;
+    pub fn gate<const D: usize>(_: Tensor<D>, _: Tensor<D>, _: Gate) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
+    }
+    pub fn f32_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+        x.into_data().convert::<f32>().iter::<f32>().collect()
     }
     pub use tritium_kernels::optim::AdamStep;
     pub fn adamw(

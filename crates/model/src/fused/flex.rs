@@ -16,6 +16,7 @@ use tritium_kernels::Isa;
 use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, backward, matmul};
 use tritium_kernels::dense::{self, Operand};
 use tritium_kernels::optim::{self, AdamStep};
+use tritium_kernels::rows::Gate;
 use tritium_kernels::{attention, rows};
 
 use super::FusedOps;
@@ -314,25 +315,26 @@ impl Backward<Flex, 3> for AttentionBackward {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SiLU gate
+// Feed-forward gate
 
 #[derive(Clone, Debug)]
-struct SwigluSaved {
+struct GateSaved {
     g: T,
     u: T,
+    act: Gate,
 }
 
 #[derive(Debug)]
-struct SwigluBackward;
+struct GateBackward;
 
-impl Backward<Flex, 2> for SwigluBackward {
-    type State = SwigluSaved;
+impl Backward<Flex, 2> for GateBackward {
+    type State = GateSaved;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_g, node_u] = ops.parents;
         let dh = contiguous(&grads.consume::<Flex>(&ops.node));
-        let SwigluSaved { g, u } = ops.state;
-        let (dg, du) = rows::swiglu_backward(f32s(&g), f32s(&u), f32s(&dh));
+        let GateSaved { g, u, act } = ops.state;
+        let (dg, du) = rows::gate_backward(act, f32s(&g), f32s(&u), f32s(&dh));
         let shape = g.shape().to_vec();
         if let Some(node) = node_g {
             grads.register::<Flex>(node.id, tensor(dg, &shape));
@@ -343,10 +345,10 @@ impl Backward<Flex, 2> for SwigluBackward {
     }
 }
 
-fn swiglu_forward(g: &T, u: &T) -> (T, T, T) {
-    assert_eq!(g.shape(), u.shape(), "SiLU gate: gate and up shapes differ");
+fn gate_forward(g: &T, u: &T, act: Gate) -> (T, T, T) {
+    assert_eq!(g.shape(), u.shape(), "gate: gate and up shapes differ");
     let (g, u) = (contiguous(g), contiguous(u));
-    let h = tensor(rows::swiglu(f32s(&g), f32s(&u)), &g.shape().to_vec());
+    let h = tensor(rows::gate(act, f32s(&g), f32s(&u)), &g.shape().to_vec());
     (g, u, h)
 }
 
@@ -419,8 +421,8 @@ impl FusedOps for Flex {
         attention_forward(&q, &k, &v, theta).2
     }
 
-    fn swiglu(g: T, u: T) -> T {
-        swiglu_forward(&g, &u).2
+    fn gate(g: T, u: T, act: Gate) -> T {
+        gate_forward(&g, &u, act).2
     }
 
     fn cross_entropy(logits: T, targets: IntTensor<Flex>) -> T {
@@ -443,6 +445,10 @@ impl FusedOps for Flex {
     fn sum_squares(x: T) -> T {
         let x = contiguous(&x);
         tensor(vec![optim::sum_squares(f32s(&x)) as f32], &[1])
+    }
+
+    fn f32_values(x: T) -> Vec<f32> {
+        f32s(&contiguous(&x)).to_vec()
     }
 }
 
@@ -538,14 +544,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = SwigluBackward
+    fn gate(g: FloatTensor<Self>, u: FloatTensor<Self>, act: Gate) -> FloatTensor<Self> {
+        let prep = GateBackward
             .prepare::<C>([g.node(), u.node()])
             .compute_bound()
             .stateful();
-        let (g, u, h) = swiglu_forward(g.primitive(), u.primitive());
+        let (g, u, h) = gate_forward(g.primitive(), u.primitive(), act);
         match prep {
-            OpsKind::Tracked(prep) => prep.finish(SwigluSaved { g, u }, h),
+            OpsKind::Tracked(prep) => prep.finish(GateSaved { g, u, act }, h),
             OpsKind::UnTracked(prep) => prep.finish(h),
         }
     }
@@ -593,5 +599,9 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
 
     fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::from_inner(Flex::sum_squares(Self::inner(x)))
+    }
+
+    fn f32_values(x: FloatTensor<Self>) -> Vec<f32> {
+        Flex::f32_values(Self::inner(x))
     }
 }

@@ -17,7 +17,7 @@
 //!   ([`tritium_kernels::dense`]).
 //! - [`attention`]: causal attention with RoPE and grouped-query heads on the projections'
 //!   own `[B, T, heads, hd]` layout ([`tritium_kernels::attention`]).
-//! - [`rms_norm`], [`swiglu`], [`cross_entropy`]: one pass forward and one back each
+//! - [`rms_norm`], [`gate`], [`cross_entropy`]: one pass forward and one back each
 //!   ([`tritium_kernels::rows`]).
 //! - [`adamw`], [`sum_squares`]: the optimizer's update and the gradient norm, one parallel pass
 //!   per tensor ([`tritium_kernels::optim`]).
@@ -35,6 +35,7 @@ use burn::prelude::*;
 use std::sync::Arc;
 use tritium_kernels::bitlinear::TernaryMatrix;
 pub use tritium_kernels::optim::AdamStep;
+pub use tritium_kernels::rows::Gate;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
@@ -56,8 +57,8 @@ pub trait FusedOps: Backend {
         v: FloatTensor<Self>,
         theta: f32,
     ) -> FloatTensor<Self>;
-    /// `silu(g) ⊙ u`, same shapes.
-    fn swiglu(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `act(g) ⊙ u`, same shapes (SiLU or relu²).
+    fn gate(g: FloatTensor<Self>, u: FloatTensor<Self>, act: Gate) -> FloatTensor<Self>;
     /// `logits: [m, v]`, `targets: [m]` → the mean negative log-likelihood, shape `[1]`.
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
     /// One AdamW step on flat parameter, gradient and moment tensors → `(p, m, v)` updated, in
@@ -72,6 +73,10 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// `Σ x²` of a flat tensor, shape `[1]` (summed in f64).
     fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The f32 values in row-major order, one copy: reading a tensor that a model shares
+    /// through `into_data` copies its whole buffer twice on the way (2.4 GiB for a 2B model's
+    /// embedding while a checkpoint is written).
+    fn f32_values(x: FloatTensor<Self>) -> Vec<f32>;
 }
 
 /// Whether tensors on `device` can take the fused path.
@@ -149,13 +154,14 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, theta: f32) -> Tensor
     Tensor::from_dispatch(o)
 }
 
-/// `silu(g) ⊙ u`.
-pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
+/// `act(g) ⊙ u`.
+pub fn gate<const D: usize>(g: Tensor<D>, u: Tensor<D>, act: Gate) -> Tensor<D> {
     let dims = g.dims();
     let n = dims.iter().product::<usize>();
-    let h = <Dispatch as FusedOps>::swiglu(
+    let h = <Dispatch as FusedOps>::gate(
         g.reshape([n]).into_dispatch(),
         u.reshape([n]).into_dispatch(),
+        act,
     );
     Tensor::<1>::from_dispatch(h).reshape(dims)
 }
@@ -187,6 +193,15 @@ pub fn adamw(
         Tensor::from_dispatch(m),
         Tensor::from_dispatch(v),
     )
+}
+
+/// `x`'s values as f32 in row-major order, copied once where the device allows.
+pub fn f32_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    if supported(&x.device()) {
+        let n = x.dims().iter().product::<usize>();
+        return <Dispatch as FusedOps>::f32_values(x.reshape([n]).into_dispatch());
+    }
+    x.into_data().convert::<f32>().iter::<f32>().collect()
 }
 
 /// `Σ x²` over every element of `x`.

@@ -183,17 +183,25 @@ fn rms_norm_equals_burns() {
 }
 
 #[test]
-fn swiglu_equals_silu_times_up() {
+fn gates_equal_the_activation_times_up() {
     let dev = Device::flex().autodiff();
     dev.seed(300);
     let g = normal([3, 11, 70], 3.0, &dev);
     let u = normal([3, 11, 70], 1.0, &dev);
     let probe = normal([3, 11, 70], 1.0, &dev);
-    let fused = run(&[g.clone(), u.clone()], &probe, |t| {
-        swiglu(t[0].clone(), t[1].clone())
+    let fused = |act| {
+        run(&[g.clone(), u.clone()], &probe, |t| {
+            gate(t[0].clone(), t[1].clone(), act)
+        })
+    };
+    let silu_ref = run(&[g.clone(), u.clone()], &probe, |t| {
+        silu(t[0].clone()) * t[1].clone()
     });
-    let reference = run(&[g, u], &probe, |t| silu(t[0].clone()) * t[1].clone());
-    assert_matches("SiLU gate", fused, reference);
+    assert_matches("SiLU gate", fused(Gate::Silu), silu_ref);
+    let relu2_ref = run(&[g.clone(), u.clone()], &probe, |t| {
+        burn::tensor::activation::relu(t[0].clone()).square() * t[1].clone()
+    });
+    assert_matches("relu² gate", fused(Gate::Relu2), relu2_ref);
 }
 
 #[test]
@@ -403,5 +411,15 @@ fn a_packed_layer_computes_the_fused_bitlinear_to_the_bit_and_passes_the_same_in
             e < 1e-5,
             "{t}×{k}·{n}: unfused packed layer differs by {e:e}"
         );
+    }
+}
+
+#[test]
+fn f32_values_are_in_row_major_order_even_for_a_view() {
+    let dev = Device::flex().autodiff();
+    dev.seed(11);
+    let t = normal([5, 7], 1.0, &dev);
+    for x in [t.clone(), t.transpose()] {
+        assert_eq!(f32_values(x.clone()), vals(x));
     }
 }
