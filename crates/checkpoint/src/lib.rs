@@ -13,7 +13,8 @@
 //! | `chat_template.jinja` | the chat template fine-tuning rendered examples with (optional) |
 //! | `lora.json` | the [`LoraLayout`] of attached adapters (fine-tuning checkpoints only) |
 //!
-//! [`save`] writes a checkpoint into a temporary directory and renames it into place before
+//! [`save`] writes the model a tensor at a time ([`pack`]; a LoRA run's packed base layers are
+//! copied from the base file they came from) into a temporary directory and renames it into place before
 //! `latest` is rewritten atomically, so a crash at any moment leaves the previous checkpoint whole.
 //! [`Checkpoint::open`] reads one back. Adapters, as training holds them and as files carry them,
 //! are [`adapter::Adapter`]s.
