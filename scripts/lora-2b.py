@@ -35,24 +35,12 @@ def peak_rss_gib():
 
 
 def make(out: Path):
-    from transformers import BitNetConfig, BitNetForCausalLM
+    sys.path.insert(0, str(ROOT / "tests/hf"))
+    from make_bitnet_fixture import bitnet_config
+    from transformers import BitNetForCausalLM
 
-    cfg = BitNetConfig(
-        vocab_size=128256,
-        hidden_size=2560,
-        intermediate_size=6912,
-        num_hidden_layers=30,
-        num_attention_heads=20,
-        num_key_value_heads=5,
-        hidden_act="relu2",
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=None,
-    )
+    # hidden 2560, d_ff 6912, 30 layers, 20/5 heads, 128256 tokens, rope θ 500000
+    cfg = bitnet_config(128256, 2560, 6912, 30, 20, 5, 4096, 500000.0)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     model = BitNetForCausalLM(cfg)

@@ -46,24 +46,30 @@ CHATML = (
 )
 
 
-def config():
-    vocab = Tokenizer.from_file(str(HERE / "tokenizer.json")).get_vocab_size()
+def bitnet_config(vocab, hidden, ffn, layers, heads, kv_heads, ctx, rope_theta):
+    """A relu², tied-embedding `BitNetConfig` of the given shape (also used by
+    `scripts/lora-2b.py` for 2B4T's shape)."""
     return BitNetConfig(
         vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         hidden_act="relu2",
-        max_position_embeddings=64,
+        max_position_embeddings=ctx,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_theta=rope_theta,
         tie_word_embeddings=True,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=None,
     )
+
+
+def config():
+    vocab = Tokenizer.from_file(str(HERE / "tokenizer.json")).get_vocab_size()
+    return bitnet_config(vocab, 256, 512, 2, 4, 2, 64, 10000.0)
 
 
 def margins(model, weights=True):
