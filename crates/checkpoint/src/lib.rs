@@ -196,11 +196,16 @@ impl Checkpoint {
         &self,
         device: &Device,
     ) -> Result<(Transformer, pack::PackedFrom), CheckpointError> {
+        let path = self.dir.join(MODEL);
+        if self.state.model.quant != tritium_model::Quant::Ternary {
+            // A float model has nothing ternary to pack: its latent weights are its weights.
+            return Ok((self.load_model(device)?, pack::PackedFrom::of(&path)?));
+        }
         let mut model = Transformer::new(&self.state.model, device);
         if let Some(l) = self.lora_layout()? {
             model.attach_lora(l.rank, l.alpha, l.dropout, &l.target, device);
         }
-        pack::load_packed(model, &self.dir.join(MODEL), device)
+        pack::load_packed(model, &path, device)
     }
 
     /// SHA-256 of `model.bpk`: the identity of a base model. Export writes it into the GGUF and

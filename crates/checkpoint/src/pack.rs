@@ -30,7 +30,7 @@ pub struct PackedFrom {
 }
 
 impl PackedFrom {
-    fn of(path: &Path) -> Result<PackedFrom, CheckpointError> {
+    pub(crate) fn of(path: &Path) -> Result<PackedFrom, CheckpointError> {
         let meta = std::fs::metadata(path).map_err(crate::io(path))?;
         Ok(PackedFrom {
             path: path.to_path_buf(),

@@ -228,11 +228,12 @@ impl Transformer {
         out
     }
 
-    /// LoRA's frozen base held packed: as [`Self::freeze_base`], with every projection not yet
-    /// packed replaced by its ternary codes and scale ([`BitLinear::pack`]).
+    /// LoRA's frozen base held packed: as [`Self::freeze_base`], with every ternary projection
+    /// not yet packed replaced by its codes and scale ([`BitLinear::pack`]). A float model
+    /// (`quant = "none"`) keeps its latent weights: packing would ternarize it.
     pub fn freeze_base_packed(mut self) -> Self {
         for (_, layer) in self.bitlinears_mut() {
-            if layer.packed.is_none() {
+            if layer.packed.is_none() && layer.quant == crate::config::Quant::Ternary {
                 layer.pack();
             }
         }

@@ -232,3 +232,17 @@ fn lora_on_a_packed_base_equals_lora_on_the_latent_base() {
     assert_eq!(packed.num_params(), 2 * (adapters + norms) + 50 * 32 + 32);
     assert_eq!(packed.param_total(), latent.num_params());
 }
+
+/// A float model (`quant = "none"`) is not ternarized by LoRA's packed base: it keeps its weights.
+#[test]
+fn a_float_models_base_is_not_packed() {
+    let d = dev().autodiff();
+    let mut c = cfg(2);
+    c.quant = Quant::None;
+    let model = Transformer::new(&c, &d);
+    let tokens = ids(&[1, 5, 9, 2], &d);
+    let before = values(model.forward(tokens.clone()));
+    let frozen = model.freeze_base_packed();
+    assert!(!frozen.is_packed());
+    assert_eq!(values(frozen.forward(tokens)), before);
+}
