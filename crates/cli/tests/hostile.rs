@@ -612,11 +612,18 @@ fn hostile_inputs_are_refused_cleanly() {
     };
     let evalg = |extra: &[&'static str]| -> Vec<&'static str> {
         let mut v = vec!["eval", "--model", "{d}/m.gguf", "--text", "{d}/text.txt"];
+        // Results of its own: two cases running at once must not write one file.
+        if !extra.contains(&"--out") {
+            v.extend(["--out", "{out}.json"]);
+        }
         v.extend_from_slice(extra);
         v
     };
     let evalc = |extra: &[&'static str]| -> Vec<&'static str> {
         let mut v = vec!["eval", "--model", "{d}/run", "--text", "{d}/text.txt"];
+        if !extra.contains(&"--out") {
+            v.extend(["--out", "{out}.json"]);
+        }
         v.extend_from_slice(extra);
         v
     };
