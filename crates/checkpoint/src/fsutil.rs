@@ -14,7 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             "exists and is not a regular file; refusing to replace it",
         ));
     }
-    let tmp = tmp_path(path);
+    let tmp = unique_tmp_path(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -51,6 +51,39 @@ pub fn write_dir_atomic(out: &Path, files: &[(&str, Vec<u8>)]) -> std::io::Resul
     }
     std::fs::rename(&tmp, out)?;
     Ok(bytes)
+}
+
+/// `dir/.name.PID-N.tmp` for `dir/name`: a name no other writer uses, so two processes (or
+/// threads) writing one file at once each rename a whole file of their own into place instead of
+/// one renaming the other's temporary away.
+fn unique_tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+}
+
+/// Whether `file` is a temporary that [`write_atomic`] (`.name.PID-N.tmp`) or an older tritium
+/// (`.name.tmp`) writes for `name`.
+pub fn is_tmp_for(file: &str, name: &str) -> bool {
+    let Some(rest) = file
+        .strip_prefix('.')
+        .and_then(|f| f.strip_suffix(".tmp"))
+        .and_then(|f| f.strip_prefix(name))
+    else {
+        return false;
+    };
+    rest.is_empty()
+        || rest.strip_prefix('.').is_some_and(|id| {
+            let mut parts = id.split('-');
+            let digits = |p: Option<&str>| {
+                p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            };
+            digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+        })
 }
 
 /// `dir/.name.tmp` for `dir/name`.
@@ -112,5 +145,37 @@ mod tests {
         assert!(e.contains("is an input"), "{e}");
         check_output(&sub.join("out.gguf"), std::slice::from_ref(&f)).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"weights");
+    }
+
+    /// Writers of one file at once each put a whole file in place and none fails (with one
+    /// temporary name, one writer renamed another's away and got "No such file").
+    #[test]
+    fn concurrent_writers_of_one_file_all_succeed() {
+        let d = tempfile::TempDir::new().expect("a temporary directory");
+        let f = d.path().join("results.json");
+        let bodies: Vec<Vec<u8>> = (0..8).map(|i| vec![b'a' + i as u8; 1 << 16]).collect();
+        std::thread::scope(|s| {
+            for b in &bodies {
+                let f = &f;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(f, b).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(bodies.contains(&std::fs::read(&f).unwrap()));
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporaries left: {left:?}");
+    }
+
+    #[test]
+    fn temporaries_are_recognised_in_both_forms_and_nothing_else() {
+        assert!(is_tmp_for(".metrics.jsonl.tmp", "metrics.jsonl"));
+        assert!(is_tmp_for(".metrics.jsonl.123-4.tmp", "metrics.jsonl"));
+        assert!(!is_tmp_for(".metrics.jsonl.123.tmp", "metrics.jsonl"));
+        assert!(!is_tmp_for(".metrics.jsonl.x-4.tmp", "metrics.jsonl"));
+        assert!(!is_tmp_for(".metrics.jsonlx.tmp", "metrics.jsonl"));
+        assert!(!is_tmp_for("metrics.jsonl", "metrics.jsonl"));
     }
 }

@@ -71,7 +71,7 @@ const RUN_FILES: &[&str] = &[
 
 /// Whether `name` in `checkpoints/` is a checkpoint's or `latest`'s temporary form.
 fn checkpoint_temp(name: &str) -> bool {
-    name == ".latest.tmp"
+    crate::fsutil::is_tmp_for(name, "latest")
         || name
             .strip_prefix(".step-")
             .and_then(|n| n.strip_suffix(".tmp"))
@@ -82,7 +82,7 @@ fn checkpoint_temp(name: &str) -> bool {
 /// `checkpoints/` leave when killed before their rename, and returns what it removed.
 fn remove_stale_temps(run: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let ours_in_run = |name: &str| RUN_FILES.iter().any(|f| name == format!(".{f}.tmp"));
+    let ours_in_run = |name: &str| RUN_FILES.iter().any(|f| crate::fsutil::is_tmp_for(name, f));
     for (dir, ours) in [
         (run.to_path_buf(), &ours_in_run as &dyn Fn(&str) -> bool),
         (crate::dir(run), &checkpoint_temp),
@@ -119,12 +119,17 @@ mod tests {
         std::fs::create_dir_all(run.join("checkpoints/.step-7.tmp")).unwrap();
         std::fs::write(run.join("checkpoints/.step-7.tmp/model.bpk"), b"half").unwrap();
         std::fs::write(run.join(".metrics.jsonl.tmp"), b"half").unwrap();
+        std::fs::write(run.join(".summary.json.4242-7.tmp"), b"half").unwrap();
+        std::fs::write(run.join("checkpoints/.latest.4242-8.tmp"), b"step-").unwrap();
         std::fs::write(run.join("metrics.jsonl"), b"kept").unwrap();
         std::fs::write(run.join(".someone-elses.tmp"), b"not ours").unwrap();
+        std::fs::write(run.join(".summary.json.x-1.tmp"), b"not ours").unwrap();
         let lock = RunLock::acquire(run).unwrap();
-        assert_eq!(lock.cleaned.len(), 2, "{:?}", lock.cleaned);
+        assert_eq!(lock.cleaned.len(), 4, "{:?}", lock.cleaned);
         assert!(!run.join("checkpoints/.step-7.tmp").exists());
         assert!(!run.join(".metrics.jsonl.tmp").exists());
+        assert!(!run.join(".summary.json.4242-7.tmp").exists());
+        assert!(run.join(".summary.json.x-1.tmp").exists());
         assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), b"kept");
         assert!(
             run.join(".someone-elses.tmp").exists(),
