@@ -36,7 +36,7 @@ def peak_rss_gib():
 
 def make(out: Path):
     sys.path.insert(0, str(ROOT / "tests/hf"))
-    from make_bitnet_fixture import bitnet_config
+    from make_bitnet_fixture import ONLINE, bitnet_config
     from transformers import BitNetForCausalLM
 
     # hidden 2560, d_ff 6912, 30 layers, 20/5 heads, 128256 tokens, rope θ 500000
@@ -48,11 +48,7 @@ def make(out: Path):
         shutil.rmtree(out)
     model.save_pretrained(out)
     c = json.loads((out / "config.json").read_text())
-    c["quantization_config"] = {
-        "quant_method": "bitnet",
-        "linear_class": "autobitlinear",
-        "quantization_mode": "online",
-    }
+    c["quantization_config"] = dict(ONLINE)
     (out / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(ROOT / "tests/hf/bitnet-bf16" / f, out / f)

@@ -101,16 +101,23 @@ def logits(model):
         return model(torch.tensor([IDS])).logits[0]
 
 
-def write_dir(out, state, cfg_dict):
+# Microsoft's -bf16 form: bf16 master weights that `AutoBitLinear` quantizes in every forward.
+ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+
+
+def write_dir(out, state, cfg_dict, chat=True):
+    """A model directory: weights, config, tokenizer, and (unless `chat` is False, as in the
+    1bitLLM repositories) a tokenizer_config.json with the ChatML template."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
     shutil.copy(HERE / "tokenizer.json", out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(
-        json.dumps({"chat_template": CHATML, "eos_token": "<|endoftext|>"}, indent=2) + "\n"
-    )
+    if chat:
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({"chat_template": CHATML, "eos_token": "<|endoftext|>"}, indent=2) + "\n"
+        )
 
 
 def main():
@@ -129,11 +136,7 @@ def main():
         tmp = HERE / "bitnet-bf16"
         plain.save_pretrained(tmp)
         cfg_dict = json.loads((tmp / "config.json").read_text())
-        cfg_dict["quantization_config"] = {
-            "quant_method": "bitnet",
-            "linear_class": "autobitlinear",
-            "quantization_mode": "online",
-        }
+        cfg_dict["quantization_config"] = dict(ONLINE)
         state = load_file(tmp / "model.safetensors")
         state = {k: v.contiguous() for k, v in state.items()}
         write_dir(tmp, state, cfg_dict)
@@ -246,7 +249,7 @@ def one_bit_llm():
         tmp = HERE / "bitnet-1bitllm-transformers"
         plain.save_pretrained(tmp)
         cfg_dict = json.loads((tmp / "config.json").read_text())
-        cfg_dict["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+        cfg_dict["quantization_config"] = dict(ONLINE)
         (tmp / "config.json").write_text(json.dumps(cfg_dict))
         online = BitNetForCausalLM.from_pretrained(tmp, dtype=torch.float32)
         # f32 weights are continuous: among 65k of them one always lies within ~1e-6 of a trit
@@ -284,12 +287,7 @@ def one_bit_llm():
         "weight_bits": 1,
         "torch_dtype": "float32",
     }
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
-    save_file(renamed, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(one_bit, indent=2, sort_keys=True) + "\n")
-    shutil.copy(HERE / "tokenizer.json", out / "tokenizer.json")
+    write_dir(out, renamed, one_bit, chat=False)
     return seed, worst[0], ref
 
 
