@@ -30,7 +30,6 @@ pub struct Session<'m> {
     v_cache: Vec<f32>, // [L, KVH, ctx, hd]
     rope_cos: Vec<f32>, // [ctx, hd/2]
     rope_sin: Vec<f32>,
-    acts: QuantActs,
     pub logits: Vec<f32>,
 }
 
@@ -64,7 +63,6 @@ impl<'m> Session<'m> {
             v_cache: vec![0.0; cache],
             rope_cos,
             rope_sin,
-            acts: QuantActs::default(),
             logits: Vec::new(),
         })
     }
@@ -76,10 +74,17 @@ impl<'m> Session<'m> {
     /// Runs `tokens` at positions `pos..pos + len`, appending them to the cache; returns the
     /// logits (`[V]` for `Last`, `[len, V]` for `All`).
     pub fn forward(&mut self, tokens: &[u32], which: Logits) -> Result<&[f32], Error> {
-        let m = self.model;
-        let c = &m.cfg;
-        let (d, f, kv, hd, v) = (c.d_model, c.d_ff, c.kv_dim(), c.head_dim(), c.vocab);
-        let nt = tokens.len();
+        forward_batch(&mut [Step {
+            sess: &mut *self,
+            tokens,
+            logits: which,
+        }])?;
+        Ok(&self.logits)
+    }
+
+    /// Checks that `tokens` can run next in this session.
+    fn check(&self, tokens: &[u32]) -> Result<(), Error> {
+        let (nt, v) = (tokens.len(), self.model.cfg.vocab);
         if nt == 0 {
             return Err(Error::Context("no tokens to run".into()));
         }
@@ -94,158 +99,249 @@ impl<'m> Session<'m> {
                 "token id {bad} is outside the vocabulary of {v}"
             )));
         }
-        let rt = &m.rt;
-        let isa = rt.isa;
-        let p0 = self.pos;
-
-        // x: [T, D], the embedding rows.
-        let mut x = vec![0f32; nt * d];
-        let embd = m.embedding();
-        for (t, &tok) in tokens.iter().enumerate() {
-            let row = &mut x[t * d..(t + 1) * d];
-            match embd {
-                kernels::FloatRows::F32(e) => {
-                    row.copy_from_slice(&e[tok as usize * d..(tok as usize + 1) * d])
-                }
-                kernels::FloatRows::F16(e) => {
-                    for (o, &b) in row
-                        .iter_mut()
-                        .zip(&e[tok as usize * d..(tok as usize + 1) * d])
-                    {
-                        *o = half::f16::from_bits(b).to_f32();
-                    }
-                }
-            }
-        }
-
-        let mut h = vec![0f32; nt * d];
-        let mut qkv = vec![0f32; nt * (d + 2 * kv)];
-        let mut att = vec![0f32; nt * d];
-        let mut tmp = vec![0f32; nt * d];
-        let mut gu = vec![0f32; nt * 2 * f];
-        let mut g = vec![0f32; nt * f];
-        for (li, l) in m.layers.iter().enumerate() {
-            // Attention.
-            rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
-            self.acts.quantize(&h, d);
-            l.wqkv.matmul(rt, &self.acts, &mut qkv);
-            if let Some(lo) = self.lora {
-                for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
-                    lo.apply(isa, li, p, &h, d, &mut qkv, d + 2 * kv, offset);
-                }
-            }
-            for t in 0..nt {
-                let pos = p0 + t;
-                let row = &mut qkv[t * (d + 2 * kv)..(t + 1) * (d + 2 * kv)];
-                let (q, rest) = row.split_at_mut(d);
-                let (k, vv) = rest.split_at_mut(kv);
-                let cs = &self.rope_cos[pos * hd / 2..(pos + 1) * hd / 2];
-                let sn = &self.rope_sin[pos * hd / 2..(pos + 1) * hd / 2];
-                for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                    rope(head, cs, sn);
-                }
-                for h in 0..c.n_kv_heads {
-                    let base = (li * c.n_kv_heads + h) * self.ctx * hd;
-                    for j in 0..hd {
-                        self.k_cache[base + j * self.ctx + pos] = k[h * hd + j];
-                    }
-                    let at = base + pos * hd;
-                    self.v_cache[at..at + hd].copy_from_slice(&vv[h * hd..(h + 1) * hd]);
-                }
-            }
-            self.attention(li, &qkv, nt, &mut att);
-            rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
-            self.acts.quantize(&h, d);
-            l.wo.matmul(rt, &self.acts, &mut tmp);
-            if let Some(lo) = self.lora {
-                lo.apply(isa, li, 3, &h, d, &mut tmp, d, 0);
-            }
-            add(&mut x, &tmp);
-
-            // Feed-forward.
-            rmsnorm(&x, &l.ffn_norm, c.eps, &mut h);
-            self.acts.quantize(&h, d);
-            l.wgu.matmul(rt, &self.acts, &mut gu);
-            if let Some(lo) = self.lora {
-                lo.apply(isa, li, 4, &h, d, &mut gu, 2 * f, 0);
-                lo.apply(isa, li, 5, &h, d, &mut gu, 2 * f, f);
-            }
-            for t in 0..nt {
-                let (gate, up) = gu[t * 2 * f..(t + 1) * 2 * f].split_at(f);
-                for ((o, &a), &b) in g[t * f..(t + 1) * f].iter_mut().zip(gate).zip(up) {
-                    *o = match c.act {
-                        Act::Silu => a / (1.0 + (-a).exp()) * b,
-                        Act::Relu2 => {
-                            let r = a.max(0.0);
-                            r * r * b
-                        }
-                    };
-                }
-            }
-            let mut gn = vec![0f32; nt * f];
-            rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
-            self.acts.quantize(&gn, f);
-            l.wdown.matmul(rt, &self.acts, &mut tmp);
-            if let Some(lo) = self.lora {
-                lo.apply(isa, li, 6, &gn, f, &mut tmp, d, 0);
-            }
-            add(&mut x, &tmp);
-        }
-        self.pos += nt;
-
-        // Final norm and LM head, for the positions asked for.
-        rmsnorm(&x, &m.output_norm, c.eps, &mut h);
-        let first = match which {
-            Logits::Last => nt - 1,
-            Logits::All => 0,
-        };
-        let xs: Vec<&[f32]> = h[first * d..].chunks_exact(d).collect();
-        self.logits.clear();
-        self.logits.resize(xs.len() * v, 0.0);
-        lm_head(rt, m.lm_head(), d, v, &xs, &mut self.logits);
-        Ok(&self.logits)
+        Ok(())
     }
 
-    /// Causal attention of the `nt` new queries in `qkv` against the cache of layer `li`.
-    fn attention(&self, li: usize, qkv: &[f32], nt: usize, out: &mut [f32]) {
+    /// Rotates the keys and queries of `qkv`'s rows (this session's new tokens) and appends
+    /// their keys and values to layer `li`'s cache.
+    fn rope_and_cache(&mut self, li: usize, qkv: &mut [f32]) {
         let c = &self.model.cfg;
         let (d, kv, hd) = (c.d_model, c.kv_dim(), c.head_dim());
-        let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let p0 = self.pos;
-        let isa = self.model.rt.isa;
-        let per_head = self.ctx * hd;
-        // One task per (token, head): each writes its own hd-wide slice of `out`.
-        let work = |scores: &mut Vec<f32>, (i, o): (usize, &mut [f32])| {
-            let (t, head) = (i / c.n_heads, i % c.n_heads);
-            let q = &qkv[t * (d + 2 * kv) + head * hd..][..hd];
-            let at = (li * c.n_kv_heads + head / group) * per_head;
-            let n = p0 + t + 1;
-            let keys = &self.k_cache[at..at + per_head];
-            kernels::attend(
-                isa,
-                q,
-                keys,
-                self.ctx,
-                n,
-                &self.v_cache[at..at + n * hd],
-                scale,
-                scores,
-                o,
-            );
-        };
-        // Threads pay off once there is real work: positions × heads × tokens.
-        if nt * (p0 + nt) * c.n_heads < 512 {
-            let mut scores = Vec::new();
-            out.chunks_exact_mut(hd)
-                .enumerate()
-                .for_each(|x| work(&mut scores, x));
-        } else {
-            self.model
-                .rt
-                .pool
-                .for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
+        for (t, row) in qkv.chunks_exact_mut(d + 2 * kv).enumerate() {
+            let pos = self.pos + t;
+            let (q, rest) = row.split_at_mut(d);
+            let (k, vv) = rest.split_at_mut(kv);
+            let cs = &self.rope_cos[pos * hd / 2..(pos + 1) * hd / 2];
+            let sn = &self.rope_sin[pos * hd / 2..(pos + 1) * hd / 2];
+            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                rope(head, cs, sn);
+            }
+            for h in 0..c.n_kv_heads {
+                let base = (li * c.n_kv_heads + h) * self.ctx * hd;
+                for j in 0..hd {
+                    self.k_cache[base + j * self.ctx + pos] = k[h * hd + j];
+                }
+                let at = base + pos * hd;
+                self.v_cache[at..at + hd].copy_from_slice(&vv[h * hd..(h + 1) * hd]);
+            }
         }
+    }
+
+    /// Causal attention of new query `t` (at position `pos + t`), head `head`, against the
+    /// cache of layer `li`, into `out` (`hd` values).
+    fn attend(
+        &self,
+        li: usize,
+        q: &[f32],
+        t: usize,
+        head: usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let c = &self.model.cfg;
+        let hd = c.head_dim();
+        let group = c.n_heads / c.n_kv_heads;
+        let per_head = self.ctx * hd;
+        let at = (li * c.n_kv_heads + head / group) * per_head;
+        let n = self.pos + t + 1;
+        kernels::attend(
+            self.model.rt.isa,
+            q,
+            &self.k_cache[at..at + per_head],
+            self.ctx,
+            n,
+            &self.v_cache[at..at + n * hd],
+            1.0 / (hd as f32).sqrt(),
+            scores,
+            out,
+        );
+    }
+}
+
+/// One sequence's share of a batched forward: the tokens it appends to its session and which of
+/// their logits it needs (left in `sess.logits`).
+pub struct Step<'a, 'm> {
+    pub sess: &'a mut Session<'m>,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Runs several sequences' new tokens as one batch: every projection and the LM head see all
+/// their rows at once (one pass over the weights for the whole batch), while RoPE, the KV cache,
+/// attention and the adapter stay per sequence. Activations are quantized per token, so a
+/// sequence's logits are the same whatever shares its batch. The sessions must share a model.
+pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
+    let Some(first) = steps.first() else {
+        return Ok(());
+    };
+    let m: &Model = first.sess.model;
+    for s in steps.iter() {
+        if !std::ptr::eq(s.sess.model, m) {
+            return Err(Error::Context("a batch must run one model".into()));
+        }
+        s.sess.check(s.tokens)?;
+    }
+    let c = &m.cfg;
+    let (d, f, kv, v) = (c.d_model, c.d_ff, c.kv_dim(), c.vocab);
+    let w = d + 2 * kv;
+    // rows[i]: the batch rows of step i.
+    let mut rows = Vec::with_capacity(steps.len());
+    let mut nt = 0;
+    for s in steps.iter() {
+        rows.push(nt..nt + s.tokens.len());
+        nt += s.tokens.len();
+    }
+    let rt = &m.rt;
+    let isa = rt.isa;
+
+    // x: [T, D], the embedding rows.
+    let mut x = vec![0f32; nt * d];
+    let embd = m.embedding();
+    let tokens = steps.iter().flat_map(|s| s.tokens.iter());
+    for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+        let at = tok as usize * d..(tok as usize + 1) * d;
+        match embd {
+            kernels::FloatRows::F32(e) => row.copy_from_slice(&e[at]),
+            kernels::FloatRows::F16(e) => {
+                for (o, &b) in row.iter_mut().zip(&e[at]) {
+                    *o = half::f16::from_bits(b).to_f32();
+                }
+            }
+        }
+    }
+
+    let mut acts = QuantActs::default();
+    let mut h = vec![0f32; nt * d];
+    let mut qkv = vec![0f32; nt * w];
+    let mut att = vec![0f32; nt * d];
+    let mut tmp = vec![0f32; nt * d];
+    let mut gu = vec![0f32; nt * 2 * f];
+    let mut g = vec![0f32; nt * f];
+    let mut gn = vec![0f32; nt * f];
+    // Adds each sequence's adapter branch for projection `p` to its own rows.
+    let adapt = |steps: &[Step],
+                 li: usize,
+                 p: usize,
+                 x: &[f32],
+                 d_in: usize,
+                 out: &mut [f32],
+                 stride: usize,
+                 offset: usize| {
+        for (s, r) in steps.iter().zip(&rows) {
+            if let Some(lo) = s.sess.lora {
+                let (xs, os) = (
+                    &x[r.start * d_in..r.end * d_in],
+                    &mut out[r.start * stride..r.end * stride],
+                );
+                lo.apply(isa, li, p, xs, d_in, os, stride, offset);
+            }
+        }
+    };
+    for (li, l) in m.layers.iter().enumerate() {
+        // Attention.
+        rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
+        acts.quantize(&h, d);
+        l.wqkv.matmul(rt, &acts, &mut qkv);
+        for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
+            adapt(steps, li, p, &h, d, &mut qkv, w, offset);
+        }
+        for (s, r) in steps.iter_mut().zip(&rows) {
+            s.sess.rope_and_cache(li, &mut qkv[r.start * w..r.end * w]);
+        }
+        attention(steps, &rows, li, &qkv, &mut att);
+        rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
+        acts.quantize(&h, d);
+        l.wo.matmul(rt, &acts, &mut tmp);
+        adapt(steps, li, 3, &h, d, &mut tmp, d, 0);
+        add(&mut x, &tmp);
+
+        // Feed-forward.
+        rmsnorm(&x, &l.ffn_norm, c.eps, &mut h);
+        acts.quantize(&h, d);
+        l.wgu.matmul(rt, &acts, &mut gu);
+        adapt(steps, li, 4, &h, d, &mut gu, 2 * f, 0);
+        adapt(steps, li, 5, &h, d, &mut gu, 2 * f, f);
+        for (o, row) in g.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
+            let (gate, up) = row.split_at(f);
+            for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+                *o = match c.act {
+                    Act::Silu => a / (1.0 + (-a).exp()) * b,
+                    Act::Relu2 => {
+                        let r = a.max(0.0);
+                        r * r * b
+                    }
+                };
+            }
+        }
+        rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
+        acts.quantize(&gn, f);
+        l.wdown.matmul(rt, &acts, &mut tmp);
+        adapt(steps, li, 6, &gn, f, &mut tmp, d, 0);
+        add(&mut x, &tmp);
+    }
+
+    // Final norm and LM head, for the positions asked for, all sequences at once.
+    rmsnorm(&x, &m.output_norm, c.eps, &mut h);
+    let mut xs: Vec<&[f32]> = Vec::new();
+    for (s, r) in steps.iter().zip(&rows) {
+        let first = match s.logits {
+            Logits::Last => r.end - 1,
+            Logits::All => r.start,
+        };
+        xs.extend(h[first * d..r.end * d].chunks_exact(d));
+    }
+    let mut logits = vec![0f32; xs.len() * v];
+    lm_head(rt, m.lm_head(), d, v, &xs, &mut logits);
+    let mut at = 0;
+    for (s, r) in steps.iter_mut().zip(&rows) {
+        let n = match s.logits {
+            Logits::Last => 1,
+            Logits::All => r.len(),
+        };
+        s.sess.logits.clear();
+        s.sess
+            .logits
+            .extend_from_slice(&logits[at * v..(at + n) * v]);
+        at += n;
+        s.sess.pos += r.len();
+    }
+    Ok(())
+}
+
+/// Causal attention of every sequence's new queries against its own cache of layer `li`.
+fn attention(
+    steps: &[Step],
+    rows: &[std::ops::Range<usize>],
+    li: usize,
+    qkv: &[f32],
+    out: &mut [f32],
+) {
+    let m = steps[0].sess.model;
+    let c = &m.cfg;
+    let (d, kv, hd, nh) = (c.d_model, c.kv_dim(), c.head_dim(), c.n_heads);
+    // owner[row] = (step, token within it).
+    let owner: Vec<(usize, usize)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| (0..r.len()).map(move |t| (i, t)))
+        .collect();
+    // One task per (row, head): each writes its own hd-wide slice of `out`.
+    let work = |scores: &mut Vec<f32>, (i, o): (usize, &mut [f32])| {
+        let (row, head) = (i / nh, i % nh);
+        let (s, t) = owner[row];
+        let q = &qkv[row * (d + 2 * kv) + head * hd..][..hd];
+        steps[s].sess.attend(li, q, t, head, scores, o);
+    };
+    // Threads pay off once there is real work: positions × heads over the batch.
+    let positions: usize = owner.iter().map(|&(s, t)| steps[s].sess.pos + t + 1).sum();
+    if positions * nh < 512 {
+        let mut scores = Vec::new();
+        out.chunks_exact_mut(hd)
+            .enumerate()
+            .for_each(|x| work(&mut scores, x));
+    } else {
+        m.rt.pool
+            .for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
     }
 }
 
