@@ -38,6 +38,7 @@ mod gguf_cmd;
 mod import_cmd;
 mod progress;
 mod run_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -87,6 +88,8 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Prompt-processing and generation speed of the bundled engine on a GGUF, like llama-bench.
     Bench(run_cmd::BenchArgs),
+    /// Serve a GGUF over HTTP with an OpenAI-compatible API (continuous batching, LoRA per request).
+    Serve(serve_cmd::ServeArgs),
 }
 
 #[derive(Args)]
@@ -191,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchTrain(a) => bench_train(a, fused, check_memory),
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
+        Command::Serve(a) => serve_cmd::serve(a),
         Command::Eval(a) => eval_cmd::eval(a, fused),
         Command::Import(a) => import_cmd::import(a),
         Command::Finetune(a) => finetune_cmd::finetune(a, fused, check_memory),

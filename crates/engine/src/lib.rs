@@ -120,8 +120,7 @@ pub fn generate(
     let gen_start = Instant::now();
     let mut out = Vec::new();
     let mut text = String::new();
-    let mut stream = tokenizer::StreamDecoder::default();
-    let mut held = String::new(); // text not yet shown because it may begin a stop string
+    let mut shown = TextStream::new(stops);
     let mut stop = Stop::Length;
     while out.len() < n {
         let next = sampler.sample(&logits, &history);
@@ -131,30 +130,14 @@ pub fn generate(
         }
         out.push(next);
         history.push(next);
-        held.push_str(&stream.push(tok, next));
-        if let Some((at, _)) = stops
-            .iter()
-            .filter_map(|s| held.find(s.as_str()).map(|i| (i, s)))
-            .min_by_key(|(i, _)| *i)
-        {
-            held.truncate(at);
-            on_text(&held);
-            text.push_str(&held);
-            held.clear();
+        let (piece, stopped) = shown.push(tok, next);
+        if !piece.is_empty() {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        if stopped {
             stop = Stop::StopString;
             break;
-        }
-        // Show everything that cannot be the start of a stop string.
-        let keep = stops
-            .iter()
-            .map(|s| longest_prefix_suffix(&held, s))
-            .max()
-            .unwrap_or(0);
-        let show = held.len() - keep;
-        if show > 0 {
-            on_text(&held[..show]);
-            text.push_str(&held[..show]);
-            held.drain(..show);
         }
         if out.len() == n {
             break;
@@ -165,9 +148,10 @@ pub fn generate(
         }
         logits.copy_from_slice(sess.forward(&[next], Logits::Last)?);
     }
-    if stop != Stop::StopString && !held.is_empty() {
-        on_text(&held);
-        text.push_str(&held);
+    let rest = shown.finish();
+    if !rest.is_empty() {
+        on_text(&rest);
+        text.push_str(&rest);
     }
     Ok(Generation {
         prompt_tokens: prompt.len(),
@@ -177,6 +161,62 @@ pub fn generate(
         prompt_seconds,
         gen_seconds: gen_start.elapsed().as_secs_f64(),
     })
+}
+
+/// Sampled tokens become text as soon as it is final: text that may begin a stop string is held
+/// back, and the first stop string found ends the text (and is cut from it).
+pub struct TextStream {
+    stream: tokenizer::StreamDecoder,
+    held: String,
+    stops: Vec<String>,
+    stopped: bool,
+}
+
+impl TextStream {
+    pub fn new(stops: &[String]) -> TextStream {
+        TextStream {
+            stream: tokenizer::StreamDecoder::default(),
+            held: String::new(),
+            stops: stops.to_vec(),
+            stopped: false,
+        }
+    }
+
+    /// Adds token `id`; returns the text now safe to show and whether a stop string ended it.
+    pub fn push(&mut self, tok: &tokenizer::Tokenizer, id: u32) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.held.push_str(&self.stream.push(tok, id));
+        let held = &mut self.held;
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| held.find(s.as_str()))
+            .min()
+        {
+            held.truncate(at);
+            self.stopped = true;
+            return (std::mem::take(held), true);
+        }
+        // Show everything that cannot be the start of a stop string.
+        let keep = self
+            .stops
+            .iter()
+            .map(|s| longest_prefix_suffix(held, s))
+            .max()
+            .unwrap_or(0);
+        let show = held.len() - keep;
+        (held.drain(..show).collect(), false)
+    }
+
+    /// The text still held back, once no more tokens come (nothing after a stop string).
+    pub fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        std::mem::take(&mut self.held)
+    }
 }
 
 /// The length of the longest suffix of `text` that is a proper prefix of `stop` (on char bounds).

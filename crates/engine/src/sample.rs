@@ -28,32 +28,74 @@ impl Default for SamplerConfig {
     }
 }
 
+/// A sampling setting, spelled as `tritium run`'s flag or as the server's JSON field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knob {
+    Temperature,
+    TopP,
+    MinP,
+    RepeatPenalty,
+}
+
+impl Knob {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Knob::Temperature => "--temp",
+            Knob::TopP => "--top-p",
+            Knob::MinP => "--min-p",
+            Knob::RepeatPenalty => "--repeat-penalty",
+        }
+    }
+
+    pub fn field(self) -> &'static str {
+        match self {
+            Knob::Temperature => "temperature",
+            Knob::TopP => "top_p",
+            Knob::MinP => "min_p",
+            Knob::RepeatPenalty => "repeat_penalty",
+        }
+    }
+}
+
+/// A setting out of its range: which, its value and what it must be.
+#[derive(Debug, Clone, Copy)]
+pub struct BadKnob {
+    pub knob: Knob,
+    pub value: f32,
+    pub want: &'static str,
+}
+
 impl SamplerConfig {
-    /// Checks every knob, naming the one at fault with its flag spelling (the server will take
-    /// the same values from requests).
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |name: &str, v: f32, want: &str| Err(format!("{name} {v}: must be {want}"));
+    /// Checks every knob (the one home of their ranges, for the CLI and the server alike).
+    pub fn check(&self) -> Result<(), BadKnob> {
+        let bad = |knob, value, want| Err(BadKnob { knob, value, want });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad(
-                "--temp",
+                Knob::Temperature,
                 self.temperature,
                 "a finite number ≥ 0 (0 is greedy)",
             );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("--top-p", self.top_p, "in (0, 1]");
+            return bad(Knob::TopP, self.top_p, "in (0, 1]");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("--min-p", self.min_p, "in [0, 1]");
+            return bad(Knob::MinP, self.min_p, "in [0, 1]");
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(
-                "--repeat-penalty",
+                Knob::RepeatPenalty,
                 self.repeat_penalty,
                 "a finite number > 0 (1 is off)",
             );
         }
         Ok(())
+    }
+
+    /// [`Self::check`], naming the knob by its `tritium run` flag.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
+            .map_err(|b| format!("{} {}: must be {}", b.knob.flag(), b.value, b.want))
     }
 }
 

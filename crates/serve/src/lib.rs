@@ -1,0 +1,523 @@
+//! `tritium serve`: an OpenAI-compatible HTTP server over the engine.
+//!
+//! Data flow: a handler validates the JSON body ([`api`]) into work per prompt, queues it
+//! ([`scheduler::Queue`], bounded: beyond it 503 + `Retry-After`) and turns the engine thread's
+//! events into an OpenAI response, whole or as server-sent events ([`respond`]). The engine thread
+//! ([`scheduler`]) batches every busy slot into one forward per step. A middleware checks the API
+//! key (constant time) and the per-client rate limit before any handler runs.
+
+pub mod api;
+pub mod metrics;
+pub mod respond;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tritium_engine::{Lora, Model, Runtime};
+
+use api::{ApiError, Context};
+use metrics::Metrics;
+use scheduler::{Job, Queue, Refused};
+
+/// Everything `tritium serve` is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub model: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub parallel: usize,
+    /// Positions per slot (None: the model's context).
+    pub ctx: Option<usize>,
+    pub loras: Vec<(String, PathBuf)>,
+    pub api_keys: Vec<String>,
+    pub max_input: Option<usize>,
+    pub max_output: usize,
+    pub queue: usize,
+    /// Requests per minute per client (API key, else peer address).
+    pub rate_limit: Option<u32>,
+    pub timeout: Duration,
+    /// How long running requests may go on after SIGTERM/Ctrl-C.
+    pub shutdown_grace: Duration,
+    pub body_limit: usize,
+    pub threads: usize,
+    pub log_prompts: bool,
+}
+
+/// The loaded model and its engine thread.
+struct Engine {
+    model: Arc<Model>,
+    queue: Arc<Queue>,
+    /// The base model's name, then the adapters'.
+    models: Vec<String>,
+    ctx: usize,
+    max_input: usize,
+}
+
+pub struct App {
+    opts: Options,
+    engine: OnceLock<Engine>,
+    metrics: Metrics,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    next_id: AtomicU64,
+}
+
+impl App {
+    fn ready(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "Loading model",
+            )
+            .retry(1)
+        })
+    }
+
+    fn context<'a>(&'a self, e: &'a Engine) -> Context<'a> {
+        Context {
+            tokenizer: &e.model.tokenizer,
+            vocab: e.model.cfg.vocab,
+            models: &e.models,
+            ctx: e.ctx,
+            max_input: e.max_input,
+            max_output: self.opts.max_output,
+            chat_template: e.model.tokenizer.chat_template.as_deref(),
+        }
+    }
+
+    /// Counts an error response by kind and passes it on.
+    fn fail(&self, e: ApiError) -> Response {
+        self.metrics.error(match e.status.as_u16() {
+            400 | 413 | 422 => "invalid_request",
+            401 => "unauthorized",
+            404 => "not_found",
+            429 => "rate_limited",
+            503 => "unavailable",
+            504 => "timeout",
+            _ => "server",
+        });
+        e.into_response()
+    }
+}
+
+/// Checks what every endpoint but `/health` needs: the API key, then the client's rate.
+async fn guard(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let key = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if !app.opts.api_keys.is_empty() {
+        let given = key.as_deref().unwrap_or("").as_bytes();
+        // Every key is compared, each in constant time, so timing tells nothing of which matched.
+        let ok = app
+            .opts
+            .api_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| acc | k.as_bytes().ct_eq(given));
+        if !bool::from(ok) {
+            return app.fail(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    "invalid or missing API key (Authorization: Bearer KEY)",
+                )
+                .code("invalid_api_key"),
+            );
+        }
+    }
+    if let Some(l) = &app.limiter {
+        let client = match &key {
+            Some(k) if !app.opts.api_keys.is_empty() => format!("key:{k}"),
+            _ => format!("ip:{}", peer.ip()),
+        };
+        if let Err(not_until) = l.check_key(&client) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return app.fail(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!(
+                        "over the rate limit of {} requests a minute",
+                        app.opts.rate_limit.unwrap_or(0)
+                    ),
+                )
+                .code("rate_limit_exceeded")
+                .retry(wait.as_secs_f64().ceil().max(1.0) as u64),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    match app.ready() {
+        Ok(_) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn models(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("models");
+    match app.ready() {
+        Ok(e) => axum::Json(json!({
+            "object": "list",
+            "data": e.models.iter().map(|m| json!({
+                "id": m, "object": "model", "created": 0, "owned_by": "tritium",
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => app.fail(e),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    if let Some(e) = app.engine.get() {
+        let q = &e.queue;
+        app.metrics
+            .queue_depth
+            .set(q.depth.load(Ordering::SeqCst) as i64);
+        app.metrics
+            .busy_slots
+            .set(q.busy_slots.load(Ordering::SeqCst) as i64);
+        app.metrics
+            .cancelled
+            .set(q.cancelled.load(Ordering::SeqCst) as i64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A body under the size limit, or a 413 in OpenAI's shape.
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|r| {
+        let status = r.status();
+        ApiError::new(status, "invalid_request_error", r.body_text()).code(
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request_too_large"
+            } else {
+                "bad_body"
+            },
+        )
+    })
+}
+
+async fn tokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
+    app.metrics.request("tokenize");
+    let r = app
+        .ready()
+        .and_then(|e| api::tokenize(&body(b)?, &app.context(e)));
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => app.fail(e),
+    }
+}
+
+async fn detokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
+    app.metrics.request("detokenize");
+    let r = app
+        .ready()
+        .and_then(|e| api::detokenize(&body(b)?, &app.context(e)));
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => app.fail(e),
+    }
+}
+
+/// Which OpenAI endpoint a generation answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+async fn completions(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
+    generate(app, b, Endpoint::Completions).await
+}
+
+async fn chat(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
+    generate(app, b, Endpoint::Chat).await
+}
+
+async fn generate(app: Arc<App>, b: Result<Bytes, BytesRejection>, ep: Endpoint) -> Response {
+    let start = Instant::now();
+    app.metrics.request(match ep {
+        Endpoint::Completions => "completions",
+        Endpoint::Chat => "chat_completions",
+    });
+    let parsed = app.ready().and_then(|e| {
+        let b = body(b)?;
+        let cx = app.context(e);
+        let req = match ep {
+            Endpoint::Completions => api::completion(&b, &cx)?,
+            Endpoint::Chat => api::chat(&b, &cx)?,
+        };
+        Ok((e, req))
+    });
+    let (engine, req) = match parsed {
+        Ok(x) => x,
+        Err(e) => return app.fail(e),
+    };
+    let id = app.next_id.fetch_add(1, Ordering::SeqCst);
+    if app.opts.log_prompts {
+        for w in &req.works {
+            eprintln!(
+                "request {id}: prompt {:?}",
+                engine.model.tokenizer.decode(&w.prompt)
+            );
+        }
+    }
+    // Queue every prompt; if one is refused, the ones queued before it are dropped with it.
+    let mut receivers = Vec::new();
+    for w in &req.works {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            work: w.clone(),
+            events: tx,
+        };
+        match engine.queue.submit(job) {
+            Ok(()) => receivers.push(rx),
+            Err(why) => {
+                let msg = match why {
+                    Refused::Full => format!(
+                        "the server is busy: {} requests already wait (--queue)",
+                        app.opts.queue
+                    ),
+                    Refused::ShuttingDown => "the server is shutting down".into(),
+                };
+                return app.fail(
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", msg)
+                        .code("server_overloaded")
+                        .retry(1),
+                );
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(start + app.opts.timeout);
+    let meta = respond::Meta {
+        id: format!(
+            "{}-{id}",
+            if ep == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            }
+        ),
+        model: req.model.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        endpoint: ep,
+        start,
+        request: id,
+    };
+    if req.stream {
+        let rx = receivers.pop().expect("one prompt when streaming");
+        return respond::stream(app.clone(), meta, req, rx, deadline);
+    }
+    match respond::whole(&app, &meta, &req, receivers, deadline).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => app.fail(e),
+    }
+}
+
+/// Loads the model and adapters and starts the engine thread.
+fn load(opts: &Options) -> Result<Engine, String> {
+    let rt = Runtime::new(opts.threads);
+    let model = Arc::new(Model::load(&opts.model, &rt).map_err(|e| e.to_string())?);
+    let ctx = opts.ctx.unwrap_or(model.cfg.ctx);
+    if ctx == 0 || ctx > model.cfg.ctx {
+        return Err(format!(
+            "--ctx {ctx}: must be between 1 and the model's context of {}",
+            model.cfg.ctx
+        ));
+    }
+    let base = opts
+        .model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut models = vec![base];
+    let mut loras = Vec::new();
+    for (name, path) in &opts.loras {
+        if models.contains(name) {
+            return Err(format!("--lora {name}=…: the name `{name}` is taken"));
+        }
+        loras.push(Lora::load(path, &model).map_err(|e| e.to_string())?);
+        models.push(name.clone());
+    }
+    let queue = Arc::new(Queue::new(opts.queue));
+    let _engine_thread = scheduler::spawn(
+        model.clone(),
+        Arc::new(loras),
+        queue.clone(),
+        opts.parallel,
+        ctx,
+    );
+    Ok(Engine {
+        model,
+        queue,
+        models,
+        ctx,
+        max_input: opts.max_input.unwrap_or(ctx).min(ctx),
+    })
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .layer(DefaultBodyLimit::max(app.opts.body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// Binds, loads the model (answering 503 meanwhile), serves until SIGTERM/Ctrl-C, then stops
+/// taking requests and lets running ones finish within the grace period.
+pub fn serve(opts: Options) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        // HTTP work is light; the cores belong to the engine.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    rt.block_on(serve_async(opts))
+}
+
+async fn serve_async(opts: Options) -> Result<(), String> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("--host/--port {addr}: cannot listen: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let limiter = opts.rate_limit.map(|n| {
+        RateLimiter::keyed(Quota::per_minute(
+            NonZeroU32::new(n).expect("--rate-limit ≥ 1 is checked by the CLI"),
+        ))
+    });
+    let app = Arc::new(App {
+        metrics: Metrics::new(opts.parallel),
+        engine: OnceLock::new(),
+        limiter,
+        next_id: AtomicU64::new(0),
+        opts,
+    });
+    eprintln!("listening on http://{local} (loading the model)");
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || match load(&app.opts) {
+            Ok(e) => {
+                let m = &e.model;
+                eprintln!(
+                    "ready: {} ({} layers, d_model {}, {}), {} slots × {} tokens, {} threads",
+                    app.opts.model.display(),
+                    m.cfg.n_layers,
+                    m.cfg.d_model,
+                    m.weight_type.name(),
+                    app.opts.parallel,
+                    e.ctx,
+                    m.rt.threads()
+                );
+                let _ = app.engine.set(e);
+            }
+            Err(msg) => {
+                let _ = failed_tx.send(msg);
+            }
+        });
+    }
+    let server = axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    );
+    let grace = app.opts.shutdown_grace;
+    let app2 = app.clone();
+    let stopping = async move {
+        shutdown_signal().await;
+        eprintln!("shutting down: no new requests; running ones have {grace:?} to finish");
+        if let Some(e) = app2.engine.get() {
+            e.queue.drain();
+            let q = e.queue.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                q.stop();
+            });
+        }
+    };
+    // A model that fails to load ends the server with its error (a dropped sender, on success,
+    // disables that branch).
+    let result = tokio::select! {
+        r = server.with_graceful_shutdown(stopping) => r.map_err(|e| format!("serving: {e}")),
+        Ok(msg) = failed_rx => Err(msg),
+    };
+    if let Some(e) = app.engine.get() {
+        e.queue.stop();
+    }
+    if result.is_ok() {
+        eprintln!("stopped");
+    }
+    result
+}

@@ -1,0 +1,438 @@
+//! Continuous batching: one engine thread owns `--parallel` slots, each a session with its own KV
+//! cache. Every step it admits waiting jobs into free slots, runs one batched forward over every
+//! busy slot (a prompt chunk or the last sampled token each), samples each slot's next token and
+//! sends it to the job's channel. A job whose receiver is gone (client disconnect, timeout) frees
+//! its slot before the next step. A new job goes to the free slot whose cache shares the longest
+//! prefix with its prompt, and runs only the rest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tritium_engine::chat::common_prefix;
+use tritium_engine::forward::{Step, forward_batch};
+use tritium_engine::{Logits, Lora, Model, Sampler, Session, TextStream};
+
+use crate::api::Work;
+
+/// Prompt tokens a slot runs per step: long prompts go in chunks so the other slots keep
+/// decoding between them.
+const PREFILL_CHUNK: usize = 256;
+
+/// A token's log-probability and the most likely alternatives at its position.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` or the context.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt's tokens with their log-probabilities (the first has none): `echo` + `logprobs`.
+    Prompt(Vec<Option<TokenLogprob>>),
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        /// Prompt tokens taken from the slot's cache instead of run.
+        cached_tokens: usize,
+    },
+    Error(String),
+}
+
+pub struct Job {
+    pub work: Work,
+    pub events: UnboundedSender<Event>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Full,
+    ShuttingDown,
+}
+
+/// The queue between the HTTP handlers and the engine thread, and the figures metrics read.
+pub struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+    capacity: usize,
+    draining: AtomicBool,
+    stop: AtomicBool,
+    pub busy_slots: AtomicUsize,
+    pub depth: AtomicUsize,
+    /// Jobs dropped because their client went away (disconnect, timeout).
+    pub cancelled: AtomicUsize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Queue {
+        Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            capacity,
+            draining: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            busy_slots: AtomicUsize::new(0),
+            depth: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues `job` unless `capacity` jobs already wait or the server is shutting down.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refused::ShuttingDown);
+        }
+        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.capacity {
+            return Err(Refused::Full);
+        }
+        q.push_back(job);
+        self.depth.store(q.len(), Ordering::SeqCst);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Takes no new jobs; the running ones go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends the engine thread: running and waiting jobs get an error.
+    pub fn stop(&self) {
+        self.drain();
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.busy_slots.load(Ordering::SeqCst) == 0 && self.depth.load(Ordering::SeqCst) == 0
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let j = q.pop_front();
+        self.depth.store(q.len(), Ordering::SeqCst);
+        j
+    }
+
+    /// Waits (bounded) for a job or a stop.
+    fn wait(&self) {
+        let q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() && !self.stop.load(Ordering::SeqCst) {
+            let _ = self.wake.wait_timeout(q, Duration::from_millis(200));
+        }
+    }
+}
+
+/// A job in a slot.
+struct Active {
+    job: Job,
+    /// Prompt tokens already in the cache (taken from the slot's cache or run).
+    done: usize,
+    cached: usize,
+    /// Prompt and generated tokens, for the repetition penalty.
+    history: Vec<u32>,
+    generated: usize,
+    /// The token sampled last, run at the next step.
+    next: Option<u32>,
+    sampler: Sampler,
+    text: TextStream,
+    prompt_lp: Vec<Option<TokenLogprob>>,
+}
+
+struct Slot<'m> {
+    sess: Session<'m>,
+    /// The tokens the cache holds, from position 0.
+    cached: Vec<u32>,
+    active: Option<Active>,
+}
+
+/// Runs jobs from `queue` until it is stopped. `loras[i]` is the adapter of `Work::lora == Some(i)`.
+pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: usize) {
+    let mut slots: Vec<Slot> = (0..parallel)
+        .map(|_| Slot {
+            sess: Session::new(model, ctx).expect("the context was checked at start"),
+            cached: Vec::new(),
+            active: None,
+        })
+        .collect();
+    loop {
+        if queue.stop.load(Ordering::SeqCst) {
+            for s in slots.iter_mut().filter_map(|s| s.active.take()) {
+                let _ = s
+                    .job
+                    .events
+                    .send(Event::Error("the server is shutting down".into()));
+            }
+            while let Some(j) = queue.pop() {
+                let _ = j
+                    .events
+                    .send(Event::Error("the server is shutting down".into()));
+            }
+            queue.busy_slots.store(0, Ordering::SeqCst);
+            return;
+        }
+        // Jobs whose client has gone free their slots first.
+        for s in &mut slots {
+            if s.active.as_ref().is_some_and(|a| a.job.events.is_closed()) {
+                s.active = None;
+                queue.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        admit(&mut slots, queue, loras);
+        let busy = slots.iter().filter(|s| s.active.is_some()).count();
+        queue.busy_slots.store(busy, Ordering::SeqCst);
+        if busy == 0 {
+            queue.wait();
+            continue;
+        }
+        step(&mut slots);
+    }
+}
+
+/// Fills free slots from the queue, each job into the free slot sharing most of its prompt.
+fn admit<'m>(slots: &mut [Slot<'m>], queue: &Queue, loras: &'m [Lora]) {
+    while slots.iter().any(|s| s.active.is_none()) {
+        let Some(job) = queue.pop() else { return };
+        if job.events.is_closed() {
+            queue.cancelled.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        let w = &job.work;
+        // The prompt's log-probabilities need every position's logits, so such a job runs whole.
+        let reuse = |s: &Slot| {
+            if w.prompt_logprobs {
+                0
+            } else {
+                common_prefix(&s.cached, &w.prompt).min(w.prompt.len() - 1)
+            }
+        };
+        let slot = slots
+            .iter_mut()
+            .filter(|s| s.active.is_none())
+            .max_by_key(|s| (reuse(s), std::cmp::Reverse(s.cached.len())))
+            .expect("a free slot exists");
+        let keep = reuse(slot);
+        slot.cached.truncate(keep);
+        slot.sess.pos = keep;
+        slot.sess.lora = w.lora.map(|i| &loras[i]);
+        let text = TextStream::new(&w.stops);
+        slot.active = Some(Active {
+            done: keep,
+            cached: keep,
+            history: w.prompt.clone(),
+            generated: 0,
+            next: None,
+            sampler: Sampler::new(w.sampling.clone()),
+            text,
+            prompt_lp: if w.prompt_logprobs { vec![None] } else { Vec::new() },
+            job,
+        });
+    }
+}
+
+/// One batched forward over every busy slot, then each slot's sampling and events.
+fn step(slots: &mut [Slot]) {
+    // What each busy slot runs: the next prompt chunk, or its last sampled token.
+    let mut runs: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+    for (i, s) in slots.iter().enumerate() {
+        let Some(a) = &s.active else { continue };
+        let p = &a.job.work.prompt;
+        if a.done < p.len() {
+            let end = (a.done + PREFILL_CHUNK).min(p.len());
+            let which = if a.job.work.prompt_logprobs {
+                Logits::All
+            } else {
+                Logits::Last
+            };
+            runs.push((i, p[a.done..end].to_vec(), which));
+        } else if let Some(t) = a.next {
+            runs.push((i, vec![t], Logits::Last));
+        }
+    }
+    let result = {
+        let mut by_slot: Vec<Option<&mut Slot>> = slots.iter_mut().map(Some).collect();
+        let mut steps: Vec<Step> = runs
+            .iter()
+            .map(|(i, toks, which)| {
+                let s = by_slot[*i].take().expect("one run per slot");
+                Step {
+                    sess: &mut s.sess,
+                    tokens: toks,
+                    logits: *which,
+                }
+            })
+            .collect();
+        forward_batch(&mut steps)
+    };
+    if let Err(e) = result {
+        // Validation made this unreachable; fail the jobs rather than the server.
+        for (i, _, _) in &runs {
+            if let Some(a) = slots[*i].active.take() {
+                let _ = a.job.events.send(Event::Error(format!("engine: {e}")));
+            }
+        }
+        return;
+    }
+    for (i, toks, _) in runs {
+        let slot = &mut slots[i];
+        slot.cached.extend_from_slice(&toks);
+        let v = slot.sess.model.cfg.vocab;
+        let logits = &slot.sess.logits;
+        let a = slot.active.as_mut().expect("busy");
+        let w = &a.job.work;
+        let prefill = a.done < w.prompt.len();
+        if prefill {
+            if w.prompt_logprobs {
+                // Row r predicts prompt token done + r + 1.
+                for (r, row) in logits.chunks_exact(v).enumerate() {
+                    let at = a.done + r + 1;
+                    if at < w.prompt.len() {
+                        a.prompt_lp.push(Some(logprob(row, w.prompt[at], w.top_logprobs)));
+                    }
+                }
+            }
+            a.done += toks.len();
+            if a.done < w.prompt.len() {
+                continue;
+            }
+            if w.prompt_logprobs {
+                let lp = std::mem::take(&mut a.prompt_lp);
+                let _ = a.job.events.send(Event::Prompt(lp));
+            }
+        }
+        let last = &logits[logits.len() - v..];
+        let finish = if a.generated >= w.max_tokens {
+            Some(Finish::Length)
+        } else {
+            let tok = &slot.sess.model.tokenizer;
+            let next = a.sampler.sample(last, &a.history);
+            if Some(next) == tok.eos && !w.ignore_eos {
+                Some(Finish::Stop)
+            } else {
+                a.generated += 1;
+                a.history.push(next);
+                let lp = w.top_logprobs.map(|n| logprob(last, next, Some(n)));
+                let (text, stopped) = a.text.push(tok, next);
+                let _ = a.job.events.send(Event::Token {
+                    id: next,
+                    text,
+                    logprob: lp,
+                });
+                a.next = Some(next);
+                if stopped {
+                    Some(Finish::Stop)
+                } else if a.generated >= w.max_tokens || slot.sess.pos >= slot.sess.ctx {
+                    Some(Finish::Length)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(finish) = finish {
+            let rest = a.text.finish();
+            if !rest.is_empty() {
+                let _ = a.job.events.send(Event::Token {
+                    id: u32::MAX,
+                    text: rest,
+                    logprob: None,
+                });
+            }
+            let _ = a.job.events.send(Event::Done {
+                finish,
+                prompt_tokens: w.prompt.len(),
+                completion_tokens: a.generated,
+                cached_tokens: a.cached,
+            });
+            slot.active = None;
+        }
+    }
+}
+
+/// `log softmax(logits)[id]` and the `top` most likely tokens with theirs.
+fn logprob(logits: &[f32], id: u32, top: Option<usize>) -> TokenLogprob {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = mx
+        + logits
+            .iter()
+            .map(|&l| ((l - mx) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let n = top.unwrap_or(0);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < n || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(n);
+            }
+        }
+    }
+    TokenLogprob {
+        id,
+        logprob: logits[id as usize] - lse,
+        top: best.into_iter().map(|(i, l)| (i, l - lse)).collect(),
+    }
+}
+
+/// Starts the engine thread.
+pub fn spawn(
+    model: Arc<Model>,
+    loras: Arc<Vec<Lora>>,
+    queue: Arc<Queue>,
+    parallel: usize,
+    ctx: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("tritium-engine".into())
+        .spawn(move || run(&model, &loras, &queue, parallel, ctx))
+        .expect("spawning the engine thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logprob;
+
+    #[test]
+    fn logprobs_are_log_softmax_with_the_best_alternatives() {
+        let l = [1.0f32, 3.0, 2.0, 3.0];
+        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        let lp = logprob(&l, 2, Some(2));
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        // Ties keep the lower id first, as argmax does.
+        assert_eq!(
+            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert!(logprob(&l, 0, None).top.is_empty());
+    }
+}
