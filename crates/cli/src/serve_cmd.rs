@@ -66,7 +66,9 @@ pub struct ServeArgs {
 pub fn serve(a: ServeArgs) -> Result<()> {
     let mut loras = Vec::new();
     for l in &a.loras {
-        let Some((name, file)) = l.split_once('=').filter(|(n, f)| !n.is_empty() && !f.is_empty())
+        let Some((name, file)) = l
+            .split_once('=')
+            .filter(|(n, f)| !n.is_empty() && !f.is_empty())
         else {
             bail!("--lora {l}: expected NAME=FILE");
         };
@@ -90,7 +92,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--api-key \"\": a key must not be empty");
     }
     let rate_limit = match a.rate_limit {
-        Some(n) => Some(u32::try_from(n).map_err(|_| anyhow::anyhow!("--rate-limit {n}: too large"))?),
+        Some(n) => {
+            Some(u32::try_from(n).map_err(|_| anyhow::anyhow!("--rate-limit {n}: too large"))?)
+        }
         None => None,
     };
     let (threads, capped) = tritium_engine::Runtime::cap(a.threads);

@@ -133,7 +133,8 @@ enum Stop {
     Many(Vec<String>),
 }
 
-/// The fields both endpoints share.
+/// The fields both endpoints share, parsed from the same body as the endpoint's own (not
+/// `#[serde(flatten)]`: through it, errors lose the field's name).
 #[derive(Deserialize, Default)]
 struct Common {
     model: Option<String>,
@@ -165,8 +166,6 @@ struct CompletionBody {
     #[serde(default)]
     echo: bool,
     logprobs: Option<usize>,
-    #[serde(flatten)]
-    common: Common,
 }
 
 #[derive(Deserialize)]
@@ -195,8 +194,6 @@ struct ChatBody {
     #[serde(default)]
     logprobs: bool,
     top_logprobs: Option<usize>,
-    #[serde(flatten)]
-    common: Common,
 }
 
 /// At most this many alternatives per token, as OpenAI's API allows.
@@ -373,10 +370,11 @@ fn encode(cx: &Context, param: &str, text: &str) -> Result<Vec<u32>, ApiError> {
 /// `POST /v1/completions`.
 pub fn completion(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
     let b: CompletionBody = parse(body)?;
-    let (model, lora) = b.common.lora(cx)?;
-    let sampling = b.common.sampling()?;
-    let stops = b.common.stops()?;
-    let max_tokens = b.common.max_tokens(cx, DEFAULT_COMPLETION_TOKENS)?;
+    let common: Common = parse(body)?;
+    let (model, lora) = common.lora(cx)?;
+    let sampling = common.sampling()?;
+    let stops = common.stops()?;
+    let max_tokens = common.max_tokens(cx, DEFAULT_COMPLETION_TOKENS)?;
     if let Some(n) = b.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
         return Err(ApiError::invalid(
             "logprobs",
@@ -405,7 +403,7 @@ pub fn completion(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
             format!("prompt: give 1 to {MAX_PROMPTS} prompts"),
         ));
     }
-    if b.common.stream && prompts.len() > 1 {
+    if common.stream && prompts.len() > 1 {
         return Err(ApiError::invalid(
             "stream",
             "stream: a streamed completion takes one prompt",
@@ -437,13 +435,13 @@ pub fn completion(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
             lora,
             prompt_logprobs: b.echo && b.logprobs.is_some(),
             top_logprobs: b.logprobs,
-            ignore_eos: b.common.ignore_eos,
+            ignore_eos: common.ignore_eos,
         });
     }
     Ok(Request {
         model,
         works,
-        stream: b.common.stream,
+        stream: common.stream,
         echo: b.echo,
         prompt_texts: texts,
     })
@@ -452,11 +450,12 @@ pub fn completion(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
 /// `POST /v1/chat/completions`: the messages rendered by the model's chat template.
 pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
     let b: ChatBody = parse(body)?;
-    let (model, lora) = b.common.lora(cx)?;
-    let sampling = b.common.sampling()?;
-    let mut stops = b.common.stops()?;
+    let common: Common = parse(body)?;
+    let (model, lora) = common.lora(cx)?;
+    let sampling = common.sampling()?;
+    let mut stops = common.stops()?;
     stops.extend(END_OF_TURN.iter().map(|s| s.to_string()));
-    let max_tokens = b.common.max_tokens(cx, cx.max_output)?;
+    let max_tokens = common.max_tokens(cx, cx.max_output)?;
     if max_tokens == 0 {
         return Err(ApiError::invalid("max_tokens", "max_tokens must be ≥ 1"));
     }
@@ -469,10 +468,18 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
             format!("top_logprobs {n}: at most {MAX_TOP_LOGPROBS}"),
         ));
     }
-    let mut chat = Chat::new(cx.chat_template, None)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))?;
+    let mut chat = Chat::new(cx.chat_template, None).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    })?;
     for (i, m) in b.messages.into_iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "developer"
+        ) {
             return Err(ApiError::invalid(
                 &format!("messages[{i}].role"),
                 format!(
@@ -502,7 +509,11 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
                 t
             }
         };
-        let role = if m.role == "developer" { "system" } else { &m.role };
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            &m.role
+        };
         chat.messages.push((role.to_string(), text));
     }
     let text = chat
@@ -524,9 +535,9 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
             } else {
                 None
             },
-            ignore_eos: b.common.ignore_eos,
+            ignore_eos: common.ignore_eos,
         }],
-        stream: b.common.stream,
+        stream: common.stream,
         echo: false,
         prompt_texts: vec![None],
     })

@@ -141,7 +141,9 @@ async fn guard(
             .opts
             .api_keys
             .iter()
-            .fold(subtle::Choice::from(0), |acc, k| acc | k.as_bytes().ct_eq(given));
+            .fold(subtle::Choice::from(0), |acc, k| {
+                acc | k.as_bytes().ct_eq(given)
+            });
         if !bool::from(ok) {
             return app.fail(
                 ApiError::new(
@@ -210,6 +212,9 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         app.metrics
             .cancelled
             .set(q.cancelled.load(Ordering::SeqCst) as i64);
+        app.metrics
+            .peak_busy
+            .set(q.peak_busy.load(Ordering::SeqCst) as i64);
     }
     (
         [(
@@ -450,9 +455,7 @@ async fn serve_async(opts: Options) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("--host/--port {addr}: cannot listen: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| format!("{addr}: {e}"))?;
     let limiter = opts.rate_limit.map(|n| {
         RateLimiter::keyed(Quota::per_minute(
             NonZeroU32::new(n).expect("--rate-limit ≥ 1 is checked by the CLI"),

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub busy_slots: Gauge,
     pub slots: Gauge,
     pub cancelled: Gauge,
+    pub peak_busy: Gauge,
 }
 
 impl Metrics {
@@ -50,6 +51,7 @@ impl Metrics {
             busy_slots: Gauge::default(),
             slots: Gauge::default(),
             cancelled: Gauge::default(),
+            peak_busy: Gauge::default(),
         };
         m.slots.set(slots as i64);
         let r = &mut m.registry;
@@ -105,6 +107,11 @@ impl Metrics {
         );
         r.register("slots", "Slots (--parallel)", m.slots.clone());
         r.register(
+            "peak_busy_slots",
+            "The most slots busy at once since start",
+            m.peak_busy.clone(),
+        );
+        r.register(
             "cancelled_requests",
             "Requests dropped because their client went away (disconnect or timeout)",
             m.cancelled.clone(),
@@ -121,9 +128,7 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: &str) {
-        self.errors
-            .get_or_create(&Kind { kind: kind.into() })
-            .inc();
+        self.errors.get_or_create(&Kind { kind: kind.into() }).inc();
     }
 
     pub fn render(&self) -> String {

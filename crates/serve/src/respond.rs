@@ -345,11 +345,13 @@ impl Streaming {
         let w = self.req.works[0].clone();
         match ev {
             Err(e) => {
-                self.app.metrics.error(if e.status == StatusCode::GATEWAY_TIMEOUT {
-                    "timeout"
-                } else {
-                    "server"
-                });
+                self.app
+                    .metrics
+                    .error(if e.status == StatusCode::GATEWAY_TIMEOUT {
+                        "timeout"
+                    } else {
+                        "server"
+                    });
                 self.ready
                     .push_back(Sse::default().data(e.body().to_string()));
                 self.over = true;

@@ -88,6 +88,8 @@ pub struct Queue {
     pub depth: AtomicUsize,
     /// Jobs dropped because their client went away (disconnect, timeout).
     pub cancelled: AtomicUsize,
+    /// The most slots ever busy at once.
+    pub peak_busy: AtomicUsize,
 }
 
 impl Queue {
@@ -101,6 +103,7 @@ impl Queue {
             busy_slots: AtomicUsize::new(0),
             depth: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
+            peak_busy: AtomicUsize::new(0),
         }
     }
 
@@ -169,8 +172,9 @@ struct Active {
 
 struct Slot<'m> {
     sess: Session<'m>,
-    /// The tokens the cache holds, from position 0.
+    /// The tokens the cache holds, from position 0, and the adapter they ran with.
     cached: Vec<u32>,
+    cached_lora: Option<usize>,
     active: Option<Active>,
 }
 
@@ -180,6 +184,7 @@ pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: u
         .map(|_| Slot {
             sess: Session::new(model, ctx).expect("the context was checked at start"),
             cached: Vec::new(),
+            cached_lora: None,
             active: None,
         })
         .collect();
@@ -209,6 +214,7 @@ pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: u
         admit(&mut slots, queue, loras);
         let busy = slots.iter().filter(|s| s.active.is_some()).count();
         queue.busy_slots.store(busy, Ordering::SeqCst);
+        queue.peak_busy.fetch_max(busy, Ordering::SeqCst);
         if busy == 0 {
             queue.wait();
             continue;
@@ -226,9 +232,10 @@ fn admit<'m>(slots: &mut [Slot<'m>], queue: &Queue, loras: &'m [Lora]) {
             continue;
         }
         let w = &job.work;
-        // The prompt's log-probabilities need every position's logits, so such a job runs whole.
+        // The prompt's log-probabilities need every position's logits, so such a job runs whole;
+        // a cache computed with another adapter holds other keys and values.
         let reuse = |s: &Slot| {
-            if w.prompt_logprobs {
+            if w.prompt_logprobs || s.cached_lora != w.lora {
                 0
             } else {
                 common_prefix(&s.cached, &w.prompt).min(w.prompt.len() - 1)
@@ -241,6 +248,7 @@ fn admit<'m>(slots: &mut [Slot<'m>], queue: &Queue, loras: &'m [Lora]) {
             .expect("a free slot exists");
         let keep = reuse(slot);
         slot.cached.truncate(keep);
+        slot.cached_lora = w.lora;
         slot.sess.pos = keep;
         slot.sess.lora = w.lora.map(|i| &loras[i]);
         let text = TextStream::new(&w.stops);
@@ -252,7 +260,11 @@ fn admit<'m>(slots: &mut [Slot<'m>], queue: &Queue, loras: &'m [Lora]) {
             next: None,
             sampler: Sampler::new(w.sampling.clone()),
             text,
-            prompt_lp: if w.prompt_logprobs { vec![None] } else { Vec::new() },
+            prompt_lp: if w.prompt_logprobs {
+                vec![None]
+            } else {
+                Vec::new()
+            },
             job,
         });
     }
@@ -315,7 +327,8 @@ fn step(slots: &mut [Slot]) {
                 for (r, row) in logits.chunks_exact(v).enumerate() {
                     let at = a.done + r + 1;
                     if at < w.prompt.len() {
-                        a.prompt_lp.push(Some(logprob(row, w.prompt[at], w.top_logprobs)));
+                        a.prompt_lp
+                            .push(Some(logprob(row, w.prompt[at], w.top_logprobs)));
                     }
                 }
             }
@@ -428,10 +441,7 @@ mod tests {
         let lp = logprob(&l, 2, Some(2));
         assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
         // Ties keep the lower id first, as argmax does.
-        assert_eq!(
-            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
         assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
         assert!(logprob(&l, 0, None).top.is_empty());
     }
