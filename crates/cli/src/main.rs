@@ -90,6 +90,9 @@ enum Command {
     Bench(run_cmd::BenchArgs),
     /// Serve a GGUF over HTTP with an OpenAI-compatible API (continuous batching, LoRA per request).
     Serve(serve_cmd::ServeArgs),
+    /// Load an OpenAI-compatible server (tritium's or llama-server) with concurrent streamed
+    /// completions: aggregate tokens/s, time to first token, gaps between tokens.
+    BenchServe(serve_cmd::BenchServeArgs),
 }
 
 #[derive(Args)]
@@ -195,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => run_cmd::bench(a),
         Command::Serve(a) => serve_cmd::serve(a),
+        Command::BenchServe(a) => serve_cmd::bench_serve(a),
         Command::Eval(a) => eval_cmd::eval(a, fused),
         Command::Import(a) => import_cmd::import(a),
         Command::Finetune(a) => finetune_cmd::finetune(a, fused, check_memory),

@@ -124,3 +124,66 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     })
     .map_err(anyhow::Error::msg)
 }
+
+#[derive(Args)]
+pub struct BenchServeArgs {
+    /// The server's base address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Concurrent streams, one level after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16", value_parser = at_least_one())]
+    pub streams: Vec<usize>,
+    /// Completions each stream sends, one after another.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
+    pub requests: usize,
+    /// Tokens per completion (sent with ignore_eos, so every completion runs to it).
+    #[arg(long, default_value_t = 128, value_parser = at_least_one())]
+    pub tokens: usize,
+    /// The "model" field to send.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Seconds one completion may take.
+    #[arg(long, default_value_t = 300, value_parser = at_least_one())]
+    pub timeout: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench_serve(a: BenchServeArgs) -> Result<()> {
+    let load = tritium_serve::bench::Load {
+        url: a.url.trim_end_matches('/').to_string(),
+        model: a.model,
+        api_key: a.api_key,
+        streams: a.streams,
+        requests_per_stream: a.requests,
+        max_tokens: a.tokens,
+        timeout: Duration::from_secs(a.timeout as u64),
+    };
+    let levels = tritium_serve::bench::run(&load).map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&levels)?);
+        return Ok(());
+    }
+    println!(
+        "| streams | requests | tokens | seconds | tokens/s | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for l in levels {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            l.streams,
+            l.requests,
+            l.tokens,
+            l.seconds,
+            l.tokens_per_s,
+            l.ttft_p50_ms,
+            l.ttft_p99_ms,
+            l.token_gap_p50_ms,
+            l.token_gap_p99_ms
+        );
+    }
+    Ok(())
+}

@@ -340,8 +340,13 @@ fn attention(
             .enumerate()
             .for_each(|x| work(&mut scores, x));
     } else {
-        m.rt.pool
-            .for_each_chunk(out, hd, |i, o| work(&mut Vec::new(), (i, o)));
+        // Each pool thread keeps one scores buffer for all its tasks.
+        thread_local! {
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        m.rt.pool.for_each_chunk(out, hd, |i, o| {
+            SCORES.with(|s| work(&mut s.borrow_mut(), (i, o)))
+        });
     }
 }
 

@@ -173,6 +173,7 @@ impl TernaryMatrix {
                     0..self.rows,
                     dst,
                     self.rows,
+                    1,
                 );
             });
         } else {
@@ -190,22 +191,9 @@ impl TernaryMatrix {
             pool.for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
                 let r0 = c * chunk;
                 let rows = r0..r0 + dst.len() / nt;
-                if nt == 1 {
-                    self.matvec_into(isa, a, rows, dst);
-                } else {
-                    for (i, r) in rows.enumerate() {
-                        for t0 in (0..nt).step_by(TILE) {
-                            let t1 = (t0 + TILE).min(nt);
-                            self.tile_into(
-                                isa,
-                                a,
-                                t0..t1,
-                                r..r + 1,
-                                &mut dst[i * nt + t0..i * nt + t1],
-                                1,
-                            );
-                        }
-                    }
+                for t0 in (0..nt).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(nt);
+                    self.tile_into(isa, a, t0..t1, rows.clone(), &mut dst[t0..], 1, nt);
                 }
             });
             for r in 0..self.rows {
@@ -220,7 +208,7 @@ impl TernaryMatrix {
     fn matvec_into(&self, isa: Isa, a: &QuantActs, rows: Range<usize>, dst: &mut [f32]) {
         let nb = self.nb;
         if self.per_block {
-            return self.tile_into(isa, a, 0..1, rows, dst, dst.len());
+            return self.tile_into(isa, a, 0..1, rows, dst, dst.len(), 1);
         }
         let mut dots = vec![0i32; rows.len()];
         kernels::ternary_matvec(
@@ -236,7 +224,10 @@ impl TernaryMatrix {
         }
     }
 
-    /// Tokens `toks` (at most [`TILE`]) × rows `rows` into `dst[(t − toks.start)·stride + (r − rows.start)]`.
+    /// Tokens `toks` (at most [`TILE`]) × rows `rows` into
+    /// `dst[(t − toks.start)·tok_stride + (r − rows.start)·row_stride]`. Nothing is allocated:
+    /// decode calls this for every row range of every matrix.
+    #[allow(clippy::too_many_arguments)]
     fn tile_into(
         &self,
         isa: Isa,
@@ -244,32 +235,40 @@ impl TernaryMatrix {
         toks: Range<usize>,
         rows: Range<usize>,
         dst: &mut [f32],
-        stride: usize,
+        tok_stride: usize,
+        row_stride: usize,
     ) {
         let nb = self.nb;
         let mut dots = [0i32; TILE];
         let n = toks.len();
-        let xs: Vec<&[i8]> = toks.clone().map(|t| a.row(t)).collect();
+        let mut rows_of: [&[i8]; TILE] = [&[]; TILE];
+        for (x, t) in rows_of.iter_mut().zip(toks.clone()) {
+            *x = a.row(t);
+        }
+        let xs = &rows_of[..n];
         for (i, r) in rows.enumerate() {
             let w = &self.blocks[r * nb..(r + 1) * nb];
             if !self.per_block {
-                kernels::ternary_dots(isa, w, &xs, &mut dots[..n]);
+                kernels::ternary_dots(isa, w, xs, &mut dots[..n]);
                 for (k, t) in toks.clone().enumerate() {
-                    dst[k * stride + i] =
+                    dst[k * tok_stride + i * row_stride] =
                         rescale(dots[k] - a.sum(t), self.scales[r], a.inv_scale[t]);
                 }
             } else {
                 let mut acc = [0f32; TILE];
+                let mut block_of: [&[i8]; TILE] = [&[]; TILE];
                 for b in 0..nb {
-                    let xb: Vec<&[i8]> = xs.iter().map(|x| &x[BLOCK * b..]).collect();
-                    kernels::ternary_dots(isa, &w[b..b + 1], &xb, &mut dots[..n]);
+                    for (xb, x) in block_of.iter_mut().zip(xs) {
+                        *xb = &x[BLOCK * b..];
+                    }
+                    kernels::ternary_dots(isa, &w[b..b + 1], &block_of[..n], &mut dots[..n]);
                     for (k, t) in toks.clone().enumerate() {
                         acc[k] +=
                             (dots[k] - a.block_sums[t * nb + b]) as f32 * self.scales[r * nb + b];
                     }
                 }
                 for (k, t) in toks.clone().enumerate() {
-                    dst[k * stride + i] = acc[k] * a.inv_scale[t];
+                    dst[k * tok_stride + i * row_stride] = acc[k] * a.inv_scale[t];
                 }
             }
         }

@@ -429,7 +429,28 @@ pub unsafe fn attend_avx512(
     // Scores, 16 positions per register: Σ_j q[j]·keys[j][p..p+16].
     let whole = n / 16 * 16;
     let sp = scores.as_mut_ptr();
-    for p in (0..whole).step_by(16) {
+    // Four blocks of positions at once: four independent FMA chains (one chain alone waits on
+    // its own latency), each position summed over j in the same order as below.
+    let quad = n / 64 * 64;
+    for p in (0..quad).step_by(64) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, &qj) in q.iter().enumerate() {
+            let qv = _mm512_set1_ps(qj);
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: j·stride + p + 16k + 16 ≤ (hd−1)·stride + n ≤ keys.len().
+                *a = _mm512_fmadd_ps(
+                    qv,
+                    unsafe { _mm512_loadu_ps(keys.as_ptr().add(j * stride + p + 16 * k)) },
+                    *a,
+                );
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            // SAFETY: p + 16k + 16 ≤ scores.len().
+            unsafe { _mm512_storeu_ps(sp.add(p + 16 * k), *a) };
+        }
+    }
+    for p in (quad..whole).step_by(16) {
         let mut acc = _mm512_setzero_ps();
         for (j, &qj) in q.iter().enumerate() {
             // SAFETY: j·stride + p + 16 ≤ (hd−1)·stride + n ≤ keys.len().

@@ -7,6 +7,7 @@
 //! key (constant time) and the per-client rate limit before any handler runs.
 
 pub mod api;
+pub mod bench;
 pub mod metrics;
 pub mod respond;
 pub mod scheduler;

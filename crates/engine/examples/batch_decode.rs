@@ -1,0 +1,66 @@
+//! Aggregate decode speed of N sequences decoded together through `forward_batch` (what the
+//! server's continuous batching runs each step), against one sequence.
+//! `cargo run --release -p tritium-engine --example batch_decode -- FILE.gguf [THREADS]`
+
+use std::time::Instant;
+
+use tritium_engine::forward::{Step, forward_batch};
+use tritium_engine::{Logits, Model, Runtime, Session};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let path = std::path::Path::new(
+        args.get(1)
+            .expect("usage: batch_decode FILE.gguf [THREADS]"),
+    );
+    let threads = args.get(2).map(|t| t.parse().unwrap()).unwrap_or(0);
+    let m = Model::load(path, &Runtime::new(threads)).unwrap();
+    let (prompt, steps) = (32usize, 256usize);
+    let ns: Vec<usize> = match args.get(3) {
+        Some(n) => vec![n.parse().unwrap()],
+        None => vec![1, 2, 4, 8, 16],
+    };
+    for n in ns {
+        let mut sess: Vec<Session> = (0..n)
+            .map(|_| Session::new(&m, prompt + steps + 1).unwrap())
+            .collect();
+        let toks: Vec<Vec<u32>> = (0..n)
+            .map(|i| {
+                (0..prompt as u32)
+                    .map(|t| (t * 31 + i as u32 * 7 + 1) % m.cfg.vocab as u32)
+                    .collect()
+            })
+            .collect();
+        let mut batch: Vec<Step> = sess
+            .iter_mut()
+            .zip(&toks)
+            .map(|(s, t)| Step {
+                sess: s,
+                tokens: t,
+                logits: Logits::Last,
+            })
+            .collect();
+        forward_batch(&mut batch).unwrap();
+        drop(batch);
+        let t = Instant::now();
+        let one: Vec<Vec<u32>> = (0..n).map(|i| vec![i as u32 + 3]).collect();
+        for _ in 0..steps {
+            let mut batch: Vec<Step> = sess
+                .iter_mut()
+                .zip(&one)
+                .map(|(s, t)| Step {
+                    sess: s,
+                    tokens: t,
+                    logits: Logits::Last,
+                })
+                .collect();
+            forward_batch(&mut batch).unwrap();
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{n:2} sequences: {:7.1} tokens/s aggregate, {:6.2} ms a step",
+            (n * steps) as f64 / s,
+            s / steps as f64 * 1e3
+        );
+    }
+}
