@@ -543,8 +543,10 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
     })
 }
 
+/// llama-server's `content` or vLLM's `prompt` (lm-evaluation-harness's remote tokenizer).
 #[derive(Deserialize)]
 struct TokenizeBody {
+    #[serde(alias = "prompt")]
     content: String,
     #[serde(default)]
     with_pieces: bool,
@@ -555,7 +557,7 @@ struct DetokenizeBody {
     tokens: Vec<u32>,
 }
 
-/// `POST /tokenize` (llama-server's shape): `{"tokens": [...]}`, with pieces if asked.
+/// `POST /tokenize` (llama-server's and vLLM's shape): `{"tokens": [...]}`, with pieces if asked.
 pub fn tokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError> {
     let b: TokenizeBody = parse(body)?;
     let ids = cx
@@ -572,7 +574,7 @@ pub fn tokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError
     Ok(json!({ "tokens": ids }))
 }
 
-/// `POST /detokenize`: `{"content": "..."}`.
+/// `POST /detokenize`: the text as llama-server (`content`) and vLLM (`prompt`) name it.
 pub fn detokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError> {
     let b: DetokenizeBody = parse(body)?;
     if let Some((i, &t)) = b
@@ -586,5 +588,18 @@ pub fn detokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiErr
             format!("token id {t} is outside the vocabulary of {}", cx.vocab),
         ));
     }
-    Ok(json!({ "content": cx.tokenizer.decode(&b.tokens) }))
+    let text = cx.tokenizer.decode(&b.tokens);
+    Ok(json!({ "content": text, "prompt": text }))
+}
+
+/// `GET /tokenizer_info` (vLLM's shape, which lm-evaluation-harness's remote tokenizer reads).
+pub fn tokenizer_info(cx: &Context) -> serde_json::Value {
+    let piece = |id: Option<u32>| id.map(|i| cx.tokenizer.decode(&[i]));
+    json!({
+        "eos_token": piece(cx.tokenizer.eos),
+        "bos_token": piece(cx.tokenizer.bos),
+        "pad_token": null,
+        "chat_template": cx.chat_template.unwrap_or(tritium_gguf::names::DEFAULT_CHAT_TEMPLATE),
+        "vocab_size": cx.vocab,
+    })
 }

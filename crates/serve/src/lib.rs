@@ -263,6 +263,14 @@ async fn detokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection
     }
 }
 
+async fn tokenizer_info(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("tokenizer_info");
+    match app.ready() {
+        Ok(e) => axum::Json(api::tokenizer_info(&app.context(e))).into_response(),
+        Err(e) => app.fail(e),
+    }
+}
+
 /// Which OpenAI endpoint a generation answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -433,6 +441,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/tokenize", post(tokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route("/detokenize", post(detokenize))
         .layer(DefaultBodyLimit::max(app.opts.body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
