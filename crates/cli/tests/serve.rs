@@ -715,3 +715,65 @@ fn the_official_openai_python_client_talks_to_it() {
     assert!(o.status.success(), "{text}");
     assert!(text.contains("openai client: ok"), "{text}");
 }
+
+#[test]
+fn a_load_above_the_limits_loses_no_accepted_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    let s = Arc::new(Server::start(&m, &["--parallel", "2", "--queue", "3"]));
+    let n = 24;
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (s, b) = (s.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                let body = json!({"prompt": format!("load {i}"), "max_tokens": 200, "ignore_eos": true, "stream": i % 2 == 0});
+                let (status, retry, text) = s.post_raw("/v1/completions", &body.to_string(), None);
+                (i, status, retry, text)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for h in handles {
+        let (i, status, retry, text) = h.join().unwrap();
+        match status {
+            200 if i % 2 == 0 => {
+                // A whole stream: the last chunk says length with 200 tokens, then [DONE].
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+                let last: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+                assert_eq!(last["usage"]["completion_tokens"], 200, "{text}");
+                ok += 1;
+            }
+            200 => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["usage"]["completion_tokens"], 200, "{text}");
+                ok += 1;
+            }
+            503 => {
+                assert_eq!(retry.as_deref(), Some("1"));
+                assert_eq!(error_of(&text)["code"], "server_overloaded");
+                refused += 1;
+            }
+            other => panic!("request {i}: HTTP {other}: {text}"),
+        }
+    }
+    assert_eq!(ok + refused, n);
+    // At least the slots and the queue were served; the rest were refused, none lost.
+    assert!(ok >= 5, "{ok} served, {refused} refused");
+    assert!(
+        refused >= 1,
+        "24 requests at once never exceeded 2 slots + 3 queued"
+    );
+    s.wait_metric("tritium_busy_slots", 0.0);
+    assert_eq!(s.metric("tritium_queue_depth"), 0.0);
+    assert_eq!(
+        s.metric("tritium_generated_tokens_total"),
+        200.0 * ok as f64
+    );
+    assert_eq!(s.metric("tritium_cancelled_requests"), 0.0);
+}

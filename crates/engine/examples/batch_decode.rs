@@ -15,6 +15,9 @@ fn main() {
     );
     let threads = args.get(2).map(|t| t.parse().unwrap()).unwrap_or(0);
     let m = Model::load(path, &Runtime::new(threads)).unwrap();
+    if std::env::var("HEAD_ONLY").is_ok() {
+        return head_only(&m);
+    }
     let (prompt, steps) = (32usize, 256usize);
     let ns: Vec<usize> = match args.get(3) {
         Some(n) => vec![n.parse().unwrap()],
@@ -61,6 +64,26 @@ fn main() {
             "{n:2} sequences: {:7.1} tokens/s aggregate, {:6.2} ms a step",
             (n * steps) as f64 / s,
             s / steps as f64 * 1e3
+        );
+    }
+}
+
+/// Times the LM head kernel alone for 1..16 tokens (diagnosis).
+#[allow(dead_code)]
+pub fn head_only(m: &Model) {
+    let d = m.cfg.d_model;
+    let v = m.cfg.vocab;
+    let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+    for nt in [1usize, 2, 4, 8, 16] {
+        let xs: Vec<&[f32]> = (0..nt).map(|_| &x[..]).collect();
+        let mut out = vec![0f32; v * nt];
+        let t = Instant::now();
+        for _ in 0..20 {
+            tritium_engine::kernels::float_dots(m.rt.isa, m.lm_head(), d, 0..v, &xs, &mut out);
+        }
+        println!(
+            "head {nt:2} tokens: {:.3} ms (one thread)",
+            t.elapsed().as_secs_f64() / 20.0 * 1e3
         );
     }
 }

@@ -290,21 +290,21 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         };
         xs.extend(h[first * d..r.end * d].chunks_exact(d));
     }
-    let mut logits = vec![0f32; xs.len() * v];
-    lm_head(rt, m.lm_head(), d, v, &xs, &mut logits);
-    let mut at = 0;
+    // Each sequence's logits buffer takes its rows straight from the LM head.
     for (s, r) in steps.iter_mut().zip(&rows) {
         let n = match s.logits {
             Logits::Last => 1,
             Logits::All => r.len(),
         };
         s.sess.logits.clear();
-        s.sess
-            .logits
-            .extend_from_slice(&logits[at * v..(at + n) * v]);
-        at += n;
+        s.sess.logits.resize(n * v, 0.0);
         s.sess.pos += r.len();
     }
+    let mut outs: Vec<&mut [f32]> = steps
+        .iter_mut()
+        .flat_map(|s| s.sess.logits.chunks_exact_mut(v))
+        .collect();
+    lm_head(rt, m.lm_head(), d, v, &xs, &mut outs);
     Ok(())
 }
 
@@ -378,30 +378,40 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// `out[t·V + r] = head[r] · xs[t]`, threaded over vocabulary rows.
+/// `outs[t][r] = head[r] · xs[t]`, threaded over vocabulary rows; each thread writes its rows of
+/// every token's output itself.
 fn lm_head(
     rt: &Runtime,
     w: kernels::FloatRows,
     d: usize,
     v: usize,
     xs: &[&[f32]],
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
 ) {
     let (isa, nt) = (rt.isa, xs.len());
     let chunk = 256;
-    let mut tmp = vec![0f32; v * nt]; // [row][token]
-    rt.pool.for_each_chunk(&mut tmp, chunk * nt, |c, dst| {
-        let r0 = c * chunk;
-        let rows = r0..r0 + dst.len() / nt;
-        if d.is_multiple_of(16) {
-            kernels::float_dots(isa, w, d, rows, xs, dst);
-        } else {
-            kernels::scalar::float_dots_any(w, d, rows, xs, dst);
-        }
-    });
-    for r in 0..v {
-        for t in 0..nt {
-            out[t * v + r] = tmp[r * nt + t];
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..v.div_ceil(chunk))
+        .map(|_| Vec::with_capacity(nt))
+        .collect();
+    for out in outs.iter_mut() {
+        for (task, part) in tasks.iter_mut().zip(out.chunks_mut(chunk)) {
+            task.push(part);
         }
     }
+    rt.pool.for_each_chunk(&mut tasks, 1, |c, task| {
+        let parts = &mut task[0];
+        let r0 = c * chunk;
+        let rows = r0..r0 + parts[0].len();
+        let mut buf = vec![0f32; rows.len() * nt]; // [row][token]
+        if d.is_multiple_of(16) {
+            kernels::float_dots(isa, w, d, rows, xs, &mut buf);
+        } else {
+            kernels::scalar::float_dots_any(w, d, rows, xs, &mut buf);
+        }
+        for (t, part) in parts.iter_mut().enumerate() {
+            for (i, o) in part.iter_mut().enumerate() {
+                *o = buf[i * nt + t];
+            }
+        }
+    });
 }

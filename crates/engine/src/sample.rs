@@ -123,6 +123,16 @@ impl Sampler {
     /// The next token given `logits` and the tokens so far (`history`, for the penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let c = &self.cfg;
+        if c.temperature <= 0.0 && c.repeat_penalty == 1.0 {
+            // Plain greedy: the first largest logit, as `argmax` picks it, without the copy.
+            let mut best = 0;
+            for (i, &v) in logits.iter().enumerate() {
+                if v > logits[best] {
+                    best = i;
+                }
+            }
+            return best as u32;
+        }
         let mut l: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()

@@ -68,6 +68,36 @@ fn ternary_simd_equals_scalar() {
 }
 
 #[test]
+fn ternary_rows_equal_one_dot_per_row() {
+    let mut rng = Rng(3);
+    for nb in [1usize, 3] {
+        let rows = 5;
+        let w: Vec<Block64> = (0..rows * nb)
+            .map(|_| {
+                let mut b = Block64([0; 64]);
+                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
+                b
+            })
+            .collect();
+        for ntok in 1..=16usize {
+            let xs: Vec<Vec<i8>> = (0..ntok)
+                .map(|_| (0..nb * 256).map(|_| rng.next() as i8).collect())
+                .collect();
+            let refs: Vec<&[i8]> = xs.iter().map(|v| v.as_slice()).collect();
+            let mut want = vec![0i32; rows * ntok];
+            for (r, o) in want.chunks_exact_mut(ntok).enumerate() {
+                kernels::ternary_dots(Isa::Scalar, &w[r * nb..(r + 1) * nb], &refs, o);
+            }
+            for &isa in &Isa::available() {
+                let mut got = vec![0i32; rows * ntok];
+                kernels::ternary_rows(isa, &w, nb, &refs, &mut got);
+                assert_eq!(got, want, "{isa:?} nb={nb} ntok={ntok}");
+            }
+        }
+    }
+}
+
+#[test]
 fn float_simd_equals_scalar() {
     let mut rng = Rng(2);
     for d in [16usize, 48, 64, 256] {
@@ -77,7 +107,7 @@ fn float_simd_equals_scalar() {
             .iter()
             .map(|&v| half::f16::from_f32(v).to_bits())
             .collect();
-        for ntok in [1usize, 2, 3, 4, 5, 9] {
+        for ntok in [1usize, 2, 3, 4, 5, 7, 9, 16, 18] {
             let xs: Vec<Vec<f32>> = (0..ntok)
                 .map(|_| (0..d).map(|_| rng.f32() * 3.0).collect())
                 .collect();

@@ -245,6 +245,32 @@ pub fn ternary_matvec(isa: Isa, w: &[Block64], nb: usize, x: &[i8], out: &mut [i
     }
 }
 
+/// `out[r·n + t] = Σ_j code(row r, j) · xs[t][j]` for consecutive rows of `nb` blocks each and
+/// `n = xs.len()` ≤ 16 tokens: the batched-decode path, one call per slice of rows instead of one
+/// per row.
+pub fn ternary_rows(isa: Isa, w: &[Block64], nb: usize, xs: &[&[i8]], out: &mut [i32]) {
+    let n = xs.len();
+    assert!(n > 0 && n <= 16 && nb > 0);
+    assert!(w.len().is_multiple_of(nb) && out.len() == w.len() / nb * n);
+    assert!(xs.iter().all(|x| x.len() >= nb * BLOCK));
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
+        // the lengths were checked above.
+        Isa::Avx512Vnni => unsafe { x86::ternary_rows_avx512(w, nb, xs, out) },
+        _ => {
+            for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(n)) {
+                ternary_dots(isa, row, xs, o);
+            }
+        }
+    }
+}
+
 /// Float weight rows for the LM head (the tied embedding), in the file's own encoding.
 #[derive(Clone, Copy, Debug)]
 pub enum FloatRows<'a> {

@@ -32,6 +32,12 @@ pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) 
         unsafe { tile512::<4>(w, &xs[t..t + 4], &mut out[t..t + 4]) };
         t += 4;
     }
+    match xs.len() - t {
+        // SAFETY (both): forwarded contract.
+        3 => return unsafe { small512::<3>(w, &xs[t..], &mut out[t..]) },
+        2 => return unsafe { small512::<2>(w, &xs[t..], &mut out[t..]) },
+        _ => {}
+    }
     while t < xs.len() {
         // SAFETY: forwarded contract.
         out[t] = unsafe { one512(w, xs[t]) };
@@ -122,6 +128,41 @@ unsafe fn tile512_16(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     );
     // SAFETY: out has 16 elements.
     unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), r) };
+}
+
+/// Two or three tokens sharing each unpacked block, each with four accumulators (one per code
+/// plane) so the chains overlap as in [`one512`]; integer sums, so the grouping is exact.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn small512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
+    let mut acc = [[_mm512_setzero_si512(); 4]; NT];
+    for (b, blk) in w.iter().enumerate() {
+        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        // SAFETY: caller guarantees avx512 support.
+        let c = unsafe { codes512(blk) };
+        for (t, a) in acc.iter_mut().enumerate() {
+            for l in 0..4 {
+                // SAFETY: 256·b + 64·l + 64 ≤ 256·w.len() ≤ xs[t].len().
+                let xv = unsafe { _mm512_loadu_si512(xs[t].as_ptr().add(256 * b + 64 * l).cast()) };
+                a[l] = _mm512_dpbusd_epi32(a[l], c[l], xv);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        let s = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
+        *o = _mm512_reduce_add_epi32(s);
+    }
+}
+
+/// # Safety
+/// The CPU must support avx512f, avx512bw and avx512vnni; `w.len() == rows·nb`,
+/// `out.len() == rows·xs.len()`, `xs.len() ≤ 16` and every `xs[t]` holds `256·nb` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn ternary_rows_avx512(w: &[Block64], nb: usize, xs: &[&[i8]], out: &mut [i32]) {
+    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(xs.len())) {
+        // SAFETY: forwarded contract, one row at a time.
+        unsafe { ternary_dots_avx512(row, xs, o) };
+    }
 }
 
 #[inline]
@@ -235,24 +276,35 @@ pub unsafe fn float_dots_avx512(
     let nt = xs.len();
     let mut r = rows.start;
     let mut i = 0;
-    // Four rows at a time when there are few tokens (independent FMA chains); otherwise one row
-    // against four tokens.
-    let rr = if nt < 4 { 4 } else { 1 };
+    // Tiles of four rows × up to four tokens: up to sixteen independent FMA chains (one token alone
+    // still has four, one per row), each row converted once per four tokens.
     while r < rows.end {
-        let n = rr.min(rows.end - r);
+        let n = 4.min(rows.end - r);
         let mut t = 0;
         while t < nt {
-            let k = if n == 1 { 4.min(nt - t) } else { 1 };
+            let k = 4.min(nt - t);
+            let x = &xs[t..t + k];
             // SAFETY: forwarded contract; the tile stays inside rows and tokens.
             unsafe {
                 match (n, k) {
-                    (4, 1) => ftile512::<4, 1>(w, d, r, &xs[t..t + 1], out, i, nt, t),
-                    (1, 4) => ftile512::<1, 4>(w, d, r, &xs[t..t + 4], out, i, nt, t),
-                    (1, 3) => ftile512::<1, 3>(w, d, r, &xs[t..t + 3], out, i, nt, t),
-                    (1, 2) => ftile512::<1, 2>(w, d, r, &xs[t..t + 2], out, i, nt, t),
+                    (4, 4) => ftile512::<4, 4>(w, d, r, x, out, i, nt, t),
+                    (4, 3) => ftile512::<4, 3>(w, d, r, x, out, i, nt, t),
+                    (4, 2) => ftile512::<4, 2>(w, d, r, x, out, i, nt, t),
+                    (4, _) => ftile512::<4, 1>(w, d, r, x, out, i, nt, t),
                     _ => {
                         for a in 0..n {
-                            ftile512::<1, 1>(w, d, r + a, &xs[t..t + 1], out, i + a, nt, t)
+                            for (b, xb) in x.iter().enumerate() {
+                                ftile512::<1, 1>(
+                                    w,
+                                    d,
+                                    r + a,
+                                    std::slice::from_ref(xb),
+                                    out,
+                                    i + a,
+                                    nt,
+                                    t + b,
+                                )
+                            }
                         }
                     }
                 }
