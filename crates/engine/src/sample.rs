@@ -195,6 +195,42 @@ impl Sampler {
     }
 }
 
+/// `log_softmax(row)`, in f64: `row[i] − max − ln Σ_j exp(row[j] − max)`. The one definition the
+/// evaluator's scores and the server's log-probabilities share, so both give the same numbers.
+pub struct LogSoftmax {
+    max: f64,
+    log_z: f64,
+    best: usize,
+}
+
+impl LogSoftmax {
+    pub fn new(row: &[f32]) -> LogSoftmax {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = i;
+            }
+        }
+        let max = row[best] as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        LogSoftmax {
+            max,
+            log_z: z.ln(),
+            best,
+        }
+    }
+
+    /// The log-probability of entry `i` of the row this was made from.
+    pub fn at(&self, row: &[f32], i: usize) -> f64 {
+        row[i] as f64 - self.max - self.log_z
+    }
+
+    /// The first largest entry.
+    pub fn argmax(&self) -> usize {
+        self.best
+    }
+}
+
 /// The index of the largest logit (the first one on ties, as llama.cpp's greedy sampler).
 pub fn argmax(l: &[(u32, f32)]) -> u32 {
     let mut best = 0;

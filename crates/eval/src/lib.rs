@@ -49,18 +49,8 @@ pub trait Scorer {
 
 /// `log_softmax(row)[target]` and whether `target` is the (first) argmax, in f64.
 pub fn token_score(row: &[f32], target: u32) -> (f64, bool) {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    let m = row[best] as f64;
-    let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
-    (
-        row[target as usize] as f64 - m - z.ln(),
-        best == target as usize,
-    )
+    let l = tritium_engine::sample::LogSoftmax::new(row);
+    (l.at(row, target as usize), l.argmax() == target as usize)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ fn completion_logprobs(
 
 /// The chat `logprobs` object over generated tokens.
 fn chat_logprobs(tok: &Tokenizer, items: &[&TokenLogprob]) -> Value {
-    let entry = |id: u32, lp: f32| {
+    let entry = |id: u32, lp: f64| {
         let t = tok.decode(&[id]);
         json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
     };

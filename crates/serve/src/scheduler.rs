@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tritium_engine::chat::common_prefix;
 use tritium_engine::forward::{Step, forward_batch};
+use tritium_engine::sample::LogSoftmax;
 use tritium_engine::{Logits, Lora, Model, Sampler, Session, TextStream};
 
 use crate::api::Work;
@@ -25,8 +26,8 @@ const PREFILL_CHUNK: usize = 256;
 #[derive(Debug, Clone)]
 pub struct TokenLogprob {
     pub id: u32,
-    pub logprob: f32,
-    pub top: Vec<(u32, f32)>,
+    pub logprob: f64,
+    pub top: Vec<(u32, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +349,14 @@ fn step(slots: &mut [Slot]) {
             let tok = &slot.sess.model.tokenizer;
             let next = a.sampler.sample(last, &a.history);
             if Some(next) == tok.eos && !w.ignore_eos {
+                // The end token is generated (and counted, with its log-probability) but adds no
+                // text: a scorer asking for prompt + one token gets one entry more than the prompt.
+                a.generated += 1;
+                let _ = a.job.events.send(Event::Token {
+                    id: next,
+                    text: String::new(),
+                    logprob: w.top_logprobs.map(|n| logprob(last, next, Some(n))),
+                });
                 Some(Finish::Stop)
             } else {
                 a.generated += 1;
@@ -389,30 +398,28 @@ fn step(slots: &mut [Slot]) {
     }
 }
 
-/// `log softmax(logits)[id]` and the `top` most likely tokens with theirs.
+/// `log softmax(logits)[id]` and the `top` most likely tokens with theirs, by the evaluator's
+/// definition ([`LogSoftmax`]), so a harness scoring through the server gets `tritium eval`'s numbers.
 fn logprob(logits: &[f32], id: u32, top: Option<usize>) -> TokenLogprob {
-    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = mx
-        + logits
-            .iter()
-            .map(|&l| ((l - mx) as f64).exp())
-            .sum::<f64>()
-            .ln() as f32;
+    let l = LogSoftmax::new(logits);
     let n = top.unwrap_or(0);
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
     if n > 0 {
-        for (i, &l) in logits.iter().enumerate() {
-            if best.len() < n || l > best[best.len() - 1].1 {
-                let at = best.partition_point(|&(_, b)| b >= l);
-                best.insert(at, (i as u32, l));
+        for (i, &v) in logits.iter().enumerate() {
+            if best.len() < n || v > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= v);
+                best.insert(at, (i as u32, v));
                 best.truncate(n);
             }
         }
     }
     TokenLogprob {
         id,
-        logprob: logits[id as usize] - lse,
-        top: best.into_iter().map(|(i, l)| (i, l - lse)).collect(),
+        logprob: l.at(logits, id as usize),
+        top: best
+            .into_iter()
+            .map(|(i, _)| (i, l.at(logits, i as usize)))
+            .collect(),
     }
 }
 
@@ -439,10 +446,10 @@ mod tests {
         let l = [1.0f32, 3.0, 2.0, 3.0];
         let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
         let lp = logprob(&l, 2, Some(2));
-        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert!((lp.logprob - (2.0 - z.ln())).abs() < 1e-12);
         // Ties keep the lower id first, as argmax does.
         assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
-        assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert!((lp.top[0].1 - (3.0 - z.ln())).abs() < 1e-12);
         assert!(logprob(&l, 0, None).top.is_empty());
     }
 }
