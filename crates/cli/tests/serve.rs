@@ -763,8 +763,9 @@ fn a_load_above_the_limits_loses_no_accepted_request() {
         }
     }
     assert_eq!(ok + refused, n);
-    // At least the slots and the queue were served; the rest were refused, none lost.
-    assert!(ok >= 5, "{ok} served, {refused} refused");
+    // At least a queue's worth was served (all 24 may arrive before the engine takes any into a
+    // slot); the rest were refused, none lost.
+    assert!(ok >= 3, "{ok} served, {refused} refused");
     assert!(
         refused >= 1,
         "24 requests at once never exceeded 2 slots + 3 queued"

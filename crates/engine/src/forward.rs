@@ -59,8 +59,8 @@ impl<'m> Session<'m> {
             lora: None,
             ctx,
             pos: 0,
-            k_cache: vec![0.0; cache],
-            v_cache: vec![0.0; cache],
+            k_cache: committed(cache),
+            v_cache: committed(cache),
             rope_cos,
             rope_sin,
             logits: Vec::new(),
@@ -348,6 +348,16 @@ fn attention(
             SCORES.with(|s| work(&mut s.borrow_mut(), (i, o)))
         });
     }
+}
+
+/// A zeroed buffer whose pages are written now: a zeroed allocation is otherwise mapped lazily,
+/// and a server's slots would take their page faults (and the kernel's zeroing) mid-generation,
+/// or run out of memory then instead of at start.
+fn committed(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // Through black_box, so the allocation is not turned back into a lazily zeroed one.
+    v.resize(n, std::hint::black_box(0.0));
+    v
 }
 
 /// `out = x / √(mean(x²) + eps) · gain`, row by row.
