@@ -335,17 +335,22 @@ fn check_prompt(cx: &Context, param: &str, prompt: &[u32]) -> Result<(), ApiErro
         )
         .code("context_length_exceeded"));
     }
-    if let Some((i, &t)) = prompt
+    check_ids(cx, param, prompt)
+}
+
+/// Every id inside the vocabulary, else an error naming the first one outside.
+fn check_ids(cx: &Context, param: &str, ids: &[u32]) -> Result<(), ApiError> {
+    match ids
         .iter()
         .enumerate()
         .find(|&(_, &t)| t as usize >= cx.vocab)
     {
-        return Err(ApiError::invalid(
+        Some((i, &t)) => Err(ApiError::invalid(
             &format!("{param}[{i}]"),
             format!("token id {t} is outside the vocabulary of {}", cx.vocab),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Token ids of prompt text: no BOS unless the model asks for one, as `tritium run` does; an
@@ -577,17 +582,7 @@ pub fn tokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError
 /// `POST /detokenize`: the text as llama-server (`content`) and vLLM (`prompt`) name it.
 pub fn detokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError> {
     let b: DetokenizeBody = parse(body)?;
-    if let Some((i, &t)) = b
-        .tokens
-        .iter()
-        .enumerate()
-        .find(|&(_, &t)| t as usize >= cx.vocab)
-    {
-        return Err(ApiError::invalid(
-            &format!("tokens[{i}]"),
-            format!("token id {t} is outside the vocabulary of {}", cx.vocab),
-        ));
-    }
+    check_ids(cx, "tokens", &b.tokens)?;
     let text = cx.tokenizer.decode(&b.tokens);
     Ok(json!({ "content": text, "prompt": text }))
 }

@@ -241,26 +241,26 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn tokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
-    app.metrics.request("tokenize");
-    let r = app
-        .ready()
-        .and_then(|e| api::tokenize(&body(b)?, &app.context(e)));
-    match r {
+/// A JSON-in, JSON-out endpoint over `api`'s function `f`.
+fn answer(
+    app: &App,
+    endpoint: &str,
+    b: Result<Bytes, BytesRejection>,
+    f: fn(&[u8], &Context) -> Result<serde_json::Value, ApiError>,
+) -> Response {
+    app.metrics.request(endpoint);
+    match app.ready().and_then(|e| f(&body(b)?, &app.context(e))) {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => app.fail(e),
     }
 }
 
+async fn tokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
+    answer(&app, "tokenize", b, api::tokenize)
+}
+
 async fn detokenize(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> Response {
-    app.metrics.request("detokenize");
-    let r = app
-        .ready()
-        .and_then(|e| api::detokenize(&body(b)?, &app.context(e)));
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => app.fail(e),
-    }
+    answer(&app, "detokenize", b, api::detokenize)
 }
 
 async fn tokenizer_info(State(app): State<Arc<App>>) -> Response {
