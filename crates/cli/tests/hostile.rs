@@ -599,6 +599,12 @@ fn hostile_inputs_are_refused_cleanly() {
         v.extend_from_slice(extra);
         v
     };
+    // Any free port, so rows never collide; every row must be refused before serving.
+    let serve = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["serve", "{d}/m.gguf", "--port", "0"];
+        v.extend_from_slice(extra);
+        v
+    };
     // The flag under test is given once; the others keep the run short.
     let bench = |extra: &[&'static str]| -> Vec<&'static str> {
         let mut v = vec!["bench", "{d}/m.gguf"];
@@ -714,6 +720,27 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["bench", "{d}/nope.gguf"], Refused, vec!["nope.gguf"]),
         (vec!["bench", "{d}/head.gguf"], Refused, vec!["head.gguf"]),
         (vec!["bench", "{d}/ft/adapter.gguf"], Refused, vec!["adapter.gguf"]),
+        // ---- serve and bench-serve
+        (serve(&["--parallel", "0"]), Refused, vec!["--parallel"]),
+        (serve(&["--queue", "-1"]), Refused, vec!["--queue"]),
+        (serve(&["--ctx", "100000"]), Refused, vec!["--ctx"]),
+        (serve(&["--max-body", "10"]), Refused, vec!["--max-body"]),
+        (serve(&["--rate-limit", "0"]), Refused, vec!["--rate-limit"]),
+        (serve(&["--timeout", "0"]), Refused, vec!["--timeout"]),
+        (serve(&["--lora", "bad"]), Refused, vec!["--lora bad", "NAME=FILE"]),
+        (serve(&["--lora", "x={d}/nope.gguf"]), Refused, vec!["nope.gguf"]),
+        (serve(&["--lora", "x={d}/m.gguf"]), Refused, vec!["m.gguf", "adapter"]),
+        (serve(&["--lora", "m={d}/ft/adapter.gguf"]), Refused, vec!["`m` is taken"]),
+        (serve(&["--api-key", ""]), Refused, vec!["--api-key"]),
+        (serve(&["--api-key-file", "{d}/nope.txt"]), Refused, vec!["--api-key-file", "nope.txt"]),
+        (serve(&["--host", "999.1.1.1"]), Refused, vec!["--host"]),
+        (vec!["serve", "{d}/nope.gguf", "--port", "0"], Refused, vec!["nope.gguf"]),
+        (vec!["serve", "{d}/head.gguf", "--port", "0"], Refused, vec!["head.gguf"]),
+        (vec!["serve", "{d}/notgguf.gguf", "--port", "0"], Refused, vec!["notgguf.gguf"]),
+        (vec!["serve", "{d}/ft/adapter.gguf", "--port", "0"], Refused, vec!["adapter.gguf"]),
+        (vec!["bench-serve", "--streams", "0"], Refused, vec!["--streams"]),
+        (vec!["bench-serve", "--tokens", "0"], Refused, vec!["--tokens"]),
+        (vec!["bench-serve", "--url", "http://127.0.0.1:1", "--streams", "1"], Refused, vec!["127.0.0.1:1"]),
         // ---- inspect
         (inspect("{d}/nope.gguf"), Refused, vec!["nope.gguf"]),
         (inspect("{d}/empty.gguf"), Refused, vec!["empty.gguf"]),
