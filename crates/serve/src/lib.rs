@@ -157,6 +157,11 @@ async fn guard(
         }
     }
     if let Some(l) = &app.limiter {
+        // One entry per client ever seen: drop the ones whose budget has refilled, so many
+        // distinct addresses cannot grow the table without bound.
+        if l.len() > 10_000 {
+            l.retain_recent();
+        }
         let client = match &key {
             Some(k) if !app.opts.api_keys.is_empty() => format!("key:{k}"),
             _ => format!("ip:{}", peer.ip()),
