@@ -1,6 +1,7 @@
 //! Aggregate decode speed of N sequences decoded together through `forward_batch` (what the
 //! server's continuous batching runs each step), against one sequence.
-//! `cargo run --release -p tritium-engine --example batch_decode -- FILE.gguf [THREADS]`
+//! `cargo run --release -p tritium-engine --example batch_decode -- FILE.gguf [THREADS] [SEQUENCES]`
+//! (a 12-token prompt each, then `STEPS` decode steps, default 256)
 
 use std::time::Instant;
 
@@ -18,7 +19,11 @@ fn main() {
     if std::env::var("HEAD_ONLY").is_ok() {
         return head_only(&m);
     }
-    let (prompt, steps) = (32usize, 256usize);
+    let prompt = 12usize;
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
     let ns: Vec<usize> = match args.get(3) {
         Some(n) => vec![n.parse().unwrap()],
         None => vec![1, 2, 4, 8, 16],
