@@ -39,30 +39,11 @@ fn main() {
                     .collect()
             })
             .collect();
-        let mut batch: Vec<Step> = sess
-            .iter_mut()
-            .zip(&toks)
-            .map(|(s, t)| Step {
-                sess: s,
-                tokens: t,
-                logits: Logits::Last,
-            })
-            .collect();
-        forward_batch(&mut batch).unwrap();
-        drop(batch);
+        run(&mut sess, &toks);
         let t = Instant::now();
         let one: Vec<Vec<u32>> = (0..n).map(|i| vec![i as u32 + 3]).collect();
         for _ in 0..steps {
-            let mut batch: Vec<Step> = sess
-                .iter_mut()
-                .zip(&one)
-                .map(|(s, t)| Step {
-                    sess: s,
-                    tokens: t,
-                    logits: Logits::Last,
-                })
-                .collect();
-            forward_batch(&mut batch).unwrap();
+            run(&mut sess, &one);
         }
         let s = t.elapsed().as_secs_f64();
         println!(
@@ -71,6 +52,20 @@ fn main() {
             s / steps as f64 * 1e3
         );
     }
+}
+
+/// One batched forward: each session runs its own tokens.
+fn run(sess: &mut [Session], toks: &[Vec<u32>]) {
+    let mut batch: Vec<Step> = sess
+        .iter_mut()
+        .zip(toks)
+        .map(|(s, t)| Step {
+            sess: s,
+            tokens: t,
+            logits: Logits::Last,
+        })
+        .collect();
+    forward_batch(&mut batch).unwrap();
 }
 
 /// Times the LM head kernel alone for 1..16 tokens (diagnosis).

@@ -300,11 +300,11 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         s.sess.logits.resize(n * v, 0.0);
         s.sess.pos += r.len();
     }
-    let mut outs: Vec<&mut [f32]> = steps
+    let outs: Vec<&mut [f32]> = steps
         .iter_mut()
         .flat_map(|s| s.sess.logits.chunks_exact_mut(v))
         .collect();
-    lm_head(rt, m.lm_head(), d, v, &xs, &mut outs);
+    lm_head(rt, m.lm_head(), d, &xs, outs);
     Ok(())
 }
 
@@ -388,40 +388,14 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// `outs[t][r] = head[r] · xs[t]`, threaded over vocabulary rows; each thread writes its rows of
-/// every token's output itself.
-fn lm_head(
-    rt: &Runtime,
-    w: kernels::FloatRows,
-    d: usize,
-    v: usize,
-    xs: &[&[f32]],
-    outs: &mut [&mut [f32]],
-) {
-    let (isa, nt) = (rt.isa, xs.len());
-    let chunk = 256;
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..v.div_ceil(chunk))
-        .map(|_| Vec::with_capacity(nt))
-        .collect();
-    for out in outs.iter_mut() {
-        for (task, part) in tasks.iter_mut().zip(out.chunks_mut(chunk)) {
-            task.push(part);
-        }
-    }
-    rt.pool.for_each_chunk(&mut tasks, 1, |c, task| {
-        let parts = &mut task[0];
-        let r0 = c * chunk;
-        let rows = r0..r0 + parts[0].len();
-        let mut buf = vec![0f32; rows.len() * nt]; // [row][token]
+/// `outs[t][r] = head[r] · xs[t]`, threaded over vocabulary rows.
+fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: Vec<&mut [f32]>) {
+    let isa = rt.isa;
+    rt.pool.for_each_row_range(outs, 256, |rows, buf| {
         if d.is_multiple_of(16) {
-            kernels::float_dots(isa, w, d, rows, xs, &mut buf);
+            kernels::float_dots(isa, w, d, rows, xs, buf);
         } else {
-            kernels::scalar::float_dots_any(w, d, rows, xs, &mut buf);
-        }
-        for (t, part) in parts.iter_mut().enumerate() {
-            for (i, o) in part.iter_mut().enumerate() {
-                *o = buf[i * nt + t];
-            }
+            kernels::scalar::float_dots_any(w, d, rows, xs, buf);
         }
     });
 }

@@ -187,31 +187,17 @@ impl TernaryMatrix {
                 });
                 return;
             }
-            // A few tokens (batched decode): threads take row ranges and write straight into
-            // every token's output row, so no serial transpose follows the parallel loop.
-            let mut tasks: Vec<Vec<&mut [f32]>> = (0..self.rows.div_ceil(chunk))
-                .map(|_| Vec::with_capacity(nt))
-                .collect();
-            for token_row in out.chunks_exact_mut(self.rows) {
-                for (task, part) in tasks.iter_mut().zip(token_row.chunks_mut(chunk)) {
-                    task.push(part);
-                }
-            }
-            pool.for_each_chunk(&mut tasks, 1, |c, task| {
-                let parts = &mut task[0];
-                let r0 = c * chunk;
-                let n = parts[0].len();
-                let mut buf = vec![0f32; n * nt]; // [row][token]
-                for t0 in (0..nt).step_by(TILE) {
-                    let t1 = (t0 + TILE).min(nt);
-                    self.tile_into(isa, a, t0..t1, r0..r0 + n, &mut buf[t0..], 1, nt);
-                }
-                for (t, part) in parts.iter_mut().enumerate() {
-                    for (i, o) in part.iter_mut().enumerate() {
-                        *o = buf[i * nt + t];
+            // A few tokens (batched decode): threads take row ranges of every token's output.
+            pool.for_each_row_range(
+                out.chunks_exact_mut(self.rows).collect(),
+                chunk,
+                |rows, buf| {
+                    for t0 in (0..nt).step_by(TILE) {
+                        let t1 = (t0 + TILE).min(nt);
+                        self.tile_into(isa, a, t0..t1, rows.clone(), &mut buf[t0..], 1, nt);
                     }
-                }
-            });
+                },
+            );
         }
     }
 
@@ -259,10 +245,10 @@ impl TernaryMatrix {
         let xs = &rows_of[..n];
         if !self.per_block {
             // One kernel call for the whole row range, a bounded slice of it at a time.
-            let mut all = [0i32; 64 * TILE];
-            let per = 64;
-            for r0 in rows.clone().step_by(per) {
-                let r1 = (r0 + per).min(rows.end);
+            const PER: usize = 64;
+            let mut all = [0i32; PER * TILE];
+            for r0 in rows.clone().step_by(PER) {
+                let r1 = (r0 + PER).min(rows.end);
                 let out = &mut all[..(r1 - r0) * n];
                 kernels::ternary_rows(isa, &self.blocks[r0 * nb..r1 * nb], nb, xs, out);
                 for (j, r) in (r0..r1).enumerate() {
@@ -277,22 +263,19 @@ impl TernaryMatrix {
         }
         for (i, r) in rows.enumerate() {
             let w = &self.blocks[r * nb..(r + 1) * nb];
-            {
-                let mut acc = [0f32; TILE];
-                let mut block_of: [&[i8]; TILE] = [&[]; TILE];
-                for b in 0..nb {
-                    for (xb, x) in block_of.iter_mut().zip(xs) {
-                        *xb = &x[BLOCK * b..];
-                    }
-                    kernels::ternary_dots(isa, &w[b..b + 1], &block_of[..n], &mut dots[..n]);
-                    for (k, t) in toks.clone().enumerate() {
-                        acc[k] +=
-                            (dots[k] - a.block_sums[t * nb + b]) as f32 * self.scales[r * nb + b];
-                    }
+            let mut acc = [0f32; TILE];
+            let mut block_of: [&[i8]; TILE] = [&[]; TILE];
+            for b in 0..nb {
+                for (xb, x) in block_of.iter_mut().zip(xs) {
+                    *xb = &x[BLOCK * b..];
                 }
+                kernels::ternary_dots(isa, &w[b..b + 1], &block_of[..n], &mut dots[..n]);
                 for (k, t) in toks.clone().enumerate() {
-                    dst[k * tok_stride + i * row_stride] = acc[k] * a.inv_scale[t];
+                    acc[k] += (dots[k] - a.block_sums[t * nb + b]) as f32 * self.scales[r * nb + b];
                 }
+            }
+            for (k, t) in toks.clone().enumerate() {
+                dst[k * tok_stride + i * row_stride] = acc[k] * a.inv_scale[t];
             }
         }
     }

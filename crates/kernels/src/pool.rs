@@ -140,6 +140,43 @@ impl Pool {
             }
         });
     }
+
+    /// Threads take ranges of `chunk` rows of every token's output row `outs[t]` (all of one
+    /// length): `f(rows, buf)` fills `buf` as `[row][token]` for those rows, and the thread copies
+    /// it into each token's row itself, so no serial transpose follows the parallel loop.
+    pub fn for_each_row_range(
+        &self,
+        outs: Vec<&mut [f32]>,
+        chunk: usize,
+        f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        assert!(chunk > 0, "a row range holds at least one row");
+        let nt = outs.len();
+        let Some(len) = outs.first().map(|o| o.len()) else {
+            return;
+        };
+        let mut tasks: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
+            .map(|_| Vec::with_capacity(nt))
+            .collect();
+        for out in outs {
+            assert_eq!(out.len(), len, "every token's output row has one length");
+            for (task, part) in tasks.iter_mut().zip(out.chunks_mut(chunk)) {
+                task.push(part);
+            }
+        }
+        self.for_each_chunk(&mut tasks, 1, |c, task| {
+            let parts = &mut task[0];
+            let r0 = c * chunk;
+            let n = parts[0].len();
+            let mut buf = vec![0f32; n * nt];
+            f(r0..r0 + n, &mut buf);
+            for (t, part) in parts.iter_mut().enumerate() {
+                for (i, o) in part.iter_mut().enumerate() {
+                    *o = buf[i * nt + t];
+                }
+            }
+        });
+    }
 }
 
 fn drain(s: &Shared, f: &(dyn Fn(usize) + Sync), tasks: usize) {
@@ -218,6 +255,25 @@ mod tests {
             part.iter_mut().for_each(|x| *x = c as u32)
         });
         assert!(v.iter().enumerate().all(|(i, &x)| x == (i / 64) as u32));
+    }
+
+    #[test]
+    fn row_ranges_land_in_every_tokens_row() {
+        let pool = Pool::new(2);
+        let (nt, rows) = (3, 37);
+        let mut out = vec![-1f32; nt * rows];
+        pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, |r, buf| {
+            for (i, row) in r.enumerate() {
+                for t in 0..nt {
+                    buf[i * nt + t] = (row * 10 + t) as f32;
+                }
+            }
+        });
+        for t in 0..nt {
+            for r in 0..rows {
+                assert_eq!(out[t * rows + r], (r * 10 + t) as f32);
+            }
+        }
     }
 
     #[test]

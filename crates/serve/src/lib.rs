@@ -208,19 +208,15 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     if let Some(e) = app.engine.get() {
-        let q = &e.queue;
-        app.metrics
-            .queue_depth
-            .set(q.depth.load(Ordering::SeqCst) as i64);
-        app.metrics
-            .busy_slots
-            .set(q.busy_slots.load(Ordering::SeqCst) as i64);
-        app.metrics
-            .cancelled
-            .set(q.cancelled.load(Ordering::SeqCst) as i64);
-        app.metrics
-            .peak_busy
-            .set(q.peak_busy.load(Ordering::SeqCst) as i64);
+        let (m, q) = (&app.metrics, &e.queue);
+        for (gauge, figure) in [
+            (&m.queue_depth, &q.depth),
+            (&m.busy_slots, &q.busy_slots),
+            (&m.cancelled, &q.cancelled),
+            (&m.peak_busy, &q.peak_busy),
+        ] {
+            gauge.set(figure.load(Ordering::SeqCst) as i64);
+        }
     }
     (
         [(
