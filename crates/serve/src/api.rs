@@ -117,6 +117,15 @@ pub struct Request {
     pub prompt_texts: Vec<Option<String>>,
 }
 
+impl Request {
+    /// Prompt `i`'s text, for `echo`: as sent, or decoded from the ids sent.
+    pub fn prompt_text(&self, i: usize, tok: &Tokenizer) -> String {
+        self.prompt_texts[i]
+            .clone()
+            .unwrap_or_else(|| tok.decode(&self.works[i].prompt))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Prompt {

@@ -224,9 +224,7 @@ pub async fn whole(
         match meta.endpoint {
             Endpoint::Completions => {
                 let echo = if req.echo {
-                    req.prompt_texts[i]
-                        .clone()
-                        .unwrap_or_else(|| tok.decode(&w.prompt))
+                    req.prompt_text(i, tok)
                 } else {
                     String::new()
                 };
@@ -332,17 +330,13 @@ impl Streaming {
                 );
                 self.ready.push_back(c);
             } else if self.req.echo && !self.req.works[0].prompt_logprobs {
-                let w = self.req.works[0].clone();
-                let text = self.req.prompt_texts[0]
-                    .clone()
-                    .unwrap_or_else(|| tok.decode(&w.prompt));
+                let text = self.req.prompt_text(0, tok);
                 let c = self.text_chunk(&text, Value::Null);
                 self.ready.push_back(c);
             }
             return;
         }
         let ev = next(&self.app, &mut self.rx, self.deadline).await;
-        let w = self.req.works[0].clone();
         match ev {
             Err(e) => {
                 self.app
@@ -357,16 +351,14 @@ impl Streaming {
                 self.over = true;
             }
             Ok(Event::Prompt(lp)) => {
-                let items: Vec<(u32, Option<&TokenLogprob>)> = w
+                let items: Vec<(u32, Option<&TokenLogprob>)> = self.req.works[0]
                     .prompt
                     .iter()
                     .zip(&lp)
                     .map(|(&id, l)| (id, l.as_ref()))
                     .collect();
                 let logprobs = completion_logprobs(tok, &items, self.offset);
-                let text = self.req.prompt_texts[0]
-                    .clone()
-                    .unwrap_or_else(|| tok.decode(&w.prompt));
+                let text = self.req.prompt_text(0, tok);
                 let c = self.text_chunk(&text, logprobs);
                 self.ready.push_back(c);
             }
