@@ -26,7 +26,7 @@ pub struct Session<'m> {
     pub ctx: usize,
     /// Tokens already in the cache.
     pub pos: usize,
-    k_cache: Vec<f32>, // [L, KVH, hd, ctx]: transposed, so scores are vector FMAs over positions
+    k_cache: Vec<f32>, // [L, KVH, ctx/KEY_BLOCK, hd, KEY_BLOCK]: see `kernels::KEY_BLOCK`
     v_cache: Vec<f32>, // [L, KVH, ctx, hd]
     rope_cos: Vec<f32>, // [ctx, hd/2]
     rope_sin: Vec<f32>,
@@ -44,7 +44,8 @@ impl<'m> Session<'m> {
             )));
         }
         let cache = c.n_layers * ctx * c.kv_dim();
-        let bytes = cache as u128 * 8;
+        let keys = c.n_layers * c.n_kv_heads * kernels::key_len(c.head_dim(), ctx);
+        let bytes = (cache + keys) as u128 * 4;
         if bytes > 64 << 30 {
             return Err(Error::Context(format!(
                 "a KV cache for {ctx} tokens would take {} GiB; pass a smaller --ctx",
@@ -59,7 +60,7 @@ impl<'m> Session<'m> {
             lora: None,
             ctx,
             pos: 0,
-            k_cache: committed(cache),
+            k_cache: committed(keys),
             v_cache: committed(cache),
             rope_cos,
             rope_sin,
@@ -116,12 +117,13 @@ impl<'m> Session<'m> {
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
                 rope(head, cs, sn);
             }
+            let per_head = kernels::key_len(hd, self.ctx);
             for h in 0..c.n_kv_heads {
-                let base = (li * c.n_kv_heads + h) * self.ctx * hd;
+                let base = (li * c.n_kv_heads + h) * per_head;
                 for j in 0..hd {
-                    self.k_cache[base + j * self.ctx + pos] = k[h * hd + j];
+                    self.k_cache[base + kernels::key_index(hd, pos, j)] = k[h * hd + j];
                 }
-                let at = base + pos * hd;
+                let at = (li * c.n_kv_heads + h) * self.ctx * hd + pos * hd;
                 self.v_cache[at..at + hd].copy_from_slice(&vv[h * hd..(h + 1) * hd]);
             }
         }
@@ -141,16 +143,16 @@ impl<'m> Session<'m> {
         let c = &self.model.cfg;
         let hd = c.head_dim();
         let group = c.n_heads / c.n_kv_heads;
-        let per_head = self.ctx * hd;
-        let at = (li * c.n_kv_heads + head / group) * per_head;
+        let kv_head = li * c.n_kv_heads + head / group;
         let n = self.pos + t + 1;
+        let keys = kv_head * kernels::key_len(hd, self.ctx);
+        let values = kv_head * self.ctx * hd;
         kernels::attend(
             self.model.rt.isa,
             q,
-            &self.k_cache[at..at + per_head],
-            self.ctx,
+            &self.k_cache[keys..keys + kernels::key_len(hd, n)],
             n,
-            &self.v_cache[at..at + n * hd],
+            &self.v_cache[values..values + n * hd],
             1.0 / (hd as f32).sqrt(),
             scores,
             out,

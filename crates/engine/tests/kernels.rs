@@ -258,32 +258,22 @@ fn i2_s_rows_of_128_are_padded() {
 #[test]
 fn attention_simd_matches_scalar() {
     let mut rng = Rng(5);
-    for hd in [16usize, 64, 40] {
+    for hd in [16usize, 64, 40, 128, 160] {
         for n in [1usize, 2, 7, 16, 33, 100, 200, 257] {
             let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
             let k: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 2.0).collect();
             let v: Vec<f32> = (0..n * hd).map(|_| rng.f32()).collect();
             let mut want = vec![0f32; hd];
             let mut scratch = Vec::new();
-            // The engine's transposed key layout, with room for more positions than are used.
-            let stride = n + 3;
-            let mut kt = vec![f32::NAN; hd * stride];
+            // The engine's blocked key layout; the last block's lanes past n hold garbage, which
+            // must not reach the result.
+            let mut kt = vec![f32::NAN; kernels::key_len(hd, n)];
             for p in 0..n {
                 for j in 0..hd {
-                    kt[j * stride + p] = k[p * hd + j];
+                    kt[kernels::key_index(hd, p, j)] = k[p * hd + j];
                 }
             }
-            kernels::attend(
-                Isa::Scalar,
-                &q,
-                &kt,
-                stride,
-                n,
-                &v,
-                0.125,
-                &mut scratch,
-                &mut want,
-            );
+            kernels::attend(Isa::Scalar, &q, &kt, n, &v, 0.125, &mut scratch, &mut want);
             // The reference against a direct softmax in f64.
             let s: Vec<f64> = (0..n)
                 .map(|p| {
@@ -303,7 +293,7 @@ fn attention_simd_matches_scalar() {
             }
             for &isa in &Isa::available() {
                 let mut got = vec![0f32; hd];
-                kernels::attend(isa, &q, &kt, stride, n, &v, 0.125, &mut scratch, &mut got);
+                kernels::attend(isa, &q, &kt, n, &v, 0.125, &mut scratch, &mut got);
                 for j in 0..hd {
                     assert!(
                         (got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()),

@@ -330,15 +330,33 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Positions per key block. The engine's key cache holds each head's keys in blocks of
+/// `KEY_BLOCK` positions, dimension-major inside a block (`[hd][KEY_BLOCK]`): one block's scores
+/// are `hd` vector multiply-adds over contiguous memory, and appending a position writes inside
+/// one block. (A cache transposed across the whole context put each dimension a context's length
+/// apart: every score and every appended key touched `hd` pages, which the TLB paid for once
+/// several sequences shared a step.)
+pub const KEY_BLOCK: usize = 16;
+
+/// Where dimension `j` of position `p` lives in one head's blocked keys.
+#[inline]
+pub fn key_index(hd: usize, p: usize, j: usize) -> usize {
+    (p / KEY_BLOCK) * hd * KEY_BLOCK + j * KEY_BLOCK + p % KEY_BLOCK
+}
+
+/// Floats one head's blocked keys take for `n` positions (whole blocks).
+pub fn key_len(hd: usize, n: usize) -> usize {
+    n.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd
+}
+
 /// One attention head for one query: `out = softmax(q·kₚ·scale) · vₚ` over positions `p < n`.
-/// `keys` is transposed (`keys[j·stride + p]` is dimension `j` of position `p`), so the scores are
-/// `hd` vector multiply-adds over positions; `values` is position-major. `scores` is scratch.
+/// `keys` is blocked (see [`KEY_BLOCK`]); lanes of the last block past `n` may hold anything and
+/// are ignored. `values` is position-major. `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
     q: &[f32],
     keys: &[f32],
-    stride: usize,
     n: usize,
     values: &[f32],
     scale: f32,
@@ -346,12 +364,7 @@ pub fn attend(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    assert!(
-        n <= stride
-            && keys.len() >= (hd - 1) * stride + n
-            && values.len() >= n * hd
-            && out.len() == hd
-    );
+    assert!(keys.len() >= key_len(hd, n) && values.len() >= n * hd && out.len() == hd);
     assert!(
         isa.supported(),
         "{} kernels on a CPU without them",
@@ -360,22 +373,18 @@ pub fn attend(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`; bounds checked above.
-        Isa::Avx512Vnni => unsafe {
-            x86::attend_avx512(q, keys, stride, n, values, scale, scores, out)
-        },
+        Isa::Avx512Vnni => unsafe { x86::attend_avx512(q, keys, n, values, scale, scores, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`.
-        Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, stride, n, values, scale, scores, out) },
-        _ => attend_body(q, keys, stride, n, values, scale, scores, out),
+        Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, n, values, scale, scores, out) },
+        _ => attend_body(q, keys, n, values, scale, scores, out),
     }
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn attend_body(
     q: &[f32],
     keys: &[f32],
-    stride: usize,
     n: usize,
     values: &[f32],
     scale: f32,
@@ -384,13 +393,18 @@ pub fn attend_body(
 ) {
     let hd = q.len();
     // Plain index loops: iterator adaptors here would be instantiated outside the caller's
-    // target features and lose the wide vectors.
+    // target features and lose the wide vectors. Whole blocks, so the lane loop vectorizes.
+    let nb = n.div_ceil(KEY_BLOCK);
     scores.clear();
-    scores.resize(n, 0.0);
-    for j in 0..hd {
-        let (qj, row) = (q[j], &keys[j * stride..j * stride + n]);
-        for p in 0..n {
-            scores[p] += qj * row[p];
+    scores.resize(nb * KEY_BLOCK, 0.0);
+    for b in 0..nb {
+        let blk = &keys[b * hd * KEY_BLOCK..(b + 1) * hd * KEY_BLOCK];
+        let s = &mut scores[b * KEY_BLOCK..(b + 1) * KEY_BLOCK];
+        for j in 0..hd {
+            let (qj, row) = (q[j], &blk[j * KEY_BLOCK..(j + 1) * KEY_BLOCK]);
+            for l in 0..KEY_BLOCK {
+                s[l] += qj * row[l];
+            }
         }
     }
     let mut mx = f32::NEG_INFINITY;

@@ -461,66 +461,61 @@ pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
 /// # Safety
 /// The CPU must support avx512f; the slice bounds of `super::attend` hold.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_avx512(
     q: &[f32],
     keys: &[f32],
-    stride: usize,
     n: usize,
     values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    use super::KEY_BLOCK;
+    const { assert!(KEY_BLOCK == 16) };
     let hd = q.len();
-    if !hd.is_multiple_of(16) || hd > 256 {
-        return super::attend_body(q, keys, stride, n, values, scale, scores, out);
+    if !hd.is_multiple_of(16) || hd > 128 {
+        return super::attend_body(q, keys, n, values, scale, scores, out);
     }
+    let nb = n.div_ceil(KEY_BLOCK);
     scores.clear();
-    scores.resize(n.next_multiple_of(16), 0.0);
-    // Scores, 16 positions per register: Σ_j q[j]·keys[j][p..p+16].
-    let whole = n / 16 * 16;
+    scores.resize(nb * KEY_BLOCK, 0.0);
     let sp = scores.as_mut_ptr();
-    // Four blocks of positions at once: four independent FMA chains (one chain alone waits on
-    // its own latency), each position summed over j in the same order as below.
-    let quad = n / 64 * 64;
-    for p in (0..quad).step_by(64) {
+    let kp = keys.as_ptr();
+    let bs = hd * KEY_BLOCK;
+    // A block's 16 positions fill one register: Σ_j q[j]·block[j]. Four blocks at once give four
+    // independent FMA chains (one alone waits on its own latency); each lane sums over j in the
+    // same order either way.
+    let quad = nb / 4 * 4;
+    for b in (0..quad).step_by(4) {
         let mut acc = [_mm512_setzero_ps(); 4];
         for (j, &qj) in q.iter().enumerate() {
             let qv = _mm512_set1_ps(qj);
             for (k, a) in acc.iter_mut().enumerate() {
-                // SAFETY: j·stride + p + 16k + 16 ≤ (hd−1)·stride + n ≤ keys.len().
+                // SAFETY: (b + k + 1)·bs ≤ nb·bs ≤ keys.len().
                 *a = _mm512_fmadd_ps(
                     qv,
-                    unsafe { _mm512_loadu_ps(keys.as_ptr().add(j * stride + p + 16 * k)) },
+                    unsafe { _mm512_loadu_ps(kp.add((b + k) * bs + 16 * j)) },
                     *a,
                 );
             }
         }
         for (k, a) in acc.iter().enumerate() {
-            // SAFETY: p + 16k + 16 ≤ scores.len().
-            unsafe { _mm512_storeu_ps(sp.add(p + 16 * k), *a) };
+            // SAFETY: 16(b + k) + 16 ≤ scores.len().
+            unsafe { _mm512_storeu_ps(sp.add(16 * (b + k)), *a) };
         }
     }
-    for p in (quad..whole).step_by(16) {
+    for b in quad..nb {
         let mut acc = _mm512_setzero_ps();
         for (j, &qj) in q.iter().enumerate() {
-            // SAFETY: j·stride + p + 16 ≤ (hd−1)·stride + n ≤ keys.len().
+            // SAFETY: (b + 1)·bs ≤ keys.len().
             acc = _mm512_fmadd_ps(
                 _mm512_set1_ps(qj),
-                unsafe { _mm512_loadu_ps(keys.as_ptr().add(j * stride + p)) },
+                unsafe { _mm512_loadu_ps(kp.add(b * bs + 16 * j)) },
                 acc,
             );
         }
-        // SAFETY: p + 16 ≤ scores.len().
-        unsafe { _mm512_storeu_ps(sp.add(p), acc) };
-    }
-    for p in whole..n {
-        let mut s = 0.0;
-        for (j, &qj) in q.iter().enumerate() {
-            s += qj * keys[j * stride + p];
-        }
-        scores[p] = s;
+        // SAFETY: 16b + 16 ≤ scores.len().
+        unsafe { _mm512_storeu_ps(sp.add(16 * b), acc) };
     }
     let mut mx = f32::NEG_INFINITY;
     for s in scores[..n].iter_mut() {
@@ -532,35 +527,81 @@ pub unsafe fn attend_avx512(
         *s = (*s - mx).exp();
         z += *s;
     }
-    let c = hd / 16;
-    let mut ov = [_mm512_setzero_ps(); 16];
-    for p in 0..n {
-        let w = _mm512_set1_ps(scores[p] / z);
-        let v = values[p * hd..(p + 1) * hd].as_ptr();
-        for (i, o) in ov.iter_mut().enumerate().take(c) {
-            // SAFETY: row p has hd = 16c values.
-            *o = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.add(16 * i)) }, *o);
+    // SAFETY: hd = 16c with 1 ≤ c ≤ 8 (checked above); scores[..n] and values[..n·hd] exist.
+    unsafe {
+        match hd / 16 {
+            1 => weigh_values::<1>(&scores[..n], z, values, out),
+            2 => weigh_values::<2>(&scores[..n], z, values, out),
+            3 => weigh_values::<3>(&scores[..n], z, values, out),
+            4 => weigh_values::<4>(&scores[..n], z, values, out),
+            5 => weigh_values::<5>(&scores[..n], z, values, out),
+            6 => weigh_values::<6>(&scores[..n], z, values, out),
+            7 => weigh_values::<7>(&scores[..n], z, values, out),
+            _ => weigh_values::<8>(&scores[..n], z, values, out),
         }
     }
-    for (i, o) in ov.iter().enumerate().take(c) {
-        // SAFETY: 16i + 16 ≤ hd = out.len().
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), *o) };
+}
+
+/// `out = Σₚ (eₚ / z)·vₚ` for rows of `16C` values. Two positions at a time into two sets of
+/// accumulators: twice the independent chains, all `C` registers wide held in registers.
+///
+/// # Safety
+/// The CPU must support avx512f; `values` holds `e.len()` rows of `16C`, `out` has `16C`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn weigh_values<const C: usize>(e: &[f32], z: f32, values: &[f32], out: &mut [f32]) {
+    let hd = 16 * C;
+    let n = e.len();
+    assert!(values.len() >= n * hd && out.len() == hd);
+    let vp = values.as_ptr();
+    let mut ov = [[_mm512_setzero_ps(); C]; 2];
+    let pairs = n / 2 * 2;
+    for p in (0..pairs).step_by(2) {
+        for (h, o) in ov.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(e[p + h] / z);
+            for (i, o) in o.iter_mut().enumerate() {
+                // SAFETY: row p + h < n has hd = 16C values (asserted).
+                *o = _mm512_fmadd_ps(
+                    w,
+                    unsafe { _mm512_loadu_ps(vp.add((p + h) * hd + 16 * i)) },
+                    *o,
+                );
+            }
+        }
+    }
+    if pairs < n {
+        let w = _mm512_set1_ps(e[pairs] / z);
+        for (i, o) in ov[0].iter_mut().enumerate() {
+            // SAFETY: row `pairs` < n (asserted).
+            *o = _mm512_fmadd_ps(
+                w,
+                unsafe { _mm512_loadu_ps(vp.add(pairs * hd + 16 * i)) },
+                *o,
+            );
+        }
+    }
+    for i in 0..C {
+        // SAFETY: 16i + 16 ≤ hd = out.len() (asserted).
+        unsafe {
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(16 * i),
+                _mm512_add_ps(ov[0][i], ov[1][i]),
+            )
+        };
     }
 }
 
 /// # Safety
 /// The CPU must support avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_avx2(
     q: &[f32],
     keys: &[f32],
-    stride: usize,
     n: usize,
     values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    super::attend_body(q, keys, stride, n, values, scale, scores, out)
+    super::attend_body(q, keys, n, values, scale, scores, out)
 }
