@@ -135,9 +135,21 @@ struct BenchTrainArgs {
     device: Backend,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The fused ops' product arithmetic: f32, or bf16 (operands rounded to bf16, f32
+    /// accumulation; AMX tiles, f32 on a CPU without them), as `precision` in a run's [train].
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: tritium_model::Precision,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_precision(s: &str) -> Result<tritium_model::Precision, String> {
+    match s {
+        "f32" => Ok(tritium_model::Precision::F32),
+        "bf16" => Ok(tritium_model::Precision::Bf16),
+        _ => Err(format!("{s:?}: f32 or bf16")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -295,6 +307,7 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
         backend: a.device,
         seed: a.seed,
         fused,
+        precision: a.precision,
         check_memory,
     };
     let r =
@@ -309,7 +322,7 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
         .map(|x| format!("{x:.1}"))
         .collect();
     println!(
-        "{} on {}{}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB)",
+        "{} on {}{}: batch {} × seq {}, {:.2}M params: {:.1} tokens/s (median of windows [{}]), loss {:.3}, peak RSS {} (estimate {:.0} MiB); products: {}",
         a.config.display(),
         r.backend,
         if fused && tritium_model::fused::supported(&bench.backend.device()?) {
@@ -326,7 +339,8 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
         r.peak_rss_mib
             .map(|v| format!("{v:.0} MiB"))
             .unwrap_or_else(|| "n/a".into()),
-        r.estimated_mib
+        r.estimated_mib,
+        r.gemm
     );
     Ok(())
 }

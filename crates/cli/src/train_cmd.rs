@@ -162,6 +162,9 @@ pub fn train(a: TrainArgs, fused: bool, check_memory: bool) -> Result<()> {
     for w in config.model.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());
     }
+    if config.train.precision != tritium_model::Precision::F32 {
+        println!("training products: {}", config.train.precision.describe());
+    }
     let stop = stop_on_ctrl_c()?;
     let mut view = Progress::new(out.clone());
     let summary = tritium_train::train(

@@ -259,6 +259,7 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
 /// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`), as
 /// [`crate::dense::linear_backward`] of the dequantized operands.
 pub fn backward(
+    p: crate::dense::Precision,
     dy: &[f32],
     x: &QuantizedRows,
     w: &TernaryMatrix,
@@ -271,7 +272,7 @@ pub fn backward(
         || want_dx.then(|| w.dequantize()),
         || want_dw.then(|| x.dequantize()),
     );
-    crate::dense::linear_backward(dy, xd.as_deref(), wd.as_deref(), m, n, k)
+    crate::dense::linear_backward(p, dy, xd.as_deref(), wd.as_deref(), m, n, k)
 }
 
 /// The same product in plain integer loops: the reference the kernels are tested against.

@@ -7,6 +7,44 @@
 
 use gemm::{Parallelism, gemm};
 
+/// The arithmetic of a training step's matrix products (the BitLinear backward and the tied head),
+/// as PyTorch's autocast chooses it: `Bf16` rounds both operands to bf16 and accumulates in f32
+/// (on AMX tiles where the CPU has them); `F32` is exact f32 throughout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// What runs for this setting on this CPU: bf16 needs AMX-BF16 here; elsewhere the products
+    /// fall back to f32 (AVX-512 BF16 without AMX is not written yet).
+    pub fn effective(self) -> Precision {
+        match self {
+            Precision::Bf16 if amx_available() => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The GEMM path that runs, in words (for reports).
+    pub fn describe(self) -> &'static str {
+        match (self, self.effective()) {
+            (Precision::Bf16, Precision::Bf16) => "bf16 on AMX tiles, f32 accumulation",
+            (Precision::Bf16, _) => "f32 (bf16 asked, but this CPU has no AMX-BF16)",
+            _ => "f32",
+        }
+    }
+}
+
+fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::amx::supported();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A row-major matrix operand, or the transpose of one.
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
@@ -40,10 +78,17 @@ pub fn gemm_into(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: O
 }
 
 /// `a · b` into a new `[m, n]` vector that gemm writes without it being zeroed first.
-fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; m * n];
     }
+    #[cfg(target_arch = "x86_64")]
+    if p.effective() == Precision::Bf16 {
+        let mut out = vec![0.0; m * n];
+        crate::amx::gemm(&mut out, m, n, k, a, b);
+        return out;
+    }
+    let _ = p;
     let mut out = Vec::with_capacity(m * n);
     // SAFETY: the capacity is m·n elements, owned here and disjoint from the inputs. With k ≥ 1
     // and `read_dst` false gemm stores every element of the m×n output, so all m·n are
@@ -94,10 +139,14 @@ unsafe fn gemm_raw(out: *mut f32, m: usize, n: usize, k: usize, a: Operand, b: O
 }
 
 /// `a · b` as a new `[m, n]` matrix, the output rows split in two halves computed side by side.
-pub fn matmul(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+pub fn matmul(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
     if a.t || m < 2 {
         // Halving rows of a transposed operand would need strided sub-slices; not needed here.
-        return product(m, n, k, a, b);
+        return product(p, m, n, k, a, b);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if p.effective() == Precision::Bf16 {
+        return crate::amx::matmul_split(m, n, k, a, b);
     }
     let mut out = vec![0f32; m * n];
     let half = m / 2;
@@ -113,6 +162,7 @@ pub fn matmul(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> 
 /// The backward of `y = x · wᵀ` (`x: [m, k]`, `w: [n, k]`, `dy: [m, n]`): `dX = dY · W` when `w`
 /// is given and `dW = dYᵀ · X` when `x` is given, the two side by side.
 pub fn linear_backward(
+    p: Precision,
     dy: &[f32],
     x: Option<&[f32]>,
     w: Option<&[f32]>,
@@ -120,22 +170,18 @@ pub fn linear_backward(
     n: usize,
     k: usize,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let dx = || w.map(|w| single(m, k, n, Operand::n(dy), Operand::n(w)));
-    let dw = || x.map(|x| single(n, k, m, Operand::t(dy), Operand::n(x)));
+    let dx = || w.map(|w| product(p, m, k, n, Operand::n(dy), Operand::n(w)));
+    let dw = || x.map(|x| product(p, n, k, m, Operand::t(dy), Operand::n(x)));
     match (x.is_some(), w.is_some()) {
         (true, true) => rayon::join(dx, dw),
         // One product alone: split it instead.
         (false, true) => (
-            Some(matmul(m, k, n, Operand::n(dy), Operand::n(w.unwrap()))),
+            Some(matmul(p, m, k, n, Operand::n(dy), Operand::n(w.unwrap()))),
             None,
         ),
         (true, false) => (None, dw()),
         (false, false) => (None, None),
     }
-}
-
-fn single(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    product(m, n, k, a, b)
 }
 
 #[cfg(test)]
@@ -171,12 +217,12 @@ mod tests {
         let (m, n, k) = (7, 5, 3);
         let (x, w, dy) = (lcg(1, m * k), lcg(2, n * k), lcg(3, m * n));
         // y = x · wᵀ
-        let y = matmul(m, n, k, Operand::n(&x), Operand::t(&w));
+        let y = matmul(Precision::F32, m, n, k, Operand::n(&x), Operand::t(&w));
         close(
             &y,
             &reference(m, n, k, |i, l| x[i * k + l], |l, j| w[j * k + l]),
         );
-        let (dx, dw) = linear_backward(&dy, Some(&x), Some(&w), m, n, k);
+        let (dx, dw) = linear_backward(Precision::F32, &dy, Some(&x), Some(&w), m, n, k);
         close(
             &dx.unwrap(),
             &reference(m, k, n, |i, j| dy[i * n + j], |j, l| w[j * k + l]),
@@ -186,7 +232,7 @@ mod tests {
             &reference(n, k, m, |j, i| dy[i * n + j], |i, l| x[i * k + l]),
         );
         // Only one of the two wanted.
-        let (dx, dw) = linear_backward(&dy, None, Some(&w), m, n, k);
+        let (dx, dw) = linear_backward(Precision::F32, &dy, None, Some(&w), m, n, k);
         assert!(dw.is_none());
         close(
             &dx.unwrap(),

@@ -66,6 +66,8 @@ pub fn has_x86_v4() -> bool {
     })
 }
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod bitlinear;
 pub mod dense;

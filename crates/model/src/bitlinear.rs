@@ -8,6 +8,7 @@ use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use tritium_kernels::bitlinear::TernaryMatrix;
+use tritium_kernels::dense::Precision;
 
 use crate::config::Quant;
 use crate::quant::{quantize_activations, ste, ternarize};
@@ -26,6 +27,10 @@ pub struct BitLinear {
     /// Run the fused CPU op where the device allows (see [`crate::Transformer::set_fused`]).
     #[module(skip)]
     pub(crate) fused: bool,
+    /// The arithmetic of the fused op's backward products (see
+    /// [`crate::Transformer::set_precision`]).
+    #[module(skip)]
+    pub(crate) precision: Precision,
     /// A frozen base layer held as its ternary codes and scale (2 bits a weight) instead of the
     /// latent weight, which is then empty (`[0, d_in]`): LoRA on a packed base ([`Self::pack`]).
     #[module(skip)]
@@ -104,6 +109,7 @@ impl BitLinear {
             quant,
             lora: None,
             fused: true,
+            precision: Precision::F32,
             packed: None,
         }
     }
@@ -142,7 +148,7 @@ impl BitLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, lambda: f32) -> Tensor<D> {
         let x_in = x.clone();
         let y = match &self.packed {
-            Some(p) => packed_forward(x, p, self.fused),
+            Some(p) => packed_forward(x, p, self.fused, self.precision),
             None => self.latent_forward(x, lambda),
         };
         match &self.lora {
@@ -156,7 +162,7 @@ impl BitLinear {
         match self.quant {
             #[cfg(feature = "flex")]
             Quant::Ternary if lambda == 1.0 && crate::fused::active(self.fused, &w.device()) => {
-                crate::fused::bitlinear(x, w)
+                crate::fused::bitlinear(x, w, self.precision)
             }
             Quant::Ternary => matmul_t(
                 ste(x.clone(), quantize_activations(x), lambda),
@@ -169,12 +175,17 @@ impl BitLinear {
 
 /// A packed layer's product: the fused op, or elsewhere the tensor-op reference on the
 /// dequantized codes (a constant, so no gradient but to `x`).
-fn packed_forward<const D: usize>(x: Tensor<D>, w: &Arc<TernaryMatrix>, fused: bool) -> Tensor<D> {
+fn packed_forward<const D: usize>(
+    x: Tensor<D>,
+    w: &Arc<TernaryMatrix>,
+    fused: bool,
+    p: Precision,
+) -> Tensor<D> {
     #[cfg(feature = "flex")]
     if crate::fused::active(fused, &x.device()) {
-        return crate::fused::bitlinear_packed(x, w);
+        return crate::fused::bitlinear_packed(x, w, p);
     }
-    let _ = fused;
+    let _ = (fused, p);
     let wd = Tensor::<2>::from_data(
         TensorData::new(w.dequantize(), [w.rows, w.cols]),
         &x.device(),

@@ -43,7 +43,8 @@ pub mod fused {
     pub fn attention(_: Tensor<4>, _: Tensor<4>, _: Tensor<4>, _: f32) -> Tensor<4> {
         unreachable!("nothing is fused without the flex backend")
     }
-    pub fn linear<const D: usize>(_: Tensor<D>, _: Tensor<2>) -> Tensor<D> {
+    pub use tritium_kernels::dense::Precision;
+    pub fn linear<const D: usize>(_: Tensor<D>, _: Tensor<2>, _: Precision) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
     }
     pub use tritium_kernels::rows::Gate;
@@ -68,6 +69,8 @@ pub mod fused {
     }
 }
 pub mod memory;
+/// The training products' arithmetic (defined beside the kernels that run it).
+pub use tritium_kernels::dense::Precision;
 pub mod quant;
 pub mod rope;
 pub mod transformer;

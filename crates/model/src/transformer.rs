@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use tritium_gguf::names::Projection;
+use tritium_kernels::dense::Precision;
 
 use crate::attention::Attention;
 use crate::bitlinear::{BitLinear, matmul_t};
@@ -91,6 +92,10 @@ pub struct Transformer {
     /// this model, so two models in one process may differ. On by default.
     #[module(skip)]
     pub(crate) fused: bool,
+    /// The arithmetic of the training step's matrix products (the BitLinear backward and the
+    /// tied head); evaluation runs f32 whatever this says. F32 by default.
+    #[module(skip)]
+    pub(crate) precision: Precision,
 }
 
 impl Transformer {
@@ -108,7 +113,31 @@ impl Transformer {
                 .with_epsilon(c.norm_eps as f64)
                 .init(device),
             fused: true,
+            precision: Precision::F32,
         }
+    }
+
+    /// Chooses the arithmetic of the fused ops' training products for every layer and the head:
+    /// bf16 operands with f32 accumulation as PyTorch's autocast runs them (where the CPU has
+    /// AMX; f32 elsewhere, see [`Precision::effective`]), or f32. Latent weights, optimizer
+    /// state, the loss and the int8 × ternary forward products are unchanged.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+        for b in self.blocks.iter_mut() {
+            for l in b.projections_mut() {
+                l.precision = p;
+            }
+        }
+    }
+
+    /// As [`Self::set_precision`], by value.
+    pub fn with_precision(mut self, p: Precision) -> Self {
+        self.set_precision(p);
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Chooses the fused ops (`true`, the default) or the plain tensor-op model for every layer.
@@ -295,7 +324,7 @@ impl Transformer {
     /// positions it scores).
     pub fn head<const N: usize>(&self, h: Tensor<N>) -> Tensor<N> {
         if crate::fused::active(self.fused, &h.device()) {
-            return crate::fused::linear(h, self.tok_embd.weight.val());
+            return crate::fused::linear(h, self.tok_embd.weight.val(), self.precision);
         }
         matmul_t(h, self.tok_embd.weight.val())
     }

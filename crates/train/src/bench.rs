@@ -23,6 +23,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Time the fused CPU ops (the default) or the plain tensor-op model.
     pub fused: bool,
+    /// The fused ops' product arithmetic.
+    pub precision: tritium_model::Precision,
     /// Refuse a step whose memory estimate exceeds what the machine has available.
     pub check_memory: bool,
 }
@@ -40,6 +42,8 @@ pub struct BenchReport {
     /// Peak resident set of the whole process, from the kernel (`VmHWM`), if available.
     pub peak_rss_mib: Option<f64>,
     pub estimated_mib: f64,
+    /// The GEMM path that ran, in words.
+    pub gemm: String,
 }
 
 pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchReport, TrainError> {
@@ -49,7 +53,9 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
     }
     let device = cfg.backend.device()?.autodiff();
     device.seed(cfg.seed);
-    let mut model = Transformer::new(model_cfg, &device).with_fused(cfg.fused);
+    let mut model = Transformer::new(model_cfg, &device)
+        .with_fused(cfg.fused)
+        .with_precision(cfg.precision);
     let mut optim = AdamW::new(AdamWConfig::default());
     let params = StepParams {
         lr: 1e-3,
@@ -115,6 +121,11 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         window_tokens_per_s: rates,
         final_loss: loss,
         peak_rss_mib: peak_rss_mib(),
+        gemm: if cfg.fused && tritium_model::fused::supported(&device) {
+            cfg.precision.describe().to_string()
+        } else {
+            "the backend's own (unfused tensor ops)".to_string()
+        },
         estimated_mib: model_cfg.train_step_bytes(cfg.batch, cfg.seq).total() as f64
             / (1 << 20) as f64,
     })

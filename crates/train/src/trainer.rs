@@ -124,7 +124,10 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 cfg.data.tokenizer.display()
             )));
         }
-        let model = ckpt.load_model(&device)?.with_fused(opts.fused);
+        let model = ckpt
+            .load_model(&device)?
+            .with_fused(opts.fused)
+            .with_precision(t.precision);
         let optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
         // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
@@ -135,7 +138,9 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         device.seed(t.seed);
         let _ = std::fs::remove_file(&metrics_path);
         (
-            Transformer::new(&cfg.model, &device).with_fused(opts.fused),
+            Transformer::new(&cfg.model, &device)
+                .with_fused(opts.fused)
+                .with_precision(t.precision),
             AdamW::new(adam),
             0usize,
             0u64,

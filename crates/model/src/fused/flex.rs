@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, AutodiffBackend, DType, Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use tritium_kernels::Isa;
 use tritium_kernels::bitlinear::{QuantizedRows, TernaryMatrix, backward, matmul};
-use tritium_kernels::dense::{self, Operand};
+use tritium_kernels::dense::{self, Operand, Precision};
 use tritium_kernels::optim::{self, AdamStep};
 use tritium_kernels::rows::Gate;
 use tritium_kernels::{attention, rows};
@@ -106,6 +106,7 @@ fn bitlinear_forward(x: &T, w: &T) -> (QuantizedRows, TernaryMatrix, T) {
 struct BitLinearSaved {
     x: Arc<QuantizedRows>,
     w: Arc<TernaryMatrix>,
+    p: Precision,
 }
 
 #[derive(Debug)]
@@ -117,8 +118,8 @@ impl Backward<Flex, 2> for BitLinearBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let BitLinearSaved { x, w } = ops.state;
-        let (dx, dw) = backward(f32s(&dy), &x, &w, node_x.is_some(), node_w.is_some());
+        let BitLinearSaved { x, w, p } = ops.state;
+        let (dx, dw) = backward(p, f32s(&dy), &x, &w, node_x.is_some(), node_w.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, &[x.rows, x.cols]));
         }
@@ -145,6 +146,7 @@ fn bitlinear_packed_forward(x: &T, w: &TernaryMatrix) -> T {
 struct PackedSaved {
     rows: usize,
     w: Arc<TernaryMatrix>,
+    p: Precision,
 }
 
 #[derive(Debug)]
@@ -156,11 +158,12 @@ impl Backward<Flex, 1> for BitLinearPackedBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let PackedSaved { rows, w } = ops.state;
+        let PackedSaved { rows, w, p } = ops.state;
         if let Some(node) = node_x {
             // The straight-through dX = dY · (q_w·g), the weight dequantized for this product only.
             let wd = w.dequantize();
-            let (dx, _) = dense::linear_backward(f32s(&dy), None, Some(&wd), rows, w.rows, w.cols);
+            let (dx, _) =
+                dense::linear_backward(p, f32s(&dy), None, Some(&wd), rows, w.rows, w.cols);
             let dx = dx.expect("asked for dX");
             grads.register::<Flex>(node.id, tensor(dx, &[rows, w.cols]));
         }
@@ -170,11 +173,11 @@ impl Backward<Flex, 1> for BitLinearPackedBackward {
 // ---------------------------------------------------------------------------------------------
 // Float linear (the tied head)
 
-fn linear_forward(x: &T, w: &T) -> (T, T, T) {
+fn linear_forward(x: &T, w: &T, p: Precision) -> (T, T, T) {
     let ([m, k], [n, k2]) = (dims2(x), dims2(w));
     assert_eq!(k, k2, "linear: input has {k} features, weight expects {k2}");
     let (x, w) = (contiguous(x), contiguous(w));
-    let y = dense::matmul(m, n, k, Operand::n(f32s(&x)), Operand::t(f32s(&w)));
+    let y = dense::matmul(p, m, n, k, Operand::n(f32s(&x)), Operand::t(f32s(&w)));
     (x, w, tensor(y, &[m, n]))
 }
 
@@ -182,6 +185,7 @@ fn linear_forward(x: &T, w: &T) -> (T, T, T) {
 struct LinearSaved {
     x: T,
     w: T,
+    p: Precision,
 }
 
 #[derive(Debug)]
@@ -193,10 +197,11 @@ impl Backward<Flex, 2> for LinearBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let LinearSaved { x, w } = ops.state;
+        let LinearSaved { x, w, p } = ops.state;
         let ([m, k], [n, _]) = (dims2(&x), dims2(&w));
         // dX needs W and dW needs X.
         let (dx, dw) = dense::linear_backward(
+            p,
             f32s(&dy),
             node_w.is_some().then(|| f32s(&x)),
             node_x.is_some().then(|| f32s(&w)),
@@ -401,16 +406,18 @@ fn cross_entropy_forward(logits: &T, targets: &IntTensor<Flex>) -> (T, Vec<usize
 // ---------------------------------------------------------------------------------------------
 
 impl FusedOps for Flex {
-    fn bitlinear(x: T, w: T) -> T {
+    // Without autodiff nothing is trained: products stay f32, so evaluation and sampling compute
+    // exactly the model that export writes.
+    fn bitlinear(x: T, w: T, _: Precision) -> T {
         bitlinear_forward(&x, &w).2
     }
 
-    fn bitlinear_packed(x: T, w: Arc<TernaryMatrix>) -> T {
+    fn bitlinear_packed(x: T, w: Arc<TernaryMatrix>, _: Precision) -> T {
         bitlinear_packed_forward(&x, &w)
     }
 
-    fn linear(x: T, w: T) -> T {
-        linear_forward(&x, &w).2
+    fn linear(x: T, w: T, _: Precision) -> T {
+        linear_forward(&x, &w, Precision::F32).2
     }
 
     fn rms_norm(x: T, gamma: T, eps: f32) -> T {
@@ -453,7 +460,7 @@ impl FusedOps for Flex {
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
-    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>, p: Precision) -> FloatTensor<Self> {
         let prep = BitLinearBackward
             .prepare::<C>([x.node(), w.node()])
             .compute_bound()
@@ -465,6 +472,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                     BitLinearSaved {
                         x: Arc::new(xq),
                         w: Arc::new(wq),
+                        p,
                     },
                     y,
                 )
@@ -475,7 +483,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    fn bitlinear_packed(x: FloatTensor<Self>, w: Arc<TernaryMatrix>) -> FloatTensor<Self> {
+    fn bitlinear_packed(
+        x: FloatTensor<Self>,
+        w: Arc<TernaryMatrix>,
+        p: Precision,
+    ) -> FloatTensor<Self> {
         let prep = BitLinearPackedBackward
             .prepare::<C>([x.node()])
             .compute_bound()
@@ -484,20 +496,20 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         match prep {
             OpsKind::Tracked(prep) => {
                 let rows = dims2(x.primitive())[0];
-                prep.finish(PackedSaved { rows, w }, y)
+                prep.finish(PackedSaved { rows, w, p }, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 
-    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>, p: Precision) -> FloatTensor<Self> {
         let prep = LinearBackward
             .prepare::<C>([x.node(), w.node()])
             .compute_bound()
             .stateful();
-        let (x, w, y) = linear_forward(x.primitive(), w.primitive());
+        let (x, w, y) = linear_forward(x.primitive(), w.primitive(), p);
         match prep {
-            OpsKind::Tracked(prep) => prep.finish(LinearSaved { x, w }, y),
+            OpsKind::Tracked(prep) => prep.finish(LinearSaved { x, w, p }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }

@@ -34,19 +34,25 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
 use std::sync::Arc;
 use tritium_kernels::bitlinear::TernaryMatrix;
+pub use tritium_kernels::dense::Precision;
 pub use tritium_kernels::optim::AdamStep;
 pub use tritium_kernels::rows::Gate;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
-    /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, both fake-quantized (λ = 1).
-    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x: [m, k]`, `w: [n, k]` → `[m, n]`, both fake-quantized (λ = 1). Under autodiff the
+    /// backward products run in `p`; the forward is exact (int8 × ternary) either way.
+    fn bitlinear(x: FloatTensor<Self>, w: FloatTensor<Self>, p: Precision) -> FloatTensor<Self>;
     /// `x: [m, k]` times a frozen weight already ternarized and packed (`[n, k]`) → `[m, n]`,
     /// activations fake-quantized as in [`FusedOps::bitlinear`]. The gradient reaches `x` only.
-    fn bitlinear_packed(x: FloatTensor<Self>, w: Arc<TernaryMatrix>) -> FloatTensor<Self>;
-    /// Plain f32 `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (the tied head), its two backward
-    /// products side by side.
-    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn bitlinear_packed(
+        x: FloatTensor<Self>,
+        w: Arc<TernaryMatrix>,
+        p: Precision,
+    ) -> FloatTensor<Self>;
+    /// `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (the tied head), its two backward products side by
+    /// side. In `p` under autodiff (training); always f32 without it (evaluation, sampling).
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>, p: Precision) -> FloatTensor<Self>;
     /// `x: [m, d]`, `gamma: [d]` → `x / sqrt(mean(x²) + eps) · γ`.
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
     /// Causal attention with NEOX RoPE (θ = `theta`) applied inside: `q: [b, t, h, hd]`,
@@ -103,25 +109,29 @@ fn on_rows<const D: usize>(x: Tensor<D>, op: impl FnOnce(Tensor<2>) -> Tensor<2>
 }
 
 /// `x · wᵀ` with ternary weights and int8 activations, for `x: [.., k]` and `w: [n, k]`.
-pub fn bitlinear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+pub fn bitlinear<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) -> Tensor<D> {
     on_rows(x, |x| {
-        let y = <Dispatch as FusedOps>::bitlinear(x.into_dispatch(), w.into_dispatch());
+        let y = <Dispatch as FusedOps>::bitlinear(x.into_dispatch(), w.into_dispatch(), p);
         Tensor::from_dispatch(y)
     })
 }
 
 /// `x · wᵀ` for `x: [.., k]` and a packed frozen `w: [n, k]` (see [`crate::BitLinear::pack`]).
-pub fn bitlinear_packed<const D: usize>(x: Tensor<D>, w: &Arc<TernaryMatrix>) -> Tensor<D> {
+pub fn bitlinear_packed<const D: usize>(
+    x: Tensor<D>,
+    w: &Arc<TernaryMatrix>,
+    p: Precision,
+) -> Tensor<D> {
     on_rows(x, |x| {
-        let y = <Dispatch as FusedOps>::bitlinear_packed(x.into_dispatch(), w.clone());
+        let y = <Dispatch as FusedOps>::bitlinear_packed(x.into_dispatch(), w.clone(), p);
         Tensor::from_dispatch(y)
     })
 }
 
 /// Float `x · wᵀ` for `x: [.., k]` and `w: [n, k]`.
-pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) -> Tensor<D> {
     on_rows(x, |x| {
-        let y = <Dispatch as FusedOps>::linear(x.into_dispatch(), w.into_dispatch());
+        let y = <Dispatch as FusedOps>::linear(x.into_dispatch(), w.into_dispatch(), p);
         Tensor::from_dispatch(y)
     })
 }

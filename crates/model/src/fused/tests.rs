@@ -84,7 +84,7 @@ fn bitlinear_equals_the_unfused_reference() {
                 x.clone().detach().require_grad(),
             );
             let y = if fused {
-                bitlinear(xl.clone(), wl.clone())
+                bitlinear(xl.clone(), wl.clone(), Precision::F32)
             } else {
                 reference(xl.clone(), wl.clone())
             };
@@ -115,7 +115,7 @@ fn linear_equals_matmul_of_the_transpose() {
             x.clone().detach().require_grad(),
         );
         let y = if fused {
-            linear(xl.clone(), wl.clone())
+            linear(xl.clone(), wl.clone(), Precision::F32)
         } else {
             crate::bitlinear::matmul_t(xl.clone(), wl.clone())
         };
@@ -138,7 +138,7 @@ fn bitlinear_without_autodiff_matches_too() {
         quantize_activations(x.clone()),
         ternarize(w.clone()),
     ));
-    let e = rel(&vals(bitlinear(x, w)), &want);
+    let e = rel(&vals(bitlinear(x, w, Precision::F32)), &want);
     assert!(e < 1e-5, "{e:e}");
 }
 
@@ -231,7 +231,7 @@ fn untracked_inputs_get_no_gradient_and_run_the_same_forward() {
     dev.seed(500);
     let x = normal([4, 64], 1.0, &dev).require_grad();
     let w = normal([8, 64], 0.02, &dev);
-    let y = bitlinear(x.clone(), w.clone());
+    let y = bitlinear(x.clone(), w.clone(), Precision::F32);
     let g = y.clone().sum().backward();
     assert!(x.grad(&g).is_some());
     assert!(w.grad(&g).is_none());
@@ -239,6 +239,7 @@ fn untracked_inputs_get_no_gradient_and_run_the_same_forward() {
     let plain = bitlinear(
         Tensor::<2>::from_data(x.to_data(), &cpu),
         Tensor::<2>::from_data(w.to_data(), &cpu),
+        Precision::F32,
     );
     assert_eq!(vals(y), vals(plain));
 }
@@ -381,7 +382,7 @@ fn a_packed_layer_computes_the_fused_bitlinear_to_the_bit_and_passes_the_same_in
         let w = normal([n, k], 0.02, &dev);
         let probe = normal([2, t, n], 1.0, &dev);
         let xl = x.clone().detach().require_grad();
-        let y = bitlinear(xl.clone(), w.clone());
+        let y = bitlinear(xl.clone(), w.clone(), Precision::F32);
         let dx = vals(
             xl.grad(&(y.clone() * probe.clone()).sum().backward())
                 .unwrap(),
@@ -421,5 +422,61 @@ fn f32_values_are_in_row_major_order_even_for_a_view() {
     let t = normal([5, 7], 1.0, &dev);
     for x in [t.clone(), t.transpose()] {
         assert_eq!(f32_values(x.clone()), vals(x));
+    }
+}
+
+/// The bf16 training path (AMX) against the f32 one on the same BitLinear and head: the forward
+/// of BitLinear is the same int8 product (equal), the head's forward and every gradient differ by
+/// bf16 operand rounding only: a relative error near 2⁻⁹ (the unit roundoff of bf16), not more,
+/// and not zero (zero would mean the bf16 path did not run). Skipped without AMX-BF16.
+#[test]
+fn bf16_products_stay_within_bf16_rounding_of_f32() {
+    if Precision::Bf16.effective() != Precision::Bf16 {
+        eprintln!("skipped: {}", Precision::Bf16.describe());
+        return;
+    }
+    let dev = Device::flex().autodiff();
+    dev.seed(77);
+    let (t, k, n) = (70, 300, 40);
+    let x = normal([2, t, k], 1.0, &dev);
+    let w = normal([n, k], 0.02, &dev);
+    let probe = normal([2, t, n], 1.0, &dev);
+    for head in [false, true] {
+        let go = |p: Precision| {
+            let (wl, xl) = (
+                w.clone().detach().require_grad(),
+                x.clone().detach().require_grad(),
+            );
+            let y = if head {
+                linear(xl.clone(), wl.clone(), p)
+            } else {
+                bitlinear(xl.clone(), wl.clone(), p)
+            };
+            let g = (y.clone() * probe.clone()).sum().backward();
+            (
+                vals(y),
+                vals(xl.grad(&g).unwrap()),
+                vals(wl.grad(&g).unwrap()),
+            )
+        };
+        let (y32, dx32, dw32) = go(Precision::F32);
+        let (y16, dx16, dw16) = go(Precision::Bf16);
+        if head {
+            let e = rel(&y16, &y32);
+            assert!(e > 0.0 && e < 4e-3, "head forward: relative error {e}");
+        } else {
+            assert_eq!(
+                y16, y32,
+                "BitLinear's forward is the int8 product either way"
+            );
+        }
+        for (what, a, b) in [("dX", &dx16, &dx32), ("dW", &dw16, &dw32)] {
+            let e = rel(a, b);
+            assert!(
+                e > 0.0 && e < 4e-3,
+                "{} {what}: relative error {e}",
+                if head { "head" } else { "BitLinear" }
+            );
+        }
     }
 }
