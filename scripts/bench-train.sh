@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Training-step throughput, tritium against PyTorch eager, back to back on this machine.
+# Training-step throughput, tritium against PyTorch (eager and torch.compile, fp32 and bf16
+# autocast), back to back on this machine.
 #
 #   scripts/bench-train.sh tiny   [BATCH SEQ]   # configs/tiny.toml vs torch_bitnet.py --config tiny
 #   scripts/bench-train.sh 125m   [BATCH SEQ]   # configs/bitnet-125m.toml vs --config 125m
@@ -20,8 +21,10 @@ case $which in
 esac
 # Rows: flex with the fused ops (the default), flex with --unfused (the plain tensor-op reference),
 # then any other device named in DEVICES (e.g. DEVICES=ndarray with a `--features ndarray` build).
-echo "== tritium flex (fused)"
+echo "== tritium flex (fused, f32 products)"
 /usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
+echo "== tritium flex (fused, --precision bf16)"
+/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --precision bf16
 echo "== tritium flex --unfused"
 /usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
 for dev in ${DEVICES:-}; do
@@ -33,4 +36,12 @@ $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $ste
 if [ "${BF16:-1}" = 1 ]; then
   echo "== pytorch eager bf16 autocast"
   $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --autocast bf16 | grep RESULT
+fi
+# torch.compile (TorchInductor): what a PyTorch user runs when speed matters. Its warm-up steps
+# compile (a minute or more); COMPILE=0 skips these rows.
+if [ "${COMPILE:-1}" = 1 ]; then
+  echo "== pytorch compiled fp32"
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 2 --compile | grep RESULT
+  echo "== pytorch compiled bf16 autocast"
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 2 --compile --autocast bf16 | grep RESULT
 fi

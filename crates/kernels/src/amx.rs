@@ -532,6 +532,7 @@ mod tests {
             (7, 70, 100),
             (64, 96, 257),
             (100, 33, 3),
+            (50, 45, 300),
         ] {
             let (x, y) = (lcg(m as u64 + 7, m * k), lcg(n as u64 + 11, k * n));
             for (at, bt) in [(false, false), (false, true), (true, false), (true, true)] {

@@ -118,6 +118,10 @@ pub struct FinetuneConfig {
     pub template: Option<String>,
     #[serde(default)]
     pub skip_invalid: bool,
+    /// The training products' arithmetic, as `precision` in a training run's [train]: "f32", or
+    /// "bf16" (AMX tiles; f32 on a CPU without them).
+    #[serde(default)]
+    pub precision: tritium_model::Precision,
 }
 
 #[derive(Deserialize)]

@@ -208,7 +208,7 @@ pub fn finetune(
         }
         Method::Full => (base.load_model(&device)?, None),
     };
-    let model = model.with_fused(o.fused);
+    let model = model.with_fused(o.fused).with_precision(c.precision);
     let mut state = base.state.clone();
     let mut tok = Tokenizer::load(&base.tokenizer_path()?)?;
     let tpl_text = c.template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
