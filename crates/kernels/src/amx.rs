@@ -12,6 +12,8 @@
 //! intrinsics); the compiler never touches tile registers itself, so they are ours between
 //! `ldtilecfg` and `tilerelease` within one call.
 
+use std::mem::MaybeUninit;
+
 use crate::dense::Operand;
 
 /// Rows (and columns) of a tile, and `k` per tile.
@@ -329,7 +331,33 @@ pub fn gemm(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operan
         return;
     }
     let (pb, _) = pack_b(b, k, n);
-    gemm_packed(out, m, n, k, a, &pb);
+    gemm_packed(uninit(out), m, n, k, a, &pb);
+}
+
+/// `out` as storage that is only written: sound, since `MaybeUninit<f32>` has `f32`'s layout
+/// and nothing reads through the result.
+fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same length, layout and lifetime; every value written is an initialized f32.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// As [`gemm`] into a new `[m, n]` matrix, written without being zeroed first.
+pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+    if k == 0 || m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
+    assert!(
+        supported(),
+        "AMX-BF16 products on a CPU or kernel without them"
+    );
+    assert!(a.data.len() == m * k && b.data.len() == k * n);
+    let (pb, _) = pack_b(b, k, n);
+    let mut out = Vec::with_capacity(m * n);
+    gemm_packed(&mut out.spare_capacity_mut()[..m * n], m, n, k, a, &pb);
+    // SAFETY: with m, n, k ≥ 1, `gemm_packed` writes every one of the m·n elements (whole blocks
+    // by the tile stores, partial ones by the edge copy).
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// As [`gemm`] into a new `[m, n]` matrix, B packed once and the rows of (untransposed) `a` cut
@@ -340,23 +368,27 @@ pub fn matmul_split(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec
         "AMX-BF16 products on a CPU or kernel without them"
     );
     assert!(!a.t && a.data.len() == m * k && b.data.len() == k * n);
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return out;
+        return vec![0.0; m * n];
     }
     let (pb, _) = pack_b(b, k, n);
     let half = m / 2;
-    let (top, bottom) = out.split_at_mut(half * n);
+    let mut out = Vec::with_capacity(m * n);
+    let (top, bottom) = out.spare_capacity_mut()[..m * n].split_at_mut(half * n);
     let (a_top, a_bottom) = a.data.split_at(half * k);
     rayon::join(
         || gemm_packed(top, half, n, k, Operand::n(a_top), &pb),
         || gemm_packed(bottom, m - half, n, k, Operand::n(a_bottom), &pb),
     );
+    // SAFETY: the two calls write every element of their halves (see `product`).
+    unsafe { out.set_len(m * n) };
     out
 }
 
-/// The product with B already packed by [`pack_b`] for this `k × n`.
-fn gemm_packed(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, pb: &[u32]) {
+/// The product with B already packed by [`pack_b`] for this `k × n`, writing every element of
+/// `out` (`[m, n]`).
+fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Operand, pb: &[u32]) {
+    assert_eq!(out.len(), m * n, "output length");
     if m == 0 {
         return;
     }
@@ -379,7 +411,10 @@ fn gemm_packed(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, pb: &[
             let full = i0 + 2 * T <= m && j0 + 2 * T <= n;
             let (c, stride) = if full {
                 // SAFETY: i0·n + j0 < m·n = out.len().
-                (unsafe { out.as_mut_ptr().add(i0 * n + j0) }, n * 4)
+                (
+                    unsafe { out.as_mut_ptr().add(i0 * n + j0).cast::<f32>() },
+                    n * 4,
+                )
             } else {
                 (edge.as_mut_ptr(), 2 * T * 4)
             };
@@ -429,7 +464,10 @@ fn gemm_packed(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, pb: &[
             if !full {
                 for r in 0..(2 * T).min(m - i0) {
                     let w = (2 * T).min(n - j0);
-                    out[(i0 + r) * n + j0..][..w].copy_from_slice(&edge[r * 2 * T..][..w]);
+                    let row = &mut out[(i0 + r) * n + j0..][..w];
+                    for (o, &v) in row.iter_mut().zip(&edge[r * 2 * T..][..w]) {
+                        o.write(v);
+                    }
                 }
             }
         }
@@ -540,6 +578,7 @@ mod tests {
                 let b = Operand { data: &y, t: bt };
                 let mut got = vec![f32::NAN; m * n];
                 gemm(&mut got, m, n, k, a, b);
+                assert_eq!(product(m, n, k, a, b), got, "product m={m} n={n} k={k}");
                 if !at {
                     // Halves side by side give the same bits: an element's sum never depends on
                     // which tile its row shares.

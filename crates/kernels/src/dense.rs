@@ -84,9 +84,7 @@ fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
-        let mut out = vec![0.0; m * n];
-        crate::amx::gemm(&mut out, m, n, k, a, b);
-        return out;
+        return crate::amx::product(m, n, k, a, b);
     }
     let _ = p;
     let mut out = Vec::with_capacity(m * n);
