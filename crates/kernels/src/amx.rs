@@ -385,6 +385,70 @@ pub fn matmul_split(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec
     out
 }
 
+/// B (`k × n`) in the tile layout, ready for any number of products.
+pub struct PackedB {
+    data: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+/// B given a row at a time: `row(l, dst)` writes row `l`'s `n` values as bf16 bits. For operands
+/// that are not f32 matrices (ternary codes, int8 rows) this skips the f32 copy a [`gemm`] operand
+/// would need; the bits are the same when `row` rounds as [`bf16`] does.
+pub fn pack_rows(k: usize, n: usize, mut row: impl FnMut(usize, &mut [u16])) -> PackedB {
+    let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
+    let mut data = vec![0u32; nt * kt * TILE / 2];
+    let (mut r0, mut r1) = (vec![0u16; n], vec![0u16; n]);
+    for q in 0..k.div_ceil(2) {
+        let l = 2 * q;
+        row(l, &mut r0);
+        if l + 1 < k {
+            row(l + 1, &mut r1);
+        } else {
+            r1.fill(0);
+        }
+        let (c, pr) = (l / KT, (l % KT) / 2);
+        for tj in 0..n.div_ceil(T) {
+            let dst = &mut data[((tj * kt + c) * T + pr) * T..][..T];
+            let cols = tj * T..n.min((tj + 1) * T);
+            for ((d, &lo), &hi) in dst.iter_mut().zip(&r0[cols.clone()]).zip(&r1[cols]) {
+                *d = lo as u32 | (hi as u32) << 16;
+            }
+        }
+    }
+    PackedB { data, k, n }
+}
+
+/// `a · b` for `a` read as `m × k` and B packed, into a new `[m, n]` matrix; with `split`, the
+/// rows of (untransposed) `a` in two halves side by side.
+pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32> {
+    let (k, n) = (b.k, b.n);
+    assert!(
+        supported(),
+        "AMX-BF16 products on a CPU or kernel without them"
+    );
+    assert_eq!(a.data.len(), m * k, "A's length");
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    let dst = &mut out.spare_capacity_mut()[..m * n];
+    if split && !a.t && m >= 2 {
+        let half = m / 2;
+        let (top, bottom) = dst.split_at_mut(half * n);
+        let (a_top, a_bottom) = a.data.split_at(half * k);
+        rayon::join(
+            || gemm_packed(top, half, n, k, Operand::n(a_top), &b.data),
+            || gemm_packed(bottom, m - half, n, k, Operand::n(a_bottom), &b.data),
+        );
+    } else {
+        gemm_packed(dst, m, n, k, a, &b.data);
+    }
+    // SAFETY: `gemm_packed` wrote every element of its part (see `product`).
+    unsafe { out.set_len(m * n) };
+    out
+}
+
 /// The product with B already packed by [`pack_b`] for this `k × n`, writing every element of
 /// `out` (`[m, n]`).
 fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Operand, pb: &[u32]) {
@@ -526,6 +590,26 @@ mod tests {
                     };
                     assert_eq!(got, b_at(b, k, n, l, j), "B t={t} ({l}, {j})");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_packed_one_at_a_time_equal_the_matrix_packing() {
+        for (k, n) in [(1, 1), (64, 32), (37, 50)] {
+            let y = lcg(9, k * n);
+            let (want, _) = pack_b(Operand::n(&y), k, n);
+            let got = pack_rows(k, n, |l, dst| {
+                for (d, &v) in dst.iter_mut().zip(&y[l * n..(l + 1) * n]) {
+                    *d = bf16(v);
+                }
+            });
+            assert_eq!(got.data, want, "k={k} n={n}");
+            let x = lcg(10, 5 * k);
+            let mut direct = vec![0f32; 5 * n];
+            gemm(&mut direct, 5, n, k, Operand::n(&x), Operand::n(&y));
+            for split in [false, true] {
+                assert_eq!(product_packed(5, Operand::n(&x), &got, split), direct);
             }
         }
     }

@@ -257,7 +257,8 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
 
 /// The straight-through backward of [`matmul`] for `dy: [x.rows, w.rows]`:
 /// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`), as
-/// [`crate::dense::linear_backward`] of the dequantized operands.
+/// [`crate::dense::linear_backward`] of the dequantized operands. In bf16 on AMX the operands go
+/// from their codes straight into the tile layout (the same bits as rounding the dequantized f32).
 pub fn backward(
     p: crate::dense::Precision,
     dy: &[f32],
@@ -268,11 +269,58 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (m, n, k) = (x.rows, w.rows, w.cols);
     assert_eq!(dy.len(), m * n, "output gradient length");
+    #[cfg(target_arch = "x86_64")]
+    if p.effective() == crate::dense::Precision::Bf16 {
+        use crate::amx;
+        let alone = !(want_dx && want_dw);
+        let dx = || want_dx.then(|| backward_dx_bf16(dy, m, w, alone));
+        let dw = || {
+            want_dw.then(|| {
+                // B = q_x / s: row t is token t.
+                let b = amx::pack_rows(m, k, |t, dst| {
+                    let (q, s) = (&x.q[t * x.stride..], x.scale[t]);
+                    for (d, &v) in dst.iter_mut().zip(q) {
+                        *d = amx::bf16(v as f32 / s);
+                    }
+                });
+                amx::product_packed(n, crate::dense::Operand::t(dy), &b, false)
+            })
+        };
+        return rayon::join(dx, dw);
+    }
     let (wd, xd) = rayon::join(
         || want_dx.then(|| w.dequantize()),
         || want_dw.then(|| x.dequantize()),
     );
     crate::dense::linear_backward(p, dy, xd.as_deref(), wd.as_deref(), m, n, k)
+}
+
+/// `dX = dY · (q_w·g)` alone, for a frozen (packed) layer: the input's gradient only.
+pub fn backward_dx(
+    p: crate::dense::Precision,
+    dy: &[f32],
+    m: usize,
+    w: &TernaryMatrix,
+) -> Vec<f32> {
+    assert_eq!(dy.len(), m * w.rows, "output gradient length");
+    #[cfg(target_arch = "x86_64")]
+    if p.effective() == crate::dense::Precision::Bf16 {
+        return backward_dx_bf16(dy, m, w, true);
+    }
+    let wd = w.dequantize();
+    let (dx, _) = crate::dense::linear_backward(p, dy, None, Some(&wd), m, w.rows, w.cols);
+    dx.expect("asked for dX")
+}
+
+/// `dY · (q_w·g)` on AMX, W's codes unpacked straight to bf16 `±g` (exact: `bf16(±g) = ±bf16(g)`).
+#[cfg(target_arch = "x86_64")]
+fn backward_dx_bf16(dy: &[f32], m: usize, w: &TernaryMatrix, split: bool) -> Vec<f32> {
+    use crate::amx;
+    let g = amx::bf16(w.scale);
+    let b = amx::pack_rows(w.rows, w.cols, |r, dst| {
+        w.panels.unpack_row(r, dst, [g ^ 0x8000, 0, g])
+    });
+    amx::product_packed(m, crate::dense::Operand::n(dy), &b, split)
 }
 
 /// The same product in plain integer loops: the reference the kernels are tested against.
@@ -372,5 +420,25 @@ mod tests {
         let w = TernaryMatrix::quantize(&wv, n, k);
         let x = QuantizedRows::quantize(&lcg(2, m * k), m, k);
         assert!(matmul(Isa::detect(), &x, &w).iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn bf16_backward_from_codes_equals_the_product_of_the_dequantized_operands() {
+        use crate::dense::{Precision, linear_backward};
+        if Precision::Bf16.effective() != Precision::Bf16 {
+            eprintln!("skipped: {}", Precision::Bf16.describe());
+            return;
+        }
+        for (m, n, k) in [(3, 5, 7), (40, 33, 300), (64, 64, 256)] {
+            let x = QuantizedRows::quantize(&lcg(1, m * k), m, k);
+            let w = TernaryMatrix::quantize(&lcg(2, n * k), n, k);
+            let dy = lcg(3, m * n);
+            let (wd, xd) = (w.dequantize(), x.dequantize());
+            let (dx, dw) = linear_backward(Precision::Bf16, &dy, Some(&xd), Some(&wd), m, n, k);
+            let (got_dx, got_dw) = backward(Precision::Bf16, &dy, &x, &w, true, true);
+            assert_eq!(got_dx, dx, "dX {m}×{n}×{k}");
+            assert_eq!(got_dw, dw, "dW {m}×{n}×{k}");
+            assert_eq!(Some(backward_dx(Precision::Bf16, &dy, m, &w)), dx);
+        }
     }
 }

@@ -160,11 +160,8 @@ impl Backward<Flex, 1> for BitLinearPackedBackward {
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         let PackedSaved { rows, w, p } = ops.state;
         if let Some(node) = node_x {
-            // The straight-through dX = dY · (q_w·g), the weight dequantized for this product only.
-            let wd = w.dequantize();
-            let (dx, _) =
-                dense::linear_backward(p, f32s(&dy), None, Some(&wd), rows, w.rows, w.cols);
-            let dx = dx.expect("asked for dX");
+            // The straight-through dX = dY · (q_w·g).
+            let dx = tritium_kernels::bitlinear::backward_dx(p, f32s(&dy), rows, &w);
             grads.register::<Flex>(node.id, tensor(dx, &[rows, w.cols]));
         }
     }
