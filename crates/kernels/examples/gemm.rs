@@ -1,5 +1,6 @@
-//! f32 GEMM (the `gemm` crate, what training runs by default) against bf16 on AMX tiles, on the
-//! training step's shapes: `cargo run --release -p tritium-kernels --example gemm`.
+//! f32 GEMM (the `gemm` crate, what training runs by default) against bf16 on AMX tiles and with
+//! AVX512-BF16, on the training step's shapes (a CPU with both):
+//! `cargo run --release -p tritium-kernels --example gemm`.
 
 use std::time::Instant;
 
@@ -43,12 +44,15 @@ fn main() {
         );
         #[cfg(target_arch = "x86_64")]
         if amx {
-            let s = time(&mut || tritium_kernels::amx::gemm(&mut out, m, n, k, oa, ob));
-            print!(
-                ", AMX bf16 {:7.1} GFLOP/s ({:.1}×)",
-                flops / s / 1e9,
-                f32_s / s
-            );
+            use tritium_kernels::bf16::{Path, gemm_on};
+            for p in [Path::Amx, Path::Avx512Bf16] {
+                let s = time(&mut || gemm_on(p, &mut out, m, n, k, oa, ob));
+                print!(
+                    ", {p:?} {:6.1} GFLOP/s ({:.1}×)",
+                    flops / s / 1e9,
+                    f32_s / s
+                );
+            }
         }
         println!(" (one thread)");
     }
@@ -56,7 +60,7 @@ fn main() {
 
 fn amx_ok() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return tritium_kernels::amx::supported();
+    return tritium_kernels::bf16::supported();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -271,19 +271,19 @@ pub fn backward(
     assert_eq!(dy.len(), m * n, "output gradient length");
     #[cfg(target_arch = "x86_64")]
     if p.effective() == crate::dense::Precision::Bf16 {
-        use crate::amx;
+        use crate::bf16;
         let alone = !(want_dx && want_dw);
         let dx = || want_dx.then(|| backward_dx_bf16(dy, m, w, alone));
         let dw = || {
             want_dw.then(|| {
                 // B = q_x / s: row t is token t.
-                let b = amx::pack_rows(m, k, |t, dst| {
+                let b = bf16::pack_rows(m, k, |t, dst| {
                     let (q, s) = (&x.q[t * x.stride..], x.scale[t]);
                     for (d, &v) in dst.iter_mut().zip(q) {
-                        *d = amx::bf16(v as f32 / s);
+                        *d = bf16::to_bf16(v as f32 / s);
                     }
                 });
-                amx::product_packed(n, crate::dense::Operand::t(dy), &b, false)
+                bf16::product_packed(n, crate::dense::Operand::t(dy), &b, false)
             })
         };
         return rayon::join(dx, dw);
@@ -315,12 +315,12 @@ pub fn backward_dx(
 /// `dY · (q_w·g)` on AMX, W's codes unpacked straight to bf16 `±g` (exact: `bf16(±g) = ±bf16(g)`).
 #[cfg(target_arch = "x86_64")]
 fn backward_dx_bf16(dy: &[f32], m: usize, w: &TernaryMatrix, split: bool) -> Vec<f32> {
-    use crate::amx;
-    let g = amx::bf16(w.scale);
-    let b = amx::pack_rows(w.rows, w.cols, |r, dst| {
+    use crate::bf16;
+    let g = bf16::to_bf16(w.scale);
+    let b = bf16::pack_rows(w.rows, w.cols, |r, dst| {
         w.panels.unpack_row(r, dst, [g ^ 0x8000, 0, g])
     });
-    amx::product_packed(m, crate::dense::Operand::n(dy), &b, split)
+    bf16::product_packed(m, crate::dense::Operand::n(dy), &b, split)
 }
 
 /// The same product in plain integer loops: the reference the kernels are tested against.

@@ -19,28 +19,35 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// What runs for this setting on this CPU: bf16 needs AMX-BF16 here; elsewhere the products
-    /// fall back to f32 (AVX-512 BF16 without AMX is not written yet).
+    /// What runs for this setting on this CPU: bf16 needs AMX-BF16 or AVX512-BF16; elsewhere
+    /// the products fall back to f32.
     pub fn effective(self) -> Precision {
         match self {
-            Precision::Bf16 if amx_available() => Precision::Bf16,
+            Precision::Bf16 if bf16_available() => Precision::Bf16,
             _ => Precision::F32,
         }
     }
 
     /// The GEMM path that runs, in words (for reports).
     pub fn describe(self) -> &'static str {
-        match (self, self.effective()) {
-            (Precision::Bf16, Precision::Bf16) => "bf16 on AMX tiles, f32 accumulation",
-            (Precision::Bf16, _) => "f32 (bf16 asked, but this CPU has no AMX-BF16)",
-            _ => "f32",
+        #[cfg(target_arch = "x86_64")]
+        if self == Precision::Bf16 {
+            return match crate::bf16::path() {
+                Some(crate::bf16::Path::Amx) => "bf16 on AMX tiles, f32 accumulation",
+                Some(crate::bf16::Path::Avx512Bf16) => "bf16 with AVX512-BF16, f32 accumulation",
+                None => "f32 (bf16 asked, but this CPU has neither AMX-BF16 nor AVX512-BF16)",
+            };
+        }
+        match self {
+            Precision::Bf16 => "f32 (bf16 asked, but this CPU has no bf16 products)",
+            Precision::F32 => "f32",
         }
     }
 }
 
-fn amx_available() -> bool {
+fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return crate::amx::supported();
+    return crate::bf16::supported();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -84,7 +91,7 @@ fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
-        return crate::amx::product(m, n, k, a, b);
+        return crate::bf16::product(m, n, k, a, b);
     }
     let _ = p;
     let mut out = Vec::with_capacity(m * n);
@@ -144,7 +151,7 @@ pub fn matmul(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
-        return crate::amx::matmul_split(m, n, k, a, b);
+        return crate::bf16::matmul_split(m, n, k, a, b);
     }
     let mut out = vec![0f32; m * n];
     let half = m / 2;

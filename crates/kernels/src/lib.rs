@@ -66,9 +66,9 @@ pub fn has_x86_v4() -> bool {
     })
 }
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 pub mod bitlinear;
 pub mod dense;
 pub mod optim;

@@ -1,7 +1,12 @@
-//! bf16 matrix products on AMX tiles (Intel Sapphire Rapids and later): the operands rounded to
-//! bf16 (nearest, ties to even, as PyTorch's autocast rounds), every product accumulated in f32 by
-//! the tile unit. One `tdpbf16ps` multiplies a 16×32 tile of A by a 32×16 tile of B into a 16×16
-//! f32 tile: 8192 multiply-adds, about sixteen times what AVX-512 FMA does in the same cycles.
+//! bf16 matrix products: the operands rounded to bf16 (nearest, ties to even, as PyTorch's
+//! autocast rounds), every product accumulated in f32. Two paths, chosen once per process:
+//! - AMX tiles (Intel Sapphire Rapids and later): one `tdpbf16ps` multiplies a 16×32 tile of A by
+//!   a 32×16 tile of B into a 16×16 f32 tile, 8192 multiply-adds, about sixteen times what
+//!   AVX-512 FMA does in the same cycles;
+//! - AVX512-BF16 (`vdpbf16ps`, AMD Zen 4, and Intel CPUs that have it without AMX): a pair of
+//!   bf16 products added into each f32 lane, twice an f32 FMA's work per instruction.
+//!
+//! Both read the same packed operands.
 //!
 //! Operands are packed first, into the tile layouts, padded with zeros to whole tiles:
 //! - A, `[m/16][k/32]` tiles of `[16 rows][32 k]` bf16 (row-major: a tile row is 64 bytes);
@@ -22,9 +27,36 @@ const KT: usize = 32;
 /// bf16 values in one packed tile (1 KiB).
 const TILE: usize = T * KT;
 
+/// How this CPU runs the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Amx,
+    Avx512Bf16,
+}
+
+/// The path this CPU takes (AMX where it has it), or `None` without either. Decided once.
+pub fn path() -> Option<Path> {
+    static PATH: std::sync::OnceLock<Option<Path>> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        if amx() {
+            Some(Path::Amx)
+        } else if has!("avx512f") && has!("avx512bw") && has!("avx512bf16") {
+            Some(Path::Avx512Bf16)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether this CPU runs bf16 products at all (see [`path`]).
+pub fn supported() -> bool {
+    path().is_some()
+}
+
 /// Whether this CPU has AMX-BF16 and the kernel lets this process use the tile registers (Linux
 /// asks a process to request them once). Decided once.
-pub fn supported() -> bool {
+fn amx() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE (std's detection of these is
@@ -62,7 +94,7 @@ fn request_tiles() -> bool {
 
 /// f32 → bf16, rounded to nearest even; NaN stays NaN (quieted), infinities stay infinite.
 #[inline(always)]
-pub fn bf16(x: f32) -> u16 {
+pub fn to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     if x.is_nan() {
         return ((b >> 16) | 0x40) as u16;
@@ -80,8 +112,8 @@ pub fn f32_of(b: u16) -> f32 {
 fn a_at(a: Operand, m: usize, k: usize, i: usize, l: usize) -> u16 {
     match (i < m && l < k, a.t) {
         (false, _) => 0,
-        (true, false) => bf16(a.data[i * k + l]),
-        (true, true) => bf16(a.data[l * m + i]),
+        (true, false) => to_bf16(a.data[i * k + l]),
+        (true, true) => to_bf16(a.data[l * m + i]),
     }
 }
 
@@ -89,8 +121,8 @@ fn a_at(a: Operand, m: usize, k: usize, i: usize, l: usize) -> u16 {
 fn b_at(b: Operand, k: usize, n: usize, l: usize, j: usize) -> u16 {
     match (l < k && j < n, b.t) {
         (false, _) => 0,
-        (true, false) => bf16(b.data[l * n + j]),
-        (true, true) => bf16(b.data[j * k + l]),
+        (true, false) => to_bf16(b.data[l * n + j]),
+        (true, true) => to_bf16(b.data[j * k + l]),
     }
 }
 
@@ -320,7 +352,7 @@ impl Config {
 pub fn gemm(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
     assert!(
         supported(),
-        "AMX-BF16 products on a CPU or kernel without them"
+        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
     );
     assert!(a.data.len() == m * k && b.data.len() == k * n && out.len() == m * n);
     if m == 0 || n == 0 {
@@ -341,6 +373,31 @@ fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
+/// As [`gemm`] on a chosen path (where the CPU has several, to compare them).
+///
+/// # Panics
+/// If the CPU lacks that path, or the lengths are wrong.
+pub fn gemm_on(p: Path, out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
+    assert!(a.data.len() == m * k && b.data.len() == k * n && out.len() == m * n);
+    let ok = match p {
+        Path::Amx => amx(),
+        Path::Avx512Bf16 => {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx512f") && has!("avx512bw") && has!("avx512bf16")
+        }
+    };
+    assert!(ok, "{p:?} products on a CPU without them");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let (pb, _) = pack_b(b, k, n);
+    gemm_packed_on(p, uninit(out), m, n, k, a, &pb);
+}
+
 /// As [`gemm`] into a new `[m, n]` matrix, written without being zeroed first.
 pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
     if k == 0 || m == 0 || n == 0 {
@@ -348,7 +405,7 @@ pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32>
     }
     assert!(
         supported(),
-        "AMX-BF16 products on a CPU or kernel without them"
+        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
     );
     assert!(a.data.len() == m * k && b.data.len() == k * n);
     let (pb, _) = pack_b(b, k, n);
@@ -365,7 +422,7 @@ pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32>
 pub fn matmul_split(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
     assert!(
         supported(),
-        "AMX-BF16 products on a CPU or kernel without them"
+        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
     );
     assert!(!a.t && a.data.len() == m * k && b.data.len() == k * n);
     if m == 0 || n == 0 || k == 0 {
@@ -425,7 +482,7 @@ pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32
     let (k, n) = (b.k, b.n);
     assert!(
         supported(),
-        "AMX-BF16 products on a CPU or kernel without them"
+        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
     );
     assert_eq!(a.data.len(), m * k, "A's length");
     if m == 0 || n == 0 || k == 0 {
@@ -452,6 +509,20 @@ pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32
 /// The product with B already packed by [`pack_b`] for this `k × n`, writing every element of
 /// `out` (`[m, n]`).
 fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Operand, pb: &[u32]) {
+    let p = path().expect("bf16 products on a CPU without AMX-BF16 or AVX512-BF16");
+    gemm_packed_on(p, out, m, n, k, a, pb)
+}
+
+/// [`gemm_packed`] on a given path (the tests run both where the CPU has both).
+fn gemm_packed_on(
+    p: Path,
+    out: &mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    pb: &[u32],
+) {
     assert_eq!(out.len(), m * n, "output length");
     if m == 0 {
         return;
@@ -463,6 +534,12 @@ fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Op
         "packed B's size"
     );
     let nt = n.div_ceil(2 * T) * 2;
+    if p == Path::Avx512Bf16 {
+        // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16.
+        unsafe { gemm_dp(out, m, n, &pa, kt, pb, nt) };
+        return;
+    }
+    assert!(amx(), "AMX products on a CPU without them");
     let cfg = Config::new();
     let mut edge = [0f32; 4 * T * T];
     // SAFETY: the CPU has AMX-BF16 and the process may use tiles (`supported`, asserted).
@@ -540,6 +617,78 @@ fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Op
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// The packed product with `vdpbf16ps`: blocks of 8 rows × 32 columns in 16 registers, each A pair
+/// broadcast against a row of k-pairs of the two B tiles.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are `pack_a`/`pack_b` of an `m × k` and `k × n`
+/// operand (`kt` tiles of k, `nt` column tiles), and `out` has `m·n` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gemm_dp(
+    out: &mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    pa: &[u16],
+    kt: usize,
+    pb: &[u32],
+    nt: usize,
+) {
+    const R: usize = 8;
+    let mt = pa.len() / (kt * TILE);
+    assert!(
+        out.len() == m * n && m <= mt * T && pb.len() == nt * kt * TILE / 2 && nt.is_multiple_of(2)
+    );
+    let bh = |v: __m512i| -> __m512bh {
+        // SAFETY: both are 64-byte plain vectors; the instruction reads the lanes as bf16 pairs.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    };
+    for tj in (0..nt).step_by(2) {
+        let j0 = tj * T;
+        for i0 in (0..m).step_by(R) {
+            let (ti, r0) = (i0 / T, i0 % T);
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for c in 0..kt {
+                // SAFETY: tile (ti, c) of A and tiles (tj, c), (tj + 1, c) of B lie inside the
+                // packs (ti < mt, tj + 1 < nt, c < kt); rows r0..r0+8 ≤ 16 of the A tile, each
+                // 16 u32 pairs, and the B tiles' 16 rows of 16 u32 pairs are read.
+                unsafe {
+                    let at = pa
+                        .as_ptr()
+                        .add((ti * kt + c) * TILE)
+                        .cast::<u32>()
+                        .add(r0 * T);
+                    let b0 = pb.as_ptr().add((tj * kt + c) * TILE / 2);
+                    let b1 = pb.as_ptr().add(((tj + 1) * kt + c) * TILE / 2);
+                    for q in 0..T {
+                        let v0 = bh(_mm512_loadu_si512(b0.add(q * T).cast()));
+                        let v1 = bh(_mm512_loadu_si512(b1.add(q * T).cast()));
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let a = bh(_mm512_broadcastd_epi32(_mm_loadu_si32(
+                                at.add(i * T + q).cast(),
+                            )));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], a, v0);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], a, v1);
+                        }
+                    }
+                }
+            }
+            let w = (2 * T).min(n - j0);
+            for (i, acc) in acc.iter().enumerate().take(m - i0) {
+                let mut lanes = [0f32; 2 * T];
+                // SAFETY: 32 f32 into a 32-element array.
+                unsafe {
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                    _mm512_storeu_ps(lanes.as_mut_ptr().add(T), acc[1]);
+                }
+                let row = &mut out[(i0 + i) * n + j0..][..w];
+                for (o, &v) in row.iter_mut().zip(&lanes[..w]) {
+                    o.write(v);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,16 +697,16 @@ mod tests {
     #[test]
     fn bf16_rounds_to_nearest_even() {
         // 1 + 2⁻⁸ is halfway between bf16 1.0 and 1 + 2⁻⁷: ties go to the even mantissa (1.0).
-        assert_eq!(bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
         // Just above halfway rounds up.
-        assert_eq!(bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
         // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ (odd) and 1 + 2⁻⁶ (even): up.
-        assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
-        assert_eq!(bf16(-2.0), 0xc000);
-        assert_eq!(bf16(f32::INFINITY), 0x7f80);
-        assert!(f32_of(bf16(f32::NAN)).is_nan());
+        assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert_eq!(to_bf16(-2.0), 0xc000);
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+        assert!(f32_of(to_bf16(f32::NAN)).is_nan());
         // The largest finite f32 rounds up to infinity, as IEEE rounding does.
-        assert_eq!(bf16(f32::MAX), 0x7f80);
+        assert_eq!(to_bf16(f32::MAX), 0x7f80);
     }
 
     #[test]
@@ -601,7 +750,7 @@ mod tests {
             let (want, _) = pack_b(Operand::n(&y), k, n);
             let got = pack_rows(k, n, |l, dst| {
                 for (d, &v) in dst.iter_mut().zip(&y[l * n..(l + 1) * n]) {
-                    *d = bf16(v);
+                    *d = to_bf16(v);
                 }
             });
             assert_eq!(got.data, want, "k={k} n={n}");
@@ -618,14 +767,14 @@ mod tests {
     /// f32 accumulation.
     fn reference(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f64> {
         let at = |i: usize, l: usize| {
-            f32_of(bf16(if a.t {
+            f32_of(to_bf16(if a.t {
                 a.data[l * m + i]
             } else {
                 a.data[i * k + l]
             })) as f64
         };
         let bt = |l: usize, j: usize| {
-            f32_of(bf16(if b.t {
+            f32_of(to_bf16(if b.t {
                 b.data[j * k + l]
             } else {
                 b.data[l * n + j]
@@ -640,12 +789,27 @@ mod tests {
         out
     }
 
+    /// The paths this CPU can run, AMX first.
+    fn paths() -> Vec<Path> {
+        let mut p = Vec::new();
+        if amx() {
+            p.push(Path::Amx);
+        }
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512bf16") {
+            p.push(Path::Avx512Bf16);
+        }
+        p
+    }
+
     #[test]
     fn products_equal_the_rounded_reference_for_every_layout_and_odd_shapes() {
-        if !supported() {
-            eprintln!("skipped: this CPU (or kernel) has no AMX-BF16");
+        let paths = paths();
+        if paths.is_empty() {
+            eprintln!("skipped: this CPU has neither AMX-BF16 nor AVX512-BF16");
             return;
         }
+        eprintln!("paths tested: {paths:?}");
         for &(m, n, k) in &[
             (1, 1, 1),
             (16, 16, 32),
@@ -672,11 +836,16 @@ mod tests {
                 // Exact products of bf16 values summed in f32: within k f32 roundings of the
                 // sum of magnitudes (|a|, |b| ≤ 1 here).
                 let bound = k as f64 * f32::EPSILON as f64;
-                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (*g as f64 - w).abs() <= bound,
-                        "m={m} n={n} k={k} at={at} bt={bt} [{idx}]: {g} vs {w}"
-                    );
+                for &p in &paths {
+                    let (pb, _) = pack_b(b, k, n);
+                    let mut on = vec![f32::NAN; m * n];
+                    gemm_packed_on(p, uninit(&mut on), m, n, k, a, &pb);
+                    for (idx, (g, w)) in on.iter().zip(&want).enumerate() {
+                        assert!(
+                            (*g as f64 - w).abs() <= bound,
+                            "{p:?} m={m} n={n} k={k} at={at} bt={bt} [{idx}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
