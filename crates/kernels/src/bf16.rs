@@ -533,6 +533,8 @@ fn gemm_packed_on(
         n.div_ceil(2 * T) * 2 * kt * TILE / 2,
         "packed B's size"
     );
+    // The tile loop runs at least once (its counter would wrap at zero).
+    assert!(kt > 0, "k ≥ 1");
     let nt = n.div_ceil(2 * T) * 2;
     if p == Path::Avx512Bf16 {
         // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16.

@@ -257,7 +257,7 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
 
 /// The straight-through backward of [`matmul`] for `dy: [x.rows, w.rows]`:
 /// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`), as
-/// [`crate::dense::linear_backward`] of the dequantized operands. In bf16 on AMX the operands go
+/// [`crate::dense::linear_backward`] of the dequantized operands. In bf16 the operands go
 /// from their codes straight into the tile layout (the same bits as rounding the dequantized f32).
 pub fn backward(
     p: crate::dense::Precision,
@@ -312,7 +312,7 @@ pub fn backward_dx(
     dx.expect("asked for dX")
 }
 
-/// `dY · (q_w·g)` on AMX, W's codes unpacked straight to bf16 `±g` (exact: `bf16(±g) = ±bf16(g)`).
+/// `dY · (q_w·g)` in bf16, W's codes unpacked straight to bf16 `±g` (exact: `bf16(±g) = ±bf16(g)`).
 #[cfg(target_arch = "x86_64")]
 fn backward_dx_bf16(dy: &[f32], m: usize, w: &TernaryMatrix, split: bool) -> Vec<f32> {
     use crate::bf16;

@@ -9,7 +9,7 @@ use gemm::{Parallelism, gemm};
 
 /// The arithmetic of a training step's matrix products (the BitLinear backward and the tied head),
 /// as PyTorch's autocast chooses it: `Bf16` rounds both operands to bf16 and accumulates in f32
-/// (on AMX tiles where the CPU has them); `F32` is exact f32 throughout.
+/// (AMX tiles or AVX512-BF16, [`crate::bf16`]); `F32` is exact f32 throughout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -473,7 +473,7 @@ pub unsafe fn attend_avx512(
     use super::KEY_BLOCK;
     const { assert!(KEY_BLOCK == 16) };
     let hd = q.len();
-    if !hd.is_multiple_of(16) || hd > 128 {
+    if hd == 0 || !hd.is_multiple_of(16) || hd > 128 {
         return super::attend_body(q, keys, n, values, scale, scores, out);
     }
     let nb = n.div_ceil(KEY_BLOCK);
@@ -537,7 +537,8 @@ pub unsafe fn attend_avx512(
             5 => weigh_values::<5>(&scores[..n], z, values, out),
             6 => weigh_values::<6>(&scores[..n], z, values, out),
             7 => weigh_values::<7>(&scores[..n], z, values, out),
-            _ => weigh_values::<8>(&scores[..n], z, values, out),
+            8 => weigh_values::<8>(&scores[..n], z, values, out),
+            _ => unreachable!("hd = {hd} was sent to the scalar body above"),
         }
     }
 }

@@ -118,9 +118,9 @@ impl Transformer {
     }
 
     /// Chooses the arithmetic of the fused ops' training products for every layer and the head:
-    /// bf16 operands with f32 accumulation as PyTorch's autocast runs them (where the CPU has
-    /// AMX; f32 elsewhere, see [`Precision::effective`]), or f32. Latent weights, optimizer
-    /// state, the loss and the int8 × ternary forward products are unchanged.
+    /// bf16 operands with f32 accumulation as PyTorch's autocast runs them (where the CPU has AMX
+    /// or AVX512-BF16; f32 elsewhere, see [`Precision::effective`]), or f32. Latent weights,
+    /// optimizer state, the loss and the int8 × ternary forward products are unchanged.
     pub fn set_precision(&mut self, p: Precision) {
         self.precision = p;
         for b in self.blocks.iter_mut() {

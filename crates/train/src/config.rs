@@ -84,8 +84,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub device: Backend,
     /// The arithmetic of the step's matrix products on the fused CPU ops: "f32", or "bf16"
-    /// (operands rounded to bf16, f32 accumulation, as PyTorch's autocast; on AMX tiles, f32 where
-    /// the CPU has none). Weights, optimizer state, the loss and evaluation stay f32.
+    /// (operands rounded to bf16, f32 accumulation, as PyTorch's autocast; AMX tiles or AVX512-BF16,
+    /// f32 on a CPU with neither). Weights, optimizer state, the loss and evaluation stay f32.
     #[serde(default)]
     pub precision: tritium_model::Precision,
 }

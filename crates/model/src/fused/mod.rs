@@ -12,8 +12,8 @@
 //!   it keeps only the int8 rows and the packed weights (a quarter and a sixteenth of the f32
 //!   sizes) for the backward pass, the straight-through one: `dX = dY · (q_w·g)`,
 //!   `dW = dYᵀ · (q_x / s)`. Those two are f32 GEMMs by default, matching the reference to 1e-4;
-//!   with [`Precision::Bf16`] they (and the head's products) take bf16 operands on AMX tiles, as
-//!   PyTorch's autocast would, within bf16 rounding of f32 (see the tests).
+//!   with [`Precision::Bf16`] they (and the head's products) take bf16 operands (AMX tiles or
+//!   AVX512-BF16, `tritium_kernels::bf16`), as PyTorch's autocast would, within bf16 rounding of f32 (see the tests).
 //! - [`linear`]: the float tied head, with its backward products side by side
 //!   ([`tritium_kernels::dense`]).
 //! - [`attention`]: causal attention with RoPE and grouped-query heads on the projections'

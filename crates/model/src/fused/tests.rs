@@ -425,10 +425,10 @@ fn f32_values_are_in_row_major_order_even_for_a_view() {
     }
 }
 
-/// The bf16 training path (AMX) against the f32 one on the same BitLinear and head: the forward
+/// The bf16 training path (AMX or AVX512-BF16) against the f32 one on the same BitLinear and head: the forward
 /// of BitLinear is the same int8 product (equal), the head's forward and every gradient differ by
 /// bf16 operand rounding only: a relative error near 2⁻⁹ (the unit roundoff of bf16), not more,
-/// and not zero (zero would mean the bf16 path did not run). Skipped without AMX-BF16.
+/// and not zero (zero would mean the bf16 path did not run). Skipped on a CPU with neither.
 #[test]
 fn bf16_products_stay_within_bf16_rounding_of_f32() {
     if Precision::Bf16.effective() != Precision::Bf16 {

@@ -119,7 +119,7 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub skip_invalid: bool,
     /// The training products' arithmetic, as `precision` in a training run's [train]: "f32", or
-    /// "bf16" (AMX tiles; f32 on a CPU without them).
+    /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither).
     #[serde(default)]
     pub precision: tritium_model::Precision,
 }
