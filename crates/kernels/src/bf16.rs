@@ -452,27 +452,46 @@ pub struct PackedB {
 /// B given a row at a time: `row(l, dst)` writes row `l`'s `n` values as bf16 bits. For operands
 /// that are not f32 matrices (ternary codes, int8 rows) this skips the f32 copy a [`gemm`] operand
 /// would need; the bits are the same when `row` rounds as [`bf16`] does.
-pub fn pack_rows(k: usize, n: usize, mut row: impl FnMut(usize, &mut [u16])) -> PackedB {
+pub fn pack_rows(k: usize, n: usize, row: impl Fn(usize, &mut [u16]) + Sync) -> PackedB {
+    use rayon::prelude::*;
     let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
     let mut data = vec![0u32; nt * kt * TILE / 2];
-    let (mut r0, mut r1) = (vec![0u16; n], vec![0u16; n]);
-    for q in 0..k.div_ceil(2) {
-        let l = 2 * q;
-        row(l, &mut r0);
-        if l + 1 < k {
-            row(l + 1, &mut r1);
-        } else {
-            r1.fill(0);
-        }
-        let (c, pr) = (l / KT, (l % KT) / 2);
-        for tj in 0..n.div_ceil(T) {
-            let dst = &mut data[((tj * kt + c) * T + pr) * T..][..T];
-            let cols = tj * T..n.min((tj + 1) * T);
-            for ((d, &lo), &hi) in dst.iter_mut().zip(&r0[cols.clone()]).zip(&r1[cols]) {
-                *d = lo as u32 | (hi as u32) << 16;
-            }
+    /// The packed buffer shared by the tasks below.
+    struct Out(*mut u32);
+    // SAFETY: the tasks write disjoint elements (see below) and the buffer outlives them.
+    unsafe impl Sync for Out {}
+    impl Out {
+        fn at(&self, i: usize) -> *mut u32 {
+            self.0.wrapping_add(i)
         }
     }
+    let out = Out(data.as_mut_ptr());
+    let len = data.len();
+    // Pairs of rows in parallel (a layer's rows are decoded from codes: real work).
+    (0..k.div_ceil(2)).into_par_iter().with_min_len(8).for_each_init(
+        || (vec![0u16; n], vec![0u16; n]),
+        |(r0, r1), q| {
+            let l = 2 * q;
+            row(l, r0);
+            if l + 1 < k {
+                row(l + 1, r1);
+            } else {
+                r1.fill(0);
+            }
+            let (c, pr) = (l / KT, (l % KT) / 2);
+            for tj in 0..n.div_ceil(T) {
+                let at = ((tj * kt + c) * T + pr) * T;
+                let cols = tj * T..n.min((tj + 1) * T);
+                for (i, (&lo, &hi)) in r0[cols.clone()].iter().zip(&r1[cols]).enumerate() {
+                    assert!(at + i < len);
+                    // SAFETY: in bounds (asserted); element (tile (tj, c), pair row pr, column i)
+                    // belongs to pair q alone, since (c, pr) is q's, so no two tasks write it and
+                    // nothing reads `data` until every task has finished.
+                    unsafe { *out.at(at + i) = lo as u32 | (hi as u32) << 16 };
+                }
+            }
+        },
+    );
     PackedB { data, k, n }
 }
 
