@@ -468,30 +468,33 @@ pub fn pack_rows(k: usize, n: usize, row: impl Fn(usize, &mut [u16]) + Sync) -> 
     let out = Out(data.as_mut_ptr());
     let len = data.len();
     // Pairs of rows in parallel (a layer's rows are decoded from codes: real work).
-    (0..k.div_ceil(2)).into_par_iter().with_min_len(8).for_each_init(
-        || (vec![0u16; n], vec![0u16; n]),
-        |(r0, r1), q| {
-            let l = 2 * q;
-            row(l, r0);
-            if l + 1 < k {
-                row(l + 1, r1);
-            } else {
-                r1.fill(0);
-            }
-            let (c, pr) = (l / KT, (l % KT) / 2);
-            for tj in 0..n.div_ceil(T) {
-                let at = ((tj * kt + c) * T + pr) * T;
-                let cols = tj * T..n.min((tj + 1) * T);
-                for (i, (&lo, &hi)) in r0[cols.clone()].iter().zip(&r1[cols]).enumerate() {
-                    assert!(at + i < len);
-                    // SAFETY: in bounds (asserted); element (tile (tj, c), pair row pr, column i)
-                    // belongs to pair q alone, since (c, pr) is q's, so no two tasks write it and
-                    // nothing reads `data` until every task has finished.
-                    unsafe { *out.at(at + i) = lo as u32 | (hi as u32) << 16 };
+    (0..k.div_ceil(2))
+        .into_par_iter()
+        .with_min_len(8)
+        .for_each_init(
+            || (vec![0u16; n], vec![0u16; n]),
+            |(r0, r1), q| {
+                let l = 2 * q;
+                row(l, r0);
+                if l + 1 < k {
+                    row(l + 1, r1);
+                } else {
+                    r1.fill(0);
                 }
-            }
-        },
-    );
+                let (c, pr) = (l / KT, (l % KT) / 2);
+                for tj in 0..n.div_ceil(T) {
+                    let at = ((tj * kt + c) * T + pr) * T;
+                    let cols = tj * T..n.min((tj + 1) * T);
+                    for (i, (&lo, &hi)) in r0[cols.clone()].iter().zip(&r1[cols]).enumerate() {
+                        assert!(at + i < len);
+                        // SAFETY: in bounds (asserted); element (tile (tj, c), pair row pr,
+                        // column i) belongs to pair q alone, since (c, pr) is q's, so no two
+                        // tasks write it and nothing reads `data` until every task has finished.
+                        unsafe { *out.at(at + i) = lo as u32 | (hi as u32) << 16 };
+                    }
+                }
+            },
+        );
     PackedB { data, k, n }
 }
 
