@@ -38,15 +38,20 @@ pub enum Path {
 pub fn path() -> Option<Path> {
     static PATH: std::sync::OnceLock<Option<Path>> = std::sync::OnceLock::new();
     *PATH.get_or_init(|| {
-        use std::arch::is_x86_feature_detected as has;
         if amx() {
             Some(Path::Amx)
-        } else if has!("avx512f") && has!("avx512bw") && has!("avx512bf16") {
+        } else if avx512_bf16() {
             Some(Path::Avx512Bf16)
         } else {
             None
         }
     })
+}
+
+/// What the `vdpbf16ps` path and its packing need.
+fn avx512_bf16() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512bw") && has!("avx512bf16")
 }
 
 /// Whether this CPU runs bf16 products at all (see [`path`]).
@@ -126,67 +131,79 @@ fn b_at(b: Operand, k: usize, n: usize, l: usize, j: usize) -> u16 {
     }
 }
 
-/// A, `m × k`, packed into tiles (row blocks padded to an even count, for the 2 × 2 kernel).
-/// Whole tiles inside the matrix take the vector path; edge tiles, element by element.
+/// One packed operand: `blocks` row (or column) tiles, padded to an even count for the 2 × 2
+/// kernel, by `kt` tiles of k, each `len` elements. `fill(tile, start, l0)` writes the tile whose
+/// rows (columns) begin at `start` and whose k begins at `l0`; tiles wholly past the `extent`
+/// rows (columns) are the padding and stay zero.
+fn tiles<E: Copy + Default>(
+    extent: usize,
+    kt: usize,
+    len: usize,
+    mut fill: impl FnMut(&mut [E], usize, usize),
+) -> Vec<E> {
+    let blocks = extent.div_ceil(2 * T) * 2;
+    let mut p = vec![E::default(); blocks * kt * len];
+    for (i, tile) in p.chunks_exact_mut(len).enumerate() {
+        let (start, l0) = (i / kt * T, i % kt * KT);
+        if start < extent {
+            fill(tile, start, l0);
+        }
+    }
+    p
+}
+
+/// A, `m × k`, packed into tiles. Whole tiles inside the matrix take the vector path; edge
+/// tiles, element by element.
 fn pack_a(a: Operand, m: usize, k: usize) -> (Vec<u16>, usize, usize) {
-    let (mt, kt) = (m.div_ceil(2 * T) * 2, k.div_ceil(KT));
-    let mut p = vec![0u16; mt * kt * TILE];
+    let kt = k.div_ceil(KT);
     let simd = crate::has_x86_v4();
-    for ti in 0..mt {
-        for c in 0..kt {
-            let tile = &mut p[(ti * kt + c) * TILE..][..TILE];
-            let (i0, l0) = (ti * T, c * KT);
-            if i0 >= m {
-                continue;
-            }
-            if simd && i0 + T <= m && l0 + KT <= k {
-                // SAFETY: AVX-512 F/BW present (`has_x86_v4`); the tile lies inside A.
-                unsafe { tile_a(a, m, k, i0, l0, tile) };
-            } else {
-                for r in 0..T {
-                    for col in 0..KT {
-                        tile[r * KT + col] = a_at(a, m, k, i0 + r, l0 + col);
-                    }
+    let p = tiles(m, kt, TILE, |tile, i0, l0| {
+        if simd && i0 + T <= m && l0 + KT <= k {
+            // SAFETY: AVX-512 F/BW present (`has_x86_v4`); the tile lies inside A.
+            unsafe { tile_a(a, m, k, i0, l0, tile) };
+        } else {
+            for r in 0..T {
+                for col in 0..KT {
+                    tile[r * KT + col] = a_at(a, m, k, i0 + r, l0 + col);
                 }
             }
         }
-    }
-    (p, mt, kt)
+    });
+    (p, m.div_ceil(2 * T) * 2, kt)
+}
+
+/// B (`k × n`) in the tile layout, ready for any number of products.
+pub struct PackedB {
+    data: Vec<u32>,
+    k: usize,
+    n: usize,
 }
 
 /// B, `k × n`, packed into tiles of k-pairs, padded as [`pack_a`]. Each pair is one u32: the
 /// lower `k` in the low half.
-fn pack_b(b: Operand, k: usize, n: usize) -> (Vec<u32>, usize) {
-    let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
-    let mut p = vec![0u32; nt * kt * TILE / 2];
+pub fn pack(b: Operand, k: usize, n: usize) -> PackedB {
+    assert_eq!(b.data.len(), k * n, "B's length");
     let simd = crate::has_x86_v4();
-    for tj in 0..nt {
-        for c in 0..kt {
-            let tile = &mut p[(tj * kt + c) * TILE / 2..][..TILE / 2];
-            let (j0, l0) = (tj * T, c * KT);
-            if j0 >= n {
-                continue;
-            }
-            if simd && j0 + T <= n && l0 + KT <= k {
-                // SAFETY: AVX-512 F/BW present; the tile lies inside B.
-                unsafe { tile_b(b, k, n, j0, l0, tile) };
-            } else {
-                for q in 0..T {
-                    for col in 0..T {
-                        let (l, j) = (l0 + 2 * q, j0 + col);
-                        tile[q * T + col] =
-                            b_at(b, k, n, l, j) as u32 | (b_at(b, k, n, l + 1, j) as u32) << 16;
-                    }
+    let data = tiles(n, k.div_ceil(KT), TILE / 2, |tile, j0, l0| {
+        if simd && j0 + T <= n && l0 + KT <= k {
+            // SAFETY: AVX-512 F/BW present; the tile lies inside B.
+            unsafe { tile_b(b, k, n, j0, l0, tile) };
+        } else {
+            for q in 0..T {
+                for col in 0..T {
+                    let (l, j) = (l0 + 2 * q, j0 + col);
+                    tile[q * T + col] =
+                        b_at(b, k, n, l, j) as u32 | (b_at(b, k, n, l + 1, j) as u32) << 16;
                 }
             }
         }
-    }
-    (p, kt)
+    });
+    PackedB { data, k, n }
 }
 
 use std::arch::x86_64::*;
 
-/// Sixteen f32 rounded as [`bf16`] does, each bf16 in the high half of its 32-bit lane.
+/// Sixteen f32 rounded as [`to_bf16`] does, each bf16 in the high half of its 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn round16(x: __m512) -> __m512i {
@@ -344,28 +361,6 @@ impl Config {
     }
 }
 
-/// `out = a · b` (`a` read as `m × k`, `b` as `k × n`, `out` row-major `[m, n]`) with bf16
-/// operands and f32 accumulation, on this thread.
-///
-/// # Panics
-/// If [`supported`] is false, or the operand lengths are not `m·k` and `k·n`.
-pub fn gemm(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
-    assert!(
-        supported(),
-        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
-    );
-    assert!(a.data.len() == m * k && b.data.len() == k * n && out.len() == m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let (pb, _) = pack_b(b, k, n);
-    gemm_packed(uninit(out), m, n, k, a, &pb);
-}
-
 /// `out` as storage that is only written: sound, since `MaybeUninit<f32>` has `f32`'s layout
 /// and nothing reads through the result.
 fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
@@ -373,7 +368,8 @@ fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-/// As [`gemm`] on a chosen path (where the CPU has several, to compare them).
+/// `out = a · b` (`a` read as `m × k`, `b` as `k × n`, `out` row-major `[m, n]`) on a chosen path
+/// (where the CPU has several, to compare them), on this thread.
 ///
 /// # Panics
 /// If the CPU lacks that path, or the lengths are wrong.
@@ -381,10 +377,7 @@ pub fn gemm_on(p: Path, out: &mut [f32], m: usize, n: usize, k: usize, a: Operan
     assert!(a.data.len() == m * k && b.data.len() == k * n && out.len() == m * n);
     let ok = match p {
         Path::Amx => amx(),
-        Path::Avx512Bf16 => {
-            use std::arch::is_x86_feature_detected as has;
-            has!("avx512f") && has!("avx512bw") && has!("avx512bf16")
-        }
+        Path::Avx512Bf16 => avx512_bf16(),
     };
     assert!(ok, "{p:?} products on a CPU without them");
     if m == 0 || n == 0 {
@@ -394,64 +387,12 @@ pub fn gemm_on(p: Path, out: &mut [f32], m: usize, n: usize, k: usize, a: Operan
         out.fill(0.0);
         return;
     }
-    let (pb, _) = pack_b(b, k, n);
-    gemm_packed_on(p, uninit(out), m, n, k, a, &pb);
-}
-
-/// As [`gemm`] into a new `[m, n]` matrix, written without being zeroed first.
-pub fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    if k == 0 || m == 0 || n == 0 {
-        return vec![0.0; m * n];
-    }
-    assert!(
-        supported(),
-        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
-    );
-    assert!(a.data.len() == m * k && b.data.len() == k * n);
-    let (pb, _) = pack_b(b, k, n);
-    let mut out = Vec::with_capacity(m * n);
-    gemm_packed(&mut out.spare_capacity_mut()[..m * n], m, n, k, a, &pb);
-    // SAFETY: with m, n, k ≥ 1, `gemm_packed` writes every one of the m·n elements (whole blocks
-    // by the tile stores, partial ones by the edge copy).
-    unsafe { out.set_len(m * n) };
-    out
-}
-
-/// As [`gemm`] into a new `[m, n]` matrix, B packed once and the rows of (untransposed) `a` cut
-/// in two halves computed side by side.
-pub fn matmul_split(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
-    assert!(
-        supported(),
-        "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
-    );
-    assert!(!a.t && a.data.len() == m * k && b.data.len() == k * n);
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
-    }
-    let (pb, _) = pack_b(b, k, n);
-    let half = m / 2;
-    let mut out = Vec::with_capacity(m * n);
-    let (top, bottom) = out.spare_capacity_mut()[..m * n].split_at_mut(half * n);
-    let (a_top, a_bottom) = a.data.split_at(half * k);
-    rayon::join(
-        || gemm_packed(top, half, n, k, Operand::n(a_top), &pb),
-        || gemm_packed(bottom, m - half, n, k, Operand::n(a_bottom), &pb),
-    );
-    // SAFETY: the two calls write every element of their halves (see `product`).
-    unsafe { out.set_len(m * n) };
-    out
-}
-
-/// B (`k × n`) in the tile layout, ready for any number of products.
-pub struct PackedB {
-    data: Vec<u32>,
-    k: usize,
-    n: usize,
+    gemm_packed_on(p, uninit(out), m, n, k, a, &pack(b, k, n).data);
 }
 
 /// B given a row at a time: `row(l, dst)` writes row `l`'s `n` values as bf16 bits. For operands
-/// that are not f32 matrices (ternary codes, int8 rows) this skips the f32 copy a [`gemm`] operand
-/// would need; the bits are the same when `row` rounds as [`bf16`] does.
+/// that are not f32 matrices (ternary codes, int8 rows) this skips the f32 copy a [`pack`] operand
+/// would need; the bits are the same when `row` rounds as [`to_bf16`] does.
 pub fn pack_rows(k: usize, n: usize, row: impl Fn(usize, &mut [u16]) + Sync) -> PackedB {
     use rayon::prelude::*;
     let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
@@ -498,8 +439,8 @@ pub fn pack_rows(k: usize, n: usize, row: impl Fn(usize, &mut [u16]) + Sync) -> 
     PackedB { data, k, n }
 }
 
-/// `a · b` for `a` read as `m × k` and B packed, into a new `[m, n]` matrix; with `split`, the
-/// rows of (untransposed) `a` in two halves side by side.
+/// `a · b` for `a` read as `m × k` and B packed, into a new `[m, n]` matrix written without
+/// being zeroed first; with `split`, the rows of (untransposed) `a` in two halves side by side.
 pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     assert!(
@@ -523,12 +464,13 @@ pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32
     } else {
         gemm_packed(dst, m, n, k, a, &b.data);
     }
-    // SAFETY: `gemm_packed` wrote every element of its part (see `product`).
+    // SAFETY: with m, n, k ≥ 1 `gemm_packed` writes every element of its part (whole blocks by
+    // the tile stores, partial ones by the edge copy).
     unsafe { out.set_len(m * n) };
     out
 }
 
-/// The product with B already packed by [`pack_b`] for this `k × n`, writing every element of
+/// The product with B already packed by [`pack`] for this `k × n`, writing every element of
 /// `out` (`[m, n]`).
 fn gemm_packed(out: &mut [MaybeUninit<f32>], m: usize, n: usize, k: usize, a: Operand, pb: &[u32]) {
     let p = path().expect("bf16 products on a CPU without AMX-BF16 or AVX512-BF16");
@@ -645,7 +587,7 @@ fn gemm_packed_on(
 /// broadcast against a row of k-pairs of the two B tiles.
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are `pack_a`/`pack_b` of an `m × k` and `k × n`
+/// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are [`pack_a`]/[`pack`] of an `m × k` and `k × n`
 /// operand (`kt` tiles of k, `nt` column tiles), and `out` has `m·n` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_dp(
@@ -752,7 +694,7 @@ mod tests {
                 }
             }
             let b = Operand { data: &y, t };
-            let (p, kt) = pack_b(b, k, n);
+            let (p, kt) = (pack(b, k, n).data, k.div_ceil(KT));
             for l in 0..kt * KT {
                 for j in 0..n.div_ceil(2 * T) * 2 * T {
                     let w = p[((j / T) * kt + l / KT) * TILE / 2 + ((l % KT) / 2) * T + j % T];
@@ -771,7 +713,7 @@ mod tests {
     fn rows_packed_one_at_a_time_equal_the_matrix_packing() {
         for (k, n) in [(1, 1), (64, 32), (37, 50)] {
             let y = lcg(9, k * n);
-            let (want, _) = pack_b(Operand::n(&y), k, n);
+            let want = pack(Operand::n(&y), k, n).data;
             let got = pack_rows(k, n, |l, dst| {
                 for (d, &v) in dst.iter_mut().zip(&y[l * n..(l + 1) * n]) {
                     *d = to_bf16(v);
@@ -779,8 +721,7 @@ mod tests {
             });
             assert_eq!(got.data, want, "k={k} n={n}");
             let x = lcg(10, 5 * k);
-            let mut direct = vec![0f32; 5 * n];
-            gemm(&mut direct, 5, n, k, Operand::n(&x), Operand::n(&y));
+            let direct = product_packed(5, Operand::n(&x), &pack(Operand::n(&y), k, n), false);
             for split in [false, true] {
                 assert_eq!(product_packed(5, Operand::n(&x), &got, split), direct);
             }
@@ -819,8 +760,7 @@ mod tests {
         if amx() {
             p.push(Path::Amx);
         }
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512bf16") {
+        if avx512_bf16() {
             p.push(Path::Avx512Bf16);
         }
         p
@@ -848,22 +788,22 @@ mod tests {
             for (at, bt) in [(false, false), (false, true), (true, false), (true, true)] {
                 let a = Operand { data: &x, t: at };
                 let b = Operand { data: &y, t: bt };
-                let mut got = vec![f32::NAN; m * n];
-                gemm(&mut got, m, n, k, a, b);
-                assert_eq!(product(m, n, k, a, b), got, "product m={m} n={n} k={k}");
-                if !at {
-                    // Halves side by side give the same bits: an element's sum never depends on
-                    // which tile its row shares.
-                    assert_eq!(matmul_split(m, n, k, a, b), got, "split m={m} n={n} k={k}");
-                }
+                let pb = pack(b, k, n);
+                let got = product_packed(m, a, &pb, false);
+                // Halves side by side give the same bits: an element's sum never depends on
+                // which tile its row shares.
+                let split = product_packed(m, a, &pb, true);
+                assert_eq!(split, got, "split m={m} n={n} k={k}");
                 let want = reference(m, n, k, a, b);
                 // Exact products of bf16 values summed in f32: within k f32 roundings of the
                 // sum of magnitudes (|a|, |b| ≤ 1 here).
                 let bound = k as f64 * f32::EPSILON as f64;
                 for &p in &paths {
-                    let (pb, _) = pack_b(b, k, n);
                     let mut on = vec![f32::NAN; m * n];
-                    gemm_packed_on(p, uninit(&mut on), m, n, k, a, &pb);
+                    gemm_on(p, &mut on, m, n, k, a, b);
+                    if Some(p) == path() {
+                        assert_eq!(on, got, "{p:?} is the default path");
+                    }
                     for (idx, (g, w)) in on.iter().zip(&want).enumerate() {
                         assert!(
                             (*g as f64 - w).abs() <= bound,

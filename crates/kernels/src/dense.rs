@@ -91,7 +91,7 @@ fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
-        return crate::bf16::product(m, n, k, a, b);
+        return crate::bf16::product_packed(m, a, &crate::bf16::pack(b, k, n), false);
     }
     let _ = p;
     let mut out = Vec::with_capacity(m * n);
@@ -151,7 +151,7 @@ pub fn matmul(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
-        return crate::bf16::matmul_split(m, n, k, a, b);
+        return crate::bf16::product_packed(m, a, &crate::bf16::pack(b, k, n), true);
     }
     let mut out = vec![0f32; m * n];
     let half = m / 2;
