@@ -139,6 +139,9 @@ struct BenchTrainArgs {
     /// accumulation; AMX tiles, f32 on a CPU without them), as `precision` in a run's [train].
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: tritium_model::Precision,
+    /// Activation checkpointing per block, as `gradient_checkpointing` in a run's [train].
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -308,6 +311,7 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
         seed: a.seed,
         fused,
         precision: a.precision,
+        gradient_checkpointing: a.gradient_checkpointing,
         check_memory,
     };
     let r =

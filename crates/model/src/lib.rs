@@ -72,6 +72,7 @@ pub mod memory;
 /// The training products' arithmetic (defined beside the kernels that run it).
 pub use tritium_kernels::dense::Precision;
 pub mod quant;
+mod recompute;
 pub mod rope;
 pub mod transformer;
 

@@ -25,6 +25,8 @@ pub struct BenchConfig {
     pub fused: bool,
     /// The fused ops' product arithmetic.
     pub precision: tritium_model::Precision,
+    /// Activation checkpointing per block.
+    pub gradient_checkpointing: bool,
     /// Refuse a step whose memory estimate exceeds what the machine has available.
     pub check_memory: bool,
 }
@@ -80,9 +82,11 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
     let mut loss = f32::NAN;
     let mut step = 0;
     let mut run = |model: Transformer, loss: &mut f32| {
-        let loss_of = |m: &Transformer, micro: usize| {
+        let loss_of = |m: &Transformer, micro: usize, scale: f32| {
             let (x, y) = batch(micro);
-            m.cross_entropy(m.forward(x), y)
+            m.loss_and_grads(x, 1.0, None, cfg.gradient_checkpointing, |m, h| {
+                m.cross_entropy(m.head(h), y) * scale
+            })
         };
         step += 1;
         // A config can make even random-token training diverge (an extreme norm_eps, say).

@@ -88,6 +88,11 @@ pub struct TrainConfig {
     /// f32 on a CPU with neither). Weights, optimizer state, the loss and evaluation stay f32.
     #[serde(default)]
     pub precision: tritium_model::Precision,
+    /// Activation checkpointing per block: keep only each block's input from the forward pass
+    /// and recompute the block in the backward, for a fraction of the activation memory at the
+    /// price of a second forward pass. The gradients are the same.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 fn one() -> usize {

@@ -5,7 +5,6 @@
 
 use tritium_model::Transformer;
 use tritium_model::burn::optim::{GradientsAccumulator, GradientsParams};
-use tritium_model::burn::prelude::*;
 
 use crate::optim::{AdamW, grad_norm};
 
@@ -35,13 +34,14 @@ pub enum NonFinite {
     GradNorm(f32),
 }
 
-/// One step over `micro_batches` micro-batches; `loss(model, m)` is the mean loss of micro-batch
-/// `m` (a scalar tensor under autodiff).
+/// One step over `micro_batches` micro-batches. `micro(model, m, scale)` runs micro-batch `m`:
+/// its mean loss times `scale` back-propagated, returning the unscaled loss and the gradients
+/// (see [`Transformer::loss_and_grads`], which also chooses activation checkpointing).
 pub fn train_step(
     model: Transformer,
     optim: &mut AdamW,
     micro_batches: usize,
-    mut loss: impl FnMut(&Transformer, usize) -> Tensor<1>,
+    mut micro: impl FnMut(&Transformer, usize, f32) -> (f32, GradientsParams),
     p: StepParams,
 ) -> Result<(Transformer, StepOutput), NonFinite> {
     // The optimizer runs as the model does: fused kernels or the tensor-op reference.
@@ -50,15 +50,13 @@ pub fn train_step(
     let mut losses = Vec::with_capacity(micro_batches);
     let n = micro_batches.max(1) as f32;
     // One micro-batch at a time, so only one graph's activations are alive.
-    for micro in 0..micro_batches {
-        let loss = loss(&model, micro);
-        let value = loss.clone().inner().into_scalar::<f32>();
+    for m in 0..micro_batches {
+        let (value, grads) = micro(&model, m, 1.0 / n);
         if !value.is_finite() {
             return Err(NonFinite::Loss(value));
         }
         losses.push(value);
-        let loss = if n > 1.0 { loss / n } else { loss };
-        acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        acc.accumulate(&model, grads);
     }
     let grads = acc.grads();
     let norm = grad_norm(&model, &grads, optim.fused);

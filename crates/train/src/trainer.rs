@@ -215,7 +215,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             weight_decay: schedule.weight_decay_at(step),
             grad_clip: t.grad_clip,
         };
-        let loss = |model: &Transformer, m: usize| {
+        let loss = |model: &Transformer, m: usize, scale: f32| {
             let (x, y) = batch(
                 &data.train,
                 t.batch_size,
@@ -223,7 +223,9 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 |row| window_start(t.seed, step, m, row, data.train.len(), t.seq_len),
                 &device,
             );
-            model.cross_entropy(model.forward_blend(x, lambda), y)
+            model.loss_and_grads(x, lambda, None, t.gradient_checkpointing, |m, h| {
+                m.cross_entropy(m.head(h), y) * scale
+            })
         };
         let (next, out) =
             train_step(model, &mut optim, t.grad_accum, loss, params).map_err(|what| {

@@ -2,6 +2,7 @@
 //! pack several examples to a row, batch with padding, and the masked response loss.
 
 use tritium_model::Transformer;
+use tritium_model::burn::optim::GradientsParams;
 use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::log_softmax;
 
@@ -114,11 +115,37 @@ pub(super) fn batch(s: &[&Sample], pad: u32, device: &Device) -> Batch {
 
 /// Sum of masked token losses and the number of masked tokens.
 pub(super) fn masked_nll(model: &Transformer, b: Batch) -> (Tensor<1>, Tensor<1>) {
-    let logits = model.head(model.hidden_masked(b.x, 1.0, b.attn.as_ref()));
+    let hidden = model.hidden_masked(b.x, 1.0, b.attn.as_ref());
+    masked_nll_of(model, hidden, b.y, b.m)
+}
+
+/// The mean response loss of a training batch (times `scale`) back-propagated: its value and
+/// the gradients, with activation checkpointing per block if `recompute`.
+pub(super) fn response_grads(
+    model: &Transformer,
+    b: Batch,
+    recompute: bool,
+    scale: f32,
+) -> (f32, GradientsParams) {
+    let (y, m) = (b.y, b.m);
+    model.loss_and_grads(b.x, 1.0, b.attn.as_ref(), recompute, |model, h| {
+        let (nll, n) = masked_nll_of(model, h, y, m);
+        nll / n.clamp_min(1.0) * scale
+    })
+}
+
+/// As [`masked_nll`], from the final normed hidden states `[B, T, D]`.
+fn masked_nll_of(
+    model: &Transformer,
+    hidden: Tensor<3>,
+    y: Tensor<2, Int>,
+    m: Tensor<2>,
+) -> (Tensor<1>, Tensor<1>) {
+    let logits = model.head(hidden);
     let [bs, t, v] = logits.dims();
     let logp = log_softmax(logits.reshape([bs * t, v]), 1);
-    let picked = logp.gather(1, b.y.reshape([bs * t, 1])).reshape([bs * t]);
-    let m = b.m.reshape([bs * t]);
+    let picked = logp.gather(1, y.reshape([bs * t, 1])).reshape([bs * t]);
+    let m = m.reshape([bs * t]);
     ((picked * m.clone()).sum().neg(), m.sum())
 }
 
