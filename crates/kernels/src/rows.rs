@@ -290,6 +290,64 @@ pub fn cross_entropy_backward(
     dz
 }
 
+/// The weighted sum `Σᵢ wᵢ · (logsumexp(zᵢ) − zᵢ[tᵢ])` (a masked response loss: `w` is 1 on
+/// scored tokens, 0 elsewhere) and each row's logsumexp. A row of weight 0 is skipped: no
+/// exponentials, its logsumexp left 0, and its target never read.
+pub fn cross_entropy_weighted(
+    logits: &[f32],
+    v: usize,
+    targets: &[usize],
+    w: &[f32],
+) -> (f32, Vec<f32>) {
+    let rows = targets.len();
+    assert_eq!(logits.len(), rows * v, "logits length");
+    assert_eq!(w.len(), rows, "one weight a row");
+    let mut lse = vec![0f32; rows];
+    let losses: Vec<f64> = lse
+        .par_iter_mut()
+        .zip(logits.par_chunks(v))
+        .zip(targets.par_iter().zip(w.par_iter()))
+        .map(|((lse, z), (&t, &w))| {
+            if w == 0.0 {
+                return 0.0;
+            }
+            *lse = log_sum_exp(z);
+            z.get(t)
+                .map_or(f64::NAN, |zt| w as f64 * (*lse - zt) as f64)
+        })
+        .collect();
+    // Summed serially, in row order, as the mean above.
+    (losses.iter().sum::<f64>() as f32, lse)
+}
+
+/// Its gradient: `dzᵢ = wᵢ · (softmax(zᵢ) − onehot(tᵢ)) · dloss`; zero on rows of weight 0.
+pub fn cross_entropy_weighted_backward(
+    logits: &[f32],
+    v: usize,
+    targets: &[usize],
+    w: &[f32],
+    lse: &[f32],
+    dloss: f32,
+) -> Vec<f32> {
+    let mut dz = vec![0f32; logits.len()];
+    dz.par_chunks_mut(v)
+        .zip(logits.par_chunks(v))
+        .zip(lse.par_iter())
+        .zip(targets.par_iter().zip(w.par_iter()))
+        .for_each(|(((dz, z), lse), (&t, &w))| {
+            if w == 0.0 {
+                return;
+            }
+            let scale = w * dloss;
+            softmax_grad_row(dz, z, *lse, scale);
+            match dz.get_mut(t) {
+                Some(d) => *d -= scale,
+                None => dz.fill(f32::NAN),
+            }
+        });
+    dz
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +365,60 @@ mod tests {
         assert!(dz[5..].iter().all(|g| g.is_nan()));
         let (ok, _) = cross_entropy(&z, 5, &[1, 4]);
         assert!(ok.is_finite());
+    }
+
+    /// The weighted loss against its definition in f64, and its gradient against the mean
+    /// loss's (weights 1/rows make them one function); weight-0 rows give zero gradient even
+    /// with a target outside the vocabulary.
+    #[test]
+    fn the_weighted_cross_entropy_is_the_masked_sum() {
+        let (rows, v) = (6, 37);
+        let z: Vec<f32> = lcg(11, rows * v).iter().map(|x| x * 8.0).collect();
+        let t = [3, 36, 0, 99, 17, 5];
+        let w = [1.0, 0.5, 2.0, 0.0, 1.0, 0.0];
+        let (loss, lse) = cross_entropy_weighted(&z, v, &t, &w);
+        let mut want = 0f64;
+        for r in 0..rows {
+            if w[r] == 0.0 {
+                continue;
+            }
+            let row = &z[r * v..(r + 1) * v];
+            let lse: f64 = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            want += w[r] as f64 * (lse - row[t[r]] as f64);
+        }
+        assert!(
+            (loss as f64 - want).abs() <= 1e-5 * want.abs(),
+            "{loss} vs {want}"
+        );
+        let dz = cross_entropy_weighted_backward(&z, v, &t, &w, &lse, 2.0);
+        assert!(
+            dz[3 * v..4 * v]
+                .iter()
+                .chain(&dz[5 * v..])
+                .all(|&d| d == 0.0)
+        );
+        for r in [0, 1, 2, 4] {
+            let row = &z[r * v..(r + 1) * v];
+            let lse: f64 = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            for j in 0..v {
+                let p = (row[j] as f64 - lse).exp() - (j == t[r]) as u8 as f64;
+                let want = 2.0 * w[r] as f64 * p;
+                let got = dz[r * v + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5,
+                    "row {r} col {j}: {got} vs {want}"
+                );
+            }
+        }
+        // Uniform weights 1/rows are the mean loss, to the rounding of the weight.
+        let t2 = [3, 36, 0, 1, 17, 5];
+        let (mean, lse_mean) = cross_entropy(&z, v, &t2);
+        let (sum, _) = cross_entropy_weighted(&z, v, &t2, &[1.0 / rows as f32; 6]);
+        assert!((mean - sum).abs() <= 1e-6 * mean.abs());
+        let a = cross_entropy_backward(&z, v, &t2, &lse_mean, 1.0);
+        let b =
+            cross_entropy_weighted_backward(&z, v, &t2, &[1.0 / rows as f32; 6], &lse_mean, 1.0);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -174,6 +174,29 @@ impl Transformer {
         cross_entropy(logits, targets)
     }
 
+    /// `Σ w · nll` of `logits: [B, T, V]` against `targets: [B, T]` with per-token weights
+    /// `[B, T]` (a constant: 1 on the tokens a masked loss scores, 0 elsewhere), fused when this
+    /// model runs fused: then no `[B·T, V]` log-probabilities are held, and masked rows are skipped.
+    pub fn weighted_nll(
+        &self,
+        logits: Tensor<3>,
+        targets: Tensor<2, Int>,
+        weights: Tensor<2>,
+    ) -> Tensor<1> {
+        let [b, t, v] = logits.dims();
+        let (logits, targets, weights) = (
+            logits.reshape([b * t, v]),
+            targets.reshape([b * t]),
+            weights.reshape([b * t]),
+        );
+        if crate::fused::active(self.fused, &logits.device()) {
+            return crate::fused::cross_entropy_weighted(logits, targets, weights);
+        }
+        let logp = log_softmax(logits, 1);
+        let picked = logp.gather(1, targets.reshape([b * t, 1])).reshape([b * t]);
+        (picked * weights).sum().neg()
+    }
+
     /// Logits `[B, T, V]` for token ids `[B, T]`, fully quantized.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.forward_blend(tokens, 1.0)

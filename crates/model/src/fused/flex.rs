@@ -386,6 +386,65 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
     }
 }
 
+#[derive(Clone, Debug)]
+struct WeightedSaved {
+    logits: T,
+    targets: Arc<Vec<usize>>,
+    weights: Arc<Vec<f32>>,
+    lse: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct WeightedBackward;
+
+impl Backward<Flex, 1> for WeightedBackward {
+    type State = WeightedSaved;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dl = contiguous(&grads.consume::<Flex>(&ops.node));
+        let WeightedSaved {
+            logits,
+            targets,
+            weights,
+            lse,
+        } = ops.state;
+        if let Some(node) = node {
+            let [_, v] = dims2(&logits);
+            let dz = rows::cross_entropy_weighted_backward(
+                f32s(&logits),
+                v,
+                &targets,
+                &weights,
+                &lse,
+                f32s(&dl)[0],
+            );
+            grads.register::<Flex>(node.id, tensor(dz, &dims2(&logits)));
+        }
+    }
+}
+
+type WeightedParts = (T, Vec<usize>, Vec<f32>, Vec<f32>, T);
+
+fn cross_entropy_weighted_forward(
+    logits: &T,
+    targets: &IntTensor<Flex>,
+    weights: &T,
+) -> WeightedParts {
+    let [m, v] = dims2(logits);
+    let logits = contiguous(logits);
+    let targets = ids(targets);
+    let weights = f32s(&contiguous(weights)).to_vec();
+    assert!(
+        targets.len() == m && weights.len() == m,
+        "weighted cross-entropy: {m} rows of logits, {} targets, {} weights",
+        targets.len(),
+        weights.len()
+    );
+    let (loss, lse) = rows::cross_entropy_weighted(f32s(&logits), v, &targets, &weights);
+    (logits, targets, weights, lse, tensor(vec![loss], &[1]))
+}
+
 fn cross_entropy_forward(logits: &T, targets: &IntTensor<Flex>) -> (T, Vec<usize>, Vec<f32>, T) {
     let [m, v] = dims2(logits);
     let logits = contiguous(logits);
@@ -431,6 +490,10 @@ impl FusedOps for Flex {
 
     fn cross_entropy(logits: T, targets: IntTensor<Flex>) -> T {
         cross_entropy_forward(&logits, &targets).3
+    }
+
+    fn cross_entropy_weighted(logits: T, targets: IntTensor<Flex>, weights: T) -> T {
+        cross_entropy_weighted_forward(&logits, &targets, &weights).4
     }
 
     fn adamw(p: T, g: T, m: T, v: T, step: AdamStep) -> (T, T, T) {
@@ -576,6 +639,31 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 CrossEntropySaved {
                     logits,
                     targets: Arc::new(targets),
+                    lse: Arc::new(lse),
+                },
+                loss,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(loss),
+        }
+    }
+
+    fn cross_entropy_weighted(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let prep = WeightedBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful();
+        let (logits, targets, weights, lse, loss) =
+            cross_entropy_weighted_forward(logits.primitive(), &targets, weights.primitive());
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                WeightedSaved {
+                    logits,
+                    targets: Arc::new(targets),
+                    weights: Arc::new(weights),
                     lse: Arc::new(lse),
                 },
                 loss,

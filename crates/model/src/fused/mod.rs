@@ -68,6 +68,13 @@ pub trait FusedOps: Backend {
     fn gate(g: FloatTensor<Self>, u: FloatTensor<Self>, act: Gate) -> FloatTensor<Self>;
     /// `logits: [m, v]`, `targets: [m]` → the mean negative log-likelihood, shape `[1]`.
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
+    /// As [`FusedOps::cross_entropy`] with a weight a row (`[m]`, a constant), summed:
+    /// `Σ wᵢ · nllᵢ`, shape `[1]`. Rows of weight 0 cost nothing.
+    fn cross_entropy_weighted(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
     /// One AdamW step on flat parameter, gradient and moment tensors → `(p, m, v)` updated, in
     /// place where the tensors are not shared ([`tritium_kernels::optim::adamw`]).
     #[allow(clippy::type_complexity)]
@@ -180,6 +187,21 @@ pub fn gate<const D: usize>(g: Tensor<D>, u: Tensor<D>, act: Gate) -> Tensor<D> 
 /// Mean cross-entropy of `logits: [m, v]` against `targets: [m]`, shape `[1]`.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let l = <Dispatch as FusedOps>::cross_entropy(logits.into_dispatch(), targets.into_dispatch());
+    Tensor::from_dispatch(l)
+}
+
+/// `Σ wᵢ · nllᵢ` of `logits: [m, v]` against `targets: [m]` with weights `[m]` (no gradient),
+/// shape `[1]`: a masked loss without the `[m, v]` log-probabilities.
+pub fn cross_entropy_weighted(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    weights: Tensor<1>,
+) -> Tensor<1> {
+    let l = <Dispatch as FusedOps>::cross_entropy_weighted(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        weights.detach().into_dispatch(),
+    );
     Tensor::from_dispatch(l)
 }
 

@@ -225,6 +225,28 @@ fn cross_entropy_equals_log_softmax_and_gather() {
 }
 
 #[test]
+fn weighted_cross_entropy_equals_the_masked_log_softmax() {
+    let dev = Device::flex().autodiff();
+    for (i, (m, v)) in [(1, 2), (33, 100), (64, 4096)].into_iter().enumerate() {
+        dev.seed(420 + i as u64);
+        let z = normal([m, v], 4.0, &dev);
+        let t = Tensor::<1, Int>::random([m], Distribution::Uniform(0.0, v as f64), &dev);
+        // Zeros (masked rows), ones and other weights.
+        let w = Tensor::<1>::random([m], Distribution::Uniform(0.0, 3.0), &dev).floor() * 0.5;
+        let probe = Tensor::<1>::from_floats([0.7], &dev);
+        let fused = run(std::slice::from_ref(&z), &probe, |l| {
+            cross_entropy_weighted(l[0].clone(), t.clone(), w.clone())
+        });
+        let reference = run(&[z], &probe, |l| {
+            let logp = log_softmax(l[0].clone(), 1);
+            let picked = logp.gather(1, t.clone().reshape([m, 1])).reshape([m]);
+            (picked * w.clone()).sum().neg()
+        });
+        assert_matches(&format!("weighted cross-entropy {m}×{v}"), fused, reference);
+    }
+}
+
+#[test]
 fn untracked_inputs_get_no_gradient_and_run_the_same_forward() {
     // A frozen weight (LoRA's base) is an untracked parent: only the input gets a gradient.
     let dev = Device::flex().autodiff();

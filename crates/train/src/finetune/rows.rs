@@ -4,7 +4,6 @@
 use tritium_model::Transformer;
 use tritium_model::burn::optim::GradientsParams;
 use tritium_model::burn::prelude::*;
-use tritium_model::burn::tensor::activation::log_softmax;
 
 use crate::chat::{self, Template};
 use crate::data::splitmix64;
@@ -141,12 +140,8 @@ fn masked_nll_of(
     y: Tensor<2, Int>,
     m: Tensor<2>,
 ) -> (Tensor<1>, Tensor<1>) {
-    let logits = model.head(hidden);
-    let [bs, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([bs * t, v]), 1);
-    let picked = logp.gather(1, y.reshape([bs * t, 1])).reshape([bs * t]);
-    let m = m.reshape([bs * t]);
-    ((picked * m.clone()).sum().neg(), m.sum())
+    let n = m.clone().sum();
+    (model.weighted_nll(model.head(hidden), y, m), n)
 }
 
 /// Token-weighted mean response loss over `set`.
