@@ -16,7 +16,7 @@ use burn_pack::{Bytes, Reader, Tensor as PackTensor, Writer};
 use tritium_model::Transformer;
 use tritium_model::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use tritium_model::burn::prelude::*;
-use tritium_model::burn::tensor::{DType, TensorData};
+use tritium_model::burn::tensor::{AllocationProperty, DType, TensorData};
 
 use crate::CheckpointError;
 
@@ -291,12 +291,14 @@ impl ModuleVisitor for Collect {
             shape,
             Some(param.id.val()),
             len,
-            // f32 elements as they are (little-endian on every target we build for) rather than
-            // a byte vector, which `Bytes` would copy once more to align.
+            // The tensor's own buffer, shared rather than copied: a copy of a 2B model's f32
+            // embedding raised a LoRA run's peak memory by 1.2 GiB while it saved.
             move || {
-                Ok(Bytes::from_elems(tritium_model::fused::f32_values(
-                    t.clone(),
-                )))
+                let values = tritium_model::fused::f32_values(t.clone());
+                Ok(Bytes::from_shared(
+                    bytes::Bytes::from_owner(values),
+                    AllocationProperty::Native,
+                ))
             },
         );
         self.tensors.push(tensor);

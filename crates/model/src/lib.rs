@@ -54,8 +54,9 @@ pub mod fused {
     pub fn gate<const D: usize>(_: Tensor<D>, _: Tensor<D>, _: Gate) -> Tensor<D> {
         unreachable!("nothing is fused without the flex backend")
     }
-    pub fn f32_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-        x.into_data().convert::<f32>().iter::<f32>().collect()
+    pub use crate::values::F32Values;
+    pub fn f32_values<const D: usize>(x: Tensor<D>) -> F32Values {
+        F32Values::new(x.into_data().convert::<f32>().iter::<f32>().collect::<Vec<_>>())
     }
     pub use tritium_kernels::optim::AdamStep;
     pub fn adamw(
@@ -78,6 +79,7 @@ pub mod quant;
 mod recompute;
 pub mod rope;
 pub mod transformer;
+pub mod values;
 
 #[cfg(test)]
 mod testing;

@@ -19,7 +19,7 @@ use tritium_kernels::optim::{self, AdamStep};
 use tritium_kernels::rows::Gate;
 use tritium_kernels::{attention, rows};
 
-use super::FusedOps;
+use super::{F32Values, FusedOps};
 
 type T = FloatTensor<Flex>;
 
@@ -46,6 +46,15 @@ fn owned(t: T) -> T {
     let c = contiguous(&t);
     drop(t);
     c
+}
+
+/// A contiguous flex tensor read as its f32 slice.
+struct Contiguous(T);
+
+impl AsRef<[f32]> for Contiguous {
+    fn as_ref(&self) -> &[f32] {
+        f32s(&self.0)
+    }
 }
 
 fn f32s(t: &T) -> &[f32] {
@@ -514,8 +523,8 @@ impl FusedOps for Flex {
         tensor(vec![optim::sum_squares(f32s(&x)) as f32], &[1])
     }
 
-    fn f32_values(x: T) -> Vec<f32> {
-        f32s(&contiguous(&x)).to_vec()
+    fn f32_values(x: T) -> F32Values {
+        F32Values::new(Contiguous(contiguous(&x)))
     }
 }
 
@@ -698,7 +707,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         Self::from_inner(Flex::sum_squares(Self::inner(x)))
     }
 
-    fn f32_values(x: FloatTensor<Self>) -> Vec<f32> {
+    fn f32_values(x: FloatTensor<Self>) -> F32Values {
         Flex::f32_values(Self::inner(x))
     }
 }

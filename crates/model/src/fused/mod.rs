@@ -35,6 +35,7 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
 use std::sync::Arc;
 use tritium_kernels::bitlinear::TernaryMatrix;
+pub use crate::values::F32Values;
 pub use tritium_kernels::dense::Precision;
 pub use tritium_kernels::optim::AdamStep;
 pub use tritium_kernels::rows::Gate;
@@ -87,11 +88,12 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// `Σ x²` of a flat tensor, shape `[1]` (summed in f64).
     fn sum_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// The f32 values in row-major order, one copy: reading a tensor that a model shares
-    /// through `into_data` copies its whole buffer twice on the way (2.4 GiB for a 2B model's
-    /// embedding while a checkpoint is written).
-    fn f32_values(x: FloatTensor<Self>) -> Vec<f32>;
+    /// The f32 values in row-major order, read in place when the tensor is contiguous (else one
+    /// copy): reading a tensor that a model shares through `into_data` copies its whole buffer
+    /// twice on the way (2.4 GiB for a 2B model's embedding while a checkpoint is written).
+    fn f32_values(x: FloatTensor<Self>) -> F32Values;
 }
+
 
 /// Whether tensors on `device` can take the fused path.
 pub fn supported(device: &Device) -> bool {
@@ -228,13 +230,13 @@ pub fn adamw(
     )
 }
 
-/// `x`'s values as f32 in row-major order, copied once where the device allows.
-pub fn f32_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+/// `x`'s values as f32 in row-major order: shared with `x` where the device allows, else copied.
+pub fn f32_values<const D: usize>(x: Tensor<D>) -> F32Values {
     if supported(&x.device()) {
         let n = x.dims().iter().product::<usize>();
         return <Dispatch as FusedOps>::f32_values(x.reshape([n]).into_dispatch());
     }
-    x.into_data().convert::<f32>().iter::<f32>().collect()
+    F32Values::new(x.into_data().convert::<f32>().iter::<f32>().collect::<Vec<_>>())
 }
 
 /// `Σ x²` over every element of `x`.

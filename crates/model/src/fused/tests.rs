@@ -443,7 +443,8 @@ fn f32_values_are_in_row_major_order_even_for_a_view() {
     dev.seed(11);
     let t = normal([5, 7], 1.0, &dev);
     for x in [t.clone(), t.transpose()] {
-        assert_eq!(f32_values(x.clone()), vals(x));
+        let v = f32_values(x.clone());
+        assert_eq!(AsRef::<[f32]>::as_ref(&v), vals(x));
     }
 }
 
