@@ -226,16 +226,19 @@ unsafe fn rope_out(
 }
 
 crate::multiversion! {
-    /// Row `r` of the `t × t` scores becomes the softmax of its first `r + 1` entries; the rest 0.
-    fn causal_softmax(p: &mut [f32], t: usize) {
+    /// Row `r` of the `t × t` scores becomes the softmax of entries `starts[r]..=r` (all of
+    /// `0..=r` without `starts`); the rest 0.
+    fn causal_softmax(p: &mut [f32], t: usize, starts: Option<&[u32]>) {
         for r in 0..t {
+            let s = starts.map_or(0, |s| s[r] as usize);
             let row = &mut p[r * t..][..t];
-            let max = max_map(&row[..=r], |x| x);
-            for x in &mut row[..=r] {
+            let max = max_map(&row[s..=r], |x| x);
+            for x in &mut row[s..=r] {
                 *x = exp(*x - max);
             }
-            let inv = 1.0 / sum_map(&row[..=r], |x| x);
-            row[..=r].iter_mut().for_each(|x| *x *= inv);
+            let inv = 1.0 / sum_map(&row[s..=r], |x| x);
+            row[s..=r].iter_mut().for_each(|x| *x *= inv);
+            row[..s].iter_mut().for_each(|x| *x = 0.0);
             row[r + 1..].iter_mut().for_each(|x| *x = 0.0);
         }
     }
@@ -256,8 +259,26 @@ crate::multiversion! {
 }
 
 /// Forward. `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` (before RoPE) → `o: [b, t, h, hd]`.
-pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f32>, Saved) {
+///
+/// `starts` (`[b, t]`, for rows that pack several examples) cuts each query's keys further: the
+/// query at position `p` sees keys `starts[p]..=p`, where `starts[p] ≤ p` is the first position
+/// of its example. The backward needs nothing more: the probabilities it reads are 0 outside.
+pub fn forward(
+    s: Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    theta: f32,
+    starts: Option<&[u32]>,
+) -> (Vec<f32>, Saved) {
     let Shape { b, t, h, kv, hd } = s;
+    if let Some(st) = starts {
+        assert_eq!(st.len(), b * t, "one start a position");
+        assert!(
+            st.iter().enumerate().all(|(i, &x)| x as usize <= i % t),
+            "a start past its own position"
+        );
+    }
     assert!(
         hd % 2 == 0 && kv > 0 && h % kv == 0,
         "attention shape {s:?}"
@@ -305,7 +326,7 @@ pub fn forward(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> (Vec<f3
                 )
             };
         }
-        causal_softmax(p, t);
+        causal_softmax(p, t, starts.map(|st| &st[bi * t..][..t]));
         let vg = &v[g * hd..];
         for (r0, r1) in blocks(t) {
             // SAFETY: rows j < r1 ≤ t of head g of v lie at (bi·t + j)·kv·hd + g·hd, all inside v;
@@ -479,7 +500,14 @@ mod tests {
     use crate::testing::lcg;
 
     /// Straight loops in f64, no RoPE shortcuts: the definition.
-    fn reference(s: Shape, q: &[f32], k: &[f32], v: &[f32], theta: f32) -> Vec<f64> {
+    fn reference(
+        s: Shape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        theta: f32,
+        starts: Option<&[u32]>,
+    ) -> Vec<f64> {
         let Shape { b, t, h, kv, hd } = s;
         let half = hd / 2;
         let rot = |x: &[f32], heads: usize, bi: usize, p: usize, hh: usize| -> Vec<f64> {
@@ -499,7 +527,8 @@ mod tests {
                 let g = hh / (h / kv);
                 for i in 0..t {
                     let qi = rot(q, h, bi, i, hh);
-                    let scores: Vec<f64> = (0..=i)
+                    let first = starts.map_or(0, |st| st[bi * t + i] as usize);
+                    let scores: Vec<f64> = (first..=i)
                         .map(|j| {
                             rot(k, kv, bi, j, g)
                                 .iter()
@@ -512,7 +541,7 @@ mod tests {
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
                     let z: f64 = e.iter().sum();
-                    for (j, ej) in e.iter().enumerate() {
+                    for (j, ej) in (first..).zip(&e) {
                         for d in 0..hd {
                             o[((bi * t + i) * h + hh) * hd + d] +=
                                 ej / z * v[((bi * t + j) * kv + g) * hd + d] as f64;
@@ -527,17 +556,23 @@ mod tests {
     /// The forward against the f64 definition, and the gradients of `loss = Σ w ⊙ O` against
     /// central differences of that definition, at the coordinates `pick` chooses for each
     /// input (`q`, `k`, `v`) of the given length.
-    fn check(s: Shape, theta: f32, seed: u64, pick: impl Fn(usize, usize) -> Vec<usize>) {
+    fn check(
+        s: Shape,
+        theta: f32,
+        seed: u64,
+        starts: Option<&[u32]>,
+        pick: impl Fn(usize, usize) -> Vec<usize>,
+    ) {
         let (nq, nk) = (s.b * s.t * s.h * s.hd, s.b * s.t * s.kv * s.hd);
         let (q, k, v) = (lcg(seed, nq), lcg(seed + 1, nk), lcg(seed + 2, nk));
-        let (o, saved) = forward(s, &q, &k, &v, theta);
-        let want = reference(s, &q, &k, &v, theta);
+        let (o, saved) = forward(s, &q, &k, &v, theta, starts);
+        let want = reference(s, &q, &k, &v, theta, starts);
         for (a, b) in o.iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
         }
         let w = lcg(seed + 3, nq);
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            reference(s, q, k, v, theta)
+            reference(s, q, k, v, theta, starts)
                 .iter()
                 .zip(&w)
                 .map(|(a, b)| a * *b as f64)
@@ -572,7 +607,29 @@ mod tests {
             hd: 6,
         };
         // Every coordinate.
-        check(s, 100.0, 1, |len, _| (0..len).collect());
+        check(s, 100.0, 1, None, |len, _| (0..len).collect());
+    }
+
+    #[test]
+    fn packed_rows_attend_within_their_examples() {
+        let s = Shape {
+            b: 2,
+            t: 9,
+            h: 4,
+            kv: 2,
+            hd: 6,
+        };
+        // Row 0: examples at 0..4 and 4..9; row 1: 0..2, 2..7, 7..9.
+        let starts = [0, 0, 0, 0, 4, 4, 4, 4, 4, 0, 0, 2, 2, 2, 2, 2, 7, 7];
+        check(s, 100.0, 2, Some(&starts), |len, _| (0..len).collect());
+        // A start of 0 everywhere is the plain causal attention, to the bit.
+        let (n, nk) = (s.b * s.t * s.h * s.hd, s.b * s.t * s.kv * s.hd);
+        let (q, k, v) = (lcg(3, n), lcg(4, nk), lcg(5, nk));
+        let zeros = [0u32; 18];
+        assert_eq!(
+            forward(s, &q, &k, &v, 10.0, None).0,
+            forward(s, &q, &k, &v, 10.0, Some(&zeros)).0
+        );
     }
 
     #[test]
@@ -587,7 +644,7 @@ mod tests {
         };
         // Two columns of the last head at rows in every block, both block edges included.
         let rows = [0, 1, 63, 64, 65, 100, 127, 128, 140, 149];
-        check(s, 1000.0, 5, |_, heads| {
+        check(s, 1000.0, 5, None, |_, heads| {
             rows.iter()
                 .flat_map(|r| [0, 5].map(|c| (r * heads + heads - 1) * s.hd + c))
                 .collect()

@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::bitlinear::BitLinear;
 use crate::config::ModelConfig;
 use crate::rope;
+use crate::transformer::Segments;
 
 // Legend: B batch, T time, D d_model, H query heads, KV key/value heads, hd head width.
 #[derive(Module, Debug)]
@@ -44,25 +45,27 @@ impl Attention {
         }
     }
 
-    /// `h: [B, T, D]` (already normed) → `[B, T, D]`, the block's attention branch. `mask`
-    /// (`[B, 1, T, T]`, true = hidden) is added to the causal mask: packed sequences use it so a
-    /// token sees only its own example. RoPE needs no per-example positions for that: scores
-    /// depend only on the distance between two tokens, and only same-example pairs are scored.
-    pub fn forward(&self, h: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
+    /// `h: [B, T, D]` (already normed) → `[B, T, D]`, the block's attention branch. With
+    /// `segments` (rows that pack several examples) a token sees only its own example. RoPE
+    /// needs no per-example positions for that: scores depend only on the distance between two
+    /// tokens, and only same-example pairs are scored.
+    pub fn forward(&self, h: Tensor<3>, lambda: f32, segments: Option<&Segments>) -> Tensor<3> {
         let [b, t, d] = h.dims();
         let (nh, nkv) = (self.n_heads, self.n_kv_heads);
         let hd = d / nh;
         let fused = crate::fused::active(self.fused, &h.device());
-        if mask.is_none() && fused {
+        if fused {
             // The fused op takes [B, T, n, hd] as the projections lay it out and applies RoPE.
             let q = self.wq.forward(h.clone(), lambda).reshape([b, t, nh, hd]);
             let k = self.wk.forward(h.clone(), lambda).reshape([b, t, nkv, hd]);
             let v = self.wv.forward(h, lambda).reshape([b, t, nkv, hd]);
-            let a = crate::fused::attention(q, k, v, self.rope_theta).reshape([b, t, d]);
+            let starts = segments.map(|s| s.starts().clone());
+            let a = crate::fused::attention(q, k, v, self.rope_theta, starts).reshape([b, t, d]);
             return self
                 .wo
                 .forward(crate::fused::norm(&self.sub_norm, a, fused), lambda);
         }
+        let h_device = h.device();
         let heads = |x: Tensor<3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2); // [B, n, T, hd]
         let q = heads(self.wq.forward(h.clone(), lambda), nh);
         let k = heads(self.wk.forward(h.clone(), lambda), nkv);
@@ -79,7 +82,7 @@ impl Attention {
             softcap: None,
             is_causal: true,
         };
-        let mask = mask.map(|m| m.clone().expand([b, nh, t, t]));
+        let mask = segments.map(|s| s.mask(&h_device).expand([b, nh, t, t]));
         let a = attention(q, k, v, mask, None, options); // [B, H, T, hd]
         let a = a.swap_dims(1, 2).reshape([b, t, d]);
         self.wo

@@ -43,7 +43,13 @@ pub mod fused {
     pub fn cross_entropy(_: Tensor<2>, _: Tensor<1, Int>) -> Tensor<1> {
         unreachable!("nothing is fused without the flex backend")
     }
-    pub fn attention(_: Tensor<4>, _: Tensor<4>, _: Tensor<4>, _: f32) -> Tensor<4> {
+    pub fn attention(
+        _: Tensor<4>,
+        _: Tensor<4>,
+        _: Tensor<4>,
+        _: f32,
+        _: Option<std::sync::Arc<Vec<u32>>>,
+    ) -> Tensor<4> {
         unreachable!("nothing is fused without the flex backend")
     }
     pub use tritium_kernels::dense::Precision;
@@ -56,7 +62,12 @@ pub mod fused {
     }
     pub use crate::values::F32Values;
     pub fn f32_values<const D: usize>(x: Tensor<D>) -> F32Values {
-        F32Values::new(x.into_data().convert::<f32>().iter::<f32>().collect::<Vec<_>>())
+        F32Values::new(
+            x.into_data()
+                .convert::<f32>()
+                .iter::<f32>()
+                .collect::<Vec<_>>(),
+        )
     }
     pub use tritium_kernels::optim::AdamStep;
     pub fn adamw(
@@ -87,7 +98,7 @@ mod testing;
 pub use bitlinear::BitLinear;
 pub use config::{FfnAct, ModelConfig, ParamCount, Quant, TrainMemory};
 pub use device::Backend;
-pub use transformer::{Block, Transformer, cross_entropy, segment_mask};
+pub use transformer::{Block, Segments, Transformer, cross_entropy};
 pub use tritium_gguf::names::Projection;
 
 /// Re-exported so dependants use the exact Burn this crate was built with.

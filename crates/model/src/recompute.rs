@@ -13,7 +13,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
 use crate::fused::norm;
-use crate::transformer::Transformer;
+use crate::transformer::{Segments, Transformer};
 
 impl Transformer {
     /// Runs `tokens: [B, T]` through the model, `loss` from the final normed hidden states
@@ -24,12 +24,12 @@ impl Transformer {
         &self,
         tokens: Tensor<2, Int>,
         lambda: f32,
-        mask: Option<&Tensor<4, Bool>>,
+        segments: Option<&Segments>,
         recompute: bool,
         loss: impl FnOnce(&Self, Tensor<3>) -> Tensor<1>,
     ) -> (f32, GradientsParams) {
         if !recompute {
-            let l = loss(self, self.hidden_masked(tokens, lambda, mask));
+            let l = loss(self, self.hidden_masked(tokens, lambda, segments));
             let value = l.clone().inner().into_scalar::<f32>();
             return (value, GradientsParams::from_grads(l.backward(), self));
         }
@@ -68,7 +68,11 @@ impl Transformer {
         for (i, block) in self.blocks.iter().enumerate() {
             inputs.push(x.clone());
             seed(i);
-            x = block.clone().no_grad().forward(x, lambda, mask).detach();
+            x = block
+                .clone()
+                .no_grad()
+                .forward(x, lambda, segments)
+                .detach();
         }
 
         let mut acc = GradientsAccumulator::<Transformer>::new();
@@ -83,7 +87,7 @@ impl Transformer {
             let Some(dy) = g.take() else { break };
             let x = inputs.pop().expect("one input a block").require_grad();
             seed(i);
-            let y = block.forward(x.clone(), lambda, mask);
+            let y = block.forward(x.clone(), lambda, segments);
             let mut grads = (y * dy.autodiff()).sum().backward();
             g = x.grad_remove(&mut grads);
             acc.accumulate(self, GradientsParams::from_grads(grads, self));
@@ -115,7 +119,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use crate::testing::{assert_close, values};
-    use crate::{Projection, Transformer};
+    use crate::{Projection, Segments, Transformer};
 
     fn model(quant: &str, seed: u64) -> (Transformer, Device) {
         let cfg = crate::ModelConfig::from_toml_str(&format!(
@@ -129,7 +133,7 @@ mod tests {
     }
 
     /// Two packed examples in each of two rows, so the mask path runs too.
-    fn batch(dev: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<4, Bool>) {
+    fn batch(dev: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Segments) {
         let ids = Tensor::<2, Int>::random([2, 17], Distribution::Uniform(0.0, 97.0), dev);
         let segs = vec![
             (0..16).map(|t| (t >= 9) as u32).collect::<Vec<_>>(),
@@ -138,7 +142,7 @@ mod tests {
         (
             ids.clone().slice([0..2, 0..16]),
             ids.slice([0..2, 1..17]),
-            crate::segment_mask(&segs, dev),
+            Segments::from_ids(&segs),
         )
     }
 
@@ -146,7 +150,7 @@ mod tests {
         m: &Transformer,
         x: &Tensor<2, Int>,
         y: &Tensor<2, Int>,
-        mask: &Tensor<4, Bool>,
+        mask: &Segments,
         recompute: bool,
     ) -> (f32, GradientsParams) {
         m.loss_and_grads(x.clone(), 1.0, Some(mask), recompute, |m, h| {

@@ -2,6 +2,8 @@
 //! Each block is two residual lines, as in nanoGPT, with BitNet's sub-norms inside the branches.
 
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig};
+use std::sync::Arc;
+
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
@@ -70,12 +72,12 @@ impl Block {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, lambda: f32, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, lambda: f32, segments: Option<&Segments>) -> Tensor<3> {
         let fused = crate::fused::active(self.fused, &x.device());
         let x = x.clone()
             + self
                 .attn
-                .forward(norm(&self.attn_norm, x, fused), lambda, mask);
+                .forward(norm(&self.attn_norm, x, fused), lambda, segments);
         x.clone() + self.ffn.forward(norm(&self.ffn_norm, x, fused), lambda)
     }
 }
@@ -213,17 +215,16 @@ impl Transformer {
         self.hidden_masked(tokens, lambda, None)
     }
 
-    /// As [`Self::hidden`], with an attention mask on top of the causal one (see
-    /// [`segment_mask`]).
+    /// As [`Self::hidden`], for rows that pack several examples (see [`Segments`]).
     pub fn hidden_masked(
         &self,
         tokens: Tensor<2, Int>,
         lambda: f32,
-        mask: Option<&Tensor<4, Bool>>,
+        segments: Option<&Segments>,
     ) -> Tensor<3> {
         let mut x = self.tok_embd.forward(tokens); // [B, T, D]
         for block in &self.blocks {
-            x = block.forward(x, lambda, mask);
+            x = block.forward(x, lambda, segments);
         }
         let fused = crate::fused::active(self.fused, &x.device());
         norm(&self.output_norm, x, fused)
@@ -353,22 +354,59 @@ impl Transformer {
     }
 }
 
-/// The mask of packed sequences: `segments[b][t]` names the example token t of row b belongs to,
-/// and a token may attend only to tokens of its own example. Returns `[B, 1, T, T]`, true where
-/// attention is cut.
-pub fn segment_mask(segments: &[Vec<u32>], device: &Device) -> Tensor<4, Bool> {
-    let b = segments.len();
-    let t = segments.first().map_or(0, Vec::len);
-    let mut cut: Vec<i32> = Vec::with_capacity(b * t * t);
-    for row in segments {
-        assert_eq!(row.len(), t, "every row has the same length");
-        for i in 0..t {
-            cut.extend((0..t).map(|j| (row[i] != row[j]) as i32));
+/// Rows that pack several examples: a token attends only to the earlier tokens of its own
+/// example. Held as each position's example start (`starts[b·T + p] ≤ p`), which the fused
+/// attention takes as it is; the tensor-op model gets the equivalent mask ([`Self::mask`]).
+#[derive(Clone, Debug)]
+pub struct Segments {
+    starts: Arc<Vec<u32>>,
+    b: usize,
+    t: usize,
+}
+
+impl Segments {
+    /// From each token's example id, row by row (`ids[b][p]`): an example is a run of equal ids,
+    /// and a new one begins where the id changes.
+    pub fn from_ids(ids: &[Vec<u32>]) -> Self {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        let mut starts = Vec::with_capacity(b * t);
+        for row in ids {
+            assert_eq!(row.len(), t, "every row has the same length");
+            let mut start = 0;
+            for (p, id) in row.iter().enumerate() {
+                if p > 0 && *id != row[p - 1] {
+                    start = p;
+                }
+                starts.push(start as u32);
+            }
+        }
+        Segments {
+            starts: Arc::new(starts),
+            b,
+            t,
         }
     }
-    Tensor::<1, Int>::from_ints(cut.as_slice(), device)
-        .equal_elem(1)
-        .reshape([b, 1, t, t])
+
+    /// Each position's example start, `[B·T]`.
+    pub fn starts(&self) -> &Arc<Vec<u32>> {
+        &self.starts
+    }
+
+    /// `[B, 1, T, T]`, true where attention is cut on top of the causal mask: key `j` before the
+    /// start of query `i`'s example (or after `i`, which the causal mask cuts anyway).
+    pub fn mask(&self, device: &Device) -> Tensor<4, Bool> {
+        let (b, t) = (self.b, self.t);
+        let mut cut: Vec<i32> = Vec::with_capacity(b * t * t);
+        for row in self.starts.chunks(t.max(1)).take(b) {
+            for (i, &s) in row.iter().enumerate() {
+                cut.extend((0..t).map(|j| (j < s as usize || j > i) as i32));
+            }
+        }
+        Tensor::<1, Int>::from_ints(cut.as_slice(), device)
+            .equal_elem(1)
+            .reshape([b, 1, t, t])
+    }
 }
 
 /// Mean cross-entropy (nats per token) of `logits: [B, T, V]` against `targets: [B, T]`, in

@@ -146,38 +146,45 @@ fn quant_none_is_a_plain_linear_layer() {
 fn packed_examples_with_a_segment_mask_equal_separate_runs() {
     let d = dev();
     d.seed(3);
-    let model = Transformer::new(&cfg(2), &d);
+    let base = Transformer::new(&cfg(2), &d);
     let a = [3i64, 14, 15, 9, 26];
     let b = [5i64, 35, 8, 41];
     let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
     let row = |v: &[i64]| Tensor::<1, Int>::from_ints(v, &d).reshape([1, v.len()]);
     let tokens = Tensor::cat(vec![row(&packed), row(&packed)], 0);
     let seg_packed: Vec<u32> = (0..9).map(|i| (i >= 5) as u32).collect();
-    let mask = tritium_model::segment_mask(&[seg_packed.clone(), seg_packed], &d);
-    let h = model.hidden_masked(tokens, 1.0, Some(&mask));
-    let got = values(model.head(h));
-    let want_a = values(model.forward(ids(&a, &d)));
-    let want_b = values(model.forward(ids(&b, &d)));
+    let segs = tritium_model::Segments::from_ids(&[seg_packed.clone(), seg_packed]);
     let v = 50;
-    let want: Vec<f32> = want_a.iter().chain(&want_b).copied().collect();
-    for row in 0..2 {
-        let g = &got[row * 9 * v..(row + 1) * 9 * v];
-        let worst = g
+    // The fused attention (example starts) and the tensor-op one (a mask) alike.
+    for fused in [true, false] {
+        let model = base.clone().with_fused(fused);
+        let h = model.hidden_masked(tokens.clone(), 1.0, Some(&segs));
+        let got = values(model.head(h));
+        let want_a = values(model.forward(ids(&a, &d)));
+        let want_b = values(model.forward(ids(&b, &d)));
+        let want: Vec<f32> = want_a.iter().chain(&want_b).copied().collect();
+        for row in 0..2 {
+            let g = &got[row * 9 * v..(row + 1) * 9 * v];
+            let worst = g
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs() / y.abs().max(1.0)));
+            assert!(
+                worst < 1e-4,
+                "fused {fused}, row {row}: packed differs by {worst}"
+            );
+        }
+        // Without the mask, b's tokens see a's and their logits move.
+        let unmasked = values(model.forward(ids(&packed, &d)));
+        let moved = unmasked[5 * v..]
             .iter()
-            .zip(&want)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / y.abs().max(1.0)));
-        assert!(worst < 1e-4, "row {row}: packed differs by {worst}");
+            .zip(&want_b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            moved > 1e-3,
+            "the mask must matter for this test to mean anything"
+        );
     }
-    // Without the mask, b's tokens see a's and their logits move.
-    let unmasked = values(model.forward(ids(&packed, &d)));
-    let moved = unmasked[5 * v..]
-        .iter()
-        .zip(&want_b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        moved > 1e-3,
-        "the mask must matter for this test to mean anything"
-    );
 }
 
 /// LoRA on a packed base is LoRA on the latent base: the same loss and the same adapter

@@ -291,10 +291,16 @@ fn attention_shape(q: &T, k: &T, v: &T) -> attention::Shape {
     }
 }
 
-fn attention_forward(q: &T, k: &T, v: &T, theta: f32) -> (attention::Saved, T, T) {
+fn attention_forward(
+    q: &T,
+    k: &T,
+    v: &T,
+    theta: f32,
+    starts: Option<&[u32]>,
+) -> (attention::Saved, T, T) {
     let shape = attention_shape(q, k, v);
     let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
-    let (o, saved) = attention::forward(shape, f32s(&q), f32s(&k), f32s(&v), theta);
+    let (o, saved) = attention::forward(shape, f32s(&q), f32s(&k), f32s(&v), theta, starts);
     let o = tensor(o, &[shape.b, shape.t, shape.h, shape.hd]);
     (saved, v, o)
 }
@@ -489,8 +495,8 @@ impl FusedOps for Flex {
         rms_norm_forward(&x, &gamma, eps).3
     }
 
-    fn attention(q: T, k: T, v: T, theta: f32) -> T {
-        attention_forward(&q, &k, &v, theta).2
+    fn attention(q: T, k: T, v: T, theta: f32, starts: Option<Arc<Vec<u32>>>) -> T {
+        attention_forward(&q, &k, &v, theta, starts.as_deref().map(Vec::as_slice)).2
     }
 
     fn gate(g: T, u: T, act: Gate) -> T {
@@ -607,12 +613,19 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         theta: f32,
+        starts: Option<Arc<Vec<u32>>>,
     ) -> FloatTensor<Self> {
         let prep = AttentionBackward
             .prepare::<C>([q.node(), k.node(), v.node()])
             .compute_bound()
             .stateful();
-        let (saved, v, o) = attention_forward(q.primitive(), k.primitive(), v.primitive(), theta);
+        let (saved, v, o) = attention_forward(
+            q.primitive(),
+            k.primitive(),
+            v.primitive(),
+            theta,
+            starts.as_deref().map(Vec::as_slice),
+        );
         match prep {
             OpsKind::Tracked(prep) => prep.finish(
                 AttentionSaved {

@@ -30,12 +30,12 @@ mod flex;
 #[cfg(test)]
 mod tests;
 
+pub use crate::values::F32Values;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
 use std::sync::Arc;
 use tritium_kernels::bitlinear::TernaryMatrix;
-pub use crate::values::F32Values;
 pub use tritium_kernels::dense::Precision;
 pub use tritium_kernels::optim::AdamStep;
 pub use tritium_kernels::rows::Gate;
@@ -58,12 +58,14 @@ pub trait FusedOps: Backend {
     /// `x: [m, d]`, `gamma: [d]` → `x / sqrt(mean(x²) + eps) · γ`.
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
     /// Causal attention with NEOX RoPE (θ = `theta`) applied inside: `q: [b, t, h, hd]`,
-    /// `k`, `v: [b, t, kv, hd]` (projections, not yet rotated) → `[b, t, h, hd]`.
+    /// `k`, `v: [b, t, kv, hd]` (projections, not yet rotated) → `[b, t, h, hd]`. With `starts`
+    /// (`[b·t]`, packed rows) the query at `p` sees keys `starts[p]..=p` only.
     fn attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         theta: f32,
+        starts: Option<Arc<Vec<u32>>>,
     ) -> FloatTensor<Self>;
     /// `act(g) ⊙ u`, same shapes (SiLU or relu²).
     fn gate(g: FloatTensor<Self>, u: FloatTensor<Self>, act: Gate) -> FloatTensor<Self>;
@@ -93,7 +95,6 @@ pub trait FusedOps: Backend {
     /// twice on the way (2.4 GiB for a 2B model's embedding while a checkpoint is written).
     fn f32_values(x: FloatTensor<Self>) -> F32Values;
 }
-
 
 /// Whether tensors on `device` can take the fused path.
 pub fn supported(device: &Device) -> bool {
@@ -163,13 +164,21 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f32) -> Ten
     })
 }
 
-/// Causal self-attention with RoPE: `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` → `[b, t, h, hd]`.
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, theta: f32) -> Tensor<4> {
+/// Causal self-attention with RoPE: `q: [b, t, h, hd]`, `k`, `v: [b, t, kv, hd]` → `[b, t, h, hd]`,
+/// each query limited to keys from `starts` on where rows pack several examples.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    theta: f32,
+    starts: Option<Arc<Vec<u32>>>,
+) -> Tensor<4> {
     let o = <Dispatch as FusedOps>::attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
         theta,
+        starts,
     );
     Tensor::from_dispatch(o)
 }
@@ -236,7 +245,12 @@ pub fn f32_values<const D: usize>(x: Tensor<D>) -> F32Values {
         let n = x.dims().iter().product::<usize>();
         return <Dispatch as FusedOps>::f32_values(x.reshape([n]).into_dispatch());
     }
-    F32Values::new(x.into_data().convert::<f32>().iter::<f32>().collect::<Vec<_>>())
+    F32Values::new(
+        x.into_data()
+            .convert::<f32>()
+            .iter::<f32>()
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// `Σ x²` over every element of `x`.

@@ -79,7 +79,7 @@ pub(super) struct Batch {
     x: Tensor<2, Int>,
     y: Tensor<2, Int>,
     m: Tensor<2>,
-    attn: Option<Tensor<4, Bool>>,
+    attn: Option<tritium_model::Segments>,
     pub(super) tokens: usize,
 }
 
@@ -107,7 +107,7 @@ pub(super) fn batch(s: &[&Sample], pad: u32, device: &Device) -> Batch {
         x: Tensor::<1, Int>::from_ints(x.as_slice(), device).reshape([b, t]),
         y: Tensor::<1, Int>::from_ints(y.as_slice(), device).reshape([b, t]),
         m: Tensor::<1>::from_floats(m.as_slice(), device).reshape([b, t]),
-        attn: packed.then(|| tritium_model::segment_mask(&segs, device)),
+        attn: packed.then(|| tritium_model::Segments::from_ids(&segs)),
         tokens: s.iter().map(|r| r.ids.len() - 1).sum(),
     }
 }
