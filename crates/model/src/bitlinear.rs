@@ -78,7 +78,18 @@ impl Lora {
         self.a.dims()[0]
     }
 
+    /// The branch on `x`; with the fused ops its two products run as the base layer's backward
+    /// does, in `p` (bf16 operands, f32 accumulation, as PyTorch's autocast runs PEFT's LoRA).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_in(x, false, Precision::F32)
+    }
+
+    pub(crate) fn forward_in<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        fused: bool,
+        p: Precision,
+    ) -> Tensor<D> {
         // Dropout only while training (an autodiff device); inference is deterministic.
         let x = if self.dropout > 0.0 && x.device().is_autodiff() {
             let keep = 1.0 - self.dropout;
@@ -92,6 +103,12 @@ impl Lora {
             x
         };
         let scale = self.alpha / self.rank() as f32;
+        #[cfg(feature = "flex")]
+        if p == Precision::Bf16 && crate::fused::active(fused, &x.device()) {
+            let xa = crate::fused::linear(x, self.a.val(), p);
+            return crate::fused::linear(xa, self.b.val(), p) * scale;
+        }
+        let _ = (fused, p);
         matmul_t(matmul_t(x, self.a.val()), self.b.val()) * scale
     }
 }
@@ -153,7 +170,7 @@ impl BitLinear {
         };
         match &self.lora {
             None => y,
-            Some(l) => y + l.forward(x_in),
+            Some(l) => y + l.forward_in(x_in, self.fused, self.precision),
         }
     }
 

@@ -503,3 +503,50 @@ fn bf16_products_stay_within_bf16_rounding_of_f32() {
         }
     }
 }
+
+/// The LoRA branch takes the layer's precision: in bf16 its output and its gradients (x, A, B)
+/// stay within bf16 rounding of f32, and differ from it (the bf16 products ran).
+#[test]
+fn lora_in_bf16_stays_within_bf16_rounding_of_f32() {
+    if Precision::Bf16.effective() != Precision::Bf16 {
+        eprintln!("skipped: {}", Precision::Bf16.describe());
+        return;
+    }
+    let dev = Device::flex().autodiff();
+    dev.seed(78);
+    let (t, k, n, r) = (70, 300, 40, 8);
+    let x = normal([2, t, k], 1.0, &dev);
+    let a = normal([r, k], 0.05, &dev);
+    let b = normal([n, r], 0.05, &dev);
+    let probe = normal([2, t, n], 1.0, &dev);
+    let mut base = crate::BitLinear::new(k, n, crate::Quant::Ternary, &dev);
+    base.pack();
+    let go = |p: Precision| {
+        let mut layer = base.clone();
+        layer.precision = p;
+        let mut lora = crate::bitlinear::Lora::new(k, n, r, 16.0, 0.0, &dev);
+        lora.a = burn::module::Param::from_tensor(a.clone().detach().require_grad());
+        lora.b = burn::module::Param::from_tensor(b.clone().detach().require_grad());
+        layer.lora = Some(lora);
+        let xl = x.clone().detach().require_grad();
+        let y = layer.forward(xl.clone(), 1.0);
+        let g = (y.clone() * probe.clone()).sum().backward();
+        let l = layer.lora.as_ref().unwrap();
+        [
+            vals(y),
+            vals(xl.grad(&g).unwrap()),
+            vals(l.a.val().grad(&g).unwrap()),
+            vals(l.b.val().grad(&g).unwrap()),
+        ]
+    };
+    let (f32s, bf16s) = (go(Precision::F32), go(Precision::Bf16));
+    for (what, lo, hi) in ["y", "dX", "dA", "dB"]
+        .iter()
+        .zip(&bf16s)
+        .zip(&f32s)
+        .map(|((w, a), b)| (w, a, b))
+    {
+        let e = rel(lo, hi);
+        assert!(e > 0.0 && e < 4e-3, "LoRA {what}: relative error {e}");
+    }
+}
