@@ -139,9 +139,10 @@ struct BenchTrainArgs {
     /// accumulation; AMX tiles, f32 on a CPU without them), as `precision` in a run's [train].
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: tritium_model::Precision,
-    /// Activation checkpointing per block, as `gradient_checkpointing` in a run's [train].
-    #[arg(long)]
-    gradient_checkpointing: bool,
+    /// Activation checkpointing of every block (`--gradient-checkpointing`) or of the first N
+    /// (`--gradient-checkpointing N`), as `gradient_checkpointing` in a run's [train].
+    #[arg(long, num_args = 0..=1, default_missing_value = "all")]
+    gradient_checkpointing: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -311,7 +312,13 @@ fn bench_train(a: BenchTrainArgs, fused: bool, check_memory: bool) -> Result<()>
         seed: a.seed,
         fused,
         precision: a.precision,
-        gradient_checkpointing: a.gradient_checkpointing,
+        gradient_checkpointing: match a.gradient_checkpointing.as_deref() {
+            None => 0,
+            Some("all") => usize::MAX,
+            Some(n) => n
+                .parse()
+                .with_context(|| format!("--gradient-checkpointing {n}: a number of blocks"))?,
+        },
         check_memory,
     };
     let r =

@@ -1,12 +1,13 @@
-//! The loss of one micro-batch and its parameter gradients, with activation checkpointing per
-//! block as an option (`gradient_checkpointing = true`).
+//! The loss of one micro-batch and its parameter gradients, with activation checkpointing of
+//! some or all blocks as an option (`gradient_checkpointing`).
 //!
 //! Without it, autodiff keeps every block's activations from the forward pass to the backward:
-//! at 2B4T's shape and rows of 512 tokens that is ~130 MB a block, 3.8 GB in all. With it, the
-//! forward pass runs untracked and keeps only each block's input; the backward then walks the
-//! blocks from the last, re-running one block under autodiff and back-propagating the gradient
-//! of its output into it (as the gradient of `sum(y ⊙ g)`, which is `g` exactly), so one block's
-//! activations are alive at a time. The price is a second forward pass through the blocks.
+//! at 2B4T's shape and rows of 512 tokens that is ~130 MB a block, 3.8 GB in all. A checkpointed
+//! block runs untracked in the forward pass, which keeps only its input; the backward re-runs it
+//! under autodiff and back-propagates the gradient of its output into it (as the gradient of
+//! `sum(y ⊙ g)`, which is `g` exactly), so one such block's activations are alive at a time. The
+//! price is a second forward pass through it. The first `recompute` blocks are checkpointed; the
+//! rest keep their graph, so memory and time can be traded a block at a time.
 
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -18,17 +19,19 @@ use crate::transformer::{Segments, Transformer};
 impl Transformer {
     /// Runs `tokens: [B, T]` through the model, `loss` from the final normed hidden states
     /// `[B, T, D]` to a scalar, and back-propagates. Returns the loss's value and the gradient of
-    /// every parameter that requires one. `recompute` chooses activation checkpointing per block
-    /// (the same gradients, a fraction of the memory, a second forward pass).
+    /// every parameter that requires one. The first `recompute` blocks (all of them if it is the
+    /// number of blocks or more) are checkpointed: the same gradients, less memory, a second
+    /// forward pass through them.
     pub fn loss_and_grads(
         &self,
         tokens: Tensor<2, Int>,
         lambda: f32,
         segments: Option<&Segments>,
-        recompute: bool,
+        recompute: usize,
         loss: impl FnOnce(&Self, Tensor<3>) -> Tensor<1>,
     ) -> (f32, GradientsParams) {
-        if !recompute {
+        let recompute = recompute.min(self.blocks.len());
+        if recompute == 0 {
             let l = loss(self, self.hidden_masked(tokens, lambda, segments));
             let value = l.clone().inner().into_scalar::<f32>();
             return (value, GradientsParams::from_grads(l.backward(), self));
@@ -43,7 +46,7 @@ impl Transformer {
             .any(|l| l.lora.as_ref().is_some_and(|a| a.dropout > 0.0));
         let seeds: Vec<u64> = if dropout {
             let draw = Tensor::<1>::random(
-                [self.blocks.len()],
+                [recompute],
                 burn::tensor::Distribution::Uniform(0.0, 16_777_216.0),
                 &device,
             );
@@ -63,9 +66,9 @@ impl Transformer {
         // clone below would switch the original's gradient off too: initialise them first.
         self.visit(&mut Materialize);
         let embedded = self.tok_embd.forward(tokens);
-        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut inputs = Vec::with_capacity(recompute);
         let mut x = embedded.clone().detach();
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, block) in self.blocks[..recompute].iter().enumerate() {
             inputs.push(x.clone());
             seed(i);
             x = block
@@ -75,15 +78,20 @@ impl Transformer {
                 .detach();
         }
 
+        // The blocks that keep their graph, then the head, from a leaf at the boundary.
         let mut acc = GradientsAccumulator::<Transformer>::new();
-        let last = x.require_grad();
-        let fused = crate::fused::active(self.fused, &last.device());
-        let l = loss(self, norm(&self.output_norm, last.clone(), fused));
+        let boundary = x.require_grad();
+        let mut h = boundary.clone();
+        for block in &self.blocks[recompute..] {
+            h = block.forward(h, lambda, segments);
+        }
+        let fused = crate::fused::active(self.fused, &h.device());
+        let l = loss(self, norm(&self.output_norm, h, fused));
         let value = l.clone().inner().into_scalar::<f32>();
         let mut grads = l.backward();
-        let mut g = last.grad_remove(&mut grads);
+        let mut g = boundary.grad_remove(&mut grads);
         acc.accumulate(self, GradientsParams::from_grads(grads, self));
-        for (i, block) in self.blocks.iter().enumerate().rev() {
+        for (i, block) in self.blocks[..recompute].iter().enumerate().rev() {
             let Some(dy) = g.take() else { break };
             let x = inputs.pop().expect("one input a block").require_grad();
             seed(i);
@@ -151,7 +159,7 @@ mod tests {
         x: &Tensor<2, Int>,
         y: &Tensor<2, Int>,
         mask: &Segments,
-        recompute: bool,
+        recompute: usize,
     ) -> (f32, GradientsParams) {
         m.loss_and_grads(x.clone(), 1.0, Some(mask), recompute, |m, h| {
             m.cross_entropy(m.head(h), y.clone())
@@ -167,10 +175,20 @@ mod tests {
         // Pretraining: every parameter learns, the tied embedding through the head and the lookup.
         let (m, dev) = model("ternary", 3);
         let (x, y, mask) = batch(&dev);
-        let (l0, g0) = run(&m, &x, &y, &mask, false);
-        let (l1, g1) = run(&m, &x, &y, &mask, true);
+        let (l0, g0) = run(&m, &x, &y, &mask, 0);
+        let (l1, g1) = run(&m, &x, &y, &mask, 3);
         assert_eq!(l0, l1);
         assert_eq!(g0.len(), g1.len());
+        // Some blocks checkpointed, the rest kept: the same again.
+        let (l2, g2) = run(&m, &x, &y, &mask, 2);
+        assert_eq!(l0, l2);
+        for p in [
+            &m.blocks[0].attn.wq.weight,
+            &m.blocks[2].ffn.down.weight,
+            &m.tok_embd.weight,
+        ] {
+            assert_close(&grad(&g2, p), &grad(&g0, p), 1e-6);
+        }
         for (what, a, b) in [
             (
                 "embedding",
@@ -224,8 +242,8 @@ mod tests {
         }
         let m = m.freeze_base_packed();
         let (x, y, mask) = batch(&dev);
-        let (l0, g0) = run(&m, &x, &y, &mask, false);
-        let (l1, g1) = run(&m, &x, &y, &mask, true);
+        let (l0, g0) = run(&m, &x, &y, &mask, 0);
+        let (l1, g1) = run(&m, &x, &y, &mask, usize::MAX);
         assert_eq!(l0, l1);
         assert_eq!(g0.len(), 3 * 7 * 2, "the adapters' A and B, nothing else");
         assert_eq!(g1.len(), g0.len());

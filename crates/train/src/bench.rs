@@ -25,8 +25,8 @@ pub struct BenchConfig {
     pub fused: bool,
     /// The fused ops' product arithmetic.
     pub precision: tritium_model::Precision,
-    /// Activation checkpointing per block.
-    pub gradient_checkpointing: bool,
+    /// Activation checkpointing: how many blocks, from the first, are recomputed.
+    pub gradient_checkpointing: usize,
     /// Refuse a step whose memory estimate exceeds what the machine has available.
     pub check_memory: bool,
 }

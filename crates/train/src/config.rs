@@ -88,11 +88,60 @@ pub struct TrainConfig {
     /// f32 on a CPU with neither). Weights, optimizer state, the loss and evaluation stay f32.
     #[serde(default)]
     pub precision: tritium_model::Precision,
-    /// Activation checkpointing per block: keep only each block's input from the forward pass
-    /// and recompute the block in the backward, for a fraction of the activation memory at the
-    /// price of a second forward pass. The gradients are the same.
+    /// Activation checkpointing (see [`Checkpointing`]).
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Checkpointing,
+}
+
+/// `gradient_checkpointing`: `false` (the default), `true` (every block) or a number of blocks
+/// (the first N). A checkpointed block keeps only its input from the forward pass and is
+/// recomputed in the backward: its activations cost memory one block at a time, for a second
+/// forward pass through it. The gradients are the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "CheckpointingToml", into = "CheckpointingToml")]
+pub enum Checkpointing {
+    #[default]
+    Off,
+    All,
+    Blocks(usize),
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+enum CheckpointingToml {
+    Switch(bool),
+    Blocks(usize),
+}
+
+impl From<CheckpointingToml> for Checkpointing {
+    fn from(t: CheckpointingToml) -> Self {
+        match t {
+            CheckpointingToml::Switch(false) | CheckpointingToml::Blocks(0) => Checkpointing::Off,
+            CheckpointingToml::Switch(true) => Checkpointing::All,
+            CheckpointingToml::Blocks(n) => Checkpointing::Blocks(n),
+        }
+    }
+}
+
+impl From<Checkpointing> for CheckpointingToml {
+    fn from(c: Checkpointing) -> Self {
+        match c {
+            Checkpointing::Off => CheckpointingToml::Switch(false),
+            Checkpointing::All => CheckpointingToml::Switch(true),
+            Checkpointing::Blocks(n) => CheckpointingToml::Blocks(n),
+        }
+    }
+}
+
+impl Checkpointing {
+    /// How many blocks, from the first, are recomputed (`usize::MAX`: all of them).
+    pub fn blocks(self) -> usize {
+        match self {
+            Checkpointing::Off => 0,
+            Checkpointing::All => usize::MAX,
+            Checkpointing::Blocks(n) => n,
+        }
+    }
 }
 
 fn one() -> usize {
@@ -312,6 +361,26 @@ mod tests {
 
     fn tiny() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml")
+    }
+
+    /// `gradient_checkpointing` takes a switch or a number of blocks, and the number reaches
+    /// the step as a count (0 and false: none; true: every block).
+    #[test]
+    fn gradient_checkpointing_is_a_switch_or_a_block_count() {
+        let load = |v: &str| {
+            RunConfig::load(&tiny(), &[format!("train.gradient_checkpointing={v}")])
+                .map(|c| c.train.gradient_checkpointing)
+        };
+        assert_eq!(load("false").unwrap(), Checkpointing::Off);
+        assert_eq!(load("true").unwrap(), Checkpointing::All);
+        assert_eq!(load("12").unwrap(), Checkpointing::Blocks(12));
+        assert_eq!(load("0").unwrap().blocks(), 0);
+        assert_eq!(load("true").unwrap().blocks(), usize::MAX);
+        assert_eq!(load("12").unwrap().blocks(), 12);
+        let e = load("\"some\"").unwrap_err().to_string();
+        assert!(e.contains("gradient_checkpointing"), "{e}");
+        let default = RunConfig::load(&tiny(), &[]).unwrap();
+        assert_eq!(default.train.gradient_checkpointing, Checkpointing::Off);
     }
 
     #[test]

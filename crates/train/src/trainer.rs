@@ -223,9 +223,13 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 |row| window_start(t.seed, step, m, row, data.train.len(), t.seq_len),
                 &device,
             );
-            model.loss_and_grads(x, lambda, None, t.gradient_checkpointing, |m, h| {
-                m.cross_entropy(m.head(h), y) * scale
-            })
+            model.loss_and_grads(
+                x,
+                lambda,
+                None,
+                t.gradient_checkpointing.blocks(),
+                |m, h| m.cross_entropy(m.head(h), y) * scale,
+            )
         };
         let (next, out) =
             train_step(model, &mut optim, t.grad_accum, loss, params).map_err(|what| {

@@ -122,10 +122,10 @@ pub struct FinetuneConfig {
     /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither).
     #[serde(default)]
     pub precision: tritium_model::Precision,
-    /// Activation checkpointing per block, as in a training run's [train]: one block's
-    /// activations alive at a time instead of all of them, for a second forward pass.
+    /// Activation checkpointing, as in a training run's [train] (see
+    /// [`crate::config::Checkpointing`]).
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: crate::config::Checkpointing,
 }
 
 #[derive(Deserialize)]

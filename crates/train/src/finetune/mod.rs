@@ -445,7 +445,7 @@ pub fn finetune(
         let mut b = Some(b);
         let loss = |m: &Transformer, _: usize, scale: f32| {
             let b = b.take().expect("one micro-batch");
-            response_grads(m, b, c.gradient_checkpointing, scale)
+            response_grads(m, b, c.gradient_checkpointing.blocks(), scale)
         };
         let params = StepParams {
             lr,

@@ -119,11 +119,11 @@ pub(super) fn masked_nll(model: &Transformer, b: Batch) -> (Tensor<1>, Tensor<1>
 }
 
 /// The mean response loss of a training batch (times `scale`) back-propagated: its value and
-/// the gradients, with activation checkpointing per block if `recompute`.
+/// the gradients, the first `recompute` blocks checkpointed.
 pub(super) fn response_grads(
     model: &Transformer,
     b: Batch,
-    recompute: bool,
+    recompute: usize,
     scale: f32,
 ) -> (f32, GradientsParams) {
     let (y, m) = (b.y, b.m);
