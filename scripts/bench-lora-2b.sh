@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# LoRA at 2B4T's shape, back to back in one run: tritium (bf16 products; activation
-# checkpointing of every block, of the first CKPT_BLOCKS (default 14) of the 30, and none) and the usual PyTorch + transformers + PEFT recipe (bf16 master
-# weights), rows of exactly 512 tokens (tritium: instruction examples whose responses run past
-# the row, so each is cut to one full row; PyTorch: 512 random tokens), r 32, alpha 64 on all
-# seven projections, STEPS steps (default 8). Prints each run's tokens/s by step, the median from
+# LoRA at 2B4T's shape, back to back in one run: tritium (bf16 products; activation checkpointing
+# of every block, of the first CKPT_BLOCKS (default 14) of the 30, and none) and the usual
+# PyTorch + transformers + PEFT recipe (bf16 master weights). Rows of exactly 512 tokens
+# (tritium: instruction examples whose responses run past the row, so each is cut to one full
+# row; PyTorch: 512 random tokens), r 32, alpha 64 on all seven projections, STEPS steps
+# (default 8). Prints each run's tokens/s by step, the median from
 # step 3 on (both stacks are still warming up before), and peak RSS. Compare only within one run.
 #
 #   scripts/bench-lora-2b.sh BASE_CHECKPOINT HF_DIR [ROUNDS]
@@ -46,7 +47,7 @@ tritium_run() {
     rm -rf "$out"
     /usr/bin/time -f "%M" -o "$work/rss" "$tritium" finetune --config "$work/$variant.toml" \
         --base "$base" --data "$work/long.jsonl" --out "$out" \
-        >"$work/log" 2>&1
+        >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
     local rates
     rates=$(grep -oE '^step [0-9]+ \| loss .* \| ([0-9.]+) tok/s' "$work/log" | grep -oE '[0-9.]+ tok/s$' | cut -d' ' -f1 | tr '\n' ' ')
     printf 'tritium %-18s tok/s by step: %s| median from step 3: %s | peak RSS %.2f GiB\n' "$variant" \
@@ -55,6 +56,7 @@ tritium_run() {
 }
 
 median_from3() {
+    (($# > 2)) || { echo n/a; return; }
     shift 2
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
 }

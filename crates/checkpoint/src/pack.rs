@@ -284,7 +284,7 @@ impl ModuleVisitor for Collect {
         let t = param.val();
         let shape = t.dims().to_vec();
         let len = shape.iter().product::<usize>() * 4;
-        // Read back when the writer reaches it, so the save holds one tensor's copy at a time.
+        // Read when the writer reaches it.
         let tensor = PackTensor::deferred(
             name,
             DType::F32,

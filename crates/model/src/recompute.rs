@@ -18,23 +18,29 @@ use crate::transformer::{Segments, Transformer};
 
 impl Transformer {
     /// Runs `tokens: [B, T]` through the model, `loss` from the final normed hidden states
-    /// `[B, T, D]` to a scalar, and back-propagates. Returns the loss's value and the gradient of
-    /// every parameter that requires one. The first `recompute` blocks (all of them if it is the
-    /// number of blocks or more) are checkpointed: the same gradients, less memory, a second
-    /// forward pass through them.
+    /// `[B, T, D]` to a scalar, and back-propagates it times `scale` (a micro-batch's share of the
+    /// step). Returns the loss's value, unscaled, and the gradient of every parameter that
+    /// requires one. The first `recompute` blocks (all of them if it is the number of blocks or
+    /// more) are checkpointed: the same gradients (with dropout, other masks), less memory, a
+    /// second forward pass through them.
     pub fn loss_and_grads(
         &self,
         tokens: Tensor<2, Int>,
         lambda: f32,
         segments: Option<&Segments>,
         recompute: usize,
+        scale: f32,
         loss: impl FnOnce(&Self, Tensor<3>) -> Tensor<1>,
     ) -> (f32, GradientsParams) {
+        let scaled = |l: Tensor<1>| if scale == 1.0 { l } else { l * scale };
         let recompute = recompute.min(self.blocks.len());
         if recompute == 0 {
             let l = loss(self, self.hidden_masked(tokens, lambda, segments));
             let value = l.clone().inner().into_scalar::<f32>();
-            return (value, GradientsParams::from_grads(l.backward(), self));
+            return (
+                value,
+                GradientsParams::from_grads(scaled(l).backward(), self),
+            );
         }
         let device = tokens.device();
         // Dropout draws its masks from the device's generator: both passes through a block start
@@ -45,14 +51,16 @@ impl Transformer {
             .flat_map(|b| b.projections())
             .any(|l| l.lora.as_ref().is_some_and(|a| a.dropout > 0.0));
         let seeds: Vec<u64> = if dropout {
+            // One draw from the step's generator; each block's seed is a distinct mix of it.
             let draw = Tensor::<1>::random(
-                [recompute],
+                [1],
                 burn::tensor::Distribution::Uniform(0.0, 16_777_216.0),
                 &device,
             );
-            let draw = draw.inner().into_data().convert::<f32>();
-            let draw = draw.as_slice::<f32>().expect("f32 values");
-            draw.iter().map(|&v| v as u64).collect()
+            let base = draw.inner().into_scalar::<f32>() as u64;
+            (0..recompute as u64)
+                .map(|i| mix(base.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i))
+                .collect()
         } else {
             Vec::new()
         };
@@ -88,7 +96,7 @@ impl Transformer {
         let fused = crate::fused::active(self.fused, &h.device());
         let l = loss(self, norm(&self.output_norm, h, fused));
         let value = l.clone().inner().into_scalar::<f32>();
-        let mut grads = l.backward();
+        let mut grads = scaled(l).backward();
         let mut g = boundary.grad_remove(&mut grads);
         acc.accumulate(self, GradientsParams::from_grads(grads, self));
         for (i, block) in self.blocks[..recompute].iter().enumerate().rev() {
@@ -109,6 +117,14 @@ impl Transformer {
         }
         (value, acc.grads())
     }
+}
+
+/// splitmix64's finaliser: distinct inputs give distinct, well-spread seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 struct Materialize;
@@ -140,7 +156,7 @@ mod tests {
         (Transformer::new(&cfg, &dev), dev)
     }
 
-    /// Two packed examples in each of two rows, so the mask path runs too.
+    /// Two packed examples in each of two rows, so the example starts are taken too.
     fn batch(dev: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Segments) {
         let ids = Tensor::<2, Int>::random([2, 17], Distribution::Uniform(0.0, 97.0), dev);
         let segs = vec![
@@ -161,7 +177,7 @@ mod tests {
         mask: &Segments,
         recompute: usize,
     ) -> (f32, GradientsParams) {
-        m.loss_and_grads(x.clone(), 1.0, Some(mask), recompute, |m, h| {
+        m.loss_and_grads(x.clone(), 1.0, Some(mask), recompute, 1.0, |m, h| {
             m.cross_entropy(m.head(h), y.clone())
         })
     }
@@ -220,7 +236,6 @@ mod tests {
                 a.iter().any(|&v| v != 0.0),
                 "{what}: a zero gradient tests nothing"
             );
-            println!("{what}");
             assert_close(&a, &b, 1e-6);
         }
     }

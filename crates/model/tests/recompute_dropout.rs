@@ -16,7 +16,7 @@ fn loss_and_grads(
 ) -> (f32, GradientsParams) {
     dev.seed(77);
     // Two of the three blocks checkpointed: the kept block's masks must agree too.
-    m.loss_and_grads(x.clone(), 1.0, None, 2, |m, h| {
+    m.loss_and_grads(x.clone(), 1.0, None, 2, 1.0, |m, h| {
         m.cross_entropy(m.head(h), y.clone())
     })
 }

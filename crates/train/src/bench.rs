@@ -84,8 +84,8 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
     let mut run = |model: Transformer, loss: &mut f32| {
         let loss_of = |m: &Transformer, micro: usize, scale: f32| {
             let (x, y) = batch(micro);
-            m.loss_and_grads(x, 1.0, None, cfg.gradient_checkpointing, |m, h| {
-                m.cross_entropy(m.head(h), y) * scale
+            m.loss_and_grads(x, 1.0, None, cfg.gradient_checkpointing, scale, |m, h| {
+                m.cross_entropy(m.head(h), y)
             })
         };
         step += 1;

@@ -96,7 +96,7 @@ pub struct TrainConfig {
 /// `gradient_checkpointing`: `false` (the default), `true` (every block) or a number of blocks
 /// (the first N). A checkpointed block keeps only its input from the forward pass and is
 /// recomputed in the backward: its activations cost memory one block at a time, for a second
-/// forward pass through it. The gradients are the same either way.
+/// forward pass through it. The gradients are the same either way (with dropout, the masks differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "CheckpointingToml", into = "CheckpointingToml")]
 pub enum Checkpointing {

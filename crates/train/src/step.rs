@@ -78,3 +78,58 @@ pub fn train_step(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::AdamWConfig;
+    use tritium_model::ModelConfig;
+    use tritium_model::burn::prelude::*;
+
+    /// With several micro-batches the step reports the mean of their losses (each back-propagated
+    /// at its share), not the mean of the shares, with or without checkpointing.
+    #[test]
+    fn the_step_loss_is_the_mean_of_the_micro_batch_losses() {
+        let cfg = ModelConfig::from_toml_str(
+            "[model]\nvocab_size = 61\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\nmax_seq_len = 16\n",
+        )
+        .unwrap();
+        let dev = Device::flex().autodiff();
+        let model = Transformer::new(&cfg, &dev);
+        let batch = |m: usize| {
+            let ids: Vec<i64> = (0..2 * 9).map(|i| ((i * 7 + m * 13) % 61) as i64).collect();
+            let t = Tensor::<1, Int>::from_ints(ids.as_slice(), &dev).reshape([2, 9]);
+            (t.clone().slice([0..2, 0..8]), t.slice([0..2, 1..9]))
+        };
+        let losses: Vec<f32> = (0..2)
+            .map(|m| {
+                let (x, y) = batch(m);
+                model
+                    .cross_entropy(model.forward(x), y)
+                    .into_scalar::<f32>()
+            })
+            .collect();
+        assert_ne!(losses[0], losses[1]);
+        let params = StepParams {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+        };
+        for recompute in [0, 2] {
+            let mut optim = AdamW::new(AdamWConfig::default());
+            let micro = |m: &Transformer, i: usize, scale: f32| {
+                let (x, y) = batch(i);
+                m.loss_and_grads(x, 1.0, None, recompute, scale, |m, h| {
+                    m.cross_entropy(m.head(h), y)
+                })
+            };
+            let (_, out) = train_step(model.clone(), &mut optim, 2, micro, params).unwrap();
+            let want = (losses[0] + losses[1]) / 2.0;
+            assert!(
+                (out.loss - want).abs() <= 1e-6 * want,
+                "{} vs {want}",
+                out.loss
+            );
+        }
+    }
+}

@@ -228,7 +228,8 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 lambda,
                 None,
                 t.gradient_checkpointing.blocks(),
-                |m, h| m.cross_entropy(m.head(h), y) * scale,
+                scale,
+                |m, h| m.cross_entropy(m.head(h), y),
             )
         };
         let (next, out) =

@@ -79,7 +79,7 @@ fn run(dir: &Path, ckpt: &str) -> (Vec<(f64, f64)>, Vec<u8>) {
 }
 
 /// The same run with and without it: the same losses and gradient norms, step by step (packed
-/// rows, so the recomputed blocks take the segment mask too), and the same adapter, to the bit:
+/// rows, so the recomputed blocks take the example starts too), and the same adapter, to the bit:
 /// each recomputed block builds the graph the plain step builds, in the same order.
 #[test]
 fn gradient_checkpointing_trains_the_same_adapter() {

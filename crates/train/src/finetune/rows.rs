@@ -118,7 +118,7 @@ pub(super) fn masked_nll(model: &Transformer, b: Batch) -> (Tensor<1>, Tensor<1>
     masked_nll_of(model, hidden, b.y, b.m)
 }
 
-/// The mean response loss of a training batch (times `scale`) back-propagated: its value and
+/// The mean response loss of a training batch back-propagated (times `scale`): its value and
 /// the gradients, the first `recompute` blocks checkpointed.
 pub(super) fn response_grads(
     model: &Transformer,
@@ -127,9 +127,9 @@ pub(super) fn response_grads(
     scale: f32,
 ) -> (f32, GradientsParams) {
     let (y, m) = (b.y, b.m);
-    model.loss_and_grads(b.x, 1.0, b.attn.as_ref(), recompute, |model, h| {
+    model.loss_and_grads(b.x, 1.0, b.attn.as_ref(), recompute, scale, |model, h| {
         let (nll, n) = masked_nll_of(model, h, y, m);
-        nll / n.clamp_min(1.0) * scale
+        nll / n.clamp_min(1.0)
     })
 }
 
