@@ -269,6 +269,18 @@ impl ModelConfig {
     /// logits and log-probabilities (2·V per token). It is an estimate: the allocator's slack and
     /// temporaries come on top (the training benchmark reports measured peak RSS next to it).
     pub fn train_step_bytes(&self, batch: usize, seq: usize) -> TrainMemory {
+        self.train_step_bytes_checkpointed(batch, seq, 0)
+    }
+
+    /// As [`Self::train_step_bytes`] with the first `recompute` blocks checkpointed
+    /// (`gradient_checkpointing`): they keep only their input, and one of them at a time holds
+    /// its activations again in the backward pass, after the kept blocks' graph is gone.
+    pub fn train_step_bytes_checkpointed(
+        &self,
+        batch: usize,
+        seq: usize,
+        recompute: usize,
+    ) -> TrainMemory {
         // In u128, saturating at the end: a huge batch or sequence must read as huge, not wrap.
         let p = self.param_count().total() as u128;
         let d = self.d_model as u128;
@@ -289,8 +301,11 @@ impl ModelConfig {
             + 2 * f                   // ffn_sub_norm output + quantized copy
             + d; // residual
         let tokens = (batch as u128).saturating_mul(seq_len);
+        let recompute = recompute.min(self.n_layers) as u128;
+        let kept = self.n_layers as u128 - recompute;
+        let live_layers = if recompute > 0 { kept.max(1) } else { kept };
         let per_token =
-            self.n_layers as u128 * per_token_layer + 2 * self.vocab_size as u128 + 2 * d;
+            live_layers * per_token_layer + recompute * d + 2 * self.vocab_size as u128 + 2 * d;
         let activations = tokens.saturating_mul(4 * per_token);
         let clamp = |v: u128| v.min(usize::MAX as u128) as usize;
         TrainMemory {
@@ -324,6 +339,26 @@ mod tests {
     }
 
     const TINY: &str = "[model]\nvocab_size = 64\nd_model = 32\nn_layers = 2\nn_heads = 4\nd_ff = 48\nmax_seq_len = 16\n";
+
+    /// Checkpointing keeps each recomputed block's input and, at a time, one block's
+    /// activations: against the plain estimate, recomputing 1 of 2 blocks saves one layer's
+    /// activations less one input; recomputing both keeps one more input.
+    #[test]
+    fn checkpointing_shrinks_the_activation_estimate_by_the_blocks_it_recomputes() {
+        let c = cfg(TINY).unwrap();
+        let bytes = |r: usize| c.train_step_bytes_checkpointed(2, 16, r).activations;
+        let plain = c.train_step_bytes(2, 16).activations;
+        assert_eq!(bytes(0), plain);
+        let unit = 2 * 16 * 4; // tokens × f32
+        let d = c.d_model;
+        // One layer's activations per token, from the plain estimate of 1 and 2 layers.
+        let one_layer = cfg(&TINY.replace("n_layers = 2", "n_layers = 1")).unwrap();
+        let layer = (plain - one_layer.train_step_bytes(2, 16).activations) / unit;
+        assert!(layer > d);
+        assert_eq!(plain - bytes(1), (layer - d) * unit);
+        assert_eq!(bytes(2), bytes(1) + d * unit);
+        assert_eq!(bytes(usize::MAX), bytes(2));
+    }
 
     #[test]
     fn defaults_fill_optional_keys() {

@@ -50,7 +50,9 @@ pub struct BenchReport {
 
 pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchReport, TrainError> {
     if cfg.check_memory {
-        let need = model_cfg.train_step_bytes(cfg.batch, cfg.seq).total();
+        let need = model_cfg
+            .train_step_bytes_checkpointed(cfg.batch, cfg.seq, cfg.gradient_checkpointing)
+            .total();
         tritium_model::memory::check(need, "a training step of this model at --batch × --seq")?;
     }
     let device = cfg.backend.device()?.autodiff();
@@ -130,7 +132,9 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         } else {
             "the backend's own (unfused tensor ops)".to_string()
         },
-        estimated_mib: model_cfg.train_step_bytes(cfg.batch, cfg.seq).total() as f64
+        estimated_mib: model_cfg
+            .train_step_bytes_checkpointed(cfg.batch, cfg.seq, cfg.gradient_checkpointing)
+            .total() as f64
             / (1 << 20) as f64,
     })
 }

@@ -95,7 +95,14 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         eps: t.eps,
     };
     if opts.check_memory {
-        let need = cfg.model.train_step_bytes(t.batch_size, t.seq_len).total();
+        let need = cfg
+            .model
+            .train_step_bytes_checkpointed(
+                t.batch_size,
+                t.seq_len,
+                t.gradient_checkpointing.blocks(),
+            )
+            .total();
         tritium_model::memory::check(
             need,
             "a training step of this [model] at [train].batch_size × seq_len",

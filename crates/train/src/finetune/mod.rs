@@ -177,7 +177,11 @@ pub fn finetune(
         // at a time for the backward pass), the adapters with gradients and moments, and the
         // activations. Checkpoints stream the model a tensor at a time and add nothing.
         let cfg = base.model_config();
-        let mem = cfg.train_step_bytes(c.batch_size, c.seq_len);
+        let mem = cfg.train_step_bytes_checkpointed(
+            c.batch_size,
+            c.seq_len,
+            c.gradient_checkpointing.blocks(),
+        );
         let need = match c.method {
             Method::Full => mem.total(),
             Method::Lora => {
