@@ -247,21 +247,7 @@ pub fn gate_backward(act: Gate, g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, 
 /// the backward pass. The sum over rows runs in f64 so a long batch loses nothing to rounding.
 pub fn cross_entropy(logits: &[f32], v: usize, targets: &[usize]) -> (f32, Vec<f32>) {
     let rows = targets.len();
-    assert_eq!(logits.len(), rows * v, "logits length");
-    let mut lse = vec![0f32; rows];
-    let losses: Vec<f64> = lse
-        .par_iter_mut()
-        .zip(logits.par_chunks(v))
-        .zip(targets.par_iter())
-        .map(|((lse, z), &t)| {
-            *lse = log_sum_exp(z);
-            // A target outside the vocabulary has no probability: NaN, which the training step
-            // reports as a non-finite loss, rather than a panic inside the backend.
-            z.get(t).map_or(f64::NAN, |zt| (*lse - zt) as f64)
-        })
-        .collect();
-    // Summed serially, in row order, so the loss does not depend on how rayon split the rows.
-    let total: f64 = losses.iter().sum();
+    let (total, lse) = nll_sum(logits, v, targets, None);
     ((total / rows.max(1) as f64) as f32, lse)
 }
 
@@ -273,21 +259,8 @@ pub fn cross_entropy_backward(
     lse: &[f32],
     dloss: f32,
 ) -> Vec<f32> {
-    let rows = targets.len();
-    let scale = dloss / rows.max(1) as f32;
-    let mut dz = vec![0f32; logits.len()];
-    dz.par_chunks_mut(v)
-        .zip(logits.par_chunks(v))
-        .zip(lse.par_iter())
-        .zip(targets.par_iter())
-        .for_each(|(((dz, z), lse), &t)| {
-            softmax_grad_row(dz, z, *lse, scale);
-            match dz.get_mut(t) {
-                Some(d) => *d -= scale,
-                None => dz.fill(f32::NAN),
-            }
-        });
-    dz
+    let scale = dloss / targets.len().max(1) as f32;
+    nll_backward(logits, v, targets, lse, |_| Some(scale))
 }
 
 /// The weighted sum `Σᵢ wᵢ · (logsumexp(zᵢ) − zᵢ[tᵢ])` (a masked response loss: `w` is 1 on
@@ -299,25 +272,9 @@ pub fn cross_entropy_weighted(
     targets: &[usize],
     w: &[f32],
 ) -> (f32, Vec<f32>) {
-    let rows = targets.len();
-    assert_eq!(logits.len(), rows * v, "logits length");
-    assert_eq!(w.len(), rows, "one weight a row");
-    let mut lse = vec![0f32; rows];
-    let losses: Vec<f64> = lse
-        .par_iter_mut()
-        .zip(logits.par_chunks(v))
-        .zip(targets.par_iter().zip(w.par_iter()))
-        .map(|((lse, z), (&t, &w))| {
-            if w == 0.0 {
-                return 0.0;
-            }
-            *lse = log_sum_exp(z);
-            z.get(t)
-                .map_or(f64::NAN, |zt| w as f64 * (*lse - zt) as f64)
-        })
-        .collect();
-    // Summed serially, in row order, as the mean above.
-    (losses.iter().sum::<f64>() as f32, lse)
+    assert_eq!(w.len(), targets.len(), "one weight a row");
+    let (total, lse) = nll_sum(logits, v, targets, Some(w));
+    (total as f32, lse)
 }
 
 /// Its gradient: `dzᵢ = wᵢ · (softmax(zᵢ) − onehot(tᵢ)) · dloss`; zero on rows of weight 0.
@@ -329,16 +286,55 @@ pub fn cross_entropy_weighted_backward(
     lse: &[f32],
     dloss: f32,
 ) -> Vec<f32> {
+    assert_eq!(w.len(), targets.len(), "one weight a row");
+    nll_backward(logits, v, targets, lse, |i| {
+        (w[i] != 0.0).then(|| w[i] * dloss)
+    })
+}
+
+/// `Σᵢ wᵢ · nllᵢ` in f64, summed serially in row order so the loss does not depend on how rayon
+/// split the rows (`wᵢ = 1` without weights; a row of weight 0 is skipped), and each row's
+/// logsumexp.
+fn nll_sum(logits: &[f32], v: usize, targets: &[usize], w: Option<&[f32]>) -> (f64, Vec<f32>) {
+    let rows = targets.len();
+    assert_eq!(logits.len(), rows * v, "logits length");
+    let mut lse = vec![0f32; rows];
+    let losses: Vec<f64> = lse
+        .par_iter_mut()
+        .zip(logits.par_chunks(v))
+        .zip(targets.par_iter())
+        .enumerate()
+        .map(|(i, ((lse, z), &t))| {
+            let w = w.map_or(1.0, |w| w[i]);
+            if w == 0.0 {
+                return 0.0;
+            }
+            *lse = log_sum_exp(z);
+            // A target outside the vocabulary has no probability: NaN, which the training step
+            // reports as a non-finite loss, rather than a panic inside the backend.
+            z.get(t)
+                .map_or(f64::NAN, |zt| w as f64 * (*lse - zt) as f64)
+        })
+        .collect();
+    (losses.iter().sum(), lse)
+}
+
+/// `dzᵢ = (softmax(zᵢ) − onehot(tᵢ)) · scale(i)`, a row left 0 where `scale` gives `None`.
+fn nll_backward(
+    logits: &[f32],
+    v: usize,
+    targets: &[usize],
+    lse: &[f32],
+    scale: impl Fn(usize) -> Option<f32> + Sync,
+) -> Vec<f32> {
     let mut dz = vec![0f32; logits.len()];
     dz.par_chunks_mut(v)
         .zip(logits.par_chunks(v))
         .zip(lse.par_iter())
-        .zip(targets.par_iter().zip(w.par_iter()))
-        .for_each(|(((dz, z), lse), (&t, &w))| {
-            if w == 0.0 {
-                return;
-            }
-            let scale = w * dloss;
+        .zip(targets.par_iter())
+        .enumerate()
+        .for_each(|(i, (((dz, z), lse), &t))| {
+            let Some(scale) = scale(i) else { return };
             softmax_grad_row(dz, z, *lse, scale);
             match dz.get_mut(t) {
                 Some(d) => *d -= scale,

@@ -372,10 +372,12 @@ fn gate_forward(g: &T, u: &T, act: Gate) -> (T, T, T) {
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy
 
+/// The mean cross-entropy, or with `weights` the weighted sum (a masked loss).
 #[derive(Clone, Debug)]
 struct CrossEntropySaved {
     logits: T,
     targets: Arc<Vec<usize>>,
+    weights: Option<Arc<Vec<f32>>>,
     lse: Arc<Vec<f32>>,
 }
 
@@ -391,87 +393,65 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         let CrossEntropySaved {
             logits,
             targets,
-            lse,
-        } = ops.state;
-        if let Some(node) = node {
-            let [_, v] = dims2(&logits);
-            let dz = rows::cross_entropy_backward(f32s(&logits), v, &targets, &lse, f32s(&dl)[0]);
-            grads.register::<Flex>(node.id, tensor(dz, &dims2(&logits)));
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct WeightedSaved {
-    logits: T,
-    targets: Arc<Vec<usize>>,
-    weights: Arc<Vec<f32>>,
-    lse: Arc<Vec<f32>>,
-}
-
-#[derive(Debug)]
-struct WeightedBackward;
-
-impl Backward<Flex, 1> for WeightedBackward {
-    type State = WeightedSaved;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node] = ops.parents;
-        let dl = contiguous(&grads.consume::<Flex>(&ops.node));
-        let WeightedSaved {
-            logits,
-            targets,
             weights,
             lse,
         } = ops.state;
         if let Some(node) = node {
             let [_, v] = dims2(&logits);
-            let dz = rows::cross_entropy_weighted_backward(
-                f32s(&logits),
-                v,
-                &targets,
-                &weights,
-                &lse,
-                f32s(&dl)[0],
-            );
+            let (z, dl) = (f32s(&logits), f32s(&dl)[0]);
+            let dz = match &weights {
+                None => rows::cross_entropy_backward(z, v, &targets, &lse, dl),
+                Some(w) => rows::cross_entropy_weighted_backward(z, v, &targets, w, &lse, dl),
+            };
             grads.register::<Flex>(node.id, tensor(dz, &dims2(&logits)));
         }
     }
 }
 
-type WeightedParts = (T, Vec<usize>, Vec<f32>, Vec<f32>, T);
-
-fn cross_entropy_weighted_forward(
+/// The loss `[1]` and what its backward needs.
+fn cross_entropy_forward(
     logits: &T,
     targets: &IntTensor<Flex>,
-    weights: &T,
-) -> WeightedParts {
+    weights: Option<&T>,
+) -> (CrossEntropySaved, T) {
     let [m, v] = dims2(logits);
     let logits = contiguous(logits);
     let targets = ids(targets);
-    let weights = f32s(&contiguous(weights)).to_vec();
+    let weights = weights.map(|w| f32s(&contiguous(w)).to_vec());
     assert!(
-        targets.len() == m && weights.len() == m,
-        "weighted cross-entropy: {m} rows of logits, {} targets, {} weights",
+        targets.len() == m && weights.as_ref().is_none_or(|w| w.len() == m),
+        "cross-entropy: {m} rows of logits, {} targets, {:?} weights",
         targets.len(),
-        weights.len()
+        weights.as_ref().map(Vec::len)
     );
-    let (loss, lse) = rows::cross_entropy_weighted(f32s(&logits), v, &targets, &weights);
-    (logits, targets, weights, lse, tensor(vec![loss], &[1]))
+    let (loss, lse) = match &weights {
+        None => rows::cross_entropy(f32s(&logits), v, &targets),
+        Some(w) => rows::cross_entropy_weighted(f32s(&logits), v, &targets, w),
+    };
+    let saved = CrossEntropySaved {
+        logits,
+        targets: Arc::new(targets),
+        weights: weights.map(Arc::new),
+        lse: Arc::new(lse),
+    };
+    (saved, tensor(vec![loss], &[1]))
 }
 
-fn cross_entropy_forward(logits: &T, targets: &IntTensor<Flex>) -> (T, Vec<usize>, Vec<f32>, T) {
-    let [m, v] = dims2(logits);
-    let logits = contiguous(logits);
-    let targets = ids(targets);
-    assert_eq!(
-        targets.len(),
-        m,
-        "cross-entropy: {m} rows of logits, {} targets",
-        targets.len()
-    );
-    let (loss, lse) = rows::cross_entropy(f32s(&logits), v, &targets);
-    (logits, targets, lse, tensor(vec![loss], &[1]))
+/// Either cross-entropy under autodiff: the gradient reaches the logits only.
+fn cross_entropy_tracked<C: CheckpointStrategy>(
+    logits: FloatTensor<Autodiff<Flex, C>>,
+    targets: IntTensor<Flex>,
+    weights: Option<&T>,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    let prep = CrossEntropyBackward
+        .prepare::<C>([logits.node()])
+        .compute_bound()
+        .stateful();
+    let (saved, loss) = cross_entropy_forward(logits.primitive(), &targets, weights);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish(saved, loss),
+        OpsKind::UnTracked(prep) => prep.finish(loss),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,11 +484,11 @@ impl FusedOps for Flex {
     }
 
     fn cross_entropy(logits: T, targets: IntTensor<Flex>) -> T {
-        cross_entropy_forward(&logits, &targets).3
+        cross_entropy_forward(&logits, &targets, None).1
     }
 
     fn cross_entropy_weighted(logits: T, targets: IntTensor<Flex>, weights: T) -> T {
-        cross_entropy_weighted_forward(&logits, &targets, &weights).4
+        cross_entropy_forward(&logits, &targets, Some(&weights)).1
     }
 
     fn adamw(p: T, g: T, m: T, v: T, step: AdamStep) -> (T, T, T) {
@@ -651,22 +631,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     }
 
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        let prep = CrossEntropyBackward
-            .prepare::<C>([logits.node()])
-            .compute_bound()
-            .stateful();
-        let (logits, targets, lse, loss) = cross_entropy_forward(logits.primitive(), &targets);
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish(
-                CrossEntropySaved {
-                    logits,
-                    targets: Arc::new(targets),
-                    lse: Arc::new(lse),
-                },
-                loss,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(loss),
-        }
+        cross_entropy_tracked::<C>(logits, targets, None)
     }
 
     fn cross_entropy_weighted(
@@ -674,24 +639,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         targets: IntTensor<Self>,
         weights: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let prep = WeightedBackward
-            .prepare::<C>([logits.node()])
-            .compute_bound()
-            .stateful();
-        let (logits, targets, weights, lse, loss) =
-            cross_entropy_weighted_forward(logits.primitive(), &targets, weights.primitive());
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish(
-                WeightedSaved {
-                    logits,
-                    targets: Arc::new(targets),
-                    weights: Arc::new(weights),
-                    lse: Arc::new(lse),
-                },
-                loss,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(loss),
-        }
+        cross_entropy_tracked::<C>(logits, targets, Some(weights.primitive()))
     }
 
     // The optimizer works on parameter values outside the graph: these track nothing.
