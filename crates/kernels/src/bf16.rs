@@ -19,7 +19,9 @@
 
 use std::mem::MaybeUninit;
 
+use crate::Block64;
 use crate::dense::Operand;
+use crate::panels::Panels;
 
 /// Rows (and columns) of a tile, and `k` per tile.
 const T: usize = 16;
@@ -135,20 +137,25 @@ fn b_at(b: Operand, k: usize, n: usize, l: usize, j: usize) -> u16 {
 /// kernel, by `kt` tiles of k, each `len` elements. `fill(tile, start, l0)` writes the tile whose
 /// rows (columns) begin at `start` and whose k begins at `l0`; tiles wholly past the `extent`
 /// rows (columns) are the padding and stay zero.
-fn tiles<E: Copy + Default>(
+fn tiles<E: Copy + Default + Send>(
     extent: usize,
     kt: usize,
     len: usize,
-    mut fill: impl FnMut(&mut [E], usize, usize),
+    fill: impl Fn(&mut [E], usize, usize) + Sync,
 ) -> Vec<E> {
+    use rayon::prelude::*;
     let blocks = extent.div_ceil(2 * T) * 2;
     let mut p = vec![E::default(); blocks * kt * len];
-    for (i, tile) in p.chunks_exact_mut(len).enumerate() {
-        let (start, l0) = (i / kt * T, i % kt * KT);
-        if start < extent {
-            fill(tile, start, l0);
-        }
-    }
+    // In parallel: the tied head's weight is 0.3 G elements, packed twice a training step.
+    p.par_chunks_exact_mut(len)
+        .with_min_len(64)
+        .enumerate()
+        .for_each(|(i, tile)| {
+            let (start, l0) = (i / kt * T, i % kt * KT);
+            if start < extent {
+                fill(tile, start, l0);
+            }
+        });
     p
 }
 
@@ -439,6 +446,76 @@ pub fn pack_rows(k: usize, n: usize, row: impl Fn(usize, &mut [u16]) + Sync) -> 
     PackedB { data, k, n }
 }
 
+/// A ternary matrix `W` (`rows × cols`, its codes in [`Panels`]) as B (`k = rows`, `n = cols`),
+/// each code mapped to `−g, 0, +g` (`g` a bf16): the same bits as [`pack_rows`] of its unpacked
+/// rows, straight from the codes. A panel row pair (32 rows) is exactly one B tile's `k` and a
+/// 16-column run one tile's columns, so each tile comes from two 64-byte panel blocks with no
+/// row buffer in between; the padding codes (weight 0) become the tiles' zero padding.
+pub fn pack_ternary(w: &Panels, g: u16) -> PackedB {
+    use rayon::prelude::*;
+    const _: () = assert!(KT == crate::panels::PAIR && T == crate::panels::RUN);
+    let (k, n) = (w.rows, w.cols);
+    let levels = [g ^ 0x8000, 0, g];
+    if !crate::has_x86_v4() {
+        return pack_rows(k, n, |r, dst| w.unpack_row(r, dst, levels));
+    }
+    let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
+    let per = kt * TILE / 2;
+    let mut data: Vec<u32> = Vec::with_capacity(nt * per);
+    data.spare_capacity_mut()[..nt * per]
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(tj, column)| {
+            for (c, tile) in column.chunks_exact_mut(TILE / 2).enumerate() {
+                if tj < w.nq {
+                    let pair = w.pair(c);
+                    // SAFETY: AVX-512 F present (`has_x86_v4`); the tile is TILE / 2 long.
+                    unsafe { tile_ternary([&pair[2 * tj], &pair[2 * tj + 1]], levels, tile) };
+                } else {
+                    tile.fill(MaybeUninit::new(0));
+                }
+            }
+        });
+    // SAFETY: every tile of every column chunk was written above.
+    unsafe { data.set_len(nt * per) };
+    PackedB { data, k, n }
+}
+
+/// One B tile from a row pair's two blocks of one column run (rows 0–15, then 16–31): pair row
+/// `q` holds rows `2q`, `2q + 1`, i.e. words `2q`, `2q + 1` of block `q / 8`.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `tile.len() == TILE / 2`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_ternary(blocks: [&Block64; 2], levels: [u16; 3], tile: &mut [MaybeUninit<u32>]) {
+    assert_eq!(tile.len(), TILE / 2);
+    // Lane i decodes column i: byte i % 4 of the row's word, bits 2·(i / 4) (see `panels`).
+    let shifts = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
+    let [neg, zero, pos] = levels.map(|v| v as i32);
+    // Code 3 never occurs; it reads 0.
+    let table = _mm512_setr_epi32(neg, zero, pos, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let three = _mm512_set1_epi32(3);
+    let decode = |word: u32| {
+        let codes = _mm512_and_si512(
+            _mm512_srlv_epi32(_mm512_set1_epi32(word as i32), shifts),
+            three,
+        );
+        _mm512_permutexvar_epi32(codes, table)
+    };
+    let out = tile.as_mut_ptr().cast::<__m512i>();
+    for (h, block) in blocks.into_iter().enumerate() {
+        let word = |j: usize| u32::from_le_bytes(block.0[4 * j..4 * j + 4].try_into().unwrap());
+        for q in 0..T / 2 {
+            let v = _mm512_or_si512(
+                decode(word(2 * q)),
+                _mm512_slli_epi32::<16>(decode(word(2 * q + 1))),
+            );
+            // SAFETY: pair row 8h + q of the 1 KiB tile is 64 bytes at that index.
+            unsafe { _mm512_storeu_si512(out.add(T / 2 * h + q), v) };
+        }
+    }
+}
+
 /// `a · b` for `a` read as `m × k` and B packed, into a new `[m, n]` matrix written without
 /// being zeroed first; with `split`, the rows of (untransposed) `a` in two halves side by side.
 pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32> {
@@ -725,6 +802,32 @@ mod tests {
             for split in [false, true] {
                 assert_eq!(product_packed(5, Operand::n(&x), &got, split), direct);
             }
+        }
+    }
+
+    #[test]
+    fn ternary_tiles_equal_the_unpacked_rows_packed() {
+        // Odd rows and columns (partial row pairs and runs), an odd run count (a padding column
+        // tile) and an even one.
+        for (rows, cols) in [(1, 1), (37, 50), (64, 32), (33, 17), (96, 48), (70, 129)] {
+            let w = crate::bitlinear::TernaryMatrix::quantize(
+                &lcg(rows as u64, rows * cols),
+                rows,
+                cols,
+            );
+            let g = to_bf16(w.scale);
+            let levels = [g ^ 0x8000, 0, g];
+            let want = pack_rows(rows, cols, |r, dst| w.panels.unpack_row(r, dst, levels));
+            // The reference holds every code: all three levels occur (past one weight).
+            assert!(
+                rows * cols == 1
+                    || levels
+                        .iter()
+                        .all(|l| want.data.iter().any(|&v| v as u16 == *l))
+            );
+            let got = pack_ternary(&w.panels, g);
+            assert_eq!((got.k, got.n), (rows, cols));
+            assert_eq!(got.data, want.data, "{rows} x {cols}");
         }
     }
 

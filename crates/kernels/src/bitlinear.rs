@@ -317,9 +317,7 @@ pub fn backward_dx(
 fn backward_dx_bf16(dy: &[f32], m: usize, w: &TernaryMatrix, split: bool) -> Vec<f32> {
     use crate::bf16;
     let g = bf16::to_bf16(w.scale);
-    let b = bf16::pack_rows(w.rows, w.cols, |r, dst| {
-        w.panels.unpack_row(r, dst, [g ^ 0x8000, 0, g])
-    });
+    let b = bf16::pack_ternary(&w.panels, g);
     bf16::product_packed(m, crate::dense::Operand::n(dy), &b, split)
 }
 
