@@ -78,9 +78,46 @@ unsafe fn tile512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32])
             }
         }
     }
-    for t in 0..NT {
-        out[t] = _mm512_reduce_add_epi32(acc[t]);
+    // SAFETY: `out` holds the NT tokens' results (the callers pass 4 or 8).
+    unsafe { store_sums::<NT>(&acc, out) };
+}
+
+/// The horizontal sums of four or eight accumulators into `out[..NT]`, by a transpose-and-add
+/// network: a batch of a few tokens against one block spent more on `NT` separate horizontal
+/// sums than on its multiply-adds. Integer sums: exact in any order.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `NT` is 4 or 8 and `out.len() ≥ NT`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_sums<const NT: usize>(acc: &[__m512i; NT], out: &mut [i32]) {
+    assert!((NT == 4 || NT == 8) && out.len() >= NT);
+    // Stage 1: within each 128-bit chunk, [a0+a2, b0+b2, a1+a3, b1+b3] of a pair (a, b).
+    let mut p = [_mm512_setzero_si512(); 4];
+    for i in 0..NT / 2 {
+        let (a, b) = (acc[2 * i], acc[2 * i + 1]);
+        p[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
     }
+    // Stage 2: chunk j of q[i] holds chunk j's sums of accumulators 4i..4i+3.
+    let mut q = [_mm512_setzero_si512(); 2];
+    for i in 0..NT / 4 {
+        let (a, b) = (p[2 * i], p[2 * i + 1]);
+        q[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
+    // Stages 3–4: add the four chunks; chunk k of `r` then holds accumulators 4k..4k+3 (for
+    // four, chunk 0 alone is used).
+    let e = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(q[0], q[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(q[0], q[1]),
+    );
+    let r = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(e, e),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(e, e),
+    );
+    let mut all = [0i32; 16];
+    // SAFETY: 16 i32 into a 16-element array.
+    unsafe { _mm512_storeu_si512(all.as_mut_ptr().cast(), r) };
+    out[..NT].copy_from_slice(&all[..NT]);
 }
 
 /// Sixteen tokens: the 16 accumulators are reduced together by a transpose-and-add network
