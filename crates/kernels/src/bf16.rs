@@ -461,6 +461,13 @@ pub fn pack_ternary(w: &Panels, g: u16) -> PackedB {
     }
     let (nt, kt) = (n.div_ceil(2 * T) * 2, k.div_ceil(KT));
     let per = kt * TILE / 2;
+    if nt * per == 0 {
+        return PackedB {
+            data: Vec::new(),
+            k,
+            n,
+        };
+    }
     let mut data: Vec<u32> = Vec::with_capacity(nt * per);
     data.spare_capacity_mut()[..nt * per]
         .par_chunks_mut(per)
@@ -485,7 +492,7 @@ pub fn pack_ternary(w: &Panels, g: u16) -> PackedB {
 /// `q` holds rows `2q`, `2q + 1`, i.e. words `2q`, `2q + 1` of block `q / 8`.
 ///
 /// # Safety
-/// The CPU has AVX-512 F; `tile.len() == TILE / 2`.
+/// The CPU has AVX-512 F.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_ternary(blocks: [&Block64; 2], levels: [u16; 3], tile: &mut [MaybeUninit<u32>]) {
     assert_eq!(tile.len(), TILE / 2);
@@ -829,6 +836,11 @@ mod tests {
             assert_eq!((got.k, got.n), (rows, cols));
             assert_eq!(got.data, want.data, "{rows} x {cols}");
         }
+        // An empty matrix packs to nothing on either path.
+        let empty = Panels::zeros(0, 5);
+        assert!(pack_ternary(&empty, 0x3f80).data.is_empty());
+        assert!(pack_rows(0, 5, |_, _| {}).data.is_empty());
+        eprintln!("vector path tested: {}", crate::has_x86_v4());
     }
 
     /// The product of the bf16-rounded operands in f64: what the tile unit computes, up to the
