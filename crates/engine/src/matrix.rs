@@ -236,7 +236,6 @@ impl TernaryMatrix {
         row_stride: usize,
     ) {
         let nb = self.nb;
-        let mut dots = [0i32; TILE];
         let n = toks.len();
         let mut rows_of: [&[i8]; TILE] = [&[]; TILE];
         for (x, t) in rows_of.iter_mut().zip(toks.clone()) {
@@ -247,35 +246,49 @@ impl TernaryMatrix {
             // One kernel call for the whole row range, a bounded slice of it at a time.
             const PER: usize = 64;
             let mut all = [0i32; PER * TILE];
+            let (sums, inv) = (&a.sums()[toks.clone()], &a.inv_scale[toks.clone()]);
             for r0 in rows.clone().step_by(PER) {
                 let r1 = (r0 + PER).min(rows.end);
                 let out = &mut all[..(r1 - r0) * n];
                 kernels::ternary_rows(isa, &self.blocks[r0 * nb..r1 * nb], nb, xs, out);
                 for (j, r) in (r0..r1).enumerate() {
-                    let i = r - rows.start;
-                    for (k, t) in toks.clone().enumerate() {
-                        dst[k * tok_stride + i * row_stride] =
-                            rescale(out[j * n + k] - a.sum(t), self.scales[r], a.inv_scale[t]);
+                    let (i, ws, dots) = (r - rows.start, self.scales[r], &out[j * n..(j + 1) * n]);
+                    if tok_stride == 1 {
+                        // Batched decode: a row's tokens side by side, a loop that vectorizes.
+                        let d = &mut dst[i * row_stride..i * row_stride + n];
+                        for (((o, &v), &s), &f) in d.iter_mut().zip(dots).zip(sums).zip(inv) {
+                            *o = rescale(v - s, ws, f);
+                        }
+                    } else {
+                        for (k, ((&v, &s), &f)) in dots.iter().zip(sums).zip(inv).enumerate() {
+                            dst[k * tok_stride + i * row_stride] = rescale(v - s, ws, f);
+                        }
                     }
                 }
             }
             return;
         }
-        for (i, r) in rows.enumerate() {
-            let w = &self.blocks[r * nb..(r + 1) * nb];
-            let mut acc = [0f32; TILE];
-            let mut block_of: [&[i8]; TILE] = [&[]; TILE];
-            for b in 0..nb {
-                for (xb, x) in block_of.iter_mut().zip(xs) {
-                    *xb = &x[BLOCK * b..];
-                }
-                kernels::ternary_dots(isa, &w[b..b + 1], &block_of[..n], &mut dots[..n]);
+        // A scale per (row, block): the kernel sums the scaled blocks, a slice of rows a call.
+        const PER: usize = 64;
+        let mut all = [0f32; PER * TILE];
+        let sums = &a.block_sums[toks.start * nb..toks.end * nb];
+        for r0 in rows.clone().step_by(PER) {
+            let r1 = (r0 + PER).min(rows.end);
+            let out = &mut all[..(r1 - r0) * n];
+            kernels::ternary_rows_scaled(
+                isa,
+                &self.blocks[r0 * nb..r1 * nb],
+                nb,
+                xs,
+                sums,
+                &self.scales[r0 * nb..r1 * nb],
+                out,
+            );
+            for (j, r) in (r0..r1).enumerate() {
+                let i = r - rows.start;
                 for (k, t) in toks.clone().enumerate() {
-                    acc[k] += (dots[k] - a.block_sums[t * nb + b]) as f32 * self.scales[r * nb + b];
+                    dst[k * tok_stride + i * row_stride] = out[j * n + k] * a.inv_scale[t];
                 }
-            }
-            for (k, t) in toks.clone().enumerate() {
-                dst[k * tok_stride + i * row_stride] = acc[k] * a.inv_scale[t];
             }
         }
     }

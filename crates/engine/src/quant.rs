@@ -60,6 +60,11 @@ impl QuantActs {
     pub fn sum(&self, t: usize) -> i32 {
         self.sums[t]
     }
+
+    /// `Σ q` per token.
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,51 @@ fn ternary_rows_equal_one_dot_per_row() {
 }
 
 #[test]
+fn scaled_block_rows_equal_the_per_block_sum() {
+    let mut rng = Rng(5);
+    for nb in [1usize, 3] {
+        let rows = 5;
+        let w: Vec<Block64> = (0..rows * nb)
+            .map(|_| {
+                let mut b = Block64([0; 64]);
+                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
+                b
+            })
+            .collect();
+        let scales: Vec<f32> = (0..rows * nb).map(|_| rng.f32() + 0.5).collect();
+        for ntok in 1..=16usize {
+            let xs: Vec<Vec<i8>> = (0..ntok)
+                .map(|_| (0..nb * 256).map(|_| rng.next() as i8).collect())
+                .collect();
+            let refs: Vec<&[i8]> = xs.iter().map(|v| v.as_slice()).collect();
+            let sums: Vec<i32> = (0..ntok * nb)
+                .map(|i| (i as i32 * 37) % 500 - 250)
+                .collect();
+            // The definition: each block's exact dot, less its sum, times its scale, in block order.
+            let mut want = vec![0f32; rows * ntok];
+            for r in 0..rows {
+                for t in 0..ntok {
+                    let mut acc = 0f32;
+                    for b in 0..nb {
+                        let dot: i32 = (0..256)
+                            .map(|e| w[r * nb + b].get(e) as i32 * xs[t][256 * b + e] as i32)
+                            .sum();
+                        acc += (dot - sums[t * nb + b]) as f32 * scales[r * nb + b];
+                    }
+                    want[r * ntok + t] = acc;
+                }
+            }
+            for &isa in &Isa::available() {
+                let mut got = vec![0f32; rows * ntok];
+                kernels::ternary_rows_scaled(isa, &w, nb, &refs, &sums, &scales, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa:?} nb={nb} ntok={ntok}");
+            }
+        }
+    }
+}
+
+#[test]
 fn float_simd_equals_scalar() {
     let mut rng = Rng(2);
     for d in [16usize, 48, 64, 256] {
@@ -107,7 +152,7 @@ fn float_simd_equals_scalar() {
             .iter()
             .map(|&v| half::f16::from_f32(v).to_bits())
             .collect();
-        for ntok in [1usize, 2, 3, 4, 5, 7, 9, 16, 18] {
+        for ntok in [1usize, 2, 3, 4, 5, 7, 8, 9, 11, 16, 18, 24] {
             let xs: Vec<Vec<f32>> = (0..ntok)
                 .map(|_| (0..d).map(|_| rng.f32() * 3.0).collect())
                 .collect();

@@ -273,6 +273,66 @@ pub fn ternary_rows(isa: Isa, w: &[Block64], nb: usize, xs: &[&[i8]], out: &mut 
     }
 }
 
+/// For weights with a scale per (row, 256-block) (a GGUF whose blocks carry different `d`):
+/// `out[r·n + t] = Σ_b (dot(row r, block b, xs[t]) − sums[t·nb + b]) as f32 · scales[r·nb + b]`,
+/// the blocks summed in order, for consecutive rows of `nb` blocks and `n = xs.len()` ≤ 16 tokens
+/// (`sums` holds each token's per-block activation sums). One call per slice of rows: a call
+/// per row and block cost more than its 32 multiply-adds for a batch of eight tokens.
+pub fn ternary_rows_scaled(
+    isa: Isa,
+    w: &[Block64],
+    nb: usize,
+    xs: &[&[i8]],
+    sums: &[i32],
+    scales: &[f32],
+    out: &mut [f32],
+) {
+    let n = xs.len();
+    assert!(n > 0 && n <= 16 && nb > 0);
+    assert!(w.len().is_multiple_of(nb) && scales.len() == w.len() && sums.len() == n * nb);
+    assert!(out.len() == w.len() / nb * n);
+    assert!(xs.iter().all(|x| x.len() >= nb * BLOCK));
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
+    // Per block, every token's activations from that block on, and its sums block-major.
+    let mut shifted: Vec<[&[i8]; 16]> = vec![[&[][..]; 16]; nb];
+    let mut by_block = vec![[0i32; 16]; nb];
+    for b in 0..nb {
+        for t in 0..n {
+            shifted[b][t] = &xs[t][BLOCK * b..];
+            by_block[b][t] = sums[t * nb + b];
+        }
+    }
+    let mut dots = [0i32; 16];
+    for ((row, o), s) in w
+        .chunks_exact(nb)
+        .zip(out.chunks_exact_mut(n))
+        .zip(scales.chunks_exact(nb))
+    {
+        let mut acc = [0f32; 16];
+        for (b, blk) in row.iter().enumerate() {
+            let blk = std::slice::from_ref(blk);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa.supported()` (asserted above): the CPU has avx512f/bw/vnni; each
+                // shifted row holds the 256 activations of this block (lengths asserted above).
+                Isa::Avx512Vnni => unsafe {
+                    x86::ternary_dots_avx512(blk, &shifted[b][..n], &mut dots[..n])
+                },
+                _ => ternary_dots(isa, blk, &shifted[b][..n], &mut dots[..n]),
+            }
+            // Multiply, then add (never fused): the same rounding as one token at a time.
+            for ((a, &d), &bs) in acc.iter_mut().zip(&dots).zip(&by_block[b]) {
+                *a += (d - bs) as f32 * s[b];
+            }
+        }
+        o.copy_from_slice(&acc[..n]);
+    }
+}
+
 /// Float weight rows for the LM head (the tied embedding), in the file's own encoding.
 #[derive(Clone, Copy, Debug)]
 pub enum FloatRows<'a> {
