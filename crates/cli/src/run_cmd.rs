@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use tritium_engine::forward::{Step, forward_batch};
 use tritium_engine::{
     Chat, Logits, Model, Runtime, Sampler, SamplerConfig, Session, Stop, generate,
 };
@@ -83,6 +84,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also decode this many sequences together (one batched forward a step, as `tritium serve`
+    /// runs its slots), each after the same prompt: aggregate tokens/s and the gain over one.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub batch: usize,
 }
 
 /// A count flag that must be at least `min` (clap names the flag and its value).
@@ -296,6 +301,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
+    let batch_med = if a.batch > 1 {
+        Some(batched_decode(&model, &prompt, a.batch, a.tg, a.reps)?)
+    } else {
+        None
+    };
     let bytes_per_token = model.bytes_per_token();
     let bw = if a.bandwidth {
         Some(read_bandwidth_gbs())
@@ -323,6 +333,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "read_bandwidth_gbs": bw,
         "bandwidth_fraction": bw.map(|b| bytes_per_token as f64 * tg_med / 1e9 / b),
         "peak_rss_mib": rss,
+        "batch": a.batch,
+        "tg_batch_tokens_per_s": batch_med,
+        "batch_gain": batch_med.map(|b| b / tg_med),
     });
     if a.json {
         println!("{report}");
@@ -354,8 +367,53 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 None => String::new(),
             }
         );
+        if let Some(b) = batch_med {
+            println!(
+                "  tg{:<4} × {} sequences in one batch: {b:8.1} tok/s in all, {:.2}× one sequence",
+                a.tg,
+                a.batch,
+                b / tg_med
+            );
+        }
     }
     Ok(())
+}
+
+/// Median aggregate tokens/s of `n` sequences decoding `tg` tokens each, one batched forward a
+/// step, every sequence first given `prompt` on its own (untimed); one warm-up round.
+fn batched_decode(model: &Model, prompt: &[u32], n: usize, tg: usize, reps: usize) -> Result<f64> {
+    let mut sessions = (0..n)
+        .map(|_| Session::new(model, prompt.len() + tg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rates = Vec::new();
+    for rep in 0..=reps {
+        let mut next = Vec::with_capacity(n);
+        for s in sessions.iter_mut() {
+            s.reset();
+            next.push([argmax_f32(s.forward(prompt, Logits::Last)?)]);
+        }
+        let t = Instant::now();
+        for _ in 0..tg {
+            let mut steps: Vec<Step> = sessions
+                .iter_mut()
+                .zip(&next)
+                .map(|(sess, tok)| Step {
+                    sess,
+                    tokens: tok,
+                    logits: Logits::Last,
+                })
+                .collect();
+            forward_batch(&mut steps)?;
+            drop(steps);
+            for (tok, s) in next.iter_mut().zip(&sessions) {
+                tok[0] = argmax_f32(&s.logits);
+            }
+        }
+        if rep > 0 {
+            rates.push((n * tg) as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(&mut rates))
 }
 
 fn argmax_f32(l: &[f32]) -> u32 {
