@@ -8,6 +8,7 @@ use tritium_gguf::blocks::{
     I2S_BLOCK, QK_K, TQ1_0_BYTES, TQ2_0_BYTES, i2_s_codes, tq1_0_codes, tq2_0_codes,
 };
 
+use crate::kernels::panels::{self, Panels};
 use crate::kernels::{self, BLOCK, Block64, Isa};
 use crate::quant::QuantActs;
 use crate::runtime::Runtime;
@@ -25,6 +26,10 @@ pub struct TernaryMatrix {
     /// different `d`): the factor that turns the integer dot product into the weight side of `y`.
     pub scales: Vec<f32>,
     pub per_block: bool,
+    /// The same codes in the many-token layout ([`kernels::panels`], training's forward), for
+    /// prompts; one token at a time stays on the row blocks, which are faster for it. Built by
+    /// [`Self::with_panels`] (one scale per row only).
+    pub panels: Option<Panels>,
 }
 
 impl TernaryMatrix {
@@ -45,6 +50,7 @@ impl TernaryMatrix {
             blocks: vec![Block64::ZERO; rows * nb],
             scales: vec![0.0; rows * nb],
             per_block: true,
+            panels: None,
         };
         // Codes and one `d` per 256 packed weights (I2_S has a single tensor scale).
         let mut codes = [0u8; QK_K];
@@ -137,6 +143,7 @@ impl TernaryMatrix {
             blocks: Vec::new(),
             scales: Vec::new(),
             per_block,
+            panels: None,
         };
         for p in parts {
             out.rows += p.rows;
@@ -151,6 +158,24 @@ impl TernaryMatrix {
         out
     }
 
+    /// Adds the many-token layout of these codes (rows with one scale each; a matrix with a scale
+    /// per block keeps the row blocks only). Prompts then run through it; the results are the
+    /// same bits (the same integer sums, rescaled in the same order).
+    pub fn with_panels(mut self) -> Self {
+        if self.per_block || self.rows == 0 || self.cols == 0 {
+            return self;
+        }
+        let (blocks, nb) = (&self.blocks, self.nb);
+        let p = Panels::from_rows(self.rows, self.cols, |r, dst| {
+            let row = &blocks[r * nb..(r + 1) * nb];
+            for (c, d) in dst.iter_mut().enumerate() {
+                *d = row[c / BLOCK].get(c % BLOCK);
+            }
+        });
+        self.panels = Some(p);
+        self
+    }
+
     pub fn bytes(&self) -> usize {
         self.blocks.len() * 64 + self.scales.len() * 4
     }
@@ -161,6 +186,27 @@ impl TernaryMatrix {
         let nt = a.ntok;
         assert_eq!(a.nb, self.nb, "activation width does not match the matrix");
         assert_eq!(out.len(), nt * self.rows);
+        if let (Some(p), true) = (&self.panels, nt >= 2 * TILE) {
+            // Many tokens (prompts) on the many-token layout: threads take token ranges, each
+            // streaming the whole matrix against its tokens. The kernel's factor 1 leaves each
+            // integer sum as an f32; the rescale is then `rescale`'s, in its order.
+            let ones = [1f32; PROMPT_TOKENS];
+            // Every thread gets tokens, up to PROMPT_TOKENS each.
+            let per = nt.div_ceil(pool.threads()).clamp(1, PROMPT_TOKENS);
+            pool.for_each_chunk(out, per * self.rows, |c, dst| {
+                let t0 = c * per;
+                let n = dst.len() / self.rows;
+                let xs: Vec<&[i8]> = (t0..t0 + n).map(|t| a.row(t)).collect();
+                panels::product(isa, p, &xs, &a.sums()[t0..t0 + n], &ones[..n], dst);
+                for (row, t) in dst.chunks_exact_mut(self.rows).zip(t0..) {
+                    let inv = a.inv_scale[t];
+                    for (o, &ws) in row.iter_mut().zip(&self.scales) {
+                        *o = *o * ws * inv;
+                    }
+                }
+            });
+            return;
+        }
         if nt >= 2 * TILE {
             // Many tokens (prompts): threads take token tiles, each streaming the whole matrix
             // (from L2/L3) against its tile and writing its own output rows.
@@ -293,6 +339,10 @@ impl TernaryMatrix {
         }
     }
 }
+
+/// Tokens per task on the many-token layout: their int8 rows stay in L2 while the matrix streams
+/// past (as training's forward does).
+const PROMPT_TOKENS: usize = 64;
 
 /// Tokens per kernel call: the activations of a tile stay in L1 while weight rows stream past.
 const TILE: usize = 16;

@@ -162,13 +162,13 @@ impl Model {
             use Projection::*;
             layers.push(Layer {
                 attn_norm: norm(BlockNorm::Attn, d)?,
-                wqkv: TernaryMatrix::stack(vec![p(Q)?, p(K)?, p(V)?]),
+                wqkv: TernaryMatrix::stack(vec![p(Q)?, p(K)?, p(V)?]).with_panels(),
                 attn_sub_norm: norm(BlockNorm::AttnSub, d)?,
-                wo: p(O)?,
+                wo: p(O)?.with_panels(),
                 ffn_norm: norm(BlockNorm::Ffn, d)?,
-                wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]),
+                wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]).with_panels(),
                 ffn_sub_norm: norm(BlockNorm::FfnSub, f)?,
-                wdown: p(Down)?,
+                wdown: p(Down)?.with_panels(),
                 scales,
             });
         }

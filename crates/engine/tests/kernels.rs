@@ -280,6 +280,53 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
 }
 
 #[test]
+fn prompts_on_panels_equal_the_row_blocks_and_one_token_at_a_time_bit_for_bit() {
+    let rt = Runtime::new(2);
+    let mut rng = Rng(6);
+    for (rows, cols) in [(5usize, 256usize), (33, 768), (70, 512)] {
+        let q = trits(&mut rng, rows * cols);
+        let qf: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        let bytes = quantize_tq2_0(&qf);
+        let m = TernaryMatrix::from_gguf(GgmlType::Tq2_0, &bytes, cols, rows, 0.0123).unwrap();
+        let mp = m.clone().with_panels();
+        assert!(m.panels.is_none() && mp.panels.is_some());
+        // 32 tokens and up take the many-token path; 130 leaves a partial task of 2.
+        for ntok in [32usize, 40, 64, 130] {
+            let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32() * 4.0).collect();
+            let mut a = QuantActs::default();
+            a.quantize(&x, cols);
+            for &isa in &Isa::available() {
+                let rt = rt.clone().with_isa(isa);
+                let (mut rows_y, mut panels_y) = (vec![0f32; ntok * rows], vec![0f32; ntok * rows]);
+                m.matmul(&rt, &a, &mut rows_y);
+                mp.matmul(&rt, &a, &mut panels_y);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&panels_y),
+                    bits(&rows_y),
+                    "{isa:?} {rows}x{cols} ntok={ntok}"
+                );
+                // And what decoding the same tokens one at a time gives.
+                for t in [0, ntok / 2, ntok - 1] {
+                    let mut one = QuantActs::default();
+                    one.quantize(&x[t * cols..(t + 1) * cols], cols);
+                    let mut y = vec![0f32; rows];
+                    mp.matmul(&rt, &one, &mut y);
+                    assert_eq!(bits(&y), bits(&panels_y[t * rows..(t + 1) * rows]), "t={t}");
+                }
+            }
+        }
+    }
+    // A matrix with a scale per block keeps its row blocks only.
+    let varied: Vec<f32> = (0..4 * 512)
+        .map(|i| ((i % 3) as f32 - 1.0) * (1 + i / 256) as f32)
+        .collect();
+    let m =
+        TernaryMatrix::from_gguf(GgmlType::Tq2_0, &quantize_tq2_0(&varied), 512, 4, 1.0).unwrap();
+    assert!(m.per_block && m.with_panels().panels.is_none());
+}
+
+#[test]
 fn i2_s_rows_of_128_are_padded() {
     // cols = 384 = 1.5 packed blocks: the half block is padded with zero weights.
     let mut rng = Rng(4);

@@ -37,6 +37,12 @@ pub struct Panels {
     pub blocks: Vec<Block64>,
 }
 
+impl std::fmt::Debug for Panels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Panels({} x {})", self.rows, self.cols)
+    }
+}
+
 impl Panels {
     /// All weights zero (code 1).
     pub fn zeros(rows: usize, cols: usize) -> Panels {
@@ -47,6 +53,32 @@ impl Panels {
             nq,
             blocks: vec![Block64::ZERO; rows.div_ceil(PAIR) * nq * 2],
         }
+    }
+
+    /// Packs a matrix given a row at a time: `row(r, dst)` writes row `r`'s `cols` codes
+    /// (`q + 1`). Row pairs in parallel.
+    pub fn from_rows(rows: usize, cols: usize, row: impl Fn(usize, &mut [u8]) + Sync) -> Panels {
+        use rayon::prelude::*;
+        let mut p = Panels::zeros(rows, cols);
+        let stride = p.nq * RUN;
+        if cols == 0 {
+            return p;
+        }
+        p.blocks
+            .par_chunks_mut(2 * p.nq)
+            .enumerate()
+            .for_each(|(pair, blocks)| {
+                let mut codes = vec![1u8; PAIR * stride];
+                for (i, dst) in codes.chunks_mut(stride).enumerate() {
+                    let r = PAIR * pair + i;
+                    if r >= rows {
+                        break;
+                    }
+                    row(r, &mut dst[..cols]);
+                }
+                Panels::pack_pair(blocks, &codes, stride);
+            });
+        p
     }
 
     /// Padded columns: what each token's activation row must hold at least.
