@@ -19,6 +19,11 @@ pub struct Spec {
     /// `tritium export` writes by default) instead of the scale in every block.
     pub exact_scales: bool,
     pub seed: u64,
+    /// Vocabulary size: 0 for the byte-level one below, else padded to this with tokens that
+    /// never merge (benchmark shapes need the real LM head's size).
+    pub vocab: usize,
+    /// ReLU² feed-forward (2B4T) instead of SiLU.
+    pub relu2: bool,
 }
 
 impl Default for Spec {
@@ -33,26 +38,30 @@ impl Default for Spec {
             weights: GgmlType::Tq2_0,
             exact_scales: false,
             seed: 1,
+            vocab: 0,
+            relu2: false,
         }
     }
 }
 
 /// The vocabulary: the 256 byte tokens of GPT-2's byte-level alphabet in order, one merge, and an
 /// end-of-text control token.
-fn vocab() -> (Vec<String>, Vec<String>) {
+fn vocab(size: usize) -> (Vec<String>, Vec<String>) {
     let mut tokens: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
         .into_iter()
         .map(|c| c.to_string())
         .collect();
     tokens.sort();
     tokens.push("Ġt".into());
+    let extra = size.saturating_sub(tokens.len() + 1);
+    tokens.extend((0..extra).map(|i| format!("<|extra_{i}|>")));
     tokens.push("<|endoftext|>".into());
     (tokens, vec!["Ġ t".into()])
 }
 
 pub fn gguf(spec: &Spec) -> Vec<u8> {
     let mut rng = XorShift(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let (tokens, merges) = vocab();
+    let (tokens, merges) = vocab(spec.vocab);
     let v = tokens.len();
     let (d, f) = (spec.d_model, spec.d_ff);
     let kv = d / spec.n_heads * spec.n_kv_heads;
@@ -74,6 +83,10 @@ pub fn gguf(spec: &Spec) -> Vec<u8> {
         .kv(tokenizer::TOKEN_TYPE, Value::Array(types))
         .kv(tokenizer::MERGES, arr(merges))
         .kv(tokenizer::EOS_ID, Value::U32(v as u32 - 1));
+    if spec.relu2 {
+        // Absent, the `bitnet` architecture means SiLU.
+        w.kv(arch::FFN_ACT, Value::String("relu2".into()));
+    }
     w.tensor(
         names::TOKEN_EMBD,
         &[d as u64, v as u64],
@@ -144,5 +157,28 @@ impl XorShift {
         (0..n)
             .map(|_| ((self.next() % 2001) as f32 / 1000.0 - 1.0) * scale)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_shapes_keep_their_vocabulary_and_activation() {
+        let spec = Spec {
+            vocab: 600,
+            relu2: true,
+            ..Spec::default()
+        };
+        let path = std::path::Path::new("synthetic.gguf");
+        let m = crate::Model::from_bytes(path, gguf(&spec), &crate::Runtime::new(1)).unwrap();
+        assert_eq!(m.cfg.vocab, 600);
+        assert_eq!(m.cfg.act, tritium_gguf::hparams::Act::Relu2);
+        // The default stays the byte vocabulary with SiLU (the fuzz seeds and fixtures).
+        let m = crate::Model::from_bytes(path, gguf(&Spec::default()), &crate::Runtime::new(1))
+            .unwrap();
+        assert_eq!(m.cfg.vocab, 258);
+        assert_eq!(m.cfg.act, tritium_gguf::hparams::Act::Silu);
     }
 }
