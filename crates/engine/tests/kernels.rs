@@ -98,6 +98,44 @@ fn ternary_rows_equal_one_dot_per_row() {
 }
 
 #[test]
+fn one_token_matvec_equals_one_dot_per_row() {
+    let mut rng = Rng(7);
+    for nb in [1usize, 3, 6] {
+        // Whole groups of 16 rows, and a remainder.
+        for rows in [1usize, 5, 16, 17, 40] {
+            let w: Vec<Block64> = (0..rows * nb)
+                .map(|_| {
+                    let mut b = Block64([0; 64]);
+                    b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
+                    b
+                })
+                .collect();
+            let x: Vec<i8> = (0..nb * 256)
+                .map(|i| match i % 89 {
+                    0 => -128,
+                    1 => 127,
+                    _ => rng.next() as i8,
+                })
+                .collect();
+            let mut want = vec![0i32; rows];
+            for (r, o) in want.iter_mut().enumerate() {
+                kernels::ternary_dots(
+                    Isa::Scalar,
+                    &w[r * nb..(r + 1) * nb],
+                    &[&x],
+                    std::slice::from_mut(o),
+                );
+            }
+            for &isa in &Isa::available() {
+                let mut got = vec![0i32; rows];
+                kernels::ternary_matvec(isa, &w, nb, &x, &mut got);
+                assert_eq!(got, want, "{isa:?} nb={nb} rows={rows}");
+            }
+        }
+    }
+}
+
+#[test]
 fn scaled_block_rows_equal_the_per_block_sum() {
     let mut rng = Rng(5);
     for nb in [1usize, 3] {

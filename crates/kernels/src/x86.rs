@@ -120,8 +120,7 @@ unsafe fn store_sums<const NT: usize>(acc: &[__m512i; NT], out: &mut [i32]) {
     out[..NT].copy_from_slice(&all[..NT]);
 }
 
-/// Sixteen tokens: the 16 accumulators are reduced together by a transpose-and-add network
-/// (four stages) instead of sixteen separate horizontal sums.
+/// Sixteen tokens: the 16 accumulators are reduced together ([`store_sums16`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile512_16(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
@@ -138,6 +137,19 @@ unsafe fn tile512_16(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
             }
         }
     }
+    // SAFETY: out has 16 elements (the caller's contract).
+    unsafe { store_sums16(&acc, out) };
+}
+
+/// The horizontal sums of sixteen accumulators into `out[..16]`, by a transpose-and-add network
+/// (four stages) instead of sixteen separate horizontal sums.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `out.len() ≥ 16`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_sums16(acc: &[__m512i; 16], out: &mut [i32]) {
+    assert!(out.len() >= 16);
     // Stage 1: pairs → within each 128-bit chunk, [a0+a2, b0+b2, a1+a3, b1+b3].
     let mut p = [_mm512_setzero_si512(); 8];
     for i in 0..8 {
