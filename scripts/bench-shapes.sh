@@ -24,7 +24,8 @@ for r in $(seq "$rounds"); do
     target/release/tritium bench "$f" -t "$threads" --pp 128 --tg 64 --bandwidth | tail -3
     if [ -n "${LLAMA_BENCH:-}" ]; then
       echo "== round $r, $shape: llama.cpp"
-      "$LLAMA_BENCH" -m "$f" -t "$threads" -p 128 -n 64 -r 2 -o md 2>/dev/null | grep -E "pp128|tg64"
+      "$LLAMA_BENCH" -m "$f" -t "$threads" -p 128 -n 64 -r 2 -o md 2>"$work/llama-bench.err" |
+        grep -E "pp128|tg64" || { echo "llama-bench gave no result on $f:"; tail -3 "$work/llama-bench.err"; }
     fi
   done
 done

@@ -176,6 +176,11 @@ impl TernaryMatrix {
         self
     }
 
+    /// [`Self::with_panels`] when `yes`.
+    pub fn with_panels_if(self, yes: bool) -> Self {
+        if yes { self.with_panels() } else { self }
+    }
+
     pub fn bytes(&self) -> usize {
         self.blocks.len() * 64 + self.scales.len() * 4
     }
@@ -186,13 +191,16 @@ impl TernaryMatrix {
         let nt = a.ntok;
         assert_eq!(a.nb, self.nb, "activation width does not match the matrix");
         assert_eq!(out.len(), nt * self.rows);
-        if let (Some(p), true) = (&self.panels, nt >= 2 * TILE) {
+        let panels = self.panels.as_ref().filter(|_| panels::preferred(isa));
+        if let (Some(p), true) = (panels, nt >= 2 * TILE) {
             // Many tokens (prompts) on the many-token layout: threads take token ranges, each
             // streaming the whole matrix against its tokens. The kernel's factor 1 leaves each
             // integer sum as an f32; the rescale is then `rescale`'s, in its order.
             let ones = [1f32; PROMPT_TOKENS];
-            // Every thread gets tokens, up to PROMPT_TOKENS each.
-            let per = nt.div_ceil(pool.threads()).clamp(1, PROMPT_TOKENS);
+            // Tasks of at most PROMPT_TOKENS, as many as a whole multiple of the threads, evenly.
+            let threads = pool.threads().max(1);
+            let tasks = nt.div_ceil(PROMPT_TOKENS).div_ceil(threads) * threads;
+            let per = nt.div_ceil(tasks);
             pool.for_each_chunk(out, per * self.rows, |c, dst| {
                 let t0 = c * per;
                 let n = dst.len() / self.rows;

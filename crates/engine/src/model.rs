@@ -147,6 +147,8 @@ impl Model {
                 }
             }
         }
+        // The prompt layout only where its kernel runs (it costs a second copy of the weights).
+        let prompts = crate::kernels::panels::preferred(rt.isa);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for n in 0..cfg.n_layers {
             let mut scales = [None; 7];
@@ -162,13 +164,13 @@ impl Model {
             use Projection::*;
             layers.push(Layer {
                 attn_norm: norm(BlockNorm::Attn, d)?,
-                wqkv: TernaryMatrix::stack(vec![p(Q)?, p(K)?, p(V)?]).with_panels(),
+                wqkv: TernaryMatrix::stack(vec![p(Q)?, p(K)?, p(V)?]).with_panels_if(prompts),
                 attn_sub_norm: norm(BlockNorm::AttnSub, d)?,
-                wo: p(O)?.with_panels(),
+                wo: p(O)?.with_panels_if(prompts),
                 ffn_norm: norm(BlockNorm::Ffn, d)?,
-                wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]).with_panels(),
+                wgu: TernaryMatrix::stack(vec![p(Gate)?, p(Up)?]).with_panels_if(prompts),
                 ffn_sub_norm: norm(BlockNorm::FfnSub, f)?,
-                wdown: p(Down)?.with_panels(),
+                wdown: p(Down)?.with_panels_if(prompts),
                 scales,
             });
         }

@@ -19,8 +19,8 @@ pub struct Spec {
     /// `tritium export` writes by default) instead of the scale in every block.
     pub exact_scales: bool,
     pub seed: u64,
-    /// Vocabulary size: 0 for the byte-level one below, else padded to this with tokens that
-    /// never merge (benchmark shapes need the real LM head's size).
+    /// Vocabulary size: 0 for the byte-level one below (258 tokens), else (at least 258) padded
+    /// to this with tokens that never merge (benchmark shapes need the real LM head's size).
     pub vocab: usize,
     /// ReLU² feed-forward (2B4T) instead of SiLU.
     pub relu2: bool,
@@ -61,6 +61,10 @@ fn vocab(size: usize) -> (Vec<String>, Vec<String>) {
 
 pub fn gguf(spec: &Spec) -> Vec<u8> {
     let mut rng = XorShift(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    assert!(
+        spec.vocab == 0 || spec.vocab >= 258,
+        "a vocabulary holds at least the 256 bytes, one merge and end-of-text"
+    );
     let (tokens, merges) = vocab(spec.vocab);
     let v = tokens.len();
     let (d, f) = (spec.d_model, spec.d_ff);

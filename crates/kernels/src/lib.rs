@@ -297,39 +297,30 @@ pub fn ternary_rows_scaled(
         "{} kernels on a CPU without them",
         isa.name()
     );
-    // Per block, every token's activations from that block on, and its sums block-major.
-    let mut shifted: Vec<[&[i8]; 16]> = vec![[&[][..]; 16]; nb];
-    let mut by_block = vec![[0i32; 16]; nb];
+    // Blocks outer, so each block's shifted activations and sums are set up once; `out` holds the
+    // running sums, added block by block in order (the same order as a row at a time).
+    out.fill(0.0);
+    let (mut shifted, mut dots): ([&[i8]; 16], [i32; 16]) = ([&[][..]; 16], [0; 16]);
     for b in 0..nb {
-        for t in 0..n {
-            shifted[b][t] = &xs[t][BLOCK * b..];
-            by_block[b][t] = sums[t * nb + b];
+        for (s, x) in shifted.iter_mut().zip(xs) {
+            *s = &x[BLOCK * b..];
         }
-    }
-    let mut dots = [0i32; 16];
-    for ((row, o), s) in w
-        .chunks_exact(nb)
-        .zip(out.chunks_exact_mut(n))
-        .zip(scales.chunks_exact(nb))
-    {
-        let mut acc = [0f32; 16];
-        for (b, blk) in row.iter().enumerate() {
-            let blk = std::slice::from_ref(blk);
+        let xb = &shifted[..n];
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let blk = std::slice::from_ref(&w[r * nb + b]);
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `isa.supported()` (asserted above): the CPU has avx512f/bw/vnni; each
                 // shifted row holds the 256 activations of this block (lengths asserted above).
-                Isa::Avx512Vnni => unsafe {
-                    x86::ternary_dots_avx512(blk, &shifted[b][..n], &mut dots[..n])
-                },
-                _ => ternary_dots(isa, blk, &shifted[b][..n], &mut dots[..n]),
+                Isa::Avx512Vnni => unsafe { x86::ternary_dots_avx512(blk, xb, &mut dots[..n]) },
+                _ => ternary_dots(isa, blk, xb, &mut dots[..n]),
             }
+            let s = scales[r * nb + b];
             // Multiply, then add (never fused): the same rounding as one token at a time.
-            for ((a, &d), &bs) in acc.iter_mut().zip(&dots).zip(&by_block[b]) {
-                *a += (d - bs) as f32 * s[b];
+            for (t, (a, &d)) in o.iter_mut().zip(&dots).enumerate() {
+                *a += (d - sums[t * nb + b]) as f32 * s;
             }
         }
-        o.copy_from_slice(&acc[..n]);
     }
 }
 

@@ -154,6 +154,19 @@ impl Panels {
     }
 }
 
+/// Whether [`product`] has its many-token kernel on `isa` (AVX-512 VNNI, measured faster than the
+/// engine's row blocks for prompts); elsewhere it is the scalar reference or untimed.
+pub fn preferred(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let yes = isa == Isa::Avx512Vnni;
+    #[cfg(not(target_arch = "x86_64"))]
+    let yes = {
+        let _ = isa;
+        false
+    };
+    yes
+}
+
 /// `out[t·rows + r] = (Σ_c code(r, c)·xs[t][c] − sums[t]) as f32 · factor[t]`: the dequantized
 /// product of `xs.len()` int8 token rows (each at least [`Panels::padded_cols`] long, zero past
 /// `cols`) with the ternary matrix. Integer sums are exact, so every ISA gives the same bits.
