@@ -167,9 +167,17 @@ impl TernaryMatrix {
         }
         let (blocks, nb) = (&self.blocks, self.nb);
         let p = Panels::from_rows(self.rows, self.cols, |r, dst| {
-            let row = &blocks[r * nb..(r + 1) * nb];
-            for (c, d) in dst.iter_mut().enumerate() {
-                *d = row[c / BLOCK].get(c % BLOCK);
+            // A block's code e is bits 2·(e / 64) of byte e % 64 ([`Block64::get`]): four planes
+            // of 64, a loop that vectorizes (2B weights at load).
+            for (blk, out) in blocks[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(dst.chunks_mut(BLOCK))
+            {
+                for (l, plane) in out.chunks_mut(64).enumerate() {
+                    for (d, &byte) in plane.iter_mut().zip(&blk.0) {
+                        *d = (byte >> (2 * l)) & 3;
+                    }
+                }
             }
         });
         self.panels = Some(p);
