@@ -22,6 +22,18 @@ impl Rng {
     }
 }
 
+/// `n` blocks of random bytes: codes 0..=3 (3 is not ternary, but a corrupt file may hold it and
+/// every kernel must agree on it).
+fn random_blocks(rng: &mut Rng, n: usize) -> Vec<Block64> {
+    (0..n)
+        .map(|_| {
+            let mut b = Block64([0; 64]);
+            b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
+            b
+        })
+        .collect()
+}
+
 #[test]
 fn ternary_simd_equals_scalar() {
     let mut rng = Rng(1);
@@ -29,13 +41,7 @@ fn ternary_simd_equals_scalar() {
     eprintln!("testing {:?}", isas);
     for nb in [1usize, 2, 3, 8] {
         // Codes 0..=3 (3 is not ternary but a corrupt file may hold it: every kernel must agree).
-        let w: Vec<Block64> = (0..nb)
-            .map(|_| {
-                let mut b = Block64([0; 64]);
-                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
-                b
-            })
-            .collect();
+        let w: Vec<Block64> = random_blocks(&mut rng, nb);
         for ntok in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 33] {
             let xs: Vec<Vec<i8>> = (0..ntok)
                 .map(|t| {
@@ -72,13 +78,7 @@ fn ternary_rows_equal_one_dot_per_row() {
     let mut rng = Rng(3);
     for nb in [1usize, 3] {
         let rows = 5;
-        let w: Vec<Block64> = (0..rows * nb)
-            .map(|_| {
-                let mut b = Block64([0; 64]);
-                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
-                b
-            })
-            .collect();
+        let w: Vec<Block64> = random_blocks(&mut rng, rows * nb);
         for ntok in 1..=16usize {
             let xs: Vec<Vec<i8>> = (0..ntok)
                 .map(|_| (0..nb * 256).map(|_| rng.next() as i8).collect())
@@ -103,13 +103,7 @@ fn one_token_matvec_equals_one_dot_per_row() {
     for nb in [1usize, 3, 6] {
         // Whole groups of 16 rows, and a remainder.
         for rows in [1usize, 5, 16, 17, 40] {
-            let w: Vec<Block64> = (0..rows * nb)
-                .map(|_| {
-                    let mut b = Block64([0; 64]);
-                    b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
-                    b
-                })
-                .collect();
+            let w: Vec<Block64> = random_blocks(&mut rng, rows * nb);
             let x: Vec<i8> = (0..nb * 256)
                 .map(|i| match i % 89 {
                     0 => -128,
@@ -140,13 +134,7 @@ fn scaled_block_rows_equal_the_per_block_sum() {
     let mut rng = Rng(5);
     for nb in [1usize, 3] {
         let rows = 5;
-        let w: Vec<Block64> = (0..rows * nb)
-            .map(|_| {
-                let mut b = Block64([0; 64]);
-                b.0.iter_mut().for_each(|v| *v = rng.next() as u8);
-                b
-            })
-            .collect();
+        let w: Vec<Block64> = random_blocks(&mut rng, rows * nb);
         let scales: Vec<f32> = (0..rows * nb).map(|_| rng.f32() + 0.5).collect();
         for ntok in 1..=16usize {
             let xs: Vec<Vec<i8>> = (0..ntok)

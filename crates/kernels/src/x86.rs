@@ -339,26 +339,11 @@ pub unsafe fn float_dots_avx512(
             let x = &xs[t..t + k];
             // SAFETY: forwarded contract; the tile stays inside rows and tokens.
             unsafe {
-                match (n, k) {
-                    (4, 4) => ftile512::<4, 4>(w, d, r, x, out, i, nt, t),
-                    (4, 3) => ftile512::<4, 3>(w, d, r, x, out, i, nt, t),
-                    (4, 2) => ftile512::<4, 2>(w, d, r, x, out, i, nt, t),
-                    (4, _) => ftile512::<4, 1>(w, d, r, x, out, i, nt, t),
-                    _ => {
-                        for a in 0..n {
-                            for (b, xb) in x.iter().enumerate() {
-                                ftile512::<1, 1>(
-                                    w,
-                                    d,
-                                    r + a,
-                                    std::slice::from_ref(xb),
-                                    out,
-                                    i + a,
-                                    nt,
-                                    t + b,
-                                )
-                            }
-                        }
+                if n == 4 {
+                    narrow::<4>(w, d, r, x, out, i, nt, t);
+                } else {
+                    for a in 0..n {
+                        narrow::<1>(w, d, r + a, x, out, i + a, nt, t);
                     }
                 }
             }
@@ -467,18 +452,9 @@ unsafe fn ftile8<const RR: usize>(
     assert!(xs.len() == 8 && xs.iter().all(|x| x.len() == d));
     let xp: [*const f32; 8] = std::array::from_fn(|t| xs[t].as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 8]; RR];
-    let (base, elem) = match w {
-        FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
-        FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
-    };
-    let ahead = base.wrapping_add((r + PF_ROWS) * d * elem);
-    let step = RR * d * elem / (d / 16);
+    let ahead = Ahead::new(w, d, r, RR);
     for c in 0..d / 16 {
-        // As in `ftile512`: prefetches never fault.
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step));
-        if step > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step + 64));
-        }
+        ahead.fetch(c);
         let mut wv = [_mm512_setzero_ps(); RR];
         for (a, v) in wv.iter_mut().enumerate() {
             // SAFETY: (r + a)·d + 16c + 16 ≤ rows.end·d (the caller's contract).
@@ -553,6 +529,39 @@ unsafe fn load16_512(w: FloatRows, at: usize) -> __m512 {
 
 const PF_ROWS: usize = 8;
 
+/// The float tiles' prefetch: rows r..r+rr are contiguous, so at each 16-column step fetch the
+/// same share of the group PF_ROWS rows ahead, two lines a step, keeping more misses in flight
+/// than the hardware prefetcher alone does (decode is bound by this).
+#[derive(Clone, Copy)]
+struct Ahead {
+    at: *const i8,
+    step: usize,
+}
+
+impl Ahead {
+    fn new(w: FloatRows, d: usize, r: usize, rr: usize) -> Ahead {
+        let (base, elem) = match w {
+            FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
+            FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
+        };
+        Ahead {
+            at: base.wrapping_add((r + PF_ROWS) * d * elem),
+            step: rr * d * elem / (d / 16),
+        }
+    }
+
+    /// Step `c`'s lines. Prefetches never fault, so addresses past the end are harmless
+    /// (wrapping arithmetic).
+    #[inline]
+    #[target_feature(enable = "sse")]
+    fn fetch(self, c: usize) {
+        _mm_prefetch::<_MM_HINT_T0>(self.at.wrapping_add(c * self.step));
+        if self.step > 64 {
+            _mm_prefetch::<_MM_HINT_T0>(self.at.wrapping_add(c * self.step + 64));
+        }
+    }
+}
+
 /// Rows `r..r+RR` against tokens `t0..t0+NT`; results go to `out[(i + a)·nt + t0 + b]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -568,20 +577,9 @@ unsafe fn ftile512<const RR: usize, const NT: usize>(
     t0: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NT]; RR];
-    // Rows r..r+RR are contiguous; prefetch the group PF_ROWS rows ahead, two lines per step, so
-    // more misses are in flight than the hardware prefetcher alone keeps (decode is bound by this).
-    let (base, elem) = match w {
-        FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
-        FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
-    };
-    let ahead = base.wrapping_add((r + PF_ROWS) * d * elem);
-    let step = RR * d * elem / (d / 16);
+    let ahead = Ahead::new(w, d, r, RR);
     for c in 0..d / 16 {
-        // Prefetches never fault, so addresses past the end are harmless (wrapping arithmetic).
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step));
-        if step > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * step + 64));
-        }
+        ahead.fetch(c);
         let mut xv = [_mm512_setzero_ps(); NT];
         for t in 0..NT {
             // SAFETY: 16c + 16 ≤ d = xs[t].len().
