@@ -108,6 +108,25 @@ fn resolved(path: &Path) -> Option<PathBuf> {
     Some(parent.join(path.file_name()?))
 }
 
+/// Refuses an output directory that holds one of the command's inputs, however spelled: the
+/// command replaces and removes files there (`data prepare --out DIR` with an input in DIR).
+pub fn check_output_dir(out: &Path, inputs: &[PathBuf]) -> Result<(), String> {
+    let Some(o) = resolved(out) else {
+        return Ok(());
+    };
+    match inputs
+        .iter()
+        .find(|i| resolved(i).is_some_and(|r| r.starts_with(&o)))
+    {
+        Some(i) => Err(format!(
+            "{}: is an input of this command and lies in the output directory {}; choose another output directory",
+            i.display(),
+            out.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses an output that is one of the command's inputs, however spelled: the atomic rename
 /// would replace the data being read (an export's `--out` naming the checkpoint's `model.bpk`).
 pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<(), String> {

@@ -37,7 +37,7 @@ pub struct EvalArgs {
     /// Engine threads for a GGUF (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
-    /// Where a checkpoint's model runs: flex (default), ndarray or wgpu.
+    /// Where a checkpoint's model runs: flex (default), wgpu[:N] or cuda[:N] (with their cargo feature).
     #[arg(long, default_value_t = Backend::Flex)]
     pub device: Backend,
     /// Write the JSON results here (default: eval.json in the checkpoint, FILE.eval.json beside a GGUF).

@@ -39,7 +39,7 @@ pub struct FinetuneArgs {
     /// Continue the fine-tuning run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "base", "data", "eval_data"])]
     pub resume: Option<PathBuf>,
-    /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
+    /// Compute backend: flex (default), wgpu, wgpu:N, cuda, cuda:N (built with `--features wgpu` / `cuda`).
     #[arg(long, default_value_t = Backend::Flex)]
     pub device: Backend,
 }

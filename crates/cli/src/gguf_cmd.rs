@@ -37,7 +37,7 @@ pub struct ExportArgs {
     /// Token embedding type: f16, f32 or q8_0.
     #[arg(long, default_value = "f16")]
     embd: EmbdType,
-    /// Where the checkpoint's model runs: flex (default), ndarray or wgpu.
+    /// Where the checkpoint's model runs: flex (default), wgpu[:N] or cuda[:N] (with their cargo feature).
     #[arg(long, default_value_t = Backend::Flex)]
     device: Backend,
     /// gguf (a file), or safetensors: a Hugging Face `BitNetForCausalLM` directory (bf16 master

@@ -16,7 +16,7 @@ pub struct ImportArgs {
     /// The run directory to write (its checkpoints/step-0)
     #[arg(long)]
     pub out: PathBuf,
-    /// Where the model is assembled: flex (default), ndarray or wgpu
+    /// Where the model is assembled: flex (default), wgpu[:N] or cuda[:N] (with their cargo feature)
     #[arg(long, default_value_t = Backend::Flex)]
     pub device: Backend,
 }

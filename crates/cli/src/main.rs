@@ -130,7 +130,7 @@ struct BenchTrainArgs {
     /// Timed windows; the median is reported.
     #[arg(long, default_value_t = 3, value_parser = run_cmd::at_least_one())]
     windows: usize,
-    /// Compute backend: flex (default), ndarray or wgpu (the last two need their cargo feature).
+    /// Compute backend: flex (default), wgpu, wgpu:N, cuda, cuda:N (built with `--features wgpu` / `cuda`).
     #[arg(long, default_value_t = Backend::Flex)]
     device: Backend,
     #[arg(long, default_value_t = 0)]

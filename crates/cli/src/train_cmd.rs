@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use tritium_checkpoint::fsutil::check_output;
 use tritium_model::Backend;
-use tritium_train::data::prepare;
+use tritium_train::prepare::{PrepareOptions, prepare};
 use tritium_train::text::documents;
 use tritium_train::tokenizer::{Tokenizer, train_bpe};
 use tritium_train::{RunConfig, TrainOptions};
@@ -28,9 +28,14 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
-    /// Compute backend, overriding the config's [train].device: flex, ndarray or wgpu.
+    /// Compute device, overriding the config's [train].device (and .devices): flex, wgpu,
+    /// wgpu:N, cuda, cuda:N (the last two need builds with `--features wgpu` / `cuda`).
     #[arg(long)]
     device: Option<Backend>,
+    /// Data-parallel training over several devices, comma-separated (cuda:0,cuda:1): a replica
+    /// on each, the step's micro-batches dealt out, gradients summed by Burn's all-reduce.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    devices: Vec<Backend>,
 }
 
 #[derive(Subcommand)]
@@ -49,10 +54,13 @@ pub enum TokenizerCmd {
 
 #[derive(Subcommand)]
 pub enum DataCmd {
-    /// Tokenize text into flat token files (train.bin, val.bin, meta.json) for training.
+    /// Tokenize a corpus into token shards (train-*.bin, val-*.bin, meta.json) for training. Run
+    /// the same command again to finish an interrupted preparation.
     Prepare {
         #[arg(long)]
         tokenizer: PathBuf,
+        /// Files (.txt, .jsonl, .parquet; text and JSONL also .gz/.zst/.xz), directories of
+        /// them, or quoted glob patterns ('shards/*.parquet').
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<PathBuf>,
         #[arg(long)]
@@ -61,6 +69,12 @@ pub enum DataCmd {
         /// to train on).
         #[arg(long, default_value_t = 20, value_parser = crate::run_cmd::at_least(2))]
         val_every: usize,
+        /// The JSONL field or Parquet column holding the text.
+        #[arg(long, default_value = tritium_train::text::DEFAULT_FIELD)]
+        field: String,
+        /// Train tokens per shard (what an interrupted run may have to redo).
+        #[arg(long, default_value_t = tritium_train::prepare::DEFAULT_SHARD_TOKENS, value_parser = crate::run_cmd::at_least_one())]
+        shard_tokens: usize,
     },
 }
 
@@ -106,21 +120,38 @@ pub fn data(cmd: DataCmd) -> Result<()> {
             input,
             out,
             val_every,
+            field,
+            shard_tokens,
         } => {
             let tok = Tokenizer::load(&tokenizer)?;
-            let r = prepare(&tok, &input, &out, val_every)?;
+            let opts = PrepareOptions {
+                val_every,
+                field,
+                shard_tokens,
+            };
+            let r = prepare(&tok, &input, &out, &opts, &mut |_| {
+                std::ops::ControlFlow::Continue(())
+            })?
+            .expect("runs to the end unless its callback stops it");
             let m = &r.meta;
+            if r.resumed_shards > 0 {
+                println!(
+                    "resumed after {} shards written by an earlier run",
+                    r.resumed_shards
+                );
+            }
             println!(
-                "{}: {} train tokens ({} documents), {} validation tokens ({} documents), {} per token; {:.1} MB of text in {:.2} s = {:.1} MB/s",
+                "{}: {} train tokens ({} documents), {} validation tokens ({} documents) in {} shards, {} per token; {:.1} MB of text in {:.2} s = {:.2} MB/s",
                 out.display(),
                 m.train_tokens,
                 m.train_documents,
                 m.val_tokens,
                 m.val_documents,
+                m.shards.len(),
                 if m.token_bytes == 2 { "u16" } else { "u32" },
-                m.text_bytes as f64 / 1e6,
+                r.bytes_this_run as f64 / 1e6,
                 r.seconds,
-                m.text_bytes as f64 / 1e6 / r.seconds
+                r.bytes_this_run as f64 / 1e6 / r.seconds
             );
             Ok(())
         }
@@ -158,6 +189,10 @@ pub fn train(a: TrainArgs, fused: bool, check_memory: bool) -> Result<()> {
     let mut config = RunConfig::load(&config_path, &a.set)?;
     if let Some(d) = a.device {
         config.train.device = d;
+        config.train.devices.clear();
+    }
+    if !a.devices.is_empty() {
+        config.train.devices = a.devices.clone();
     }
     for w in config.model.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());

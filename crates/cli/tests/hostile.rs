@@ -510,6 +510,16 @@ fn hostile_inputs_are_refused_cleanly() {
     std::fs::write(&state, v.to_string()).unwrap();
     std::fs::create_dir_all(d.join("pin")).unwrap();
     put(&d.join("pin"), "meta.json", "text that is not meta data");
+    let parquet = std::fs::read(root().join("crates/train/testdata/docs.parquet")).unwrap();
+    std::fs::write(d.join("docs.parquet"), &parquet).unwrap();
+    std::fs::write(d.join("half.parquet"), &parquet[..parquet.len() / 2]).unwrap();
+    put(d, "bad.jsonl.zst", "this is not zstd");
+    std::fs::create_dir_all(d.join("pbad")).unwrap();
+    put(
+        &d.join("pbad"),
+        "progress.json",
+        "{\"format\": 2, \"truncated",
+    );
     let ft_ad = d.join("ft/adapter.safetensors").display().to_string();
     let ad = std::fs::read(&ft_ad).unwrap();
     put(d, "ad-trunc.safetensors", &ad[..ad.len() / 2]);
@@ -840,6 +850,11 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/run"], Refused, vec!["already holds checkpoints", "--resume"]),
         (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/existing.txt"], Refused, vec!["existing.txt", "not a directory"]),
         (vec!["train", "--resume", "{d}/run", "--set", "d_model=512"], Refused, vec!["another model"]),
+        (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/dp1", "--devices", "flex,flex"], Refused, vec!["all-reduce", "flex has none"]),
+        (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/dp2", "--devices", "cuda:0,cuda:0"], Refused, vec!["cuda"]),
+        (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/dp3", "--devices", "cuda:0,cuda:1"], Refused, vec!["cuda", "--features cuda"]),
+        (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/dp4", "--devices", "cuda:0,gpu"], Refused, vec!["--devices", "gpu"]),
+        (vec!["train", "--config", "{d}/micro.toml", "--out", "{d}/dp5", "--device", "cuda:x"], Refused, vec!["--device", "cuda:x"]),
         // ---- tokenizer train and data prepare
         (vec!["tokenizer", "train", "--input", "{d}/nope.txt", "--vocab-size", "300", "--out", "{d}/tok.json"], Refused, vec!["nope.txt"]),
         (vec!["tokenizer", "train", "--input", "{d}/text.txt", "--vocab-size", "0", "--out", "{d}/tok.json"], Refused, vec!["--vocab-size"]),
@@ -854,6 +869,13 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/existing.txt"], Refused, vec!["existing.txt", "not a directory"]),
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/empty.txt", "--out", "{d}/p5"], Refused, vec!["empty.txt"]),
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/pin/meta.json", "--out", "{d}/pin"], Refused, vec!["meta.json", "is an input"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}"], Refused, vec!["text.txt", "is an input", "output directory"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/nomatch/*.parquet", "--out", "{d}/p6"], Refused, vec!["nomatch/*.parquet", "matches no files"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/docs.parquet", "--out", "{d}/p7"], Refused, vec!["docs.parquet", "no column \"text\"", "--field"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/half.parquet", "--out", "{d}/p8"], Refused, vec!["half.parquet"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/bad.jsonl.zst", "--out", "{d}/p9"], Refused, vec!["bad.jsonl.zst", "decompression"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/pbad"], Refused, vec!["pbad/progress.json", "start over"]),
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/p10", "--shard-tokens", "0"], Refused, vec!["--shard-tokens"]),
         // ---- export
         (export("{d}/nope"), Refused, vec!["nope"]),
         (export("{d}/outdir"), Refused, vec!["outdir"]),

@@ -127,7 +127,8 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct Materialize;
+/// Initialises every lazily initialised parameter (Burn draws a parameter's values on first use).
+pub(crate) struct Materialize;
 
 impl ModuleVisitor for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

@@ -101,6 +101,13 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// A fresh model drawn from `seed`, with the same weights on every device: each backend has
+    /// its own random generator, so the CPU backend draws them and they are moved to `device`.
+    pub fn seeded(c: &ModelConfig, seed: u64, device: &Device) -> Self {
+        crate::device::seed(device, seed);
+        crate::device::drawn_for(Self::new(c, &crate::device::init_device(device)), device)
+    }
+
     /// A freshly initialised model: N(0, 0.02²) embedding and linear weights, unit norm gains.
     pub fn new(c: &ModelConfig, device: &Device) -> Self {
         Self {
@@ -244,9 +251,15 @@ impl Transformer {
             for (p, layer) in Projection::ALL.into_iter().zip(b.projections_mut()) {
                 if targets.contains(&p) {
                     let [d_out, d_in] = layer.dims();
-                    layer.lora = Some(crate::bitlinear::Lora::new(
-                        d_in, d_out, rank, alpha, dropout, device,
-                    ));
+                    let lora = crate::bitlinear::Lora::new(
+                        d_in,
+                        d_out,
+                        rank,
+                        alpha,
+                        dropout,
+                        &crate::device::init_device(device),
+                    );
+                    layer.lora = Some(crate::device::drawn_for(lora, device));
                 }
             }
         }

@@ -49,7 +49,7 @@ pub struct BenchReport {
 }
 
 pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchReport, TrainError> {
-    if cfg.check_memory {
+    if cfg.check_memory && cfg.backend.uses_host_memory() {
         let need = model_cfg
             .train_step_bytes_checkpointed(cfg.batch, cfg.seq, cfg.gradient_checkpointing)
             .total();
@@ -57,7 +57,7 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
     }
     let device = cfg.backend.device()?.autodiff();
     device.seed(cfg.seed);
-    let mut model = Transformer::new(model_cfg, &device)
+    let mut model = Transformer::seeded(model_cfg, cfg.seed, &device)
         .with_fused(cfg.fused)
         .with_precision(cfg.precision);
     let mut optim = AdamW::new(AdamWConfig::default());

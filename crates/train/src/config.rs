@@ -33,6 +33,13 @@ pub struct DataConfig {
     /// Every n-th document goes to the validation split.
     #[serde(default = "default_val_every")]
     pub val_every: usize,
+    /// The JSONL field or Parquet column that holds the text.
+    #[serde(default = "default_field")]
+    pub field: String,
+}
+
+fn default_field() -> String {
+    crate::text::DEFAULT_FIELD.into()
 }
 
 fn default_val_every() -> usize {
@@ -80,9 +87,13 @@ pub struct TrainConfig {
     pub sample_tokens: usize,
     #[serde(default)]
     pub sample_prompt: String,
-    /// Compute backend (flex, ndarray, wgpu).
+    /// Compute device (flex, wgpu, wgpu:N, cuda, cuda:N, ndarray).
     #[serde(default)]
     pub device: Backend,
+    /// Data-parallel training over these devices (overrides `device`): one replica each, the
+    /// micro-batches dealt out, gradients summed by Burn's all-reduce (CUDA only in Burn 0.22).
+    #[serde(default)]
+    pub devices: Vec<Backend>,
     /// The arithmetic of the step's matrix products on the fused CPU ops: "f32", or "bf16"
     /// (operands rounded to bf16, f32 accumulation, as PyTorch's autocast; AMX tiles or AVX512-BF16,
     /// f32 on a CPU with neither). Weights, optimizer state, the loss and evaluation stay f32.
@@ -353,7 +364,7 @@ const MODEL_KEYS: &[&str] = &[
     "quant",
     "quant_warmup_steps",
 ];
-const DATA_KEYS: &[&str] = &["inputs", "val_every"];
+const DATA_KEYS: &[&str] = &["inputs", "val_every", "field"];
 
 #[cfg(test)]
 mod tests {

@@ -1,20 +1,22 @@
-//! Prepared token data: `tritium data prepare` turns text into flat token files, training reads them
-//! memory-mapped and samples windows from a seeded, stateless sampler (so nothing loads the corpus
-//! into RAM, and resuming at step N draws exactly the windows a straight run would have).
+//! Prepared token data: `tritium data prepare` (`prepare.rs`) turns text into token shards;
+//! training reads them memory-mapped and samples windows from a seeded, stateless sampler (so
+//! nothing loads the corpus into RAM, and resuming at step N draws exactly the windows a straight
+//! run would have).
 //!
-//! A prepared directory holds `train.bin`, `val.bin` (little-endian u16 when the vocabulary fits,
-//! else u32) and `meta.json` ([`DataMeta`]). Documents are separated by the end-of-text token, and
-//! every `val_every`-th document goes to the validation split.
+//! A prepared directory holds `meta.json` ([`DataMeta`]) and, per shard k, `train-0000k.bin` and
+//! `val-0000k.bin`: little-endian u16 tokens when the vocabulary fits, else u32. Each split reads as
+//! its shards concatenated. Documents are separated by the end-of-text token, and every
+//! `val_every`-th document goes to the validation split. Format 1 (one `train.bin` and `val.bin`,
+//! no shard list) is still read.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::text::{TextError, documents};
+use crate::corpus::CorpusError;
+use crate::text::TextError;
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use tritium_checkpoint::fsutil::{check_output, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -22,6 +24,8 @@ pub enum DataError {
     Text(#[from] TextError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -71,129 +75,37 @@ pub struct DataMeta {
     pub text_bytes: usize,
     pub val_every: usize,
     pub sources: Vec<String>,
+    /// Token counts of each shard, in order (format 2; format 1 has one unnamed pair of files).
+    #[serde(default)]
+    pub shards: Vec<Shard>,
 }
 
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
-/// What `prepare` did, for the report.
-#[derive(Debug)]
-pub struct PrepareReport {
-    pub meta: DataMeta,
-    pub seconds: f64,
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub train_tokens: usize,
+    pub val_tokens: usize,
 }
 
-/// Tokenizes `inputs` into `out` (created if missing). Documents are encoded in parallel batches.
-pub fn prepare(
-    tok: &Tokenizer,
-    inputs: &[PathBuf],
-    out: &Path,
-    val_every: usize,
-) -> Result<PrepareReport, DataError> {
-    let start = Instant::now();
-    let mut read = inputs.to_vec();
-    read.push(tok.path.clone());
-    if out.exists() && !out.is_dir() {
-        return Err(DataError::Output(format!(
-            "{}: exists and is not a directory (prepared data is a directory of token files)",
-            out.display()
-        )));
-    }
-    for name in ["train.bin", "val.bin", "meta.json"] {
-        check_output(&out.join(name), &read).map_err(DataError::Output)?;
-    }
-    let mut docs = Vec::new();
-    for p in inputs {
-        docs.extend(documents(p)?);
-    }
-    if docs.is_empty() {
-        let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-        return Err(DataError::Empty(names.join(", ")));
-    }
-    let text_bytes = docs.iter().map(|d| d.len()).sum();
-    let val_every = val_every.max(2);
-    let bar = indicatif::ProgressBar::new(docs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "tokenizing {bar:40} {pos}/{len} documents ({per_sec}, eta {eta})",
-        )
-        .expect("static template"),
-    );
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    let (mut n_train, mut n_val) = (0, 0);
-    for (c, chunk) in docs.chunks(1024).enumerate() {
-        let encs = tok
-            .inner
-            .encode_batch(chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>(), false)
-            .map_err(|e| TokenizerError::Train(e.to_string()))?;
-        for (i, enc) in encs.iter().enumerate() {
-            let index = c * 1024 + i;
-            let (dst, n) = if index % val_every == val_every - 1 {
-                (&mut val, &mut n_val)
-            } else {
-                (&mut train, &mut n_train)
-            };
-            dst.extend_from_slice(enc.get_ids());
-            dst.push(tok.eot_id);
-            *n += 1;
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    let vocab = tok.vocab_size();
-    let token_bytes = if vocab <= u16::MAX as usize + 1 { 2 } else { 4 };
-    std::fs::create_dir_all(out).map_err(|source| DataError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    for (name, ids) in [("train.bin", &train), ("val.bin", &val)] {
-        let path = out.join(name);
-        let bytes = encode_tokens(ids, token_bytes);
-        write_atomic(&path, &bytes).map_err(|source| DataError::Io { path, source })?;
-    }
-    let meta = DataMeta {
-        format: FORMAT,
-        tokenizer_hash: tok.hash.clone(),
-        vocab_size: vocab,
-        token_bytes,
-        eot_id: tok.eot_id,
-        train_tokens: train.len(),
-        val_tokens: val.len(),
-        train_documents: n_train,
-        val_documents: n_val,
-        text_bytes,
-        val_every,
-        sources: inputs.iter().map(|p| p.display().to_string()).collect(),
-    };
-    let path = out.join("meta.json");
-    let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
-    write_atomic(&path, json.as_bytes()).map_err(|source| DataError::Io { path, source })?;
-    Ok(PrepareReport {
-        meta,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+/// Shard `k` of `split` ("train" or "val").
+pub fn shard_path(dir: &Path, split: &str, k: usize) -> PathBuf {
+    dir.join(format!("{split}-{k:05}.bin"))
 }
 
-fn encode_tokens(ids: &[u32], token_bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ids.len() * token_bytes);
-    for &id in ids {
-        if token_bytes == 2 {
-            out.extend_from_slice(&(id as u16).to_le_bytes());
-        } else {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-    }
-    out
-}
-
-/// One split of a prepared directory, memory-mapped.
+/// One split of a prepared directory: its shards memory-mapped, read as one token sequence.
 pub struct TokenFile {
-    map: Mmap,
+    maps: Vec<Mmap>,
+    /// Where each mapped shard starts in the sequence, and the total at the end.
+    starts: Vec<usize>,
     token_bytes: usize,
     vocab_size: usize,
 }
 
 impl TokenFile {
     pub fn len(&self) -> usize {
-        self.map.len() / self.token_bytes
+        *self.starts.last().expect("starts holds the total")
     }
 
     pub fn is_empty(&self) -> bool {
@@ -201,17 +113,26 @@ impl TokenFile {
     }
 
     /// Tokens `start..start + n` (ids past the vocabulary are clamped to 0 rather than read out of
-    /// range by the embedding; `open` has already checked the file's length).
+    /// range by the embedding; `open` has already checked each shard's length).
     pub fn window(&self, start: usize, n: usize, out: &mut Vec<i64>) {
         let b = self.token_bytes;
-        for i in start..start + n {
-            let at = i * b;
-            let id = if b == 2 {
-                u16::from_le_bytes([self.map[at], self.map[at + 1]]) as usize
-            } else {
-                u32::from_le_bytes(self.map[at..at + 4].try_into().expect("4 bytes")) as usize
-            };
-            out.push(if id < self.vocab_size { id as i64 } else { 0 });
+        let end = start + n;
+        let mut i = start;
+        while i < end {
+            // The shard holding token i (empty shards are not mapped, so starts strictly grow).
+            let s = self.starts.partition_point(|&x| x <= i) - 1;
+            let stop = self.starts[s + 1].min(end);
+            let (map, base) = (&self.maps[s], self.starts[s]);
+            for t in i - base..stop - base {
+                let at = t * b;
+                let id = if b == 2 {
+                    u16::from_le_bytes([map[at], map[at + 1]]) as usize
+                } else {
+                    u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")) as usize
+                };
+                out.push(if id < self.vocab_size { id as i64 } else { 0 });
+            }
+            i = stop;
         }
     }
 
@@ -261,7 +182,9 @@ impl Dataset {
             path: meta_path.clone(),
             msg: e.to_string(),
         })?;
-        if meta.format != FORMAT || !(meta.token_bytes == 2 || meta.token_bytes == 4) {
+        if !(meta.format == 1 || meta.format == FORMAT)
+            || !(meta.token_bytes == 2 || meta.token_bytes == 4)
+        {
             return Err(DataError::Meta {
                 path: meta_path,
                 msg: format!(
@@ -280,36 +203,69 @@ impl Dataset {
                 tok_hash: t.hash.clone(),
             });
         }
-        let open = |name: &str, expect: usize| -> Result<TokenFile, DataError> {
-            let path = dir.join(name);
-            let io = |source| DataError::Io {
-                path: path.clone(),
-                source,
+        let open = |split: &str, expect: usize| -> Result<TokenFile, DataError> {
+            let parts: Vec<(PathBuf, usize)> = if meta.format == 1 {
+                vec![(dir.join(format!("{split}.bin")), expect)]
+            } else {
+                meta.shards
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| {
+                        let n = if split == "train" {
+                            s.train_tokens
+                        } else {
+                            s.val_tokens
+                        };
+                        (shard_path(dir, split, k), n)
+                    })
+                    .collect()
             };
-            let f = std::fs::File::open(&path).map_err(io)?;
-            // SAFETY: the map is read-only and private to this process; tritium never writes a
-            // prepared file in place (prepare renames fresh files over old ones), so the bytes
-            // cannot change under the map unless another program truncates the file, which
-            // would be a bug outside our control (the usual caveat of every mmap reader).
-            let map = unsafe { Mmap::map(&f) }.map_err(io)?;
-            if map.len() != expect * meta.token_bytes {
+            let listed: usize = parts.iter().map(|p| p.1).sum();
+            if listed != expect {
                 return Err(DataError::Meta {
-                    path: path.clone(),
+                    path: meta_path.clone(),
                     msg: format!(
-                        "{} bytes, but meta.json says {expect} tokens of {} bytes; prepare the data again",
-                        map.len(),
-                        meta.token_bytes
+                        "its {split} shards hold {listed} tokens but it says {expect}; prepare the data again"
                     ),
                 });
             }
-            Ok(TokenFile {
-                map,
+            let mut file = TokenFile {
+                maps: Vec::new(),
+                starts: vec![0],
                 token_bytes: meta.token_bytes,
                 vocab_size: meta.vocab_size,
-            })
+            };
+            for (path, tokens) in parts {
+                let io = |source| DataError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let f = std::fs::File::open(&path).map_err(io)?;
+                let len = f.metadata().map_err(io)?.len();
+                if len != (tokens * meta.token_bytes) as u64 {
+                    return Err(DataError::Meta {
+                        path: path.clone(),
+                        msg: format!(
+                            "{len} bytes, but meta.json says {tokens} tokens of {} bytes; prepare the data again",
+                            meta.token_bytes
+                        ),
+                    });
+                }
+                if tokens == 0 {
+                    continue; // an empty file cannot be mapped, and holds nothing to read
+                }
+                // SAFETY: the map is read-only and private to this process; tritium never writes
+                // a prepared file in place (prepare renames fresh files over old ones), so the
+                // bytes cannot change under the map unless another program truncates the file,
+                // which would be a bug outside our control (the usual caveat of every mmap reader).
+                let map = unsafe { Mmap::map(&f) }.map_err(io)?;
+                file.maps.push(map);
+                file.starts.push(file.len() + tokens);
+            }
+            Ok(file)
         };
-        let train = open("train.bin", meta.train_tokens)?;
-        let val = open("val.bin", meta.val_tokens)?;
+        let train = open("train", meta.train_tokens)?;
+        let val = open("val", meta.val_tokens)?;
         Ok(Self {
             meta,
             train,
@@ -361,86 +317,40 @@ pub fn window_start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::train_bpe;
 
-    fn setup(text: &str) -> (tempfile::TempDir, Tokenizer, PathBuf) {
+    fn token_file(dir: &Path, shards: &[&[u16]], vocab_size: usize) -> TokenFile {
+        let mut file = TokenFile {
+            maps: Vec::new(),
+            starts: vec![0],
+            token_bytes: 2,
+            vocab_size,
+        };
+        for (k, ids) in shards.iter().enumerate() {
+            let p = dir.join(format!("t{k}.bin"));
+            let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+            std::fs::write(&p, bytes).unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            // SAFETY: a private temporary file nothing else writes.
+            file.maps.push(unsafe { Mmap::map(&f) }.unwrap());
+            file.starts.push(file.len() + ids.len());
+        }
+        file
+    }
+
+    #[test]
+    fn windows_read_across_shards() {
         let d = tempfile::tempdir().unwrap();
-        let input = d.path().join("in.txt");
-        std::fs::write(&input, text).unwrap();
-        let docs = documents(&input).unwrap();
-        train_bpe(&docs, 280, &d.path().join("tok.json")).unwrap();
-        let tok = Tokenizer::load(&d.path().join("tok.json")).unwrap();
-        (d, tok, input)
-    }
-
-    #[test]
-    fn prepare_splits_by_document_and_reads_back() {
-        let text: String = (0..40)
-            .map(|i| format!("document number {i} says hello.\n\n"))
-            .collect();
-        let (d, tok, input) = setup(&text);
-        let out = d.path().join("prep");
-        let r = prepare(&tok, &[input], &out, 10).unwrap();
-        assert_eq!((r.meta.train_documents, r.meta.val_documents), (36, 4));
-        assert_eq!(r.meta.token_bytes, 2);
-        let ds = Dataset::open(&out, Some(&tok)).unwrap();
-        // Validation holds documents 9, 19, 29, 39, each followed by end-of-text.
-        let mut v = Vec::new();
-        ds.val.window(0, ds.val.len(), &mut v);
-        let ids: Vec<u32> = v.iter().map(|&t| t as u32).collect();
-        let decoded = tok.decode(&ids);
-        assert_eq!(decoded.matches("<|endoftext|>").count(), 4);
-        assert!(
-            decoded.starts_with("document number 9 says hello.<|endoftext|>document number 19"),
-            "{decoded}"
-        );
-        assert_eq!(
-            ds.train.len() + ds.val.len(),
-            r.meta.train_tokens + r.meta.val_tokens
-        );
-    }
-
-    #[test]
-    fn bad_data_is_refused_with_the_fix() {
-        let (d, tok, input) = setup("alpha beta gamma.\n\ndelta epsilon.\n");
-        let empty = d.path().join("empty.txt");
-        std::fs::write(&empty, "\n\n  \n").unwrap();
-        let e = prepare(&tok, &[empty], &d.path().join("x"), 10)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("empty.txt") && e.contains("nothing to train on"),
-            "{e}"
-        );
-
-        let out = d.path().join("prep");
-        prepare(&tok, std::slice::from_ref(&input), &out, 2).unwrap();
-        let ds = Dataset::open(&out, Some(&tok)).unwrap();
-        let e = ds.check_window(1000).unwrap_err().to_string();
-        assert!(
-            e.contains("fewer than one window") && e.contains("seq_len"),
-            "{e}"
-        );
-
-        // Another tokenizer → hash mismatch names both and says what to do.
-        let docs = vec!["something else entirely".to_string(); 20];
-        train_bpe(&docs, 270, &d.path().join("other.json")).unwrap();
-        let other = Tokenizer::load(&d.path().join("other.json")).unwrap();
-        let e = Dataset::open(&out, Some(&other)).err().unwrap().to_string();
-        assert!(
-            e.contains("other.json") && e.contains("prepare the data again"),
-            "{e}"
-        );
-
-        // A truncated token file is caught before training reads past its end.
-        let bin = out.join("train.bin");
-        let len = std::fs::metadata(&bin).unwrap().len();
-        std::fs::write(&bin, vec![0u8; len as usize - 2]).unwrap();
-        let e = Dataset::open(&out, None).err().unwrap().to_string();
-        assert!(
-            e.contains("train.bin") && e.contains("meta.json says"),
-            "{e}"
-        );
+        let tf = token_file(d.path(), &[&[0, 1, 2], &[3], &[4, 5, 9]], 9);
+        assert_eq!(tf.len(), 7);
+        for (start, n) in [(0, 7), (2, 3), (3, 1), (1, 5), (6, 1), (4, 0)] {
+            let mut got = Vec::new();
+            tf.window(start, n, &mut got);
+            // 9 is past the vocabulary of 9 ids: read as 0.
+            let want: Vec<i64> = (start..start + n)
+                .map(|i| if i == 6 { 0 } else { i as i64 })
+                .collect();
+            assert_eq!(got, want, "window {start}+{n}");
+        }
     }
 
     #[test]
@@ -461,18 +371,9 @@ mod tests {
 
     #[test]
     fn unigram_entropy_by_hand() {
-        // Tokens [0, 0, 1, 2]: p = (1/2, 1/4, 1/4) → H = ½ln2 + 2·¼ln4 = 1.5 ln 2.
+        // Tokens [0, 0, 1, 2] over two shards: p = (1/2, 1/4, 1/4) → H = ½ln2 + 2·¼ln4 = 1.5 ln 2.
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("t.bin");
-        std::fs::write(&p, encode_tokens(&[0, 0, 1, 2], 2)).unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        // SAFETY: a private temporary file nothing else writes.
-        let map = unsafe { Mmap::map(&f) }.unwrap();
-        let tf = TokenFile {
-            map,
-            token_bytes: 2,
-            vocab_size: 3,
-        };
+        let tf = token_file(d.path(), &[&[0, 0], &[1, 2]], 3);
         assert!((tf.unigram_entropy() - 1.5 * 2f64.ln()).abs() < 1e-12);
     }
 }

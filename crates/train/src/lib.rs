@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod chat;
 pub mod config;
+pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod event;
@@ -17,6 +18,8 @@ pub mod finetune;
 pub mod instruct;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
+pub mod prepare;
 pub mod schedule;
 pub mod step;
 pub mod text;

@@ -88,6 +88,25 @@ impl AdamW {
         model
     }
 
+    /// The same optimizer, its moments on `device` (for a replica of the model there).
+    pub fn to_device(&self, device: &Device) -> Self {
+        // Moments are plain tensors, as the parameters' inner values the update works on.
+        let device = &device.clone().without_autodiff();
+        Self {
+            cfg: self.cfg,
+            t: self.t,
+            state: self
+                .state
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .map(|(m, v)| (m.clone().to_device(device), v.clone().to_device(device)))
+                })
+                .collect(),
+            fused: self.fused,
+        }
+    }
+
     /// Writes the moments as raw little-endian f32 with a small header.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let mut buf = Vec::new();

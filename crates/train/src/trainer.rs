@@ -2,6 +2,7 @@
 //! per step: learning rate → micro-batches (forward, backward, accumulate) → clip → AdamW → log →
 //! maybe evaluate and sample → maybe checkpoint → stop at `max_steps` or when asked to.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,16 +12,18 @@ use tritium_checkpoint::fsutil::write_atomic;
 use tritium_checkpoint::{
     self as checkpoint, Checkpoint, CheckpointError, Contents, Origin, Provenance, RunLock, State,
 };
-use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 use tritium_model::burn::tensor::activation::softmax;
+use tritium_model::{Backend, Transformer};
 
 use crate::config::RunConfig;
-use crate::data::{Dataset, TokenFile, prepare, splitmix64, window_start};
+use crate::data::{Dataset, TokenFile, splitmix64, window_start};
 use crate::error::{TrainError, io};
 use crate::event::{Event, StartData};
 use crate::metrics::{self, Row};
 use crate::optim::{self, AdamW, AdamWConfig};
+use crate::parallel;
+use crate::prepare::{PrepareOptions, prepare};
 use crate::step::{StepParams, train_step};
 use crate::tokenizer::Tokenizer;
 
@@ -63,17 +66,24 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 cfg.data.prepared.display()
             )));
         }
+        let opts = PrepareOptions {
+            val_every: cfg.data.val_every,
+            field: cfg.data.field.clone(),
+            ..Default::default()
+        };
         let r = prepare(
             &tok,
             &cfg.data.inputs,
             &cfg.data.prepared,
-            cfg.data.val_every,
-        )?;
+            &opts,
+            &mut |_| ControlFlow::Continue(()),
+        )?
+        .expect("runs to the end unless its callback stops it");
         on_event(Event::Prepared {
             dir: cfg.data.prepared.clone(),
             tokens: r.meta.train_tokens + r.meta.val_tokens,
             seconds: r.seconds,
-            text_bytes: r.meta.text_bytes,
+            text_bytes: r.bytes_this_run,
         });
     }
     let data = Dataset::open(&cfg.data.prepared, Some(&tok))?;
@@ -88,13 +98,19 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     }
 
     // --- model and optimizer ----------------------------------------------------------------------
-    let device = t.device.device()?.autodiff();
+    let backends = if t.devices.is_empty() {
+        vec![t.device]
+    } else {
+        t.devices.clone()
+    };
+    let device = backends[0].device()?.autodiff();
+    check_devices(&backends, t.grad_accum)?;
     let adam = AdamWConfig {
         beta1: t.beta1,
         beta2: t.beta2,
         eps: t.eps,
     };
-    if opts.check_memory {
+    if opts.check_memory && t.device.uses_host_memory() {
         let need = cfg
             .model
             .train_step_bytes_checkpointed(
@@ -142,10 +158,9 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     } else {
         checkpoint::ensure_fresh(run)?;
         std::fs::create_dir_all(run).map_err(io(run))?;
-        device.seed(t.seed);
         let _ = std::fs::remove_file(&metrics_path);
         (
-            Transformer::new(&cfg.model, &device)
+            Transformer::seeded(&cfg.model, t.seed, &device)
                 .with_fused(opts.fused)
                 .with_precision(t.precision),
             AdamW::new(adam),
@@ -153,6 +168,21 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             0u64,
         )
     };
+    // Data parallelism: a replica (and optimizer) per further device, forked from the first, and
+    // Burn's all-reduce over them all.
+    let mut replicas = Vec::with_capacity(backends.len() - 1);
+    for b in &backends[1..] {
+        let d = b.device()?.autodiff();
+        replicas.push((model.clone().fork(&d), optim.to_device(&d), d));
+    }
+    let all_reduce = (!replicas.is_empty()).then(|| {
+        parallel::AllReduce::new(
+            std::iter::once(&device)
+                .chain(replicas.iter().map(|r| &r.2))
+                .map(|d| d.clone().without_autodiff())
+                .collect(),
+        )
+    });
     let config_path = run.join("config.toml");
     let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
     write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
@@ -222,13 +252,13 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             weight_decay: schedule.weight_decay_at(step),
             grad_clip: t.grad_clip,
         };
-        let loss = |model: &Transformer, m: usize, scale: f32| {
+        let loss_on = |model: &Transformer, device: &Device, m: usize, scale: f32| {
             let (x, y) = batch(
                 &data.train,
                 t.batch_size,
                 t.seq_len,
                 |row| window_start(t.seed, step, m, row, data.train.len(), t.seq_len),
-                &device,
+                device,
             );
             model.loss_and_grads(
                 x,
@@ -239,14 +269,43 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 |m, h| m.cross_entropy(m.head(h), y),
             )
         };
-        let (next, out) =
-            train_step(model, &mut optim, t.grad_accum, loss, params).map_err(|what| {
-                TrainError::NonFinite {
-                    step: step + 1,
-                    what,
-                }
-            })?;
-        model = next;
+        let non_finite = |what| TrainError::NonFinite {
+            step: step + 1,
+            what,
+        };
+        let out = if let Some(sum) = &all_reduce {
+            let devices: Vec<Device> = std::iter::once(device.clone())
+                .chain(replicas.iter().map(|r| r.2.clone()))
+                .collect();
+            let mut models = vec![model];
+            let mut optims = vec![optim];
+            for (m, o, _) in replicas.drain(..) {
+                models.push(m);
+                optims.push(o);
+            }
+            let micro =
+                |m: &Transformer, r: usize, i: usize, scale: f32| loss_on(m, &devices[r], i, scale);
+            let (next, out) =
+                parallel::train_step(models, &mut optims, t.grad_accum, micro, params, sum)
+                    .map_err(non_finite)?;
+            let mut next = next.into_iter();
+            let mut optims = optims.into_iter();
+            model = next.next().expect("replica 0");
+            optim = optims.next().expect("optimizer 0");
+            replicas = next
+                .zip(optims)
+                .zip(devices[1..].iter().cloned())
+                .map(|((m, o), d)| (m, o, d))
+                .collect();
+            out
+        } else {
+            let loss =
+                |model: &Transformer, m: usize, scale: f32| loss_on(model, &device, m, scale);
+            let (next, out) =
+                train_step(model, &mut optim, t.grad_accum, loss, params).map_err(non_finite)?;
+            model = next;
+            out
+        };
         step += 1;
         tokens += tokens_per_step as u64;
 
@@ -421,4 +480,54 @@ pub fn generate(
         }
     }
     tok.decode(&ids)
+}
+
+/// The devices of a run: one, or several for data parallelism, which needs Burn's all-reduce on
+/// every one of them and a share of the micro-batches for each.
+fn check_devices(devices: &[Backend], grad_accum: usize) -> Result<(), TrainError> {
+    if devices.len() < 2 {
+        return Ok(());
+    }
+    if let Some(b) = devices.iter().find(|b| !b.all_reduces()) {
+        return Err(TrainError::Config(format!(
+            "[train].devices: data-parallel training sums gradients with Burn's all-reduce, which \
+             Burn 0.22 has only on CUDA (NCCL); {b} has none. Train on one device, or on \
+             cuda:0,cuda:1,…"
+        )));
+    }
+    for (i, b) in devices.iter().enumerate() {
+        if devices[..i].contains(b) {
+            return Err(TrainError::Config(format!(
+                "[train].devices: {b} is listed twice"
+            )));
+        }
+    }
+    if !grad_accum.is_multiple_of(devices.len()) {
+        return Err(TrainError::Config(format!(
+            "[train].grad_accum = {grad_accum} is not a multiple of the {} devices: each device \
+             takes an equal share of a step's micro-batches",
+            devices.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_parallel_devices_are_checked() {
+        let ok = [Backend::Cuda(0), Backend::Cuda(1)];
+        check_devices(&ok, 4).unwrap();
+        check_devices(&[Backend::Flex], 3).unwrap();
+        let e = |d: &[Backend], accum| check_devices(d, accum).unwrap_err().to_string();
+        assert!(e(&ok, 3).contains("not a multiple of the 2 devices"));
+        assert!(e(&[Backend::Cuda(1), Backend::Cuda(1)], 2).contains("cuda:1 is listed twice"));
+        let msg = e(&[Backend::Cuda(0), Backend::Wgpu(None)], 2);
+        assert!(
+            msg.contains("wgpu has none") && msg.contains("CUDA"),
+            "{msg}"
+        );
+    }
 }

@@ -153,7 +153,7 @@ pub fn finetune(
     }
     let out = &o.out;
     let device = o.device.device()?.autodiff();
-    device.seed(c.seed);
+    tritium_model::device::seed(&device, c.seed);
 
     // Base model, tokenizer and template.
     let base = Checkpoint::open(&spec.base)?;
@@ -171,7 +171,7 @@ pub fn finetune(
             base.dir.display()
         )));
     }
-    if o.check_memory {
+    if o.check_memory && o.device.uses_host_memory() {
         // Full fine-tuning: the step as pretraining takes it. LoRA: the base packed (a quarter
         // byte a projection weight, the embedding and norms in f32, one projection dequantized
         // at a time for the backward pass), the adapters with gradients and moments, and the
