@@ -13,7 +13,7 @@ use tritium_model::burn::tensor::distributed::{
 };
 
 use crate::optim::{AdamW, grad_norm};
-use crate::step::{NonFinite, StepOutput, StepParams};
+use crate::step::{NonFinite, StepOutput, StepParams, clip_scale};
 
 /// The micro-batches of a step that replica `r` of `replicas` runs: r, r + replicas, …
 pub fn share(r: usize, replicas: usize, micro_batches: usize) -> impl Iterator<Item = usize> {
@@ -139,14 +139,7 @@ pub fn train_step<S: SumAcross>(
     });
     let fused = replicas[0].fused();
     let norm = grad_norm(&replicas[0], &grads[0], fused);
-    if !norm.is_finite() {
-        return Err(NonFinite::GradNorm(norm));
-    }
-    let clip = if p.grad_clip > 0.0 && norm > p.grad_clip {
-        p.grad_clip / norm
-    } else {
-        1.0
-    };
+    let clip = clip_scale(norm, &p)?;
     let models = replicas
         .into_iter()
         .zip(grads)

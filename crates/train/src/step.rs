@@ -60,14 +60,7 @@ pub fn train_step(
     }
     let grads = acc.grads();
     let norm = grad_norm(&model, &grads, optim.fused);
-    if !norm.is_finite() {
-        return Err(NonFinite::GradNorm(norm));
-    }
-    let clip = if p.grad_clip > 0.0 && norm > p.grad_clip {
-        p.grad_clip / norm
-    } else {
-        1.0
-    };
+    let clip = clip_scale(norm, &p)?;
     let model = optim.step(model, grads, p.lr, p.weight_decay, clip);
     let loss = losses.iter().sum::<f32>() / n;
     Ok((
@@ -77,6 +70,19 @@ pub fn train_step(
             grad_norm: norm,
         },
     ))
+}
+
+/// The factor that brings gradients of global norm `norm` down to `p.grad_clip` (1 when they are
+/// within it or clipping is off); a non-finite norm stops the step.
+pub(crate) fn clip_scale(norm: f32, p: &StepParams) -> Result<f32, NonFinite> {
+    if !norm.is_finite() {
+        return Err(NonFinite::GradNorm(norm));
+    }
+    Ok(if p.grad_clip > 0.0 && norm > p.grad_clip {
+        p.grad_clip / norm
+    } else {
+        1.0
+    })
 }
 
 #[cfg(test)]
