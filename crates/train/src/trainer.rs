@@ -110,7 +110,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         beta2: t.beta2,
         eps: t.eps,
     };
-    if opts.check_memory && t.device.uses_host_memory() {
+    if opts.check_memory && backends[0].uses_host_memory() {
         let need = cfg
             .model
             .train_step_bytes_checkpointed(
@@ -127,7 +127,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     // Held until the run returns: a second writer of the same directory is refused.
     let _lock = RunLock::acquire(run)?;
     let metrics_path = run.join("metrics.jsonl");
-    let (mut model, mut optim, mut step, mut tokens) = if opts.resume {
+    let (model, optim, mut step, mut tokens) = if opts.resume {
         let ckpt = Checkpoint::open(&checkpoint::latest(run)?)?;
         let state = &ckpt.state;
         if state.model != cfg.model {
@@ -168,17 +168,23 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             0u64,
         )
     };
-    // Data parallelism: a replica (and optimizer) per further device, forked from the first, and
-    // Burn's all-reduce over them all.
-    let mut replicas = Vec::with_capacity(backends.len() - 1);
+    // Data parallelism: a replica of the model and optimizer per further device, forked from the
+    // first, and Burn's all-reduce over them all. Replica 0 is the run's model: it is evaluated,
+    // sampled and saved.
+    let mut devices = vec![device.clone()];
     for b in &backends[1..] {
-        let d = b.device()?.autodiff();
-        replicas.push((model.clone().fork(&d), optim.to_device(&d), d));
+        devices.push(b.device()?.autodiff());
     }
-    let all_reduce = (!replicas.is_empty()).then(|| {
+    let mut models = vec![model];
+    let mut optims = vec![optim];
+    for d in &devices[1..] {
+        models.push(models[0].clone().fork(d));
+        optims.push(optims[0].to_device(d));
+    }
+    let all_reduce = (devices.len() > 1).then(|| {
         parallel::AllReduce::new(
-            std::iter::once(&device)
-                .chain(replicas.iter().map(|r| &r.2))
+            devices
+                .iter()
                 .map(|d| d.clone().without_autodiff())
                 .collect(),
         )
@@ -233,7 +239,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
     while step < t.max_steps {
         if opts.stop.load(Ordering::SeqCst) {
-            let path = save(&model, &optim, step, tokens, best_val)?;
+            let path = save(&models[0], &optims[0], step, tokens, best_val)?;
             on_event(Event::Checkpoint { step, path });
             on_event(Event::Interrupted { step });
             return Ok(Summary {
@@ -274,36 +280,26 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             what,
         };
         let out = if let Some(sum) = &all_reduce {
-            let devices: Vec<Device> = std::iter::once(device.clone())
-                .chain(replicas.iter().map(|r| r.2.clone()))
-                .collect();
-            let mut models = vec![model];
-            let mut optims = vec![optim];
-            for (m, o, _) in replicas.drain(..) {
-                models.push(m);
-                optims.push(o);
-            }
             let micro =
                 |m: &Transformer, r: usize, i: usize, scale: f32| loss_on(m, &devices[r], i, scale);
-            let (next, out) =
-                parallel::train_step(models, &mut optims, t.grad_accum, micro, params, sum)
-                    .map_err(non_finite)?;
-            let mut next = next.into_iter();
-            let mut optims = optims.into_iter();
-            model = next.next().expect("replica 0");
-            optim = optims.next().expect("optimizer 0");
-            replicas = next
-                .zip(optims)
-                .zip(devices[1..].iter().cloned())
-                .map(|((m, o), d)| (m, o, d))
-                .collect();
+            let (next, out) = parallel::train_step(
+                std::mem::take(&mut models),
+                &mut optims,
+                t.grad_accum,
+                micro,
+                params,
+                sum,
+            )
+            .map_err(non_finite)?;
+            models = next;
             out
         } else {
             let loss =
                 |model: &Transformer, m: usize, scale: f32| loss_on(model, &device, m, scale);
-            let (next, out) =
-                train_step(model, &mut optim, t.grad_accum, loss, params).map_err(non_finite)?;
-            model = next;
+            let model = models.pop().expect("one model");
+            let (next, out) = train_step(model, &mut optims[0], t.grad_accum, loss, params)
+                .map_err(non_finite)?;
+            models.push(next);
             out
         };
         step += 1;
@@ -326,7 +322,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
 
         if step % t.eval_every == 0 || step == t.max_steps {
             let val = evaluate(
-                &model,
+                &models[0],
                 &data.val,
                 t.eval_batches,
                 t.batch_size,
@@ -345,7 +341,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             .map_err(io(&svg))?;
             let sample = (t.sample_tokens > 0).then(|| {
                 generate(
-                    &model,
+                    &models[0],
                     &tok,
                     &t.sample_prompt,
                     t.sample_tokens,
@@ -361,7 +357,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             });
         }
         if step % t.checkpoint_every == 0 || step == t.max_steps {
-            let path = save(&model, &optim, step, tokens, best_val)?;
+            let path = save(&models[0], &optims[0], step, tokens, best_val)?;
             on_event(Event::Checkpoint { step, path });
         }
     }
