@@ -12,9 +12,13 @@ fn main() {
         .expect("usage: head_bench FILE.gguf");
     let m = Model::load(std::path::Path::new(&path), &Runtime::new(1)).unwrap();
     let (d, v) = (m.cfg.d_model, m.cfg.vocab);
-    let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
     for nt in [1usize, 2, 4, 8, 16] {
-        let xs: Vec<&[f32]> = (0..nt).map(|_| &x[..]).collect();
+        // On cache lines, as the engine's forward passes them.
+        let mut x = tritium_engine::kernels::Aligned::filled(nt * d, 0f32);
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i as f32 * 0.37).sin();
+        }
+        let xs: Vec<&[f32]> = x.chunks_exact(d).collect();
         let mut out = vec![0f32; v * nt];
         let t = Instant::now();
         for _ in 0..20 {

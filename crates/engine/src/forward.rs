@@ -26,9 +26,9 @@ pub struct Session<'m> {
     pub ctx: usize,
     /// Tokens already in the cache.
     pub pos: usize,
-    k_cache: Vec<f32>, // [L, KVH, ctx/KEY_BLOCK, hd, KEY_BLOCK]: see `kernels::KEY_BLOCK`
-    v_cache: Vec<f32>, // [L, KVH, ctx, hd]
-    rope_cos: Vec<f32>, // [ctx, hd/2]
+    k_cache: kernels::Aligned<f32>, // [L, KVH, ctx/KEY_BLOCK, hd, KEY_BLOCK]: see `kernels::KEY_BLOCK`
+    v_cache: kernels::Aligned<f32>, // [L, KVH, ctx, hd]
+    rope_cos: Vec<f32>,             // [ctx, hd/2]
     rope_sin: Vec<f32>,
     pub logits: Vec<f32>,
 }
@@ -355,11 +355,9 @@ fn attention(
 /// A zeroed buffer whose pages are written now: a zeroed allocation is otherwise mapped lazily,
 /// and a server's slots would take their page faults (and the kernel's zeroing) mid-generation,
 /// or run out of memory then instead of at start.
-fn committed(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
+fn committed(n: usize) -> kernels::Aligned<f32> {
     // Through black_box, so the allocation is not turned back into a lazily zeroed one.
-    v.resize(n, std::hint::black_box(0.0));
-    v
+    kernels::Aligned::filled(n, std::hint::black_box(0.0))
 }
 
 /// `out = x / √(mean(x²) + eps) · gain`, row by row.
@@ -393,6 +391,13 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// `outs[t][r] = head[r] · xs[t]`, threaded over vocabulary rows.
 fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: Vec<&mut [f32]>) {
     let isa = rt.isa;
+    // The rows on cache lines: every vector load of them then reads one line.
+    let mut rows = kernels::Aligned::filled(xs.len() * d, 0f32);
+    for (dst, x) in rows.chunks_exact_mut(d).zip(xs) {
+        dst.copy_from_slice(x);
+    }
+    let xs: Vec<&[f32]> = rows.chunks_exact(d).collect();
+    let xs = &xs[..];
     rt.pool.for_each_row_range(outs, 256, |rows, buf| {
         if d.is_multiple_of(16) {
             kernels::float_dots(isa, w, d, rows, xs, buf);

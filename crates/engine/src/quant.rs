@@ -2,15 +2,16 @@
 //! `s = 127 / max(max|x|, 1e-5)` (computed as `(1/m)·127`, like Burn), `q = clamp(round_half_even(x·s),
 //! −128, 127)`.
 
-use crate::kernels::BLOCK;
 use crate::kernels::bitlinear::quantize_row;
+use crate::kernels::{Aligned, BLOCK};
 
 /// Quantized activations for `ntok` tokens, each padded with zeros to `nb·256` values.
 #[derive(Debug, Default)]
 pub struct QuantActs {
     pub ntok: usize,
     pub nb: usize,
-    pub q: Vec<i8>,
+    /// Rows of `nb·256` values, the first on a cache line (so is every row).
+    pub q: Aligned<i8>,
     /// The per-token `s`: the real activation is `q / s`.
     pub scale: Vec<f32>,
     /// `1 / s`, so products are rescaled with a multiply.
@@ -28,8 +29,7 @@ impl QuantActs {
         let kp = nb * BLOCK;
         self.ntok = ntok;
         self.nb = nb;
-        self.q.clear();
-        self.q.resize(ntok * kp, 0);
+        self.q.reset(ntok * kp, 0);
         self.scale.clear();
         self.inv_scale.clear();
         self.block_sums.clear();

@@ -80,6 +80,28 @@ pub mod scalar;
 pub mod x86;
 
 #[cfg(test)]
+mod aligned_tests {
+    use super::Aligned;
+
+    #[test]
+    fn aligned_buffers_start_on_a_cache_line_and_hold_what_was_put() {
+        let mut a = Aligned::filled(5, 7i8);
+        assert_eq!(&a[..], &[7; 5]);
+        assert_eq!(a.as_ptr() as usize % 64, 0);
+        for len in [0, 1, 63, 1000] {
+            a.reset(len, -1);
+            assert_eq!(a.len(), len);
+            assert!(a.iter().all(|&v| v == -1));
+            assert_eq!(a.as_ptr() as usize % 64, 0, "length {len}");
+        }
+        let mut f = Aligned::filled(3, 0f32);
+        f[2] = 1.5;
+        assert_eq!(&f[..], &[0.0, 0.0, 1.5]);
+        assert_eq!(f.as_ptr() as usize % 64, 0);
+    }
+}
+
+#[cfg(test)]
 mod testing {
     /// Deterministic values in [-1, 1) without a random-number crate.
     pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
@@ -92,6 +114,54 @@ mod testing {
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
             })
             .collect()
+    }
+}
+
+/// A buffer whose contents start on a 64-byte boundary (one cache line, one AVX-512 load), so that
+/// rows whose length is a multiple of 64 bytes are loaded without any load straddling two lines:
+/// unaligned activation rows cost the batched LM head a quarter of its speed (measured with
+/// `--example head`).
+#[derive(Debug, Default, Clone)]
+pub struct Aligned<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy> Aligned<T> {
+    /// `len` copies of `v`.
+    pub fn filled(len: usize, v: T) -> Self {
+        let mut a = Aligned {
+            buf: Vec::new(),
+            off: 0,
+            len: 0,
+        };
+        a.reset(len, v);
+        a
+    }
+
+    /// `len` copies of `v`, in place of the contents (the allocation is kept when large enough).
+    pub fn reset(&mut self, len: usize, v: T) {
+        let pad = 64 / std::mem::size_of::<T>().max(1);
+        self.buf.clear();
+        self.buf.resize(len + pad, v);
+        // `align_offset` may decline to answer (usize::MAX); only speed depends on it.
+        let off = self.buf.as_ptr().align_offset(64);
+        self.off = if off <= pad { off } else { 0 };
+        self.len = len;
+    }
+}
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
     }
 }
 
