@@ -531,6 +531,7 @@ unsafe fn load16_512(w: FloatRows, at: usize) -> __m512 {
 }
 
 const PF_ROWS: usize = 8;
+const FLOAT_PF_BYTES: usize = 12 << 10;
 
 /// The float tiles' prefetch: rows r..r+rr are contiguous, so at each 16-column step fetch the
 /// same share of the group PF_ROWS rows ahead, two lines a step, keeping more misses in flight
@@ -547,8 +548,11 @@ impl Ahead {
             FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
             FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
         };
+        // As many rows ahead as fit in FLOAT_PF_BYTES: eight rows of a 2560-wide f16 head (40 KiB)
+        // ahead of use were evicted from L1 before they were read.
+        let rows_ahead = (FLOAT_PF_BYTES / (d * elem)).clamp(1, PF_ROWS);
         Ahead {
-            at: base.wrapping_add((r + PF_ROWS) * d * elem),
+            at: base.wrapping_add((r + rows_ahead) * d * elem),
             step: rr * d * elem / (d / 16),
         }
     }
