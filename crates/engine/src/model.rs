@@ -1,6 +1,7 @@
 //! Loading a `bitnet` GGUF: memory-map the file, check every hyperparameter and every tensor's
 //! type and shape against the architecture before reading any weight, then pack the ternary
-//! projections into the kernels' layout. The embedding (the largest tensor) stays in the map.
+//! projections into the kernels' layout. The embedding (the largest tensor, also the LM head) is
+//! read into memory of its own (`copy_rows`), so the map is dropped once the model is built.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
