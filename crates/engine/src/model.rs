@@ -58,6 +58,16 @@ enum Rows {
     Dequantized(Vec<f32>),
 }
 
+impl Rows {
+    fn view(&self) -> FloatRows<'_> {
+        match self {
+            Rows::F16(v) => FloatRows::F16(v),
+            Rows::F32(v) => FloatRows::F32(v),
+            Rows::Dequantized(v) => FloatRows::F32(v),
+        }
+    }
+}
+
 /// An F16 or F32 tensor's rows, read out of the file rather than used in place through the map:
 /// decode read through the map ran up to a third slower on some files, depending on whether the
 /// kernel's page cache held the file in 2 MiB pages or 4 KiB ones (a 2B4T-shaped file's head: 60
@@ -134,10 +144,9 @@ impl Model {
         Self::from_bytes_inner(name, Bytes::Owned(words, bytes.len()), rt)
     }
 
-    fn from_bytes_inner(path: &Path, bytes: Bytes, rt: &Runtime) -> Result<Model, Error> {
+    /// Everything is packed or copied out of `map`, which is dropped once the model is built.
+    fn from_bytes_inner(path: &Path, map: Bytes, rt: &Runtime) -> Result<Model, Error> {
         let start = Instant::now();
-        // Everything is packed or copied out of these bytes; the map is gone once the model is built.
-        let map = bytes;
         let g = Gguf::parse(&map).map_err(|e| Error::gguf(path, e))?;
         let bad = Error::invalid(path);
         let cfg = read_config(&g).map_err(bad)?;
@@ -237,17 +246,9 @@ impl Model {
         })
     }
 
-    fn float_rows<'a>(&'a self, r: &'a Rows) -> FloatRows<'a> {
-        match r {
-            Rows::F16(v) => FloatRows::F16(v),
-            Rows::F32(v) => FloatRows::F32(v),
-            Rows::Dequantized(v) => FloatRows::F32(v),
-        }
-    }
-
     /// The token embedding, `[V, D]` row-major.
     pub fn embedding(&self) -> FloatRows<'_> {
-        self.float_rows(&self.embd)
+        self.embd.view()
     }
 
     /// Ternary weights in the model (the seven projections of every block).
@@ -284,7 +285,7 @@ impl Model {
 
     /// The LM head: `output.weight` if the file has one, else the tied embedding.
     pub fn lm_head(&self) -> FloatRows<'_> {
-        self.float_rows(self.head.as_ref().unwrap_or(&self.embd))
+        self.head.as_ref().unwrap_or(&self.embd).view()
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
