@@ -33,3 +33,25 @@ pub use event::{Event, StartData};
 pub use schedule::{Decay, Schedule};
 pub use step::{StepOutput, StepParams, train_step};
 pub use trainer::{Summary, TrainOptions, train};
+
+/// Fixtures the step tests share.
+#[cfg(test)]
+mod testing {
+    use tritium_model::ModelConfig;
+    use tritium_model::burn::prelude::*;
+
+    /// A two-layer model small enough for exact step comparisons.
+    pub fn tiny_config() -> ModelConfig {
+        ModelConfig::from_toml_str(
+            "[model]\nvocab_size = 61\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\nmax_seq_len = 16\n",
+        )
+        .unwrap()
+    }
+
+    /// Micro-batch `m`: two rows of eight inputs and their next-token targets.
+    pub fn micro_batch(m: usize, dev: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+        let ids: Vec<i64> = (0..2 * 9).map(|i| ((i * 7 + m * 13) % 61) as i64).collect();
+        let t = Tensor::<1, Int>::from_ints(ids.as_slice(), dev).reshape([2, 9]);
+        (t.clone().slice([0..2, 0..8]), t.slice([0..2, 1..9]))
+    }
+}

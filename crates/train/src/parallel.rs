@@ -165,7 +165,6 @@ pub fn train_step<S: SumAcross>(
 mod tests {
     use super::*;
     use crate::optim::AdamWConfig;
-    use tritium_model::ModelConfig;
 
     /// A stand-in for the collective where Burn has none (flex): both replicas live on the CPU,
     /// so the sum is formed there. Only the test uses it; the trainer uses Burn's all-reduce.
@@ -193,17 +192,10 @@ mod tests {
     /// four: the same loss and update, up to the order of float sums, and identical replicas.
     #[test]
     fn two_replicas_step_as_one_device_accumulating() {
-        let cfg = ModelConfig::from_toml_str(
-            "[model]\nvocab_size = 61\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\nmax_seq_len = 16\n",
-        )
-        .unwrap();
+        let cfg = crate::testing::tiny_config();
         let dev = Device::flex().autodiff();
         let model = Transformer::seeded(&cfg, 3, &dev);
-        let batch = |m: usize| {
-            let ids: Vec<i64> = (0..2 * 9).map(|i| ((i * 7 + m * 13) % 61) as i64).collect();
-            let t = Tensor::<1, Int>::from_ints(ids.as_slice(), &dev).reshape([2, 9]);
-            (t.clone().slice([0..2, 0..8]), t.slice([0..2, 1..9]))
-        };
+        let batch = |m: usize| crate::testing::micro_batch(m, &dev);
         let run = |model: &Transformer, m: usize, scale: f32| {
             let (x, y) = batch(m);
             model.loss_and_grads(x, 1.0, None, 0, scale, |m, h| m.cross_entropy(m.head(h), y))

@@ -419,6 +419,13 @@ mod tests {
         }
     }
 
+    /// The message of the error `prepare` must stop with.
+    fn refusal(tok: &Tokenizer, inputs: &[PathBuf], out: &Path, o: &PrepareOptions) -> String {
+        prepare(tok, inputs, out, o, &mut |_| ControlFlow::Continue(()))
+            .expect_err("refused")
+            .to_string()
+    }
+
     fn run(tok: &Tokenizer, inputs: &[PathBuf], out: &Path, o: &PrepareOptions) -> PrepareReport {
         prepare(tok, inputs, out, o, &mut |_| ControlFlow::Continue(()))
             .unwrap()
@@ -494,12 +501,7 @@ mod tests {
         let mut o = opts(4, 40);
         o.field = "text".into();
         // The Parquet fixture keeps its text in "content": a clear error, then a corpus without it.
-        let e = prepare(&tok, &inputs, &d.path().join("x"), &o, &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .err()
-        .unwrap()
-        .to_string();
+        let e = refusal(&tok, &inputs, &d.path().join("x"), &o);
         assert!(e.contains("c.parquet") && e.contains("content"), "{e}");
         let inputs = vec![input.clone(), zst.clone()];
 
@@ -560,16 +562,7 @@ mod tests {
 
         let mut other = o.clone();
         other.val_every = 6;
-        let e = prepare(
-            &tok,
-            std::slice::from_ref(&input),
-            &resumed,
-            &other,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = refusal(&tok, std::slice::from_ref(&input), &resumed, &other);
         assert!(
             e.contains("progress.json") && e.contains("--val-every"),
             "{e}"
@@ -587,16 +580,7 @@ mod tests {
         let (d, tok, input) = setup("alpha beta gamma.\n\ndelta epsilon.\n");
         let empty = d.path().join("empty.txt");
         std::fs::write(&empty, "\n\n  \n").unwrap();
-        let e = prepare(
-            &tok,
-            &[empty],
-            &d.path().join("x"),
-            &opts(10, 100),
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = refusal(&tok, &[empty], &d.path().join("x"), &opts(10, 100));
         assert!(
             e.contains("empty.txt") && e.contains("nothing to train on"),
             "{e}"

@@ -89,24 +89,16 @@ pub(crate) fn clip_scale(norm: f32, p: &StepParams) -> Result<f32, NonFinite> {
 mod tests {
     use super::*;
     use crate::optim::AdamWConfig;
-    use tritium_model::ModelConfig;
     use tritium_model::burn::prelude::*;
 
     /// With several micro-batches the step reports the mean of their losses (each back-propagated
     /// at its share), not the mean of the shares, with or without checkpointing.
     #[test]
     fn the_step_loss_is_the_mean_of_the_micro_batch_losses() {
-        let cfg = ModelConfig::from_toml_str(
-            "[model]\nvocab_size = 61\nd_model = 32\nn_layers = 2\nn_heads = 2\nd_ff = 64\nmax_seq_len = 16\n",
-        )
-        .unwrap();
+        let cfg = crate::testing::tiny_config();
         let dev = Device::flex().autodiff();
         let model = Transformer::new(&cfg, &dev);
-        let batch = |m: usize| {
-            let ids: Vec<i64> = (0..2 * 9).map(|i| ((i * 7 + m * 13) % 61) as i64).collect();
-            let t = Tensor::<1, Int>::from_ints(ids.as_slice(), &dev).reshape([2, 9]);
-            (t.clone().slice([0..2, 0..8]), t.slice([0..2, 1..9]))
-        };
+        let batch = |m: usize| crate::testing::micro_batch(m, &dev);
         let losses: Vec<f32> = (0..2)
             .map(|m| {
                 let (x, y) = batch(m);

@@ -172,8 +172,13 @@ pub fn for_each_document(
 
 /// All documents of one file (for inputs that are read whole: tokenizer training, tests).
 pub fn documents(path: &Path) -> Result<Vec<String>, TextError> {
+    field_documents(path, DEFAULT_FIELD)
+}
+
+/// [`documents`], taking JSONL and Parquet documents from `field`.
+pub fn field_documents(path: &Path, field: &str) -> Result<Vec<String>, TextError> {
     let mut docs = Vec::new();
-    for_each_document(path, DEFAULT_FIELD, &mut |d| {
+    for_each_document(path, field, &mut |d| {
         docs.push(d);
         ControlFlow::Continue(())
     })?;
@@ -339,15 +344,6 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
-    }
-
-    fn field_documents(path: &Path, field: &str) -> Result<Vec<String>, TextError> {
-        let mut docs = Vec::new();
-        for_each_document(path, field, &mut |d| {
-            docs.push(d);
-            ControlFlow::Continue(())
-        })?;
-        Ok(docs)
     }
 
     #[test]
