@@ -247,9 +247,7 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
             adapt(steps, li, p, &h, d, &mut qkv, w, offset);
         }
-        for (s, r) in steps.iter_mut().zip(&rows) {
-            s.sess.rope_and_cache(li, &mut qkv[r.start * w..r.end * w]);
-        }
+        rope_and_cache(rt, steps, &rows, li, &mut qkv, w);
         attention(steps, &rows, li, &qkv, &mut att);
         rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
         acts.quantize(&h, d);
@@ -263,17 +261,13 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         l.wgu.matmul(rt, &acts, &mut gu);
         adapt(steps, li, 4, &h, d, &mut gu, 2 * f, 0);
         adapt(steps, li, 5, &h, d, &mut gu, 2 * f, f);
+        let act = match c.act {
+            Act::Silu => kernels::rows::Gate::Silu,
+            Act::Relu2 => kernels::rows::Gate::Relu2,
+        };
         for (o, row) in g.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
             let (gate, up) = row.split_at(f);
-            for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
-                *o = match c.act {
-                    Act::Silu => a / (1.0 + (-a).exp()) * b,
-                    Act::Relu2 => {
-                        let r = a.max(0.0);
-                        r * r * b
-                    }
-                };
-            }
+            kernels::rows::gate_into(act, o, gate, up);
         }
         rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
         acts.quantize(&gn, f);
@@ -308,6 +302,30 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         .collect();
     lm_head(rt, m.lm_head(), d, &xs, outs);
     Ok(())
+}
+
+/// Each sequence's [`Session::rope_and_cache`] on its own rows of `qkv` (`w` wide), the sequences
+/// spread over the team: writing a token's keys touches one cache line per key value (the blocked
+/// layout), so a batch's writes are worth two threads' worth of outstanding misses.
+fn rope_and_cache(
+    rt: &Runtime,
+    steps: &mut [Step],
+    rows: &[std::ops::Range<usize>],
+    li: usize,
+    qkv: &mut [f32],
+    w: usize,
+) {
+    let mut parts: Vec<(&mut Step, &mut [f32])> = Vec::with_capacity(steps.len());
+    let mut rest = qkv;
+    for (s, r) in steps.iter_mut().zip(rows) {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * w);
+        parts.push((s, mine));
+        rest = tail;
+    }
+    rt.pool.for_each_chunk(&mut parts, 1, |_, part| {
+        let (s, rows) = &mut part[0];
+        s.sess.rope_and_cache(li, rows);
+    });
 }
 
 /// Causal attention of every sequence's new queries against its own cache of layer `li`.
@@ -360,16 +378,9 @@ fn committed(n: usize) -> kernels::Aligned<f32> {
     kernels::Aligned::filled(n, std::hint::black_box(0.0))
 }
 
-/// `out = x / √(mean(x²) + eps) · gain`, row by row.
+/// `out = x / √(mean(x²) + eps) · gain`, row by row, as training rounds it.
 pub fn rmsnorm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
-    let n = gain.len();
-    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let ms = kernels::dot_body(xr, xr) / n as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gain) {
-            *o = v * r * g;
-        }
-    }
+    kernels::rows::rms_norm_into(out, x, gain, eps);
 }
 
 /// NEOX rotation of one head: pairs `(x[i], x[i + hd/2])`.

@@ -537,7 +537,7 @@ pub fn attend_body(
     }
     let mut z = 0.0;
     for p in 0..n {
-        let e = (scores[p] - mx).exp();
+        let e = rows::exp(scores[p] - mx);
         scores[p] = e;
         z += e;
     }

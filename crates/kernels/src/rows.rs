@@ -93,14 +93,23 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     (y, r)
 }
 
+/// [`rms_norm`] on the calling thread, into `y`, without the `r` it keeps for training: the
+/// inference engine's norm, so it rounds as training does.
+pub fn rms_norm_into(y: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
+    rms_rows(y, &mut [], x, gamma, eps)
+}
+
 crate::multiversion! {
+    /// `r` may be shorter than the rows (the engine keeps none).
     fn rms_rows(y: &mut [f32], r: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
         let d = gamma.len();
-        for ((y, r), x) in y.chunks_mut(d).zip(r.iter_mut()).zip(x.chunks(d)) {
+        for (i, (y, x)) in y.chunks_mut(d).zip(x.chunks(d)).enumerate() {
             let ms = sum_map(x, |v| v * v) / d as f32;
             // The reference divides by the root; so do we, to round the same way.
             let rms = (ms + eps).sqrt();
-            *r = 1.0 / rms;
+            if let Some(r) = r.get_mut(i) {
+                *r = 1.0 / rms;
+            }
             for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
                 *y = x / rms * g;
             }
@@ -218,11 +227,17 @@ pub fn gate(act: Gate, g: &[f32], u: &[f32]) -> Vec<f32> {
     h.par_chunks_mut(1 << 14)
         .zip(g.par_chunks(1 << 14))
         .zip(u.par_chunks(1 << 14))
-        .for_each(|((h, g), u)| match act {
-            Gate::Silu => swiglu_chunk(h, g, u),
-            Gate::Relu2 => relu2_chunk(h, g, u),
-        });
+        .for_each(|((h, g), u)| gate_into(act, h, g, u));
     h
+}
+
+/// [`gate`] on the calling thread, into `h`: the inference engine's gate, so it computes what
+/// training computes, element for element.
+pub fn gate_into(act: Gate, h: &mut [f32], g: &[f32], u: &[f32]) {
+    match act {
+        Gate::Silu => swiglu_chunk(h, g, u),
+        Gate::Relu2 => relu2_chunk(h, g, u),
+    }
 }
 
 /// Its gradients. SiLU: `dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))`, `du = dh ⊙ g σ(g)`. relu²:

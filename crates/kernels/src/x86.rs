@@ -750,10 +750,14 @@ pub unsafe fn attend_avx512(
         *s *= scale;
         mx = mx.max(*s);
     }
-    let mut z = 0.0;
+    // Training's exp (a polynomial that vectorizes; libm's is a call per score), then the sum in
+    // position order, as the scalar body adds it.
     for s in scores[..n].iter_mut() {
-        *s = (*s - mx).exp();
-        z += *s;
+        *s = crate::rows::exp(*s - mx);
+    }
+    let mut z = 0.0;
+    for &s in &scores[..n] {
+        z += s;
     }
     // SAFETY: hd = 16c with 1 ≤ c ≤ 8 (checked above); scores[..n] and values[..n·hd] exist.
     unsafe {
