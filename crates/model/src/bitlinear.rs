@@ -108,8 +108,8 @@ impl Lora {
             let xa = crate::fused::linear(x, self.a.val(), p);
             return crate::fused::linear(xa, self.b.val(), p) * scale;
         }
-        let _ = (fused, p);
-        matmul_t(matmul_t(x, self.a.val()), self.b.val()) * scale
+        let _ = fused;
+        product(product(x, self.a.val(), p), self.b.val(), p) * scale
     }
 }
 
@@ -181,11 +181,12 @@ impl BitLinear {
             Quant::Ternary if lambda == 1.0 && crate::fused::active(self.fused, &w.device()) => {
                 crate::fused::bitlinear(x, w, self.precision)
             }
-            Quant::Ternary => matmul_t(
+            Quant::Ternary => product(
                 ste(x.clone(), quantize_activations(x), lambda),
                 ste(w.clone(), ternarize(w), lambda),
+                self.precision,
             ),
-            Quant::None => matmul_t(x, w),
+            Quant::None => product(x, w, self.precision),
         }
     }
 }
@@ -202,12 +203,39 @@ fn packed_forward<const D: usize>(
     if crate::fused::active(fused, &x.device()) {
         return crate::fused::bitlinear_packed(x, w, p);
     }
-    let _ = (fused, p);
+    let _ = fused;
     let wd = Tensor::<2>::from_data(
         TensorData::new(w.dequantize(), [w.rows, w.cols]),
         &x.device(),
     );
-    matmul_t(ste(x.clone(), quantize_activations(x), 1.0), wd)
+    product(ste(x.clone(), quantize_activations(x), 1.0), wd, p)
+}
+
+/// [`matmul_t`] at precision `p`, for the tensor-op model (GPUs, `--unfused`). In bf16 both
+/// operands are rounded to bf16 and the product comes back as f32, as PyTorch's bf16 autocast runs
+/// a linear layer: the backward products run in bf16 too (autodiff takes the gradient back through
+/// each cast), while the parameters, their gradients and the optimizer state stay f32 — the master
+/// weights.
+pub(crate) fn product<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) -> Tensor<D> {
+    use burn::tensor::FloatDType;
+    match p {
+        Precision::F32 => matmul_t(x, w),
+        Precision::Bf16 => {
+            matmul_t(x.cast(FloatDType::BF16), w.cast(FloatDType::BF16)).cast(FloatDType::F32)
+        }
+    }
+}
+
+/// What the linear products run as at `p`, in words (for reports): the fused CPU kernels' path
+/// where they run (`fused`), else the tensor-op model's [`product`].
+pub fn products_path(p: Precision, fused: bool) -> &'static str {
+    match (fused, p) {
+        (true, p) => p.describe(),
+        (false, Precision::F32) => "f32 in the backend's tensor ops",
+        (false, Precision::Bf16) => {
+            "bf16 operands in the backend's tensor ops (autocast-style), f32 master weights"
+        }
+    }
 }
 
 /// `x · wᵀ` for `x: [.., k]`, `w: [n, k]`, flattening the leading axes into one matrix product.
@@ -226,6 +254,72 @@ pub(crate) fn matmul_t<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> 
 mod tests {
     use super::*;
     use crate::testing::{assert_close, dev, t2, values};
+
+    /// f32 → bf16 → f32, round to nearest even, by hand (finite inputs).
+    fn bf16_round(x: f32) -> f32 {
+        let b = x.to_bits();
+        f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+    }
+
+    /// The tensor-op model's bf16 product: the output and both gradients come back as f32
+    /// holding bf16 values (the products ran in bf16), within bf16 rounding of the product of
+    /// the bf16-rounded operands computed here in f64, and not equal to the f32 product.
+    #[test]
+    fn bf16_product_rounds_operands_output_and_gradients_to_bf16() {
+        let d = dev().autodiff();
+        let (m, k, n) = (5, 48, 7);
+        let xs: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 31.0)
+            .collect();
+        let ws: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 1234.5)
+            .collect();
+        let x = Tensor::<1>::from_floats(xs.as_slice(), &d)
+            .reshape([m, k])
+            .require_grad();
+        let w = Tensor::<1>::from_floats(ws.as_slice(), &d)
+            .reshape([n, k])
+            .require_grad();
+        let y = product(x.clone(), w.clone(), Precision::Bf16);
+        let grads = y.clone().sum().backward();
+        let y32 = values(product(
+            x.clone().detach(),
+            w.clone().detach(),
+            Precision::F32,
+        ));
+        let y = values(y);
+        let mut differs = false;
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|c| bf16_round(xs[i * k + c]) as f64 * bf16_round(ws[j * k + c]) as f64)
+                    .sum();
+                let got = y[i * n + j];
+                assert_eq!(got, bf16_round(got), "output {got} is not a bf16 value");
+                assert!((got as f64 - want).abs() <= 2f64.powi(-8) * want.abs() + 1e-6);
+                differs |= got != y32[i * n + j];
+            }
+        }
+        assert!(differs, "the bf16 product equals the f32 one everywhere");
+        // d(Σy)/dx[i][c] = Σ_j w[j][c]; d/dw[j][c] = Σ_i x[i][c], each a bf16 product.
+        let (gx, gw) = (x.grad(&grads).unwrap(), w.grad(&grads).unwrap());
+        assert_eq!(
+            gx.dtype(),
+            burn::tensor::DType::F32,
+            "master gradients are f32"
+        );
+        for (g, src, rows) in [(values(gx), &ws, n), (values(gw), &xs, m)] {
+            for (e, &got) in g.iter().enumerate() {
+                let c = e % k;
+                let want: f64 = (0..rows).map(|r| bf16_round(src[r * k + c]) as f64).sum();
+                assert_eq!(got, bf16_round(got), "gradient {got} is not a bf16 value");
+                assert!(
+                    (got as f64 - want).abs() <= 2f64.powi(-7) * want.abs() + 1e-6,
+                    "{got} vs {want}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn lora_adds_alpha_over_r_times_b_a_x_on_the_unquantized_input() {

@@ -11,7 +11,7 @@ use tritium_gguf::names::Projection;
 use tritium_kernels::dense::Precision;
 
 use crate::attention::Attention;
-use crate::bitlinear::{BitLinear, matmul_t};
+use crate::bitlinear::{BitLinear, product};
 use crate::config::ModelConfig;
 use crate::ffn::FeedForward;
 use crate::fused::{cross_entropy as fused_cross_entropy, norm};
@@ -363,7 +363,7 @@ impl Transformer {
         if crate::fused::active(self.fused, &h.device()) {
             return crate::fused::linear(h, self.tok_embd.weight.val(), self.precision);
         }
-        matmul_t(h, self.tok_embd.weight.val())
+        product(h, self.tok_embd.weight.val(), self.precision)
     }
 }
 

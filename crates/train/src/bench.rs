@@ -127,11 +127,11 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         window_tokens_per_s: rates,
         final_loss: loss,
         peak_rss_mib: peak_rss_mib(),
-        gemm: if cfg.fused && tritium_model::fused::supported(&device) {
-            cfg.precision.describe().to_string()
-        } else {
-            "the backend's own (unfused tensor ops)".to_string()
-        },
+        gemm: tritium_model::bitlinear::products_path(
+            cfg.precision,
+            cfg.fused && tritium_model::fused::supported(&device),
+        )
+        .to_string(),
         estimated_mib: model_cfg
             .train_step_bytes_checkpointed(cfg.batch, cfg.seq, cfg.gradient_checkpointing)
             .total() as f64
