@@ -4,6 +4,8 @@
 # step, then the mean and spread (min–max) of each path.
 #
 #   scripts/learning-bf16.sh            # 5 seeds × 300 steps (about 10 minutes on 2 cores)
+#   FLAGS=--unfused scripts/learning-bf16.sh   # the tensor-op model's mixed precision (as on GPUs)
+#   DEVICE=wgpu ...                            # on another device (a build with its feature)
 #
 # Needs a release build (cargo build --release). Runs go to runs/learning-bf16/.
 set -euo pipefail
@@ -11,6 +13,8 @@ cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3 4 5"}
 STEPS=${STEPS:-300}
 BIN=${BIN:-target/release/tritium}
+FLAGS=${FLAGS:-}
+DEVICE=${DEVICE:-flex}
 out=runs/learning-bf16
 mkdir -p $out
 : > $out/results.txt
@@ -18,7 +22,7 @@ for seed in $SEEDS; do
   for p in f32 bf16; do
     run=$out/$p-seed$seed
     rm -rf "$run"
-    $BIN train --config configs/tiny.toml --out "$run" \
+    $BIN $FLAGS train --config configs/tiny.toml --out "$run" --device "$DEVICE" \
       --set train.seed=$seed --set train.max_steps=$STEPS --set train.warmup_steps=$((STEPS < 50 ? STEPS / 2 : 50)) --set train.eval_every=$STEPS \
       --set train.checkpoint_every=$STEPS --set train.sample_tokens=0 --set train.precision=\"$p\" >/dev/null
     loss=$(grep '"val_loss":[0-9]' "$run/metrics.jsonl" | tail -1 | sed 's/.*"val_loss":\([0-9.e-]*\).*/\1/')

@@ -238,6 +238,27 @@ pub fn products_path(p: Precision, fused: bool) -> &'static str {
     }
 }
 
+/// Refuses precision `p` where it cannot run, before a step would: bf16 in the tensor-op model
+/// needs bf16 arithmetic on the device (CUDA has it; a Vulkan adapter such as lavapipe may store
+/// bf16 but not compute in it, and Burn then panics in the first product). The fused CPU kernels
+/// fall back to f32 themselves, and say so ([`products_path`]).
+pub fn check_precision(
+    p: Precision,
+    fused: bool,
+    device: &Device,
+    name: impl std::fmt::Display,
+) -> Result<(), crate::Error> {
+    let tensor_ops = !crate::fused::active(fused, device);
+    if p == Precision::Bf16 && tensor_ops && !device.supports_dtype(burn::tensor::FloatDType::BF16)
+    {
+        return Err(crate::Error::Config(format!(
+            "precision = \"bf16\": device {name} has no bf16 arithmetic (Burn's supports_dtype); \
+             use \"f32\" there"
+        )));
+    }
+    Ok(())
+}
+
 /// `x · wᵀ` for `x: [.., k]`, `w: [n, k]`, flattening the leading axes into one matrix product.
 pub(crate) fn matmul_t<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
     let dims = x.dims();

@@ -56,6 +56,7 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         tritium_model::memory::check(need, "a training step of this model at --batch × --seq")?;
     }
     let device = cfg.backend.device()?.autodiff();
+    tritium_model::bitlinear::check_precision(cfg.precision, cfg.fused, &device, cfg.backend)?;
     device.seed(cfg.seed);
     let mut model = Transformer::seeded(model_cfg, cfg.seed, &device)
         .with_fused(cfg.fused)

@@ -105,6 +105,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
     let device = backends[0].device()?.autodiff();
     check_devices(&backends, t.grad_accum)?;
+    tritium_model::bitlinear::check_precision(t.precision, opts.fused, &device, backends[0])?;
     let adam = AdamWConfig {
         beta1: t.beta1,
         beta2: t.beta2,
