@@ -71,8 +71,12 @@ impl Progress {
                 first_step,
                 max_steps,
                 data,
+                products,
             } => {
                 self.start_lines(first_step, max_steps, &data);
+                if let Some(p) = products {
+                    self.line(format!("training products: {p}"));
+                }
                 if let StartData::Examples(_) = data {
                     self.eval_label = "held-out response loss";
                 }

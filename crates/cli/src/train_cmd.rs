@@ -197,15 +197,6 @@ pub fn train(a: TrainArgs, fused: bool, check_memory: bool) -> Result<()> {
     for w in config.model.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());
     }
-    if config.train.precision != tritium_model::Precision::F32 {
-        // The fused CPU kernels run on flex alone; every other device runs the tensor-op model.
-        let on_flex =
-            config.train.devices.is_empty() && config.train.device == tritium_model::Backend::Flex;
-        println!(
-            "training products: {}",
-            tritium_model::bitlinear::products_path(config.train.precision, fused && on_flex)
-        );
-    }
     let stop = stop_on_ctrl_c()?;
     let mut view = Progress::new(out.clone());
     let summary = tritium_train::train(

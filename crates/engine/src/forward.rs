@@ -239,6 +239,10 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
             }
         }
     };
+    let act = match c.act {
+        Act::Silu => kernels::rows::Gate::Silu,
+        Act::Relu2 => kernels::rows::Gate::Relu2,
+    };
     for (li, l) in m.layers.iter().enumerate() {
         // Attention.
         rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
@@ -261,10 +265,6 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         l.wgu.matmul(rt, &acts, &mut gu);
         adapt(steps, li, 4, &h, d, &mut gu, 2 * f, 0);
         adapt(steps, li, 5, &h, d, &mut gu, 2 * f, f);
-        let act = match c.act {
-            Act::Silu => kernels::rows::Gate::Silu,
-            Act::Relu2 => kernels::rows::Gate::Relu2,
-        };
         for (o, row) in g.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
             let (gate, up) = row.split_at(f);
             kernels::rows::gate_into(act, o, gate, up);
@@ -315,6 +315,10 @@ fn rope_and_cache(
     qkv: &mut [f32],
     w: usize,
 ) {
+    if let [one] = steps {
+        // One sequence (single-stream decode, a prompt): nothing to spread, nothing to allocate.
+        return one.sess.rope_and_cache(li, qkv);
+    }
     let mut parts: Vec<(&mut Step, &mut [f32])> = Vec::with_capacity(steps.len());
     let mut rest = qkv;
     for (s, r) in steps.iter_mut().zip(rows) {

@@ -226,37 +226,31 @@ pub(crate) fn product<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) 
     }
 }
 
-/// What the linear products run as at `p`, in words (for reports): the fused CPU kernels' path
-/// where they run (`fused`), else the tensor-op model's [`product`].
-pub fn products_path(p: Precision, fused: bool) -> &'static str {
-    match (fused, p) {
-        (true, p) => p.describe(),
-        (false, Precision::F32) => "f32 in the backend's tensor ops",
-        (false, Precision::Bf16) => {
-            "bf16 operands in the backend's tensor ops (autocast-style), f32 master weights"
-        }
-    }
-}
-
-/// Refuses precision `p` where it cannot run, before a step would: bf16 in the tensor-op model
-/// needs bf16 arithmetic on the device (CUDA has it; a Vulkan adapter such as lavapipe may store
-/// bf16 but not compute in it, and Burn then panics in the first product). The fused CPU kernels
-/// fall back to f32 themselves, and say so ([`products_path`]).
-pub fn check_precision(
+/// What the linear products of a model at precision `p` (with the fused ops if `fused`) run as on
+/// `device` (called `name` in errors), in words for reports: the fused CPU kernels' path where
+/// they run, else the tensor-op model's [`product`]. Refuses, before any step, what cannot run:
+/// bf16 in the tensor-op model needs bf16 arithmetic on the device (CUDA has it; a Vulkan adapter
+/// such as lavapipe may store bf16 but not compute in it, and Burn then panics in the first
+/// product). The fused CPU kernels fall back to f32 themselves, and the words say so.
+pub fn products(
     p: Precision,
     fused: bool,
     device: &Device,
     name: impl std::fmt::Display,
-) -> Result<(), crate::Error> {
-    let tensor_ops = !crate::fused::active(fused, device);
-    if p == Precision::Bf16 && tensor_ops && !device.supports_dtype(burn::tensor::FloatDType::BF16)
-    {
-        return Err(crate::Error::Config(format!(
+) -> Result<&'static str, crate::Error> {
+    if crate::fused::active(fused, device) {
+        return Ok(p.describe());
+    }
+    match p {
+        Precision::F32 => Ok("f32 in the backend's tensor ops"),
+        Precision::Bf16 if device.supports_dtype(burn::tensor::FloatDType::BF16) => {
+            Ok("bf16 operands in the backend's tensor ops (autocast-style), f32 master weights")
+        }
+        Precision::Bf16 => Err(crate::Error::Config(format!(
             "precision = \"bf16\": device {name} has no bf16 arithmetic (Burn's supports_dtype); \
              use \"f32\" there"
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// `x · wᵀ` for `x: [.., k]`, `w: [n, k]`, flattening the leading axes into one matrix product.

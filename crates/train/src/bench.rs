@@ -56,7 +56,7 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         tritium_model::memory::check(need, "a training step of this model at --batch × --seq")?;
     }
     let device = cfg.backend.device()?.autodiff();
-    tritium_model::bitlinear::check_precision(cfg.precision, cfg.fused, &device, cfg.backend)?;
+    let gemm = tritium_model::bitlinear::products(cfg.precision, cfg.fused, &device, cfg.backend)?;
     device.seed(cfg.seed);
     let mut model = Transformer::seeded(model_cfg, cfg.seed, &device)
         .with_fused(cfg.fused)
@@ -128,11 +128,7 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         window_tokens_per_s: rates,
         final_loss: loss,
         peak_rss_mib: peak_rss_mib(),
-        gemm: tritium_model::bitlinear::products_path(
-            cfg.precision,
-            cfg.fused && tritium_model::fused::supported(&device),
-        )
-        .to_string(),
+        gemm: gemm.to_string(),
         estimated_mib: model_cfg
             .train_step_bytes_checkpointed(cfg.batch, cfg.seq, cfg.gradient_checkpointing)
             .total() as f64

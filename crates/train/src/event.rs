@@ -20,6 +20,8 @@ pub enum Event {
         first_step: usize,
         max_steps: usize,
         data: StartData,
+        /// What the training products run as, when `precision` asks for more than f32.
+        products: Option<&'static str>,
     },
     /// One optimizer step done.
     Step(Row),

@@ -105,7 +105,8 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
     let device = backends[0].device()?.autodiff();
     check_devices(&backends, t.grad_accum)?;
-    tritium_model::bitlinear::check_precision(t.precision, opts.fused, &device, backends[0])?;
+    let products =
+        tritium_model::bitlinear::products(t.precision, opts.fused, &device, backends[0])?;
     let adam = AdamWConfig {
         beta1: t.beta1,
         beta2: t.beta2,
@@ -205,6 +206,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             val_tokens: data.val.len(),
             unigram_entropy: data.val.unigram_entropy(),
         },
+        products: (t.precision != tritium_model::Precision::F32).then_some(products),
     });
 
     let mut best_val: Option<f64> = None;

@@ -153,6 +153,7 @@ pub fn finetune(
     }
     let out = &o.out;
     let device = o.device.device()?.autodiff();
+    let products = tritium_model::bitlinear::products(c.precision, o.fused, &device, o.device)?;
     tritium_model::device::seed(&device, c.seed);
 
     // Base model, tokenizer and template.
@@ -380,6 +381,7 @@ pub fn finetune(
         first_step: first_step - 1,
         max_steps: c.steps,
         data: StartData::Examples(Box::new(summary.clone())),
+        products: (c.precision != tritium_model::Precision::F32).then_some(products),
     });
     if logged_base.is_none() {
         metrics::append(&metrics_path, &Row::validation(0, 0, base_val))
