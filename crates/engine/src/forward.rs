@@ -5,6 +5,7 @@
 
 use crate::Error;
 use crate::kernels;
+use crate::kernels::pool::Order;
 use crate::lora::Lora;
 use crate::model::{Act, Model};
 use crate::quant::QuantActs;
@@ -413,11 +414,12 @@ fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: V
     }
     let xs: Vec<&[f32]> = rows.chunks_exact(d).collect();
     let xs = &xs[..];
-    rt.pool.for_each_row_range(outs, 256, |rows, buf| {
-        if d.is_multiple_of(16) {
-            kernels::float_dots(isa, w, d, rows, xs, buf);
-        } else {
-            kernels::scalar::float_dots_any(w, d, rows, xs, buf);
-        }
-    });
+    rt.pool
+        .for_each_row_range(outs, 256, Order::RowToken, |rows, buf| {
+            if d.is_multiple_of(16) {
+                kernels::float_dots(isa, w, d, rows, xs, buf);
+            } else {
+                kernels::scalar::float_dots_any(w, d, rows, xs, buf);
+            }
+        });
 }

@@ -8,7 +8,8 @@ use tritium_gguf::blocks::{
     I2S_BLOCK, QK_K, TQ1_0_BYTES, TQ2_0_BYTES, i2_s_codes, tq1_0_codes, tq2_0_codes,
 };
 
-use crate::kernels::panels::{self, Panels};
+use crate::kernels::panels::{self, PAIR, Panels};
+use crate::kernels::pool::Order;
 use crate::kernels::{self, BLOCK, Block64, Isa};
 use crate::quant::QuantActs;
 use crate::runtime::Runtime;
@@ -249,17 +250,47 @@ impl TernaryMatrix {
                 });
                 return;
             }
-            // A few tokens (batched decode): threads take row ranges of every token's output.
-            pool.for_each_row_range(
-                out.chunks_exact_mut(self.rows).collect(),
-                chunk,
-                |rows, buf| {
-                    for t0 in (0..nt).step_by(TILE) {
+            let outs = out.chunks_exact_mut(self.rows).collect();
+            if let Some(p) = panels {
+                // A few tokens (batched decode) on the many-token layout: its lanes are rows, so
+                // no dot product is summed across lanes (twice the row blocks' rate at 2–16
+                // tokens). Threads take whole row pairs of every token's output.
+                let chunk = chunk.next_multiple_of(PAIR);
+                let ones = [1f32; TILE];
+                let sums = a.sums();
+                pool.for_each_row_range(outs, chunk, Order::TokenRow, |rows, buf| {
+                    let n = rows.len();
+                    let pairs = rows.start / PAIR..rows.end.div_ceil(PAIR);
+                    for (t0, part) in (0..nt).step_by(TILE).zip(buf.chunks_mut(TILE * n)) {
                         let t1 = (t0 + TILE).min(nt);
-                        self.tile_into(isa, a, t0..t1, rows.clone(), &mut buf[t0..], 1, nt);
+                        let mut xs: [&[i8]; TILE] = [&[]; TILE];
+                        for (x, t) in xs.iter_mut().zip(t0..t1) {
+                            *x = a.row(t);
+                        }
+                        let dst = panels::Dst {
+                            out: part,
+                            stride: n,
+                        };
+                        let ones = &ones[..t1 - t0];
+                        let xs = &xs[..t1 - t0];
+                        panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, dst);
                     }
-                },
-            );
+                    for (row, t) in buf.chunks_exact_mut(n).zip(0..) {
+                        let inv = a.inv_scale[t];
+                        for (o, &ws) in row.iter_mut().zip(&self.scales[rows.clone()]) {
+                            *o = *o * ws * inv;
+                        }
+                    }
+                });
+                return;
+            }
+            // A few tokens (batched decode): threads take row ranges of every token's output.
+            pool.for_each_row_range(outs, chunk, Order::RowToken, |rows, buf| {
+                for t0 in (0..nt).step_by(TILE) {
+                    let t1 = (t0 + TILE).min(nt);
+                    self.tile_into(isa, a, t0..t1, rows.clone(), &mut buf[t0..], 1, nt);
+                }
+            });
         }
     }
 

@@ -306,7 +306,7 @@ fn packed_matmul_equals_dequantized_product_for_every_format() {
 }
 
 #[test]
-fn prompts_on_panels_equal_the_row_blocks_and_one_token_at_a_time_bit_for_bit() {
+fn batches_and_prompts_on_panels_equal_the_row_blocks_and_one_token_at_a_time_bit_for_bit() {
     let rt = Runtime::new(2);
     let mut rng = Rng(6);
     for (rows, cols) in [(5usize, 256usize), (33, 768), (70, 512)] {
@@ -316,8 +316,9 @@ fn prompts_on_panels_equal_the_row_blocks_and_one_token_at_a_time_bit_for_bit() 
         let m = TernaryMatrix::from_gguf(GgmlType::Tq2_0, &bytes, cols, rows, 0.0123).unwrap();
         let mp = m.clone().with_panels();
         assert!(m.panels.is_none() && mp.panels.is_some());
-        // 32 tokens and up take the many-token path; 130 leaves a partial task of 2.
-        for ntok in [32usize, 40, 64, 130] {
+        // 2 to 31 tokens (batched decode) split rows between threads, in tiles of 16 tokens;
+        // 32 and up take the many-token path; 130 leaves a partial task of 2.
+        for ntok in [2usize, 3, 8, 9, 17, 32, 40, 64, 130] {
             let x: Vec<f32> = (0..ntok * cols).map(|_| rng.f32() * 4.0).collect();
             let mut a = QuantActs::default();
             a.quantize(&x, cols);

@@ -171,12 +171,42 @@ pub fn preferred(isa: Isa) -> bool {
 /// product of `xs.len()` int8 token rows (each at least [`Panels::padded_cols`] long, zero past
 /// `cols`) with the ternary matrix. Integer sums are exact, so every ISA gives the same bits.
 pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &mut [f32]) {
+    let dst = Dst {
+        out,
+        stride: w.rows,
+    };
+    product_pairs(isa, w, 0..w.pairs(), xs, sums, factor, dst);
+}
+
+/// Where [`product_pairs`] writes: row `r` of the pairs computed (counted from their first row)
+/// for token `t` at `out[t·stride + r]`.
+pub struct Dst<'a> {
+    pub out: &'a mut [f32],
+    pub stride: usize,
+}
+
+/// [`product`] for the row pairs `pairs` only (rows `32·pairs.start ..` up to `w.rows`), into
+/// `dst`: a thread's share of a batch of a few tokens, which threads split by rows.
+pub fn product_pairs(
+    isa: Isa,
+    w: &Panels,
+    pairs: std::ops::Range<usize>,
+    xs: &[&[i8]],
+    sums: &[i32],
+    factor: &[f32],
+    dst: Dst,
+) {
     let kp = w.padded_cols();
+    let rows = (PAIR * pairs.end)
+        .min(w.rows)
+        .saturating_sub(PAIR * pairs.start);
     assert!(
-        xs.iter().all(|x| x.len() >= kp)
+        pairs.end <= w.pairs()
+            && xs.iter().all(|x| x.len() >= kp)
             && sums.len() == xs.len()
             && factor.len() == xs.len()
-            && out.len() == xs.len() * w.rows,
+            && dst.stride >= rows
+            && (xs.is_empty() || dst.out.len() >= (xs.len() - 1) * dst.stride + rows),
         "panel product operand lengths"
     );
     assert!(
@@ -184,24 +214,33 @@ pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32],
         "{} kernels on a CPU without them",
         isa.name()
     );
+    let Dst { out, stride } = dst;
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
         // the lengths were checked above.
-        Isa::Avx512Vnni => unsafe { x86::product_avx512(w, xs, sums, factor, out) },
+        Isa::Avx512Vnni => unsafe { x86::product_avx512(w, pairs, xs, sums, factor, out, stride) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for avx2.
-        Isa::Avx2 => unsafe { x86::product_avx2(w, xs, sums, factor, out) },
-        _ => product_scalar(w, xs, sums, factor, out),
+        Isa::Avx2 => unsafe { x86::product_avx2(w, pairs, xs, sums, factor, out, stride) },
+        _ => product_scalar(w, pairs, xs, sums, factor, out, stride),
     }
 }
 
 /// The reference: every block decoded by the layout's definition, sums in i32.
-fn product_scalar(w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &mut [f32]) {
-    let n = w.rows;
+fn product_scalar(
+    w: &Panels,
+    pairs: std::ops::Range<usize>,
+    xs: &[&[i8]],
+    sums: &[i32],
+    factor: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let (n, r0) = (w.rows, PAIR * pairs.start);
     let mut acc = [0i32; PAIR];
     for (t, x) in xs.iter().enumerate() {
-        for p in 0..w.pairs() {
+        for p in pairs.clone() {
             acc.fill(0);
             for (i, blk) in w.pair(p).iter().enumerate() {
                 let (q, h) = (i / 2, i % 2);
@@ -216,7 +255,7 @@ fn product_scalar(w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &
             for (i, a) in acc.iter().enumerate() {
                 let r = PAIR * p + i;
                 if r < n {
-                    out[t * n + r] = (a - sums[t]) as f32 * factor[t];
+                    out[t * stride + r - r0] = (a - sums[t]) as f32 * factor[t];
                 }
             }
         }
@@ -229,6 +268,9 @@ mod x86 {
 
     use super::{PAIR, Panels, RUN};
 
+    /// How far ahead the tiles prefetch weight bytes.
+    const PF_BYTES: usize = 4096;
+
     /// Tokens per AVX-512 tile: 2 × 8 accumulators, two code vectors and a mask stay in registers.
     const T512: usize = 8;
 
@@ -237,33 +279,48 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn product_avx512(
         w: &Panels,
+        pairs: std::ops::Range<usize>,
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
         out: &mut [f32],
+        stride: usize,
     ) {
+        let o = Out {
+            ptr: out.as_mut_ptr(),
+            stride,
+            r0: PAIR * pairs.start,
+        };
         // Tokens outer: a tile's activations (8 × padded cols bytes) stay in L1 while the packed
         // weights, a quarter of their size per row, stream from L2.
         let mut t = 0;
         while t < xs.len() {
             let nt = (xs.len() - t).min(T512);
-            for p in 0..w.pairs() {
+            for p in pairs.clone() {
                 // SAFETY: forwarded contract; `t + nt ≤ xs.len()`.
                 unsafe {
                     match nt {
-                        8 => tile512::<8>(w, p, t, xs, sums, factor, out),
-                        7 => tile512::<7>(w, p, t, xs, sums, factor, out),
-                        6 => tile512::<6>(w, p, t, xs, sums, factor, out),
-                        5 => tile512::<5>(w, p, t, xs, sums, factor, out),
-                        4 => tile512::<4>(w, p, t, xs, sums, factor, out),
-                        3 => tile512::<3>(w, p, t, xs, sums, factor, out),
-                        2 => tile512::<2>(w, p, t, xs, sums, factor, out),
-                        _ => tile512::<1>(w, p, t, xs, sums, factor, out),
+                        8 => tile512::<8>(w, p, t, xs, sums, factor, o),
+                        7 => tile512::<7>(w, p, t, xs, sums, factor, o),
+                        6 => tile512::<6>(w, p, t, xs, sums, factor, o),
+                        5 => tile512::<5>(w, p, t, xs, sums, factor, o),
+                        4 => tile512::<4>(w, p, t, xs, sums, factor, o),
+                        3 => tile512::<3>(w, p, t, xs, sums, factor, o),
+                        2 => tile512::<2>(w, p, t, xs, sums, factor, o),
+                        _ => tile512::<1>(w, p, t, xs, sums, factor, o),
                     }
                 }
             }
             t += nt;
         }
+    }
+
+    /// The output of [`product_avx512`]: row `r` of token `t` at `ptr + t·stride + r − r0`.
+    #[derive(Clone, Copy)]
+    struct Out {
+        ptr: *mut f32,
+        stride: usize,
+        r0: usize,
     }
 
     /// Tokens `t0 .. t0 + NT` against row pair `p`.
@@ -276,13 +333,18 @@ mod x86 {
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
-        out: &mut [f32],
+        out: Out,
     ) {
         let m3 = _mm512_set1_epi8(3);
         let mut acc = [[_mm512_setzero_si512(); 2]; NT];
         let x: [*const i8; NT] = std::array::from_fn(|t| xs[t0 + t].as_ptr());
         let pair = w.pair(p);
         for q in 0..w.nq {
+            // Pairs follow each other in memory: fetch ahead into this one and the next, as a
+            // batch of a few tokens streams each matrix from memory once per step.
+            let ahead = pair[2 * q].0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
             // SAFETY: blocks are 64 bytes aligned to 64; 2q + 1 < pair.len() = 2·nq.
             let (b0, b1) = unsafe {
                 (
@@ -313,8 +375,9 @@ mod x86 {
                 let mask = (u32::MAX >> (32 - valid)) as u16;
                 let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][h], s)), f);
                 // SAFETY: the mask writes rows r .. r + valid ≤ n of token `tok`'s output row,
-                // inside `out` (length xs.len()·n).
-                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(tok * n + r), mask, v) };
+                // inside `out` (the caller checked its length for these pairs and stride).
+                let at = tok * out.stride + r - out.r0;
+                unsafe { _mm512_mask_storeu_ps(out.ptr.add(at), mask, v) };
             }
         }
     }
@@ -346,16 +409,18 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn product_avx2(
         w: &Panels,
+        pairs: std::ops::Range<usize>,
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
         out: &mut [f32],
+        stride: usize,
     ) {
-        let n = w.rows;
+        let (n, r0) = (w.rows, PAIR * pairs.start);
         let m3 = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
         for (t, x) in xs.iter().enumerate() {
-            for p in 0..w.pairs() {
+            for p in pairs.clone() {
                 let pair = w.pair(p);
                 // Lanes: rows 0-7 and 8-15 of each 16-row group (the two halves of a block).
                 let mut acc = [_mm256_setzero_si256(); 4];
@@ -392,7 +457,7 @@ mod x86 {
                 for (i, v) in lanes.iter().enumerate() {
                     let r = PAIR * p + i;
                     if r < n {
-                        out[t * n + r] = (v - sums[t]) as f32 * factor[t];
+                        out[t * stride + r - r0] = (v - sums[t]) as f32 * factor[t];
                     }
                 }
             }
@@ -485,6 +550,24 @@ mod tests {
                 let mut out = vec![f32::NAN; m * n];
                 product(isa, &w, &xs, &sums, &factor, &mut out);
                 assert_eq!(out, want, "{} at {m}×{k}×{n}", isa.name());
+                // Each pair range alone, written at a wider stride: that range's columns of
+                // `want`, and nothing outside them.
+                let ranges = [0..1, 1..w.pairs(), w.pairs() - 1..w.pairs()];
+                for pairs in ranges.into_iter().filter(|p| !p.is_empty()) {
+                    let (r0, r1) = (PAIR * pairs.start, (PAIR * pairs.end).min(n));
+                    let stride = r1 - r0 + 3;
+                    let mut out = vec![f32::NAN; m * stride];
+                    let dst = Dst {
+                        out: &mut out,
+                        stride,
+                    };
+                    product_pairs(isa, &w, pairs.clone(), &xs, &sums, &factor, dst);
+                    for t in 0..m {
+                        let row = &out[t * stride..(t + 1) * stride];
+                        assert_eq!(row[..r1 - r0], want[t * n + r0..t * n + r1], "{pairs:?}");
+                        assert!(row[r1 - r0..].iter().all(|v| v.is_nan()), "{pairs:?}");
+                    }
+                }
             }
         }
     }

@@ -142,12 +142,13 @@ impl Pool {
     }
 
     /// Threads take ranges of `chunk` rows of every token's output row `outs[t]` (all of one
-    /// length): `f(rows, buf)` fills `buf` as `[row][token]` for those rows, and the thread copies
-    /// it into each token's row itself, so no serial transpose follows the parallel loop.
+    /// length): `f(rows, buf)` fills `buf` in `order` for those rows, and the thread copies it
+    /// into each token's row itself, so no serial transpose follows the parallel loop.
     pub fn for_each_row_range(
         &self,
         outs: Vec<&mut [f32]>,
         chunk: usize,
+        order: Order,
         f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     ) {
         assert!(chunk > 0, "a row range holds at least one row");
@@ -171,12 +172,27 @@ impl Pool {
             let mut buf = vec![0f32; n * nt];
             f(r0..r0 + n, &mut buf);
             for (t, part) in parts.iter_mut().enumerate() {
-                for (i, o) in part.iter_mut().enumerate() {
-                    *o = buf[i * nt + t];
+                match order {
+                    Order::RowToken => {
+                        for (i, o) in part.iter_mut().enumerate() {
+                            *o = buf[i * nt + t];
+                        }
+                    }
+                    Order::TokenRow => part.copy_from_slice(&buf[t * n..(t + 1) * n]),
                 }
             }
         });
     }
+}
+
+/// How [`Pool::for_each_row_range`]'s closure lays out its rows' results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// `buf[row·tokens + token]`: a row's tokens side by side (kernels that sum a row's dot
+    /// products lane by lane).
+    RowToken,
+    /// `buf[token·rows + row]`: a token's rows side by side (kernels whose lanes are rows).
+    TokenRow,
 }
 
 fn drain(s: &Shared, f: &(dyn Fn(usize) + Sync), tasks: usize) {
@@ -261,17 +277,24 @@ mod tests {
     fn row_ranges_land_in_every_tokens_row() {
         let pool = Pool::new(2);
         let (nt, rows) = (3, 37);
-        let mut out = vec![-1f32; nt * rows];
-        pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, |r, buf| {
-            for (i, row) in r.enumerate() {
-                for t in 0..nt {
-                    buf[i * nt + t] = (row * 10 + t) as f32;
+        for order in [Order::RowToken, Order::TokenRow] {
+            let mut out = vec![-1f32; nt * rows];
+            pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, order, |r, buf| {
+                let n = r.len();
+                for (i, row) in r.enumerate() {
+                    for t in 0..nt {
+                        let at = match order {
+                            Order::RowToken => i * nt + t,
+                            Order::TokenRow => t * n + i,
+                        };
+                        buf[at] = (row * 10 + t) as f32;
+                    }
                 }
-            }
-        });
-        for t in 0..nt {
-            for r in 0..rows {
-                assert_eq!(out[t * rows + r], (r * 10 + t) as f32);
+            });
+            for t in 0..nt {
+                for r in 0..rows {
+                    assert_eq!(out[t * rows + r], (r * 10 + t) as f32, "{order:?}");
+                }
             }
         }
     }
