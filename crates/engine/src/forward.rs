@@ -252,8 +252,12 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
         for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
             adapt(steps, li, p, &h, d, &mut qkv, w, offset);
         }
-        rope_and_cache(rt, steps, &rows, li, &mut qkv, w);
-        attention(steps, &rows, li, &qkv, &mut att);
+        if nt == steps.len() {
+            decode_attention(rt, steps, li, &qkv, &mut att);
+        } else {
+            rope_and_cache(rt, steps, &rows, li, &mut qkv, w);
+            attention(steps, &rows, li, &qkv, &mut att);
+        }
         rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
         acts.quantize(&h, d);
         l.wo.matmul(rt, &acts, &mut tmp);
@@ -317,7 +321,7 @@ fn rope_and_cache(
     w: usize,
 ) {
     if let [one] = steps {
-        // One sequence (single-stream decode, a prompt): nothing to spread, nothing to allocate.
+        // One sequence (a prompt): nothing to spread, nothing to allocate.
         return one.sess.rope_and_cache(li, qkv);
     }
     let mut parts: Vec<(&mut Step, &mut [f32])> = Vec::with_capacity(steps.len());
@@ -331,6 +335,107 @@ fn rope_and_cache(
         let (s, rows) = &mut part[0];
         s.sess.rope_and_cache(li, rows);
     });
+}
+
+/// Decoding, one new token in every sequence: one task per (sequence, KV head) rotates the
+/// token's key, appends key and value to the cache and attends with its head group's queries.
+/// Appending a key touches one cache line per dimension (the blocked layout), lines the attention
+/// reads next: here each is fetched once, by the thread that reads it, instead of once by
+/// [`rope_and_cache`] and again by [`attention`]. The arithmetic is theirs, so are the bits.
+fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], att: &mut [f32]) {
+    let c = &steps[0].sess.model.cfg;
+    let (d, kv, hd, kvh) = (c.d_model, c.kv_dim(), c.head_dim(), c.n_kv_heads);
+    let (group, w, isa) = (c.n_heads / kvh, d + 2 * kv, rt.isa);
+    let mut tasks = Vec::with_capacity(steps.len() * kvh);
+    let mut positions = 0;
+    for ((s, row), out) in steps
+        .iter_mut()
+        .zip(qkv.chunks_exact(w))
+        .zip(att.chunks_exact_mut(d))
+    {
+        let sess = &mut *s.sess;
+        let (pos, ctx) = (sess.pos, sess.ctx);
+        positions += pos + 1;
+        let per_head = kernels::key_len(hd, ctx);
+        let keys =
+            sess.k_cache[li * kvh * per_head..(li + 1) * kvh * per_head].chunks_exact_mut(per_head);
+        let values =
+            sess.v_cache[li * kvh * ctx * hd..(li + 1) * kvh * ctx * hd].chunks_exact_mut(ctx * hd);
+        let (cos, sin) = (
+            &sess.rope_cos[pos * hd / 2..(pos + 1) * hd / 2],
+            &sess.rope_sin[pos * hd / 2..(pos + 1) * hd / 2],
+        );
+        let (q, rest) = row.split_at(d);
+        let (k, v) = rest.split_at(kv);
+        let heads = keys.zip(values).zip(out.chunks_exact_mut(group * hd));
+        for (h, ((keys, values), out)) in heads.enumerate() {
+            tasks.push(HeadGroup {
+                keys,
+                values,
+                q: &q[h * group * hd..(h + 1) * group * hd],
+                k: &k[h * hd..(h + 1) * hd],
+                v: &v[h * hd..(h + 1) * hd],
+                cos,
+                sin,
+                pos,
+                out,
+            });
+        }
+    }
+    let work = |scratch: &mut Scratch, t: &mut HeadGroup| {
+        let n = t.pos + 1;
+        let Scratch { scores, head } = scratch;
+        head.clear();
+        head.extend_from_slice(t.k);
+        rope(head, t.cos, t.sin);
+        for (j, &x) in head.iter().enumerate() {
+            t.keys[kernels::key_index(hd, t.pos, j)] = x;
+        }
+        t.values[t.pos * hd..n * hd].copy_from_slice(t.v);
+        let (keys, values) = (&t.keys[..kernels::key_len(hd, n)], &t.values[..n * hd]);
+        for (q, out) in t.q.chunks_exact(hd).zip(t.out.chunks_exact_mut(hd)) {
+            head.clear();
+            head.extend_from_slice(q);
+            rope(head, t.cos, t.sin);
+            let scale = 1.0 / (hd as f32).sqrt();
+            kernels::attend(isa, head, keys, n, values, scale, scores, out);
+        }
+    };
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = const {
+            std::cell::RefCell::new(Scratch { scores: Vec::new(), head: Vec::new() })
+        };
+    }
+    // Threads pay off once there is real work (as in `attention`).
+    if positions * c.n_heads < 512 {
+        SCRATCH.with(|s| tasks.iter_mut().for_each(|t| work(&mut s.borrow_mut(), t)));
+    } else {
+        rt.pool.for_each_chunk(&mut tasks, 1, |_, t| {
+            SCRATCH.with(|s| work(&mut s.borrow_mut(), &mut t[0]))
+        });
+    }
+}
+
+/// One task of [`decode_attention`]: a sequence's new token, one KV head and its query group.
+struct HeadGroup<'a> {
+    /// This layer's blocked keys and position-major values of the KV head.
+    keys: &'a mut [f32],
+    values: &'a mut [f32],
+    /// The group's queries and the head's key and value, before RoPE.
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    pos: usize,
+    /// The group's attention outputs.
+    out: &'a mut [f32],
+}
+
+/// A thread's buffers for [`decode_attention`].
+struct Scratch {
+    scores: Vec<f32>,
+    head: Vec<f32>,
 }
 
 /// Causal attention of every sequence's new queries against its own cache of layer `li`.

@@ -52,9 +52,10 @@ fn adapter(m: &Model) -> Lora {
     }
 }
 
-/// Token sequences of several lengths: 1 (decode), 3 (a few rows), 40 (the tiled path).
+/// Token sequences of several lengths: 1 (decode), 3 (a few rows), 40 (the tiled path); 80
+/// makes the decode steps' attention long enough to be spread over the team.
 fn prompts(v: u32) -> Vec<Vec<u32>> {
-    [5usize, 3, 40, 1]
+    [5usize, 3, 40, 1, 80]
         .iter()
         .enumerate()
         .map(|(i, &n)| {
