@@ -219,7 +219,6 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
     let mut att = vec![0f32; nt * d];
     let mut tmp = vec![0f32; nt * d];
     let mut gu = vec![0f32; nt * 2 * f];
-    let mut g = vec![0f32; nt * f];
     let mut gn = vec![0f32; nt * f];
     // Adds each sequence's adapter branch for projection `p` to its own rows.
     let adapt = |steps: &[Step],
@@ -246,8 +245,7 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
     };
     for (li, l) in m.layers.iter().enumerate() {
         // Attention.
-        rmsnorm(&x, &l.attn_norm, c.eps, &mut h);
-        acts.quantize(&h, d);
+        norm_quantize(rt, &x, &l.attn_norm, c.eps, &mut h, &mut acts);
         l.wqkv.matmul(rt, &acts, &mut qkv);
         for (p, offset) in [(0, 0), (1, d), (2, d + kv)] {
             adapt(steps, li, p, &h, d, &mut qkv, w, offset);
@@ -258,24 +256,25 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
             rope_and_cache(rt, steps, &rows, li, &mut qkv, w);
             attention(steps, &rows, li, &qkv, &mut att);
         }
-        rmsnorm(&att, &l.attn_sub_norm, c.eps, &mut h);
-        acts.quantize(&h, d);
+        norm_quantize(rt, &att, &l.attn_sub_norm, c.eps, &mut h, &mut acts);
         l.wo.matmul(rt, &acts, &mut tmp);
         adapt(steps, li, 3, &h, d, &mut tmp, d, 0);
         add(&mut x, &tmp);
 
         // Feed-forward.
-        rmsnorm(&x, &l.ffn_norm, c.eps, &mut h);
-        acts.quantize(&h, d);
+        norm_quantize(rt, &x, &l.ffn_norm, c.eps, &mut h, &mut acts);
         l.wgu.matmul(rt, &acts, &mut gu);
         adapt(steps, li, 4, &h, d, &mut gu, 2 * f, 0);
         adapt(steps, li, 5, &h, d, &mut gu, 2 * f, f);
-        for (o, row) in g.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
-            let (gate, up) = row.split_at(f);
-            kernels::rows::gate_into(act, o, gate, up);
-        }
-        rmsnorm(&g, &l.ffn_sub_norm, c.eps, &mut gn);
-        acts.quantize(&gn, f);
+        acts.prepare(&rt.pool, &mut gn, f, |t, row| {
+            let (gate, up) = gu[t * 2 * f..(t + 1) * 2 * f].split_at(f);
+            GATED.with(|g| {
+                let mut g = g.borrow_mut();
+                g.resize(f, 0.0);
+                kernels::rows::gate_into(act, &mut g, gate, up);
+                rmsnorm(&g, &l.ffn_sub_norm, c.eps, row);
+            })
+        });
         l.wdown.matmul(rt, &acts, &mut tmp);
         adapt(steps, li, 6, &gn, f, &mut tmp, d, 0);
         add(&mut x, &tmp);
@@ -486,6 +485,27 @@ fn attention(
 fn committed(n: usize) -> kernels::Aligned<f32> {
     // Through black_box, so the allocation is not turned back into a lazily zeroed one.
     kernels::Aligned::filled(n, std::hint::black_box(0.0))
+}
+
+thread_local! {
+    /// A thread's gated row (the feed-forward's gate ⊙ up before its sub-norm).
+    static GATED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// RMSNorm of `x`'s rows into `h`, and their int8 quantization into `acts`, rows spread over the
+/// team.
+fn norm_quantize(
+    rt: &Runtime,
+    x: &[f32],
+    gain: &[f32],
+    eps: f32,
+    h: &mut [f32],
+    acts: &mut QuantActs,
+) {
+    let k = gain.len();
+    acts.prepare(&rt.pool, h, k, |t, row| {
+        rmsnorm(&x[t * k..(t + 1) * k], gain, eps, row)
+    });
 }
 
 /// `out = x / √(mean(x²) + eps) · gain`, row by row, as training rounds it.

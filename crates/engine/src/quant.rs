@@ -3,6 +3,7 @@
 //! −128, 127)`.
 
 use crate::kernels::bitlinear::quantize_row;
+use crate::kernels::pool::Pool;
 use crate::kernels::{Aligned, BLOCK};
 
 /// Quantized activations for `ntok` tokens, each padded with zeros to `nb·256` values.
@@ -24,31 +25,72 @@ pub struct QuantActs {
 impl QuantActs {
     /// Quantizes `x` (`ntok` rows of `k` values).
     pub fn quantize(&mut self, x: &[f32], k: usize) {
-        let ntok = x.len() / k;
+        self.reset(x.len() / k, k);
+        let kp = self.nb * BLOCK;
+        let rows = self
+            .q
+            .chunks_exact_mut(kp)
+            .zip(self.block_sums.chunks_exact_mut(self.nb));
+        for (t, (row, (q, bs))) in x.chunks_exact(k).zip(rows).enumerate() {
+            (self.scale[t], self.sums[t]) = quantize_into(row, q, bs);
+        }
+        for (inv, s) in self.inv_scale.iter_mut().zip(&self.scale) {
+            *inv = 1.0 / s;
+        }
+    }
+
+    /// Fills each row of `h` (rows of `k` values) with `prep(t, row)` and quantizes it, the rows
+    /// spread over `pool`'s team: the norm (and gate) before each projection of a batch would
+    /// otherwise run on one thread while the others wait.
+    pub fn prepare(
+        &mut self,
+        pool: &Pool,
+        h: &mut [f32],
+        k: usize,
+        prep: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let ntok = h.len() / k;
+        self.reset(ntok, k);
+        let (kp, nb) = (self.nb * BLOCK, self.nb);
+        let mut rows: Vec<Row> = h
+            .chunks_exact_mut(k)
+            .zip(self.q.chunks_exact_mut(kp))
+            .zip(self.block_sums.chunks_exact_mut(nb))
+            .zip(self.scale.iter_mut().zip(&mut self.sums))
+            .map(|(((h, q), block_sums), (scale, sum))| Row {
+                h,
+                q,
+                block_sums,
+                scale,
+                sum,
+            })
+            .collect();
+        let per = ntok.div_ceil(pool.threads()).max(1);
+        pool.for_each_chunk(&mut rows, per, |c, part| {
+            for (i, r) in part.iter_mut().enumerate() {
+                prep(c * per + i, r.h);
+                (*r.scale, *r.sum) = quantize_into(r.h, r.q, r.block_sums);
+            }
+        });
+        for (inv, s) in self.inv_scale.iter_mut().zip(&self.scale) {
+            *inv = 1.0 / s;
+        }
+    }
+
+    /// Room for `ntok` rows of `k` values, the padding zero.
+    fn reset(&mut self, ntok: usize, k: usize) {
         let nb = k.div_ceil(BLOCK);
-        let kp = nb * BLOCK;
         self.ntok = ntok;
         self.nb = nb;
-        self.q.reset(ntok * kp, 0);
-        self.scale.clear();
-        self.inv_scale.clear();
-        self.block_sums.clear();
+        self.q.reset(ntok * nb * BLOCK, 0);
+        for v in [&mut self.block_sums, &mut self.sums] {
+            v.clear();
+        }
         self.block_sums.resize(ntok * nb, 0);
-        self.sums.clear();
-        for (t, row) in x.chunks_exact(k).enumerate() {
-            let (s, _) = quantize_row(&mut self.q[t * kp..t * kp + k], row);
-            let mut total = 0;
-            for b in 0..nb {
-                let bs: i32 = self.q[t * kp + b * BLOCK..t * kp + (b + 1) * BLOCK]
-                    .iter()
-                    .map(|&v| v as i32)
-                    .sum();
-                self.block_sums[t * nb + b] = bs;
-                total += bs;
-            }
-            self.scale.push(s);
-            self.inv_scale.push(1.0 / s);
-            self.sums.push(total);
+        self.sums.resize(ntok, 0);
+        for v in [&mut self.scale, &mut self.inv_scale] {
+            v.clear();
+            v.resize(ntok, 0.0);
         }
     }
 
@@ -65,6 +107,27 @@ impl QuantActs {
     pub fn sums(&self) -> &[i32] {
         &self.sums
     }
+}
+
+/// One token's row of activations.
+struct Row<'a> {
+    h: &'a mut [f32],
+    q: &'a mut [i8],
+    block_sums: &'a mut [i32],
+    scale: &'a mut f32,
+    sum: &'a mut i32,
+}
+
+/// Quantizes `x` into the front of `q` (the rest stays zero) and sums each 256-block of the
+/// result into `block_sums`; returns the scale `s` and the total.
+fn quantize_into(x: &[f32], q: &mut [i8], block_sums: &mut [i32]) -> (f32, i32) {
+    let (s, _) = quantize_row(&mut q[..x.len()], x);
+    let mut total = 0;
+    for (bs, blk) in block_sums.iter_mut().zip(q.chunks_exact(BLOCK)) {
+        *bs = blk.iter().map(|&v| v as i32).sum();
+        total += *bs;
+    }
+    (s, total)
 }
 
 #[cfg(test)]
