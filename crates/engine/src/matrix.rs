@@ -28,7 +28,8 @@ pub struct TernaryMatrix {
     pub scales: Vec<f32>,
     pub per_block: bool,
     /// The same codes in the many-token layout ([`kernels::panels`], training's forward), for
-    /// prompts; one token at a time stays on the row blocks, which are faster for it. Built by
+    /// prompts and batches; one token at a time stays on the row blocks, which are faster for
+    /// it. Built by
     /// [`Self::with_panels`] (one scale per row only).
     pub panels: Option<Panels>,
 }
@@ -160,8 +161,8 @@ impl TernaryMatrix {
     }
 
     /// Adds the many-token layout of these codes (rows with one scale each; a matrix with a scale
-    /// per block keeps the row blocks only). Prompts then run through it; the results are the
-    /// same bits (the same integer sums, rescaled in the same order).
+    /// per block keeps the row blocks only). Prompts and batches then run through it; the results
+    /// are the same bits (the same integer sums, rescaled in the same order).
     pub fn with_panels(mut self) -> Self {
         if self.per_block || self.rows == 0 || self.cols == 0 {
             return self;

@@ -186,7 +186,8 @@ impl Model {
                 }
             }
         }
-        // The prompt layout only where its kernel runs (it costs a second copy of the weights).
+        // The many-token layout (prompts, batches) only where its kernel runs (it costs a second
+        // copy of the weights).
         let prompts = crate::kernels::panels::preferred(rt.isa);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for n in 0..cfg.n_layers {
