@@ -275,7 +275,7 @@ mod x86 {
     const T512: usize = 8;
 
     /// # Safety
-    /// The CPU supports avx512f/bw/vnni; the lengths are as [`super::product`] checks.
+    /// The CPU supports avx512f/bw/vnni; lengths and pairs as [`super::product_pairs`] checks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn product_avx512(
         w: &Panels,
@@ -405,7 +405,7 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports avx2; the lengths are as [`super::product`] checks.
+    /// The CPU supports avx2; lengths and pairs as [`super::product_pairs`] checks.
     #[target_feature(enable = "avx2")]
     pub unsafe fn product_avx2(
         w: &Panels,
