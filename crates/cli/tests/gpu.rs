@@ -7,12 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+use common::{losses, root};
 
 fn tritium(args: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_tritium"))
@@ -75,26 +71,6 @@ sample_tokens = 0
     p
 }
 
-/// (step, loss) rows of a run's metrics.
-type Curve = Vec<(u64, f64)>;
-
-/// The training rows' losses, then the validation rows'.
-fn losses(run: &Path) -> (Curve, Curve) {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let step = v["step"].as_u64().unwrap();
-        if let Some(x) = v["loss"].as_f64() {
-            train.push((step, x));
-        }
-        if let Some(x) = v["val_loss"].as_f64() {
-            val.push((step, x));
-        }
-    }
-    (train, val)
-}
-
 fn train(dir: &Path, quant: &str, device: &str) -> PathBuf {
     let cfg = config(dir, quant);
     let out = dir.join(format!("{quant}-{device}"));
@@ -137,11 +113,11 @@ fn training_steps_match_the_cpu() {
         ("none", [1e-4, 1e-4, 1e-4]),
         ("ternary", [1e-4, 5e-3, 5e-3]),
     ] {
-        let (cpu, cpu_val) = losses(&train(d.path(), quant, "flex"));
-        let (gpu, gpu_val) = losses(&train(d.path(), quant, "wgpu"));
-        assert_eq!(cpu.len(), 3, "{cpu:?}");
-        assert_close(quant, &cpu, &gpu, &tol);
-        assert_close(quant, &cpu_val, &gpu_val, &[tol[2]]);
+        let cpu = losses(&train(d.path(), quant, "flex"));
+        let gpu = losses(&train(d.path(), quant, "wgpu"));
+        assert_eq!(cpu.train.len(), 3, "{cpu:?}");
+        assert_close(quant, &cpu.train, &gpu.train, &tol);
+        assert_close(quant, &cpu.val, &gpu.val, &[tol[2]]);
     }
 }
 
@@ -182,9 +158,9 @@ fn finetune_and_eval_run_on_wgpu() {
         assert!(out.join("adapter.gguf").is_file());
         runs.push(losses(&out));
     }
-    assert_eq!(runs[0].0.len(), 3);
-    assert_close("lora", &runs[0].0, &runs[1].0, &[1e-4]);
-    assert_close("lora held-out", &runs[0].1, &runs[1].1, &[1e-4]);
+    assert_eq!(runs[0].train.len(), 3);
+    assert_close("lora", &runs[0].train, &runs[1].train, &[1e-4]);
+    assert_close("lora held-out", &runs[0].val, &runs[1].val, &[1e-4]);
 
     let text = d.path().join("eval.txt");
     let story =
@@ -236,7 +212,12 @@ fn bf16_on_wgpu_runs_or_is_refused_plainly() {
     let err = String::from_utf8_lossy(&o.stderr);
     if o.status.success() {
         let f32_run = train(d.path(), "ternary", "wgpu");
-        assert_close("bf16 vs f32", &losses(&f32_run).0, &losses(&out).0, &[5e-2]);
+        assert_close(
+            "bf16 vs f32",
+            &losses(&f32_run).train,
+            &losses(&out).train,
+            &[5e-2],
+        );
     } else {
         assert!(
             err.contains("has no bf16 arithmetic") && !err.contains("panicked"),

@@ -5,12 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+use common::{losses, root};
 
 fn tritium(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tritium"));
@@ -68,31 +64,6 @@ seed = 7
     let p = dir.join("micro.toml");
     std::fs::write(&p, cfg).unwrap();
     p
-}
-
-#[derive(Debug, PartialEq)]
-struct Losses {
-    train: Vec<(u64, f64)>,
-    val: Vec<(u64, f64)>,
-}
-
-fn losses(run: &Path) -> Losses {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    let mut l = Losses {
-        train: vec![],
-        val: vec![],
-    };
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let step = v["step"].as_u64().unwrap();
-        if let Some(x) = v["loss"].as_f64() {
-            l.train.push((step, x));
-        }
-        if let Some(x) = v["val_loss"].as_f64() {
-            l.val.push((step, x));
-        }
-    }
-    l
 }
 
 fn last_step(run: &Path) -> u64 {

@@ -11,6 +11,8 @@
 //! The checkpoint is trained here for a short while (a minute on 2 cores), or taken from
 //! `TRITIUM_TEST_CKPT` (e.g. `runs/tiny-ternary`, the 600-step model of `configs/tiny.toml`).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod engine;
 mod eval;
 mod import;
@@ -19,6 +21,8 @@ mod lora;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
+
+use common::root;
 
 use tritium_checkpoint::Checkpoint;
 use tritium_engine::{Logits, Model, Runtime, Sampler, SamplerConfig, Session};
@@ -34,13 +38,6 @@ static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
 }
 
 struct Fixture {
