@@ -345,6 +345,7 @@ fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], at
     let c = &steps[0].sess.model.cfg;
     let (d, kv, hd, kvh) = (c.d_model, c.kv_dim(), c.head_dim(), c.n_kv_heads);
     let (group, w, isa) = (c.n_heads / kvh, d + 2 * kv, rt.isa);
+    let scale = 1.0 / (hd as f32).sqrt();
     let mut tasks = Vec::with_capacity(steps.len() * kvh);
     let mut positions = 0;
     for ((s, row), out) in steps
@@ -396,7 +397,6 @@ fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], at
             head.clear();
             head.extend_from_slice(q);
             rope(head, t.cos, t.sin);
-            let scale = 1.0 / (hd as f32).sqrt();
             kernels::attend(isa, head, keys, n, values, scale, scores, out);
         }
     };

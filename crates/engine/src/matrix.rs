@@ -216,12 +216,7 @@ impl TernaryMatrix {
                 let n = dst.len() / self.rows;
                 let xs: Vec<&[i8]> = (t0..t0 + n).map(|t| a.row(t)).collect();
                 panels::product(isa, p, &xs, &a.sums()[t0..t0 + n], &ones[..n], dst);
-                for (row, t) in dst.chunks_exact_mut(self.rows).zip(t0..) {
-                    let inv = a.inv_scale[t];
-                    for (o, &ws) in row.iter_mut().zip(&self.scales) {
-                        *o = *o * ws * inv;
-                    }
-                }
+                self.rescale_panels(a, t0, 0..self.rows, dst);
             });
             return;
         }
@@ -276,12 +271,7 @@ impl TernaryMatrix {
                         let xs = &xs[..t1 - t0];
                         panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, dst);
                     }
-                    for (row, t) in buf.chunks_exact_mut(n).zip(0..) {
-                        let inv = a.inv_scale[t];
-                        for (o, &ws) in row.iter_mut().zip(&self.scales[rows.clone()]) {
-                            *o = *o * ws * inv;
-                        }
-                    }
+                    self.rescale_panels(a, 0, rows, buf);
                 });
                 return;
             }
@@ -292,6 +282,18 @@ impl TernaryMatrix {
                     self.tile_into(isa, a, t0..t1, rows.clone(), &mut buf[t0..], 1, nt);
                 }
             });
+        }
+    }
+
+    /// Panel products (factor 1, so each integer sum as an f32) back to real units in
+    /// [`rescale`]'s order: `dst` holds rows `rows` of tokens `t0..`, token after token.
+    fn rescale_panels(&self, a: &QuantActs, t0: usize, rows: Range<usize>, dst: &mut [f32]) {
+        let scales = &self.scales[rows.clone()];
+        for (row, t) in dst.chunks_exact_mut(rows.len()).zip(t0..) {
+            let inv = a.inv_scale[t];
+            for (o, &ws) in row.iter_mut().zip(scales) {
+                *o = *o * ws * inv;
+            }
         }
     }
 
