@@ -1,5 +1,5 @@
 //! f32 GEMM (the `gemm` crate, what training runs by default) against bf16 on AMX tiles and with
-//! AVX512-BF16, on the training step's shapes (a CPU with both):
+//! AVX512-BF16, on the training step's shapes (each path this CPU has):
 //! `cargo run --release -p tritium-kernels --example gemm`.
 
 use std::time::Instant;
@@ -8,7 +8,8 @@ use tritium_kernels::dense::{Operand, gemm_into};
 
 fn main() {
     // (what, m, n, k, a transposed, b transposed): a BitLinear backward's dX = dY·W and
-    // dW = dYᵀ·X, and the tied head's forward x·Eᵀ, at tiny 8×128 and bitnet-125m 4×512.
+    // dW = dYᵀ·X, and the tied head's forward x·Eᵀ and backward, at tiny 8×128 and bitnet-125m
+    // 4×512.
     let shapes = [
         ("tiny dX ffn", 1024, 256, 768, false, false),
         ("tiny dW ffn", 768, 256, 1024, true, false),
@@ -16,8 +17,10 @@ fn main() {
         ("125m dX attn", 2048, 768, 768, false, false),
         ("125m dW ffn", 2048, 768, 2048, true, false),
         ("125m head", 2048, 50257, 768, false, true),
+        ("125m head dX", 2048, 768, 50257, false, false),
+        ("125m head dW", 50257, 768, 2048, true, false),
     ];
-    let amx = cfg!(target_arch = "x86_64") && amx_ok();
+    let paths = bf16_paths();
     for (what, m, n, k, at, bt) in shapes {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -43,9 +46,9 @@ fn main() {
             flops / f32_s / 1e9
         );
         #[cfg(target_arch = "x86_64")]
-        if amx {
-            use tritium_kernels::bf16::{Path, gemm_on};
-            for p in [Path::Amx, Path::Avx512Bf16] {
+        {
+            use tritium_kernels::bf16::gemm_on;
+            for &p in &paths {
                 let s = time(&mut || gemm_on(p, &mut out, m, n, k, oa, ob));
                 print!(
                     ", {p:?} {:6.1} GFLOP/s ({:.1}×)",
@@ -58,9 +61,19 @@ fn main() {
     }
 }
 
-fn amx_ok() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return tritium_kernels::bf16::supported();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// The bf16 paths this CPU runs: both where it has AMX (which implies AVX512-BF16 here), else the
+/// one it has.
+#[cfg(target_arch = "x86_64")]
+fn bf16_paths() -> Vec<tritium_kernels::bf16::Path> {
+    use tritium_kernels::bf16::{Path, path};
+    match path() {
+        Some(Path::Amx) => vec![Path::Amx, Path::Avx512Bf16],
+        Some(p) => vec![p],
+        None => vec![],
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn bf16_paths() -> Vec<()> {
+    vec![]
 }

@@ -586,7 +586,7 @@ fn gemm_packed_on(
     let nt = n.div_ceil(2 * T) * 2;
     if p == Path::Avx512Bf16 {
         // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16.
-        unsafe { gemm_dp(out, m, n, &pa, kt, pb, nt) };
+        unsafe { gemm_dp(out, m, n, &pa, kt, pb, nt, DP_PASS) };
         return;
     }
     assert!(amx(), "AMX products on a CPU without them");
@@ -667,8 +667,20 @@ fn gemm_packed_on(
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// k tiles per pass of [`gemm_dp`]: a pass's block of two B column tiles (2 KiB a k tile, 64 KiB
+/// here) stays in L2 while every row block of A streams past it. Without passes, a product with a
+/// long k (the tied head's dX, k = the vocabulary) streamed its B block from L3 for every row block
+/// and ran at half the rate.
+const DP_PASS: usize = 32;
+
+/// Rows of A per block of [`gemm_dp`] when B is the narrower operand: a pass of them (64 KiB here)
+/// is read once from memory and used against every column pair.
+const DP_ROWS: usize = 32;
+
 /// The packed product with `vdpbf16ps`: blocks of 8 rows × 32 columns in 16 registers, each A pair
-/// broadcast against a row of k-pairs of the two B tiles.
+/// broadcast against a row of k-pairs of the two B tiles, in passes of `pass` k tiles. A pass
+/// after the first starts each accumulator from the f32 sum the previous one stored, so every lane
+/// adds its products in the same order as one pass over all of k would (the same bits).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are [`pack_a`]/[`pack`] of an `m × k` and `k × n`
@@ -682,57 +694,87 @@ unsafe fn gemm_dp(
     kt: usize,
     pb: &[u32],
     nt: usize,
+    pass: usize,
 ) {
     const R: usize = 8;
     let mt = pa.len() / (kt * TILE);
     assert!(
         out.len() == m * n && m <= mt * T && pb.len() == nt * kt * TILE / 2 && nt.is_multiple_of(2)
     );
+    assert!(pass > 0, "a pass takes at least one k tile");
     let bh = |v: __m512i| -> __m512bh {
         // SAFETY: both are 64-byte plain vectors; the instruction reads the lanes as bf16 pairs.
         unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
     };
-    for tj in (0..nt).step_by(2) {
-        let j0 = tj * T;
-        for i0 in (0..m).step_by(R) {
-            let (ti, r0) = (i0 / T, i0 % T);
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            for c in 0..kt {
-                // SAFETY: tile (ti, c) of A and tiles (tj, c), (tj + 1, c) of B lie inside the
-                // packs (ti < mt, tj + 1 < nt, c < kt); rows r0..r0+8 ≤ 16 of the A tile, each
-                // 16 u32 pairs, and the B tiles' 16 rows of 16 u32 pairs are read.
-                unsafe {
-                    let at = pa
-                        .as_ptr()
-                        .add((ti * kt + c) * TILE)
-                        .cast::<u32>()
-                        .add(r0 * T);
-                    let b0 = pb.as_ptr().add((tj * kt + c) * TILE / 2);
-                    let b1 = pb.as_ptr().add(((tj + 1) * kt + c) * TILE / 2);
-                    for q in 0..T {
-                        let v0 = bh(_mm512_loadu_si512(b0.add(q * T).cast()));
-                        let v1 = bh(_mm512_loadu_si512(b1.add(q * T).cast()));
-                        for (i, acc) in acc.iter_mut().enumerate() {
-                            let a = bh(_mm512_broadcastd_epi32(_mm_loadu_si32(
-                                at.add(i * T + q).cast(),
-                            )));
-                            acc[0] = _mm512_dpbf16_ps(acc[0], a, v0);
-                            acc[1] = _mm512_dpbf16_ps(acc[1], a, v1);
+    // Rows of A per block: with fewer columns than rows, blocks of DP_ROWS rows stay in L2 while
+    // the (smaller) pass of B streams past each; otherwise all of A streams past each column pair.
+    let mc = if n <= m {
+        DP_ROWS
+    } else {
+        m.next_multiple_of(R)
+    };
+    for c0 in (0..kt).step_by(pass) {
+        let c1 = (c0 + pass).min(kt);
+        for ic in (0..m).step_by(mc) {
+            for tj in (0..nt).step_by(2) {
+                let j0 = tj * T;
+                let w = (2 * T).min(n - j0);
+                for i0 in (ic..(ic + mc).min(m)).step_by(R) {
+                    let (ti, r0) = (i0 / T, i0 % T);
+                    let rows = R.min(m - i0);
+                    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+                    if c0 > 0 {
+                        // The previous pass wrote these rows' columns j0..j0+w.
+                        for (i, acc) in acc.iter_mut().enumerate().take(rows) {
+                            let mut lanes = [0f32; 2 * T];
+                            for (l, o) in lanes.iter_mut().zip(&out[(i0 + i) * n + j0..][..w]) {
+                                // SAFETY: written by the previous pass (every element of the block).
+                                *l = unsafe { o.assume_init() };
+                            }
+                            // SAFETY: 32 f32 from a 32-element array.
+                            unsafe {
+                                acc[0] = _mm512_loadu_ps(lanes.as_ptr());
+                                acc[1] = _mm512_loadu_ps(lanes.as_ptr().add(T));
+                            }
                         }
                     }
-                }
-            }
-            let w = (2 * T).min(n - j0);
-            for (i, acc) in acc.iter().enumerate().take(m - i0) {
-                let mut lanes = [0f32; 2 * T];
-                // SAFETY: 32 f32 into a 32-element array.
-                unsafe {
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-                    _mm512_storeu_ps(lanes.as_mut_ptr().add(T), acc[1]);
-                }
-                let row = &mut out[(i0 + i) * n + j0..][..w];
-                for (o, &v) in row.iter_mut().zip(&lanes[..w]) {
-                    o.write(v);
+                    for c in c0..c1 {
+                        // SAFETY: tile (ti, c) of A and tiles (tj, c), (tj + 1, c) of B lie inside the
+                        // packs (ti < mt, tj + 1 < nt, c < kt); rows r0..r0+8 ≤ 16 of the A tile, each
+                        // 16 u32 pairs, and the B tiles' 16 rows of 16 u32 pairs are read.
+                        unsafe {
+                            let at = pa
+                                .as_ptr()
+                                .add((ti * kt + c) * TILE)
+                                .cast::<u32>()
+                                .add(r0 * T);
+                            let b0 = pb.as_ptr().add((tj * kt + c) * TILE / 2);
+                            let b1 = pb.as_ptr().add(((tj + 1) * kt + c) * TILE / 2);
+                            for q in 0..T {
+                                let v0 = bh(_mm512_loadu_si512(b0.add(q * T).cast()));
+                                let v1 = bh(_mm512_loadu_si512(b1.add(q * T).cast()));
+                                for (i, acc) in acc.iter_mut().enumerate() {
+                                    let a = bh(_mm512_broadcastd_epi32(_mm_loadu_si32(
+                                        at.add(i * T + q).cast(),
+                                    )));
+                                    acc[0] = _mm512_dpbf16_ps(acc[0], a, v0);
+                                    acc[1] = _mm512_dpbf16_ps(acc[1], a, v1);
+                                }
+                            }
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate().take(rows) {
+                        let mut lanes = [0f32; 2 * T];
+                        // SAFETY: 32 f32 into a 32-element array.
+                        unsafe {
+                            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                            _mm512_storeu_ps(lanes.as_mut_ptr().add(T), acc[1]);
+                        }
+                        let row = &mut out[(i0 + i) * n + j0..][..w];
+                        for (o, &v) in row.iter_mut().zip(&lanes[..w]) {
+                            o.write(v);
+                        }
+                    }
                 }
             }
         }
@@ -898,6 +940,8 @@ mod tests {
             (64, 96, 257),
             (100, 33, 3),
             (50, 45, 300),
+            // More than one pass of the vdpbf16ps kernel (the last one partial).
+            (9, 40, 32 * KT * 2 + 70),
         ] {
             let (x, y) = (lcg(m as u64 + 7, m * k), lcg(n as u64 + 11, k * n));
             for (at, bt) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -926,6 +970,34 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Passes over k resume each lane's sum where the previous one stored it, so any pass length
+    /// gives the bits of one pass over all of k.
+    #[test]
+    fn vdpbf16ps_passes_give_the_bits_of_one_pass() {
+        if !avx512_bf16() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // Wider than tall (column pairs outside), then taller than wide (row blocks outside).
+        for (m, n, k) in [(19, 70, 5 * KT + 9), (75, 40, 5 * KT + 9)] {
+            let (x, y) = (lcg(5, m * k), lcg(6, k * n));
+            let (pa, _, kt) = pack_a(Operand::n(&x), m, k);
+            let pb = pack(Operand::n(&y), k, n);
+            let nt = n.div_ceil(2 * T) * 2;
+            let run = |pass: usize| {
+                let mut out = vec![f32::NAN; m * n];
+                // SAFETY: AVX512-BF16 checked above; the packs are of these shapes.
+                unsafe { gemm_dp(uninit(&mut out), m, n, &pa, kt, &pb.data, nt, pass) };
+                out
+            };
+            let one = run(kt);
+            assert!(one.iter().all(|v| v.is_finite()));
+            for pass in [1, 2, 5] {
+                assert_eq!(run(pass), one, "{m}×{n}: passes of {pass} k tiles");
             }
         }
     }

@@ -4,6 +4,11 @@
 //! wake-up and context switches each time (measured: ~400 switches per token). Here workers spin on
 //! a generation counter for a while before sleeping, and the caller works too, so a loop costs a
 //! few atomic operations when the team is busy.
+//!
+//! A loop waits only for workers that joined it. On a machine shared with other threads (a
+//! server's HTTP threads, its clients) a worker is often descheduled when a loop starts; the
+//! caller then runs every task itself and returns, instead of idling until the worker is back
+//! only to find nothing left (which made every preemption cost both threads' time).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -20,7 +25,9 @@ struct Job {
 struct Shared {
     generation: AtomicU64,
     next: AtomicUsize,
-    done: AtomicUsize,
+    /// Workers inside the current job: joined (under `job`'s lock, while it is open) and not yet
+    /// left. The caller closes the job only when none is inside.
+    inside: AtomicUsize,
     sleepers: AtomicUsize,
     panicked: AtomicBool,
     /// Set when the `Pool` is dropped: workers leave instead of waiting for more work.
@@ -56,7 +63,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
+            inside: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -93,28 +100,34 @@ impl Pool {
         }
         let _one_caller = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY: the reference is only used by workers between their reading this job (after the
-        // generation bump below) and their increment of `done`; this function does not return
-        // until `done` counts every worker, and clears the job before returning, so no use of `f`
-        // outlives the borrow it came from.
+        // SAFETY: a worker calls the reference only while it is inside the job: it joins under
+        // `job`'s lock while `f` is set, and leaves after its last call. This function clears `f`
+        // under that lock only once no worker is inside, and returns after that, so no use of
+        // `f` outlives the borrow it came from.
         let erased: &'static Task =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(f) };
+        s.next.store(0, SeqCst);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Job {
             f: Some(erased),
             tasks,
         };
-        s.next.store(0, SeqCst);
-        s.done.store(0, SeqCst);
         s.generation.fetch_add(1, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         let r = catch_unwind(AssertUnwindSafe(|| drain(s, f, tasks)));
-        while s.done.load(SeqCst) < self.workers {
+        // Every task is taken; wait for the workers still running one, then close the job.
+        loop {
+            if s.inside.load(SeqCst) == 0 {
+                let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+                if s.inside.load(SeqCst) == 0 {
+                    job.f = None;
+                    break;
+                }
+            }
             std::hint::spin_loop();
         }
-        s.job.lock().unwrap_or_else(|e| e.into_inner()).f = None;
         if let Err(p) = r {
             std::panic::resume_unwind(p);
         }
@@ -227,16 +240,21 @@ fn worker(s: &Shared) {
             return;
         }
         seen = s.generation.load(SeqCst);
-        let (f, tasks) = {
-            let j = s.job.lock().unwrap_or_else(|e| e.into_inner());
-            (j.f, j.tasks)
+        // Join the open job, if any: a worker that wakes after the caller has finished alone
+        // finds it closed and goes back to waiting.
+        let joined = {
+            let job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            job.f.map(|f| {
+                s.inside.fetch_add(1, SeqCst);
+                (f, job.tasks)
+            })
         };
-        if let Some(f) = f
-            && catch_unwind(AssertUnwindSafe(|| drain(s, f, tasks))).is_err()
-        {
-            s.panicked.store(true, SeqCst);
+        if let Some((f, tasks)) = joined {
+            if catch_unwind(AssertUnwindSafe(|| drain(s, f, tasks))).is_err() {
+                s.panicked.store(true, SeqCst);
+            }
+            s.inside.fetch_sub(1, SeqCst);
         }
-        s.done.fetch_add(1, SeqCst);
     }
 }
 
@@ -271,6 +289,29 @@ mod tests {
             part.iter_mut().for_each(|x| *x = c as u32)
         });
         assert!(v.iter().enumerate().all(|(i, &x)| x == (i / 64) as u32));
+    }
+
+    /// More workers than cores, so workers are often descheduled when a loop starts and join
+    /// late: every task still runs once, and none after its loop has returned.
+    #[test]
+    fn late_workers_never_run_a_finished_loop() {
+        let pool = Pool::new(6);
+        let current = AtomicUsize::new(usize::MAX);
+        for round in 0..3000 {
+            current.store(round, SeqCst);
+            let n = 1 + round % 9;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|i| {
+                let t = std::time::Instant::now();
+                while t.elapsed().as_micros() < 3 {
+                    std::hint::spin_loop();
+                }
+                hits[i].fetch_add(1, SeqCst);
+                assert_eq!(current.load(SeqCst), round, "a task of a finished loop ran");
+            });
+            assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "round {round}");
+            current.store(usize::MAX, SeqCst);
+        }
     }
 
     #[test]
