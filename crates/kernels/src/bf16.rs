@@ -586,7 +586,7 @@ fn gemm_packed_on(
     let nt = n.div_ceil(2 * T) * 2;
     if p == Path::Avx512Bf16 {
         // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16.
-        unsafe { gemm_dp(out, m, n, &pa, kt, pb, nt, DP_PASS) };
+        unsafe { gemm_dp(out, m, n, &pa, kt, pb, DP_PASS) };
         return;
     }
     assert!(amx(), "AMX products on a CPU without them");
@@ -684,7 +684,7 @@ const DP_ROWS: usize = 32;
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are [`pack_a`]/[`pack`] of an `m × k` and `k × n`
-/// operand (`kt` tiles of k, `nt` column tiles), and `out` has `m·n` elements.
+/// operand (`kt` tiles of k), and `out` has `m·n` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_dp(
     out: &mut [MaybeUninit<f32>],
@@ -693,92 +693,122 @@ unsafe fn gemm_dp(
     pa: &[u16],
     kt: usize,
     pb: &[u32],
-    nt: usize,
     pass: usize,
 ) {
-    const R: usize = 8;
+    let nt = n.div_ceil(2 * T) * 2;
     let mt = pa.len() / (kt * TILE);
     assert!(
         out.len() == m * n && m <= mt * T && pb.len() == nt * kt * TILE / 2 && nt.is_multiple_of(2)
     );
     assert!(pass > 0, "a pass takes at least one k tile");
-    let bh = |v: __m512i| -> __m512bh {
-        // SAFETY: both are 64-byte plain vectors; the instruction reads the lanes as bf16 pairs.
-        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
-    };
     // Rows of A per block: with fewer columns than rows, blocks of DP_ROWS rows stay in L2 while
     // the (smaller) pass of B streams past each; otherwise all of A streams past each column pair.
     let mc = if n <= m {
         DP_ROWS
     } else {
-        m.next_multiple_of(R)
+        m.next_multiple_of(DP_R)
     };
     for c0 in (0..kt).step_by(pass) {
-        let c1 = (c0 + pass).min(kt);
+        let passed = c0..(c0 + pass).min(kt);
         for ic in (0..m).step_by(mc) {
             for tj in (0..nt).step_by(2) {
-                let j0 = tj * T;
-                let w = (2 * T).min(n - j0);
-                for i0 in (ic..(ic + mc).min(m)).step_by(R) {
-                    let (ti, r0) = (i0 / T, i0 % T);
-                    let rows = R.min(m - i0);
-                    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-                    if c0 > 0 {
-                        // The previous pass wrote these rows' columns j0..j0+w.
-                        for (i, acc) in acc.iter_mut().enumerate().take(rows) {
-                            let mut lanes = [0f32; 2 * T];
-                            for (l, o) in lanes.iter_mut().zip(&out[(i0 + i) * n + j0..][..w]) {
-                                // SAFETY: written by the previous pass (every element of the block).
-                                *l = unsafe { o.assume_init() };
-                            }
-                            // SAFETY: 32 f32 from a 32-element array.
-                            unsafe {
-                                acc[0] = _mm512_loadu_ps(lanes.as_ptr());
-                                acc[1] = _mm512_loadu_ps(lanes.as_ptr().add(T));
-                            }
-                        }
-                    }
-                    for c in c0..c1 {
-                        // SAFETY: tile (ti, c) of A and tiles (tj, c), (tj + 1, c) of B lie inside the
-                        // packs (ti < mt, tj + 1 < nt, c < kt); rows r0..r0+8 ≤ 16 of the A tile, each
-                        // 16 u32 pairs, and the B tiles' 16 rows of 16 u32 pairs are read.
-                        unsafe {
-                            let at = pa
-                                .as_ptr()
-                                .add((ti * kt + c) * TILE)
-                                .cast::<u32>()
-                                .add(r0 * T);
-                            let b0 = pb.as_ptr().add((tj * kt + c) * TILE / 2);
-                            let b1 = pb.as_ptr().add(((tj + 1) * kt + c) * TILE / 2);
-                            for q in 0..T {
-                                let v0 = bh(_mm512_loadu_si512(b0.add(q * T).cast()));
-                                let v1 = bh(_mm512_loadu_si512(b1.add(q * T).cast()));
-                                for (i, acc) in acc.iter_mut().enumerate() {
-                                    let a = bh(_mm512_broadcastd_epi32(_mm_loadu_si32(
-                                        at.add(i * T + q).cast(),
-                                    )));
-                                    acc[0] = _mm512_dpbf16_ps(acc[0], a, v0);
-                                    acc[1] = _mm512_dpbf16_ps(acc[1], a, v1);
-                                }
-                            }
-                        }
-                    }
-                    for (i, acc) in acc.iter().enumerate().take(rows) {
-                        let mut lanes = [0f32; 2 * T];
-                        // SAFETY: 32 f32 into a 32-element array.
-                        unsafe {
-                            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-                            _mm512_storeu_ps(lanes.as_mut_ptr().add(T), acc[1]);
-                        }
-                        let row = &mut out[(i0 + i) * n + j0..][..w];
-                        for (o, &v) in row.iter_mut().zip(&lanes[..w]) {
-                            o.write(v);
-                        }
-                    }
+                for i0 in (ic..(ic + mc).min(m)).step_by(DP_R) {
+                    // SAFETY: the caller's contract, and i0 < m, tj + 1 < nt, passed ⊆ 0..kt.
+                    unsafe { dp_block(out, (m, n), pa, (kt, pb), (i0, tj), passed.clone()) };
                 }
             }
         }
     }
+}
+
+/// Rows of one [`gemm_dp`] block.
+const DP_R: usize = 8;
+
+/// One block of [`gemm_dp`]: rows `i0..i0 + 8` (fewer at the end) by the columns of B tiles `tj`
+/// and `tj + 1`, over k tiles `ks`, starting from the sums in `out` unless `ks` starts at 0.
+///
+/// # Safety
+/// As [`gemm_dp`]'s, with `i0 < m` a multiple of 8, `tj + 1 < nt` and `ks ⊆ 0..kt`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn dp_block(
+    out: &mut [MaybeUninit<f32>],
+    (m, n): (usize, usize),
+    pa: &[u16],
+    (kt, pb): (usize, &[u32]),
+    (i0, tj): (usize, usize),
+    ks: std::ops::Range<usize>,
+) {
+    let bh = |v: __m512i| -> __m512bh {
+        // SAFETY: both are 64-byte plain vectors; the instruction reads the lanes as bf16 pairs.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    };
+    let (ti, r0) = (i0 / T, i0 % T);
+    let rows = DP_R.min(m - i0);
+    let j0 = tj * T;
+    let w = (2 * T).min(n - j0);
+    // A row's columns j0..j0+w as two masked halves: lanes past `w` are neither read nor written.
+    let (k0, k1) = (lanes_mask(w), lanes_mask(w.saturating_sub(T)));
+    assert!(out.len() == m * n && i0 < m && j0 + w <= n);
+    let base = out.as_mut_ptr().cast::<f32>();
+    // SAFETY: element (i0 + i)·n + j0 of `out`, for rows i0 + i < m (i < rows) and j0 < n.
+    let at_row = |i: usize| unsafe { base.add((i0 + i) * n + j0) };
+    let mut acc = [[_mm512_setzero_ps(); 2]; DP_R];
+    if ks.start > 0 {
+        // The previous pass wrote these rows' columns j0..j0+w.
+        for (i, acc) in acc.iter_mut().enumerate().take(rows) {
+            let p = at_row(i);
+            // SAFETY: the masks keep the reads inside columns j0..j0+w of the row; the second
+            // half starts inside it (w > 16).
+            unsafe {
+                acc[0] = _mm512_maskz_loadu_ps(k0, p);
+                if w > T {
+                    acc[1] = _mm512_maskz_loadu_ps(k1, p.add(T));
+                }
+            }
+        }
+    }
+    for c in ks {
+        // SAFETY: tile (ti, c) of A and tiles (tj, c), (tj + 1, c) of B lie inside the packs
+        // (ti < mt, tj + 1 < nt, c < kt); rows r0..r0+8 ≤ 16 of the A tile, each 16 u32 pairs,
+        // and the B tiles' 16 rows of 16 u32 pairs are read.
+        unsafe {
+            let at = pa
+                .as_ptr()
+                .add((ti * kt + c) * TILE)
+                .cast::<u32>()
+                .add(r0 * T);
+            let b0 = pb.as_ptr().add((tj * kt + c) * TILE / 2);
+            let b1 = pb.as_ptr().add(((tj + 1) * kt + c) * TILE / 2);
+            for q in 0..T {
+                let v0 = bh(_mm512_loadu_si512(b0.add(q * T).cast()));
+                let v1 = bh(_mm512_loadu_si512(b1.add(q * T).cast()));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let a = bh(_mm512_broadcastd_epi32(_mm_loadu_si32(
+                        at.add(i * T + q).cast(),
+                    )));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], a, v0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], a, v1);
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate().take(rows) {
+        let p = at_row(i);
+        // SAFETY: as the reads above; `out` is exclusively borrowed, so nothing else sees the
+        // writes.
+        unsafe {
+            _mm512_mask_storeu_ps(p, k0, acc[0]);
+            if w > T {
+                _mm512_mask_storeu_ps(p.add(T), k1, acc[1]);
+            }
+        }
+    }
+}
+
+/// The first `w` of sixteen lanes (all sixteen for `w` ≥ 16).
+fn lanes_mask(w: usize) -> __mmask16 {
+    (((1u32 << w.min(T)) - 1) & 0xffff) as __mmask16
 }
 
 #[cfg(test)]
@@ -987,11 +1017,10 @@ mod tests {
             let (x, y) = (lcg(5, m * k), lcg(6, k * n));
             let (pa, _, kt) = pack_a(Operand::n(&x), m, k);
             let pb = pack(Operand::n(&y), k, n);
-            let nt = n.div_ceil(2 * T) * 2;
             let run = |pass: usize| {
                 let mut out = vec![f32::NAN; m * n];
                 // SAFETY: AVX512-BF16 checked above; the packs are of these shapes.
-                unsafe { gemm_dp(uninit(&mut out), m, n, &pa, kt, &pb.data, nt, pass) };
+                unsafe { gemm_dp(uninit(&mut out), m, n, &pa, kt, &pb.data, pass) };
                 out
             };
             let one = run(kt);
