@@ -115,6 +115,40 @@ pub fn f32_of(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// `q[i] / s` as bf16 ([`to_bf16`] of the f32 quotient) for each int8 of a quantized row: the
+/// row back in real units, as a BitLinear's dW reads it. Sixteen at a time where the CPU has
+/// AVX-512 (the division and rounding are IEEE's either way, so the bits are the scalar loop's).
+pub fn int8_over_scale(q: &[i8], s: f32, dst: &mut [u16]) {
+    assert_eq!(q.len(), dst.len(), "one bf16 per int8");
+    let mut done = 0;
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        done = q.len() / 16 * 16;
+        // SAFETY: AVX-512 F/BW detected; both slices hold `done` elements.
+        unsafe { int8_over_scale_avx512(&q[..done], s, &mut dst[..done]) };
+    }
+    for (d, &v) in dst[done..].iter_mut().zip(&q[done..]) {
+        *d = to_bf16(v as f32 / s);
+    }
+}
+
+/// [`int8_over_scale`] on whole groups of sixteen.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn int8_over_scale_avx512(q: &[i8], s: f32, dst: &mut [u16]) {
+    assert!(q.len() == dst.len() && q.len().is_multiple_of(16));
+    let sv = _mm512_set1_ps(s);
+    for (d, v) in dst.chunks_exact_mut(16).zip(q.chunks_exact(16)) {
+        // SAFETY: 16 bytes read from `v`, 32 written to `d` (16 u16), both exactly that long.
+        unsafe {
+            let x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(v.as_ptr().cast())));
+            let b = _mm512_srli_epi32::<16>(round16(_mm512_div_ps(x, sv)));
+            _mm256_storeu_si256(d.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(b));
+        }
+    }
+}
+
 /// A's element `(i, l)` as bf16; zero past the matrix (the tiles' padding).
 fn a_at(a: Operand, m: usize, k: usize, i: usize, l: usize) -> u16 {
     match (i < m && l < k, a.t) {
@@ -1028,6 +1062,18 @@ mod tests {
             for pass in [1, 2, 5] {
                 assert_eq!(run(pass), one, "{m}×{n}: passes of {pass} k tiles");
             }
+        }
+    }
+
+    #[test]
+    fn int8_rows_over_their_scale_equal_the_scalar_rounding() {
+        // Every int8 value, a length with a tail past the groups of sixteen, awkward scales.
+        let q: Vec<i8> = (0..=255u8).map(|v| v as i8).chain([5, -7, 127]).collect();
+        for s in [1.0f32, 3.0, 0.013_7, 127.0 / 0.9, 1e-30, 7e30] {
+            let mut got = vec![0u16; q.len()];
+            int8_over_scale(&q, s, &mut got);
+            let want: Vec<u16> = q.iter().map(|&v| to_bf16(v as f32 / s)).collect();
+            assert_eq!(got, want, "scale {s}");
         }
     }
 }

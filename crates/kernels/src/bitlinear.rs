@@ -278,10 +278,7 @@ pub fn backward(
             want_dw.then(|| {
                 // B = q_x / s: row t is token t.
                 let b = bf16::pack_rows(m, k, |t, dst| {
-                    let (q, s) = (&x.q[t * x.stride..], x.scale[t]);
-                    for (d, &v) in dst.iter_mut().zip(q) {
-                        *d = bf16::to_bf16(v as f32 / s);
-                    }
+                    bf16::int8_over_scale(&x.q[t * x.stride..][..k], x.scale[t], dst)
                 });
                 bf16::product_packed(n, crate::dense::Operand::t(dy), &b, false)
             })
