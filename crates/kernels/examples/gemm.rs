@@ -20,7 +20,6 @@ fn main() {
         ("125m head dX", 2048, 768, 50257, false, false),
         ("125m head dW", 50257, 768, 2048, true, false),
     ];
-    let paths = bf16_paths();
     for (what, m, n, k, at, bt) in shapes {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -48,7 +47,7 @@ fn main() {
         #[cfg(target_arch = "x86_64")]
         {
             use tritium_kernels::bf16::gemm_on;
-            for &p in &paths {
+            for p in bf16_paths() {
                 let s = time(&mut || gemm_on(p, &mut out, m, n, k, oa, ob));
                 print!(
                     ", {p:?} {:6.1} GFLOP/s ({:.1}×)",
@@ -71,9 +70,4 @@ fn bf16_paths() -> Vec<tritium_kernels::bf16::Path> {
         Some(p) => vec![p],
         None => vec![],
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn bf16_paths() -> Vec<()> {
-    vec![]
 }
