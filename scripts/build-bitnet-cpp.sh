@@ -12,13 +12,19 @@
 # clang is missing the build uses GCC, with BitNet's clang check turned into a warning (its CMake
 # already passes -fpermissive to GCC); say which compiler ran when quoting figures. I2_S only (the
 # TL2 kernels need the code generator's per-model tables).
+#
+# Without access to GitHub, BITNET_REPO and BITNET_LLAMA_REPO name local mirrors of the two
+# repositories (any git URL or path holding those commits).
 set -euo pipefail
 dir=${1:-/tmp/bitnet-cpp}
+bitnet_repo=${BITNET_REPO:-https://github.com/microsoft/BitNet.git}
+llama_repo=${BITNET_LLAMA_REPO:-https://github.com/Eddie-Wang1120/llama.cpp.git}
 if [ ! -d "$dir/src" ]; then
   mkdir -p "$dir"
-  git clone -q https://github.com/microsoft/BitNet.git "$dir/src"
+  git clone -q "$bitnet_repo" "$dir/src"
   git -C "$dir/src" checkout -q c82b5e6
-  git -C "$dir/src" submodule update -q --init 3rdparty/llama.cpp
+  git -C "$dir/src" config submodule.3rdparty/llama.cpp.url "$llama_repo"
+  git -C "$dir/src" -c protocol.file.allow=always submodule update -q --init 3rdparty/llama.cpp
   git -C "$dir/src/3rdparty/llama.cpp" checkout -q 406a5036f9a8aaee9ec5e96e652f61691340fe95
 fi
 cd "$dir/src"

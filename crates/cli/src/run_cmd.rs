@@ -306,7 +306,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let bytes_per_token = model.bytes_per_token();
+    // A decode step reads the weights and the KV cache up to its position: over the timed steps
+    // (positions pp..pp+tg) that is pp + (tg + 1) / 2 positions on average. Short contexts leave
+    // the cache small beside the weights; at 125m and 256 positions it is a sixth of the bytes.
+    let weight_bytes = model.bytes_per_token();
+    let kv_bytes = model.kv_bytes_per_position() * (2 * a.pp + a.tg + 1) / 2;
+    let bytes_per_token = weight_bytes + kv_bytes;
     let bw = if a.bandwidth {
         Some(read_bandwidth_gbs())
     } else {
@@ -329,6 +334,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "tg_tokens_per_s": tg_med,
         "tg_min": tg.first(), "tg_max": tg.last(),
         "bytes_per_token": bytes_per_token,
+        "weight_bytes_per_token": weight_bytes,
+        "kv_bytes_per_token": kv_bytes,
         "decode_gbs": bytes_per_token as f64 * tg_med / 1e9,
         "read_bandwidth_gbs": bw,
         "bandwidth_fraction": bw.map(|b| bytes_per_token as f64 * tg_med / 1e9 / b),
@@ -341,7 +348,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token{}",
+            "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token ({:.1} MB weights, {:.1} MB KV cache on average){}",
             a.model.display(),
             model.weight_type.name(),
             model.rt.threads(),
@@ -358,6 +365,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             first_token_s,
             rss.unwrap_or(f64::NAN),
             bytes_per_token as f64 / 1e6,
+            weight_bytes as f64 / 1e6,
+            kv_bytes as f64 / 1e6,
             match bw {
                 Some(b) => format!(
                     ", decode at {:.1} GB/s = {:.0}% of the measured {b:.1} GB/s",

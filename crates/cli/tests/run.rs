@@ -86,6 +86,14 @@ fn bench_reports_json() {
     }
     assert_eq!(j["weight_type"], "TQ2_0");
     assert_eq!(j["threads"], 2);
+    // The f32 KV cache a decode step reads: one layer, 2 KV heads of 64, a key and a value of 4
+    // bytes each, so 1024 bytes a position; the 8 timed steps after 16 prompt tokens attend to
+    // 17..=24 positions, 20.5 on average.
+    assert_eq!(j["kv_bytes_per_token"], 20992);
+    assert_eq!(
+        j["bytes_per_token"].as_u64().unwrap(),
+        j["weight_bytes_per_token"].as_u64().unwrap() + 20992
+    );
 }
 
 #[test]

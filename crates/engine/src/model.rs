@@ -274,14 +274,21 @@ impl Model {
         .then(|| self.weight_type.bits_per_weight())
     }
 
-    /// Bytes one decode step must read: the packed ternary weights (2 bits each, padded rows)
-    /// and the LM head.
+    /// Bytes one decode step must read of the weights: the packed ternary weights (2 bits each,
+    /// padded rows) and the LM head.
     pub fn bytes_per_token(&self) -> usize {
         let head = match self.lm_head() {
             FloatRows::F16(_) => 2,
             FloatRows::F32(_) => 4,
         };
         self.packed_bytes + head * self.cfg.vocab * self.cfg.d_model
+    }
+
+    /// Bytes of the f32 KV cache one decode step reads per position it attends to: a key and a
+    /// value for every layer and key/value head. A step at position `p` reads `p + 1` of them,
+    /// on top of [`Model::bytes_per_token`].
+    pub fn kv_bytes_per_position(&self) -> usize {
+        2 * self.cfg.n_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
     }
 
     /// The LM head: `output.weight` if the file has one, else the tied embedding.
