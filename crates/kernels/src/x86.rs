@@ -45,8 +45,19 @@ pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) 
     }
 }
 
-/// How far ahead the ternary kernels prefetch weight bytes.
-const PF_BYTES: usize = 4096;
+/// How far ahead the ternary kernels prefetch weight bytes. Into L2 rather than L1: decode streams
+/// weights from memory, and on Zen 4 (32 KiB of L1D) a distance that hides the memory latency
+/// does not fit in L1 beside the kernel's own lines. 8 KiB into L2 raised one ternary matvec over
+/// 523 MB (two threads, `bw_probe`-style) from 24–27 to 30–35 GB/s, against 4 KiB into L1.
+const PF_BYTES: usize = 8192;
+
+/// Prefetches the weight line `PF_BYTES` past `blk` into L2. Prefetches never fault, so an
+/// address past the rows' end is harmless (wrapping arithmetic).
+#[inline]
+#[target_feature(enable = "sse")]
+fn fetch_ahead(blk: &Block64) {
+    _mm_prefetch::<_MM_HINT_T1>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -67,7 +78,7 @@ unsafe fn codes512(blk: &Block64) -> [__m512i; 4] {
 unsafe fn tile512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let mut acc = [_mm512_setzero_si512(); NT];
     for (b, blk) in w.iter().enumerate() {
-        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        fetch_ahead(blk);
         // SAFETY: caller guarantees avx512 support.
         let c = unsafe { codes512(blk) };
         for (l, c) in c.iter().enumerate() {
@@ -126,7 +137,7 @@ unsafe fn store_sums<const NT: usize>(acc: &[__m512i; NT], out: &mut [i32]) {
 unsafe fn tile512_16(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let mut acc = [_mm512_setzero_si512(); 16];
     for (b, blk) in w.iter().enumerate() {
-        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        fetch_ahead(blk);
         // SAFETY: caller guarantees avx512 support.
         let c = unsafe { codes512(blk) };
         for (l, c) in c.iter().enumerate() {
@@ -186,7 +197,7 @@ unsafe fn store_sums16(acc: &[__m512i; 16], out: &mut [i32]) {
 unsafe fn small512<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let mut acc = [[_mm512_setzero_si512(); 4]; NT];
     for (b, blk) in w.iter().enumerate() {
-        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        fetch_ahead(blk);
         // SAFETY: caller guarantees avx512 support.
         let c = unsafe { codes512(blk) };
         for (t, a) in acc.iter_mut().enumerate() {
@@ -219,8 +230,8 @@ pub unsafe fn ternary_rows_avx512(w: &[Block64], nb: usize, xs: &[&[i8]], out: &
 unsafe fn one512(w: &[Block64], x: &[i8]) -> i32 {
     let mut acc = [_mm512_setzero_si512(); 4];
     for (b, blk) in w.iter().enumerate() {
-        // Rows are contiguous: fetch ahead into the next rows (never faults; see `ftile512`).
-        _mm_prefetch::<_MM_HINT_T0>(blk.0.as_ptr().cast::<i8>().wrapping_add(PF_BYTES));
+        // Rows are contiguous: this fetches ahead into the next rows.
+        fetch_ahead(blk);
         // SAFETY: caller guarantees avx512 support.
         let c = unsafe { codes512(blk) };
         for l in 0..4 {
@@ -530,16 +541,28 @@ unsafe fn load16_512(w: FloatRows, at: usize) -> __m512 {
     }
 }
 
-const PF_ROWS: usize = 8;
-const FLOAT_PF_BYTES: usize = 12 << 10;
+/// How far ahead of a float tile's rows its prefetch runs into L1, and into L2 where that is too
+/// short (see [`Ahead`]).
+const FLOAT_PF_L1: usize = 12 << 10;
+const FLOAT_PF_L2: usize = 48 << 10;
 
 /// The float tiles' prefetch: rows r..r+rr are contiguous, so at each 16-column step fetch the
-/// same share of the group PF_ROWS rows ahead, two lines a step, keeping more misses in flight
-/// than the hardware prefetcher alone does (decode is bound by this).
+/// same share of a group further on, two lines a step, keeping more misses in flight than the
+/// hardware prefetcher alone does (decode is bound by this).
+///
+/// Where FLOAT_PF_L1 spans two groups of rows or more, into L1 that far ahead. Wider rows need
+/// a distance L1 cannot hold beside the tile's own lines, so they go FLOAT_PF_L2 ahead into L2.
+/// Measured on Zen 4 (32 KiB L1D, 1 MiB L2), decode of random-weight TQ2_0 files, two threads:
+/// - 768-wide f16 head (bitnet-125m): 12 KiB into L1 decoded 452–484 tok/s; 12, 24 or 48 KiB into
+///   L2, 384–458.
+/// - 2560-wide f16 head (2B4T, 657 MB): 12 KiB into L1 (2 rows, inside the 4-row group) left the
+///   head at 23–24 GB/s beside a plain read's 52; 48 KiB into L2 gave 36–39 GB/s. Both at once
+///   gained nothing over the better one. On the Xeon, 40 KiB into L1 had been evicted before use.
 #[derive(Clone, Copy)]
 struct Ahead {
     at: *const i8,
     step: usize,
+    l2: bool,
 }
 
 impl Ahead {
@@ -548,12 +571,17 @@ impl Ahead {
             FloatRows::F32(v) => (v.as_ptr().cast::<i8>(), 4),
             FloatRows::F16(v) => (v.as_ptr().cast::<i8>(), 2),
         };
-        // As many rows ahead as fit in FLOAT_PF_BYTES: eight rows of a 2560-wide f16 head (40 KiB)
-        // ahead of use were evicted from L1 before they were read.
-        let rows_ahead = (FLOAT_PF_BYTES / (d * elem)).clamp(1, PF_ROWS);
+        let row = d * elem;
+        let l2 = FLOAT_PF_L1 / row < 2 * rr;
+        let rows_ahead = if l2 {
+            (FLOAT_PF_L2 / row).max(rr)
+        } else {
+            FLOAT_PF_L1 / row
+        };
         Ahead {
-            at: base.wrapping_add((r + rows_ahead) * d * elem),
-            step: rr * d * elem / (d / 16),
+            at: base.wrapping_add((r + rows_ahead) * row),
+            step: rr * row / (d / 16),
+            l2,
         }
     }
 
@@ -562,9 +590,14 @@ impl Ahead {
     #[inline]
     #[target_feature(enable = "sse")]
     fn fetch(self, c: usize) {
-        _mm_prefetch::<_MM_HINT_T0>(self.at.wrapping_add(c * self.step));
-        if self.step > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(self.at.wrapping_add(c * self.step + 64));
+        let p = self.at.wrapping_add(c * self.step);
+        let second = if self.step > 64 { 64 } else { 0 };
+        if self.l2 {
+            _mm_prefetch::<_MM_HINT_T1>(p);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(second));
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(second));
         }
     }
 }
