@@ -745,38 +745,22 @@ pub unsafe fn attend_avx512(
     let bs = hd * KEY_BLOCK;
     // A block's 16 positions fill one register: Σ_j q[j]·block[j]. Four blocks at once give four
     // independent FMA chains (one alone waits on its own latency); each lane sums over j in the
-    // same order either way.
+    // same order either way. The last one to three blocks go together too: one at a time, each
+    // waited out its 64-step chain alone, which at a short context (under 100 positions, most of
+    // a served completion) was most of the scores' time.
     let quad = nb / 4 * 4;
     for b in (0..quad).step_by(4) {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (j, &qj) in q.iter().enumerate() {
-            let qv = _mm512_set1_ps(qj);
-            for (k, a) in acc.iter_mut().enumerate() {
-                // SAFETY: (b + k + 1)·bs ≤ nb·bs ≤ keys.len().
-                *a = _mm512_fmadd_ps(
-                    qv,
-                    unsafe { _mm512_loadu_ps(kp.add((b + k) * bs + 16 * j)) },
-                    *a,
-                );
-            }
-        }
-        for (k, a) in acc.iter().enumerate() {
-            // SAFETY: 16(b + k) + 16 ≤ scores.len().
-            unsafe { _mm512_storeu_ps(sp.add(16 * (b + k)), *a) };
-        }
+        // SAFETY: blocks b..b+4 ≤ nb lie inside keys and scores.
+        unsafe { score_blocks::<4>(q, kp, bs, b, sp) };
     }
-    for b in quad..nb {
-        let mut acc = _mm512_setzero_ps();
-        for (j, &qj) in q.iter().enumerate() {
-            // SAFETY: (b + 1)·bs ≤ keys.len().
-            acc = _mm512_fmadd_ps(
-                _mm512_set1_ps(qj),
-                unsafe { _mm512_loadu_ps(kp.add(b * bs + 16 * j)) },
-                acc,
-            );
+    // SAFETY: blocks quad..nb lie inside keys and scores.
+    unsafe {
+        match nb - quad {
+            3 => score_blocks::<3>(q, kp, bs, quad, sp),
+            2 => score_blocks::<2>(q, kp, bs, quad, sp),
+            1 => score_blocks::<1>(q, kp, bs, quad, sp),
+            _ => {}
         }
-        // SAFETY: 16b + 16 ≤ scores.len().
-        unsafe { _mm512_storeu_ps(sp.add(16 * b), acc) };
     }
     let mut mx = f32::NEG_INFINITY;
     for s in scores[..n].iter_mut() {
@@ -805,6 +789,38 @@ pub unsafe fn attend_avx512(
             8 => weigh_values::<8>(&scores[..n], z, values, out),
             _ => unreachable!("hd = {hd} was sent to the scalar body above"),
         }
+    }
+}
+
+/// Scores of key blocks `b..b + K` (16 positions each, `bs = 16·hd` floats apart) into
+/// `sp[16b..16(b + K)]`: one FMA chain per block, each lane summing over `j` in order.
+///
+/// # Safety
+/// The CPU must support avx512f; blocks `b..b + K` lie inside `kp`'s keys and `sp`'s scores.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn score_blocks<const K: usize>(
+    q: &[f32],
+    kp: *const f32,
+    bs: usize,
+    b: usize,
+    sp: *mut f32,
+) {
+    let mut acc = [_mm512_setzero_ps(); K];
+    for (j, &qj) in q.iter().enumerate() {
+        let qv = _mm512_set1_ps(qj);
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: (b + k + 1)·bs ≤ the keys' length (caller).
+            *a = _mm512_fmadd_ps(
+                qv,
+                unsafe { _mm512_loadu_ps(kp.add((b + k) * bs + 16 * j)) },
+                *a,
+            );
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        // SAFETY: 16(b + k) + 16 ≤ the scores' length (caller).
+        unsafe { _mm512_storeu_ps(sp.add(16 * (b + k)), *a) };
     }
 }
 
