@@ -48,7 +48,8 @@ pub unsafe fn ternary_dots_avx512(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) 
 /// How far ahead the ternary kernels prefetch weight bytes. Into L2 rather than L1: decode streams
 /// weights from memory, and on Zen 4 (32 KiB of L1D) a distance that hides the memory latency
 /// does not fit in L1 beside the kernel's own lines. 8 KiB into L2 raised one ternary matvec over
-/// 523 MB (two threads, `bw_probe`-style) from 24–27 to 30–35 GB/s, against 4 KiB into L1.
+/// 523 MB (two threads, the engine's `bw_probe` example) from 24–27 to 30–35 GB/s, against
+/// 4 KiB into L1.
 const PF_BYTES: usize = 8192;
 
 /// Prefetches the weight line `PF_BYTES` past `blk` into L2. Prefetches never fault, so an
@@ -746,8 +747,8 @@ pub unsafe fn attend_avx512(
     // A block's 16 positions fill one register: Σ_j q[j]·block[j]. Four blocks at once give four
     // independent FMA chains (one alone waits on its own latency); each lane sums over j in the
     // same order either way. The last one to three blocks go together too: one at a time, each
-    // waited out its 64-step chain alone, which at a short context (under 100 positions, most of
-    // a served completion) was most of the scores' time.
+    // waited out its hd-long chain of dependent FMAs alone, as long as a whole group of four takes
+    // (short contexts, most of a served completion, are mostly such leftover blocks).
     let quad = nb / 4 * 4;
     for b in (0..quad).step_by(4) {
         // SAFETY: blocks b..b+4 ≤ nb lie inside keys and scores.
