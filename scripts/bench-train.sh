@@ -19,29 +19,33 @@ case $which in
   125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=3 ;;
   *) echo "usage: $0 tiny|125m [BATCH SEQ]" >&2; exit 2 ;;
 esac
+# Untimed steps before the windows, the same for every row: torch.compile compiles in the first
+# and may recompile in the second, and tritium's first step after the first still grows its
+# allocator's memory (its first timed window was the lowest of every run with one).
+warmup=2
 # Rows: flex with the fused ops (the default), flex with --unfused (the plain tensor-op reference),
 # then any other device named in DEVICES (e.g. DEVICES=ndarray with a `--features ndarray` build).
 echo "== tritium flex (fused, f32 products)"
-/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
+/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
 echo "== tritium flex (fused, --precision bf16)"
-/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --precision bf16
+/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16
 echo "== tritium flex --unfused"
-/usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1
+/usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
 for dev in ${DEVICES:-}; do
   echo "== tritium $dev"
-  $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --device $dev || true
+  $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --device $dev || true
 done
 echo "== pytorch eager fp32"
-$PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 | grep RESULT
+$PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup | grep RESULT
 if [ "${BF16:-1}" = 1 ]; then
   echo "== pytorch eager bf16 autocast"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 1 --autocast bf16 | grep RESULT
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --autocast bf16 | grep RESULT
 fi
 # torch.compile (TorchInductor): what a PyTorch user runs when speed matters. Its warm-up steps
 # compile (a minute or more); COMPILE=0 skips these rows.
 if [ "${COMPILE:-1}" = 1 ]; then
   echo "== pytorch compiled fp32"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 2 --compile | grep RESULT
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile | grep RESULT
   echo "== pytorch compiled bf16 autocast"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup 2 --compile --autocast bf16 | grep RESULT
+  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile --autocast bf16 | grep RESULT
 fi
