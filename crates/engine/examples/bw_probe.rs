@@ -1,31 +1,20 @@
 //! Memory bandwidth of the decode kernels with two threads, beside a plain streaming read: the
 //! f16 LM head (`float_dots`, one token) and the ternary matvec, over weights far larger than the
-//! caches, each pass split in 256-row chunks as the engine's pool splits them (diagnosis; the
+//! caches, each pass split in 256-row chunks over the engine's thread team (diagnosis; the
 //! whole step is `tritium bench --bandwidth`).
 //!
 //! `cargo run --release -p tritium-engine --example bw_probe -- VOCAB D_MODEL BLOCKS TERNARY_BYTES`
 //! (2B4T: `128256 2560 10 523000000`; bitnet-125m: `32000 768 3 22000000`)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use tritium_engine::kernels::pool::Pool;
 use tritium_engine::kernels::{self, Block64, FloatRows, Isa};
 
-/// `f` over `0..n` in `chunk`s, two threads taking the next chunk as they finish.
-fn par(n: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                loop {
-                    let a = next.fetch_add(chunk, Ordering::Relaxed);
-                    if a >= n {
-                        break;
-                    }
-                    f(a..(a + chunk).min(n));
-                }
-            });
-        }
+/// `f` over `0..n` in `chunk`s on the engine's own team of two threads.
+fn par(pool: &Pool, n: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    pool.run(n.div_ceil(chunk), &|c| {
+        f(c * chunk..((c + 1) * chunk).min(n))
     });
 }
 
@@ -50,6 +39,7 @@ fn main() {
         panic!("usage: bw_probe VOCAB D_MODEL BLOCKS TERNARY_BYTES");
     };
     let isa = Isa::detect();
+    let pool = Pool::new(2);
     let w: Vec<u16> = (0..v * d)
         .map(|i| half::f16::from_f32(((i * 7919) % 1000) as f32 * 1e-3).to_bits())
         .collect();
@@ -62,19 +52,19 @@ fn main() {
     let big: Vec<u64> = (0..(600usize << 20) / 8).map(|i| i as u64).collect();
     for _ in 0..4 {
         let read = rate(big.len() * 8, 5, || {
-            par(big.len(), 1 << 17, |r| {
+            par(&pool, big.len(), 1 << 17, |r| {
                 std::hint::black_box(big[r].iter().fold(0u64, |a, &b| a.wrapping_add(b)));
             })
         });
         let head = rate(v * d * 2, 20, || {
-            par(v, 256, |r| {
+            par(&pool, v, 256, |r| {
                 let mut o = vec![0f32; r.len()];
                 kernels::float_dots(isa, FloatRows::F16(&w), d, r, &[&x], &mut o);
                 std::hint::black_box(&o);
             })
         });
         let ternary = rate(rows * nb * 64, 20, || {
-            par(rows, 256, |r| {
+            par(&pool, rows, 256, |r| {
                 let mut o = vec![0i32; r.len()];
                 kernels::ternary_matvec(isa, &blocks[r.start * nb..r.end * nb], nb, &xq, &mut o);
                 std::hint::black_box(&o);

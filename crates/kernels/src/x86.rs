@@ -591,15 +591,22 @@ impl Ahead {
     #[inline]
     #[target_feature(enable = "sse")]
     fn fetch(self, c: usize) {
-        let p = self.at.wrapping_add(c * self.step);
-        let second = if self.step > 64 { 64 } else { 0 };
+        let (p, two) = (self.at.wrapping_add(c * self.step), self.step > 64);
         if self.l2 {
-            _mm_prefetch::<_MM_HINT_T1>(p);
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(second));
+            lines::<_MM_HINT_T1>(p, two);
         } else {
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(second));
+            lines::<_MM_HINT_T0>(p, two);
         }
+    }
+}
+
+/// Prefetches the line at `p` with `HINT`, and the next one when `two`.
+#[inline]
+#[target_feature(enable = "sse")]
+fn lines<const HINT: i32>(p: *const i8, two: bool) {
+    _mm_prefetch::<HINT>(p);
+    if two {
+        _mm_prefetch::<HINT>(p.wrapping_add(64));
     }
 }
 
