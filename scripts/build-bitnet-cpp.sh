@@ -24,14 +24,14 @@ if [ ! -d "$dir/src" ]; then
   git clone -q "$bitnet_repo" "$dir/src"
   git -C "$dir/src" checkout -q c82b5e6
   git -C "$dir/src" config submodule.3rdparty/llama.cpp.url "$llama_repo"
+  llama=$dir/src/3rdparty/llama.cpp
   llama_commit=406a5036f9a8aaee9ec5e96e652f61691340fe95
-  if ! git -C "$dir/src" -c protocol.file.allow=always submodule update -q --init 3rdparty/llama.cpp; then
-    # A mirror without the large vocabulary test files (models/*.gguf) cannot check out the
-    # whole tree; the build needs none of them.
-    git -C "$dir/src/3rdparty/llama.cpp" checkout -q "$llama_commit" -- . ':!models/*.gguf'
-  fi
-  git -C "$dir/src/3rdparty/llama.cpp" checkout -q "$llama_commit" 2>/dev/null ||
-    git -C "$dir/src/3rdparty/llama.cpp" checkout -q "$llama_commit" -- . ':!models/*.gguf'
+  # A mirror without the large vocabulary test files (models/*.gguf) clones but cannot check out
+  # the whole tree; the build needs none of them, so everything else is checked out instead.
+  git -C "$dir/src" -c protocol.file.allow=always submodule update -q --init 3rdparty/llama.cpp ||
+    [ -d "$llama/.git" ] || [ -f "$llama/.git" ]
+  git -C "$llama" checkout -q "$llama_commit" 2>/dev/null ||
+    git -C "$llama" checkout -q "$llama_commit" -- . ':!models/*.gguf'
 fi
 cd "$dir/src"
 # The LUT header is included even for I2_S; any preset serves.
