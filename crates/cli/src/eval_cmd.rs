@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use tritium_engine::KvType;
 use tritium_eval::scorers::{BurnScorer, GgufScorer};
 use tritium_eval::{self as eval, Scorer, TASKS, TaskResult, tasks};
 use tritium_model::Backend;
@@ -37,6 +38,9 @@ pub struct EvalArgs {
     /// Engine threads for a GGUF (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// What a GGUF's KV cache holds (as in `tritium run`).
+    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
+    pub kv_cache: KvType,
     /// Where a checkpoint's model runs: flex (default), wgpu[:N] or cuda[:N] (with their cargo feature).
     #[arg(long, default_value_t = Backend::Flex)]
     pub device: Backend,
@@ -103,6 +107,7 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
         Box::new(GgufScorer::load(
             &a.model,
             &crate::run_cmd::runtime(a.threads),
+            a.kv_cache,
         )?)
     } else {
         Box::new(BurnScorer::load(&a.model, &a.device.device()?)?.with_fused(fused))

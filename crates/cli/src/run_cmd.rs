@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use tritium_engine::forward::{Step, forward_batch};
 use tritium_engine::{
-    Chat, Logits, Model, Runtime, Sampler, SamplerConfig, Session, Stop, generate,
+    Chat, KvType, Logits, Model, Runtime, Sampler, SamplerConfig, Session, Stop, generate,
 };
 
 #[derive(Args)]
@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// What the KV cache holds: f32 (what training computed) or f16 (half the memory and the
+    /// bytes attention reads; each key and value rounded once).
+    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
+    pub kv_cache: KvType,
     /// Interactive chat using the file's chat template (or a ChatML default).
     #[arg(long, conflicts_with = "prompt")]
     pub chat: bool,
@@ -78,6 +82,9 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// What the KV cache holds (as in `tritium run`).
+    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
+    pub kv_cache: KvType,
     /// Also measure the machine's streaming read bandwidth and report decode as a fraction of it.
     #[arg(long)]
     pub bandwidth: bool,
@@ -156,7 +163,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut sess = Session::new(&model, ctx)?;
+    let mut sess = Session::with_kv(&model, ctx, a.kv_cache)?;
     sess.lora = lora.as_ref();
     let mut sampler = Sampler::new(sampling);
     if a.chat {
@@ -266,7 +273,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             model.cfg.ctx
         );
     }
-    let mut sess = Session::new(&model, a.pp + a.tg)?;
+    let mut sess = Session::with_kv(&model, a.pp + a.tg, a.kv_cache)?;
     let v = model.cfg.vocab as u64;
     // Prompt ids spread over the vocabulary, fixed so runs compare.
     let prompt: Vec<u32> = (0..a.pp as u64)
@@ -302,7 +309,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
     let batch_med = if a.batch > 1 {
-        Some(batched_decode(&model, &prompt, a.batch, a.tg, a.reps)?)
+        Some(batched_decode(
+            &model, &prompt, a.batch, a.tg, a.reps, a.kv_cache,
+        )?)
     } else {
         None
     };
@@ -310,7 +319,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // (positions pp..pp+tg) that is pp + (tg + 1) / 2 positions on average. Short contexts leave
     // the cache small beside the weights; at 125m and 256 positions it is a sixth of the bytes.
     let weight_bytes = model.bytes_per_token();
-    let kv_bytes = model.kv_bytes_per_position() * (2 * a.pp + a.tg + 1) / 2;
+    let kv_bytes = model.kv_bytes_per_position(a.kv_cache) * (2 * a.pp + a.tg + 1) / 2;
     let bytes_per_token = weight_bytes + kv_bytes;
     let bw = if a.bandwidth {
         Some(read_bandwidth_gbs())
@@ -322,6 +331,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "model": a.model.display().to_string(),
         "weight_type": model.weight_type.name(),
         "isa": model.rt.isa.name(),
+        "kv_cache": a.kv_cache.to_string(),
         "threads": model.rt.threads(),
         "ternary_weights": model.ternary_weights(),
         "file_ternary_bits_per_weight": model.ternary_bits_per_weight(),
@@ -390,9 +400,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 /// Median aggregate tokens/s of `n` sequences decoding `tg` tokens each, one batched forward a
 /// step, every sequence first given `prompt` on its own (untimed); one warm-up round.
-fn batched_decode(model: &Model, prompt: &[u32], n: usize, tg: usize, reps: usize) -> Result<f64> {
+fn batched_decode(
+    model: &Model,
+    prompt: &[u32],
+    n: usize,
+    tg: usize,
+    reps: usize,
+    kv: KvType,
+) -> Result<f64> {
     let mut sessions = (0..n)
-        .map(|_| Session::new(model, prompt.len() + tg))
+        .map(|_| Session::with_kv(model, prompt.len() + tg, kv))
         .collect::<Result<Vec<_>, _>>()?;
     let mut rates = Vec::new();
     for rep in 0..=reps {

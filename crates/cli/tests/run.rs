@@ -94,6 +94,27 @@ fn bench_reports_json() {
         j["bytes_per_token"].as_u64().unwrap(),
         j["weight_bytes_per_token"].as_u64().unwrap() + 20992
     );
+    // An f16 cache: 2 bytes a key or value, half of it.
+    let o = tritium(&[
+        "bench",
+        &m,
+        "--pp",
+        "16",
+        "--tg",
+        "8",
+        "--reps",
+        "1",
+        "--json",
+        "--kv-cache",
+        "f16",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (j["kv_cache"].as_str(), j["kv_bytes_per_token"].as_u64()),
+        (Some("f16"), Some(10496))
+    );
 }
 
 #[test]
@@ -150,7 +171,8 @@ fn hostile_flag_values_name_the_flag() {
         ("run", "--temp", "nan"), ("run", "--temp", "-1"), ("run", "--top-p", "2"),
         ("run", "--top-p", "0"), ("run", "--min-p", "-1"), ("run", "--repeat-penalty", "-1"),
         ("run", "--repeat-penalty", "inf"), ("run", "--stop", ""), ("run", "--lora-scale", "nan"),
-        ("eval", "--tasks", ""), ("eval", "--tasks", " , "),
+        ("eval", "--tasks", ""), ("eval", "--tasks", " , "), ("run", "--kv-cache", "bf16"),
+        ("bench", "--kv-cache", "f8"), ("eval", "--kv-cache", "q8_0"),
     ];
     let command = |cmd: &str| -> Vec<&str> {
         match cmd {

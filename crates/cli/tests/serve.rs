@@ -225,10 +225,23 @@ impl Drop for Server {
 
 /// What `tritium run --temp 0` prints after the prompt.
 fn run_greedy(model: &Path, prompt: &str, n: usize, lora: Option<&Path>) -> String {
+    run_greedy_kv(model, prompt, n, lora, "f32")
+}
+
+fn run_greedy_kv(model: &Path, prompt: &str, n: usize, lora: Option<&Path>, kv: &str) -> String {
     let mut c = tritium();
-    c.arg("run")
-        .arg(model)
-        .args(["-p", prompt, "-n", &n.to_string(), "--temp", "0", "-t", "2"]);
+    c.arg("run").arg(model).args([
+        "-p",
+        prompt,
+        "-n",
+        &n.to_string(),
+        "--temp",
+        "0",
+        "-t",
+        "2",
+        "--kv-cache",
+        kv,
+    ]);
     if let Some(l) = lora {
         c.arg("--lora").arg(l);
     }
@@ -334,12 +347,26 @@ fn completions_chat_streaming_models_and_tokenize() {
 
 #[test]
 fn greedy_text_equals_tritium_run_alone_and_in_a_batch_of_eight() {
+    greedy_text_equals_run("f32");
+}
+
+/// The same with an f16 KV cache on both sides: the cache's rounding is per value, so batching
+/// still changes nothing.
+#[test]
+fn greedy_text_with_an_f16_cache_equals_tritium_run_with_one() {
+    greedy_text_equals_run("f16");
+}
+
+fn greedy_text_equals_run(kv: &str) {
     let dir = tempfile::tempdir().unwrap();
     let m = model(dir.path());
-    let s = Arc::new(Server::start(&m, &["--parallel", "8"]));
+    let s = Arc::new(Server::start(&m, &["--parallel", "8", "--kv-cache", kv]));
     let prompts: Vec<String> = (0..8).map(|i| format!("story {i}: the")).collect();
     let n = 48;
-    let expected: Vec<String> = prompts.iter().map(|p| run_greedy(&m, p, n, None)).collect();
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|p| run_greedy_kv(&m, p, n, None, kv))
+        .collect();
     let ask = move |s: &Server, p: &str| {
         let r = s.post(
             "/v1/completions",

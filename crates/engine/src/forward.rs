@@ -6,6 +6,7 @@
 use crate::Error;
 use crate::kernels;
 use crate::kernels::pool::Order;
+use crate::kv::{Cache, CacheElem, KvType};
 use crate::lora::Lora;
 use crate::model::{Act, Model};
 use crate::quant::QuantActs;
@@ -27,16 +28,20 @@ pub struct Session<'m> {
     pub ctx: usize,
     /// Tokens already in the cache.
     pub pos: usize,
-    k_cache: kernels::Aligned<f32>, // [L, KVH, ctx/KEY_BLOCK, hd, KEY_BLOCK]: see `kernels::KEY_BLOCK`
-    v_cache: kernels::Aligned<f32>, // [L, KVH, ctx, hd]
-    rope_cos: Vec<f32>,             // [ctx, hd/2]
+    cache: Cache,
+    rope_cos: Vec<f32>, // [ctx, hd/2]
     rope_sin: Vec<f32>,
     pub logits: Vec<f32>,
 }
 
 impl<'m> Session<'m> {
-    /// A session with room for `ctx` tokens (at most the model's context length).
+    /// A session with room for `ctx` tokens (at most the model's context length), caching f32.
     pub fn new(model: &'m Model, ctx: usize) -> Result<Session<'m>, Error> {
+        Session::with_kv(model, ctx, KvType::F32)
+    }
+
+    /// A session whose KV cache holds `kv` values.
+    pub fn with_kv(model: &'m Model, ctx: usize, kv: KvType) -> Result<Session<'m>, Error> {
         let c = &model.cfg;
         if ctx == 0 || ctx > c.ctx {
             return Err(Error::Context(format!(
@@ -46,7 +51,7 @@ impl<'m> Session<'m> {
         }
         let cache = c.n_layers * ctx * c.kv_dim();
         let keys = c.n_layers * c.n_kv_heads * kernels::key_len(c.head_dim(), ctx);
-        let bytes = (cache + keys) as u128 * 4;
+        let bytes = (cache + keys) as u128 * kv.bytes() as u128;
         if bytes > 64 << 30 {
             return Err(Error::Context(format!(
                 "a KV cache for {ctx} tokens would take {} GiB; pass a smaller --ctx",
@@ -61,12 +66,16 @@ impl<'m> Session<'m> {
             lora: None,
             ctx,
             pos: 0,
-            k_cache: committed(keys),
-            v_cache: committed(cache),
+            cache: Cache::new(kv, c.n_layers, c.n_kv_heads, c.head_dim(), ctx),
             rope_cos,
             rope_sin,
             logits: Vec::new(),
         })
+    }
+
+    /// What the cache holds keys and values as.
+    pub fn kv_type(&self) -> KvType {
+        self.cache.kind()
     }
 
     pub fn reset(&mut self) {
@@ -118,14 +127,30 @@ impl<'m> Session<'m> {
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
                 rope(head, cs, sn);
             }
-            let per_head = kernels::key_len(hd, self.ctx);
-            for h in 0..c.n_kv_heads {
-                let base = (li * c.n_kv_heads + h) * per_head;
-                for j in 0..hd {
-                    self.k_cache[base + kernels::key_index(hd, pos, j)] = k[h * hd + j];
-                }
-                let at = (li * c.n_kv_heads + h) * self.ctx * hd + pos * hd;
-                self.v_cache[at..at + hd].copy_from_slice(&vv[h * hd..(h + 1) * hd]);
+            match &mut self.cache {
+                Cache::F32(_) => self.append::<f32>(li, pos, k, vv),
+                Cache::F16(_) => self.append::<half::f16>(li, pos, k, vv),
+            }
+        }
+    }
+
+    /// Writes position `pos`'s keys `k` and values `v` (every KV head of layer `li`).
+    fn append<T: CacheElem>(&mut self, li: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let c = &self.model.cfg;
+        let hd = c.head_dim();
+        let per_head = kernels::key_len(hd, self.ctx);
+        let store = T::store_mut(&mut self.cache).expect("the caller matched the type");
+        for h in 0..c.n_kv_heads {
+            let base = (li * c.n_kv_heads + h) * per_head;
+            for j in 0..hd {
+                store.k[base + kernels::key_index(hd, pos, j)] = T::from_f32(k[h * hd + j]);
+            }
+            let at = (li * c.n_kv_heads + h) * self.ctx * hd + pos * hd;
+            for (o, &x) in store.v[at..at + hd]
+                .iter_mut()
+                .zip(&v[h * hd..(h + 1) * hd])
+            {
+                *o = T::from_f32(x);
             }
         }
     }
@@ -141,6 +166,22 @@ impl<'m> Session<'m> {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
+        match &self.cache {
+            Cache::F32(_) => self.attend_in::<f32>(li, q, t, head, scores, out),
+            Cache::F16(_) => self.attend_in::<half::f16>(li, q, t, head, scores, out),
+        }
+    }
+
+    fn attend_in<T: CacheElem>(
+        &self,
+        li: usize,
+        q: &[f32],
+        t: usize,
+        head: usize,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let store = T::store(&self.cache).expect("the caller matched the type");
         let c = &self.model.cfg;
         let hd = c.head_dim();
         let group = c.n_heads / c.n_kv_heads;
@@ -151,9 +192,9 @@ impl<'m> Session<'m> {
         kernels::attend(
             self.model.rt.isa,
             q,
-            &self.k_cache[keys..keys + kernels::key_len(hd, n)],
+            &store.k[keys..keys + kernels::key_len(hd, n)],
             n,
-            &self.v_cache[values..values + n * hd],
+            &store.v[values..values + n * hd],
             1.0 / (hd as f32).sqrt(),
             scores,
             out,
@@ -181,6 +222,11 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
     for s in steps.iter() {
         if !std::ptr::eq(s.sess.model, m) {
             return Err(Error::Context("a batch must run one model".into()));
+        }
+        if s.sess.kv_type() != first.sess.kv_type() {
+            return Err(Error::Context(
+                "a batch must share one KV cache type".into(),
+            ));
         }
         s.sess.check(s.tokens)?;
     }
@@ -251,7 +297,10 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
             adapt(steps, li, p, &h, d, &mut qkv, w, offset);
         }
         if nt == steps.len() {
-            decode_attention(rt, steps, li, &qkv, &mut att);
+            match steps[0].sess.kv_type() {
+                KvType::F32 => decode_attention::<f32>(rt, steps, li, &qkv, &mut att),
+                KvType::F16 => decode_attention::<half::f16>(rt, steps, li, &qkv, &mut att),
+            }
         } else {
             rope_and_cache(rt, steps, &rows, li, &mut qkv, w);
             attention(steps, &rows, li, &qkv, &mut att);
@@ -342,7 +391,13 @@ fn rope_and_cache(
 /// Appending a key touches one cache line per dimension (the blocked layout), lines the attention
 /// reads next: here each is fetched once, by the thread that reads it, instead of once by
 /// [`rope_and_cache`] and again by [`attention`]. The arithmetic is theirs, so are the bits.
-fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], att: &mut [f32]) {
+fn decode_attention<T: CacheElem>(
+    rt: &Runtime,
+    steps: &mut [Step],
+    li: usize,
+    qkv: &[f32],
+    att: &mut [f32],
+) {
     let c = &steps[0].sess.model.cfg;
     let (d, kv, hd, kvh) = (c.d_model, c.kv_dim(), c.head_dim(), c.n_kv_heads);
     let (group, w, isa) = (c.n_heads / kvh, d + 2 * kv, rt.isa);
@@ -358,10 +413,11 @@ fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], at
         let (pos, ctx) = (sess.pos, sess.ctx);
         positions += pos + 1;
         let per_head = kernels::key_len(hd, ctx);
+        let store = T::store_mut(&mut sess.cache).expect("forward_batch checked the types");
         let keys =
-            sess.k_cache[li * kvh * per_head..(li + 1) * kvh * per_head].chunks_exact_mut(per_head);
+            store.k[li * kvh * per_head..(li + 1) * kvh * per_head].chunks_exact_mut(per_head);
         let values =
-            sess.v_cache[li * kvh * ctx * hd..(li + 1) * kvh * ctx * hd].chunks_exact_mut(ctx * hd);
+            store.v[li * kvh * ctx * hd..(li + 1) * kvh * ctx * hd].chunks_exact_mut(ctx * hd);
         let (cos, sin) = (
             &sess.rope_cos[pos * hd / 2..(pos + 1) * hd / 2],
             &sess.rope_sin[pos * hd / 2..(pos + 1) * hd / 2],
@@ -383,16 +439,18 @@ fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], at
             });
         }
     }
-    let work = |scratch: &mut Scratch, t: &mut HeadGroup| {
+    let work = |scratch: &mut Scratch, t: &mut HeadGroup<T>| {
         let n = t.pos + 1;
         let Scratch { scores, head } = scratch;
         head.clear();
         head.extend_from_slice(t.k);
         rope(head, t.cos, t.sin);
         for (j, &x) in head.iter().enumerate() {
-            t.keys[kernels::key_index(hd, t.pos, j)] = x;
+            t.keys[kernels::key_index(hd, t.pos, j)] = T::from_f32(x);
         }
-        t.values[t.pos * hd..n * hd].copy_from_slice(t.v);
+        for (o, &x) in t.values[t.pos * hd..n * hd].iter_mut().zip(t.v) {
+            *o = T::from_f32(x);
+        }
         let (keys, values) = (&t.keys[..kernels::key_len(hd, n)], &t.values[..n * hd]);
         for (q, out) in t.q.chunks_exact(hd).zip(t.out.chunks_exact_mut(hd)) {
             head.clear();
@@ -417,10 +475,10 @@ fn decode_attention(rt: &Runtime, steps: &mut [Step], li: usize, qkv: &[f32], at
 }
 
 /// One task of [`decode_attention`]: a sequence's new token, one KV head and its query group.
-struct HeadGroup<'a> {
+struct HeadGroup<'a, T> {
     /// This layer's blocked keys and position-major values of the KV head.
-    keys: &'a mut [f32],
-    values: &'a mut [f32],
+    keys: &'a mut [T],
+    values: &'a mut [T],
     /// The group's queries and the head's key and value, before RoPE.
     q: &'a [f32],
     k: &'a [f32],
@@ -478,14 +536,6 @@ fn attention(
             SCORES.with(|s| work(&mut s.borrow_mut(), (i, o)))
         });
     }
-}
-
-/// A zeroed buffer whose pages are written now: a zeroed allocation is otherwise mapped lazily,
-/// and a server's slots would take their page faults (and the kernel's zeroing) mid-generation,
-/// or run out of memory then instead of at start.
-fn committed(n: usize) -> kernels::Aligned<f32> {
-    // Through black_box, so the allocation is not turned back into a lazily zeroed one.
-    kernels::Aligned::filled(n, std::hint::black_box(0.0))
 }
 
 thread_local! {

@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod forward;
+pub mod kv;
 /// The kernels live in their own crate so the fused training op uses the same ones.
 pub use tritium_kernels as kernels;
 pub mod lora;
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 pub use chat::Chat;
 pub use forward::{Logits, Session};
+pub use kv::KvType;
 pub use lora::Lora;
 pub use model::{Model, map_file};
 pub use runtime::Runtime;

@@ -284,11 +284,11 @@ impl Model {
         self.packed_bytes + head * self.cfg.vocab * self.cfg.d_model
     }
 
-    /// Bytes of the f32 KV cache one decode step reads per position it attends to: a key and a
+    /// Bytes of a `kv` cache one decode step reads per position it attends to: a key and a
     /// value for every layer and key/value head. A step at position `p` reads `p + 1` of them,
     /// on top of [`Model::bytes_per_token`].
-    pub fn kv_bytes_per_position(&self) -> usize {
-        2 * self.cfg.n_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
+    pub fn kv_bytes_per_position(&self, kv: crate::KvType) -> usize {
+        2 * self.cfg.n_layers * self.cfg.kv_dim() * kv.bytes()
     }
 
     /// The LM head: `output.weight` if the file has one, else the tied embedding.

@@ -8,7 +8,7 @@ use std::path::Path;
 use tritium_engine::forward::{Step, forward_batch};
 use tritium_engine::lora::{Lora, Pair};
 use tritium_engine::synthetic::{Spec, gguf};
-use tritium_engine::{Logits, Model, Runtime, Session};
+use tritium_engine::{KvType, Logits, Model, Runtime, Session};
 use tritium_gguf::GgmlType;
 
 fn model(weights: GgmlType) -> Model {
@@ -68,7 +68,12 @@ fn prompts(v: u32) -> Vec<Vec<u32>> {
 
 #[test]
 fn a_batch_computes_what_each_sequence_computes_alone() {
-    for weights in [GgmlType::Tq2_0, GgmlType::I2S] {
+    let cases = [
+        (GgmlType::Tq2_0, KvType::F32),
+        (GgmlType::I2S, KvType::F32),
+        (GgmlType::Tq2_0, KvType::F16),
+    ];
+    for (weights, kv) in cases {
         let m = model(weights);
         let lora = adapter(&m);
         let v = m.cfg.vocab as u32;
@@ -77,7 +82,7 @@ fn a_batch_computes_what_each_sequence_computes_alone() {
         // Alone: each prompt (all logits), then two decode steps of fixed tokens.
         let mut alone = Vec::new();
         for (i, p) in ps.iter().enumerate() {
-            let mut s = Session::new(&m, 96).unwrap();
+            let mut s = Session::with_kv(&m, 96, kv).unwrap();
             if uses_lora(i) {
                 s.lora = Some(&lora);
             }
@@ -92,7 +97,7 @@ fn a_batch_computes_what_each_sequence_computes_alone() {
         }
         // Together: sequence 2 joins one step late (its prompt runs beside the others' decode).
         let mut sess: Vec<Session> = (0..ps.len())
-            .map(|_| Session::new(&m, 96).unwrap())
+            .map(|_| Session::with_kv(&m, 96, kv).unwrap())
             .collect();
         sess[1].lora = Some(&lora);
         let mut batched = vec![Vec::new(); ps.len()];
@@ -136,7 +141,7 @@ fn a_batch_computes_what_each_sequence_computes_alone() {
         }
         for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
             assert_eq!(a.len(), (ps[i].len() + 2) * v as usize);
-            assert!(a == b, "{weights:?}: sequence {i} differs in a batch");
+            assert!(a == b, "{weights:?} {kv}: sequence {i} differs in a batch");
         }
         // The adapter changed sequence 1's logits (so the comparison above covers it).
         let mut plain = Session::new(&m, 96).unwrap();
@@ -175,4 +180,49 @@ fn a_batch_refuses_what_a_session_refuses() {
     }])
     .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let mut h = Session::with_kv(&m, 4, KvType::F16).unwrap();
+    let err = forward_batch(&mut [
+        Step {
+            sess: &mut a,
+            tokens: &[1],
+            logits: Logits::Last,
+        },
+        Step {
+            sess: &mut h,
+            tokens: &[1],
+            logits: Logits::Last,
+        },
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("one KV cache type"), "{err}");
+}
+
+/// An f16 cache rounds each key and value once (relative error ≤ 2⁻¹¹); what reaches the logits
+/// stays small beside their spread, while a cache that did not round would give equal bits.
+#[test]
+fn an_f16_cache_stays_close_to_the_f32_one() {
+    let m = model(GgmlType::Tq2_0);
+    let v = m.cfg.vocab as u32;
+    let prompt: Vec<u32> = (0..40).map(|t| (t * 37 + 5) % v).collect();
+    let run = |kv| {
+        let mut s = Session::with_kv(&m, 96, kv).unwrap();
+        let mut got = s.forward(&prompt, Logits::All).unwrap().to_vec();
+        for t in 0..8 {
+            got.extend(s.forward(&[(t * 11 + 3) % v], Logits::Last).unwrap());
+        }
+        got
+    };
+    let (a, b) = (run(KvType::F32), run(KvType::F16));
+    let spread = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    eprintln!("f16 vs f32 cache: worst {worst}, mean {mean}, |logit| up to {spread}");
+    assert!(worst > 0.0, "the f16 cache changed nothing: is it used?");
+    assert!(
+        worst < 0.05 * spread && mean < 0.005 * spread,
+        "{worst} {mean} {spread}"
+    );
 }

@@ -374,6 +374,37 @@ fn i2_s_rows_of_128_are_padded() {
     }
 }
 
+/// An f16 cache widens each value exactly, so attention over it must give the bits attention
+/// gives over the same values stored as f32, on every ISA (and the SIMD load must widen the
+/// right halves: odd lengths leave partial blocks).
+#[test]
+fn attention_over_f16_equals_attention_over_its_f32_values() {
+    use half::f16;
+    let mut rng = Rng(9);
+    for hd in [16usize, 64, 40, 128] {
+        for n in [1usize, 3, 16, 17, 50, 129] {
+            let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+            let k16: Vec<f16> = (0..kernels::key_len(hd, n))
+                .map(|_| f16::from_f32(rng.f32() * 2.0))
+                .collect();
+            let v16: Vec<f16> = (0..n * hd).map(|_| f16::from_f32(rng.f32())).collect();
+            let k32: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+            let v32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+            let mut scratch = Vec::new();
+            for &isa in &Isa::available() {
+                let (mut want, mut got) = (vec![0f32; hd], vec![0f32; hd]);
+                kernels::attend(isa, &q, &k32, n, &v32, 0.125, &mut scratch, &mut want);
+                kernels::attend(isa, &q, &k16, n, &v16, 0.125, &mut scratch, &mut got);
+                assert_eq!(
+                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?} hd={hd} n={n}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_simd_matches_scalar() {
     let mut rng = Rng(5);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tritium_engine::{Logits, Model, Runtime, Session};
+use tritium_engine::{KvType, Logits, Model, Runtime, Session};
 use tritium_model::Transformer;
 use tritium_model::burn::prelude::*;
 
@@ -134,12 +134,13 @@ pub struct GgufScorer {
 }
 
 impl GgufScorer {
-    pub fn load(path: &Path, rt: &Runtime) -> Result<GgufScorer, EvalError> {
+    /// The GGUF at `path`, its KV cache holding `kv` values.
+    pub fn load(path: &Path, rt: &Runtime, kv: KvType) -> Result<GgufScorer, EvalError> {
         let model = Model::load(path, rt).map_err(|e| EvalError::Model(e.to_string()))?;
         // The scorer lives as long as the command; leaking the model lets the session borrow it.
         let model: &'static Model = Box::leak(Box::new(model));
-        let sess =
-            Session::new(model, model.cfg.ctx).map_err(|e| EvalError::Model(e.to_string()))?;
+        let sess = Session::with_kv(model, model.cfg.ctx, kv)
+            .map_err(|e| EvalError::Model(e.to_string()))?;
         Ok(GgufScorer { model, sess })
     }
 }

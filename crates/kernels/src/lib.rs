@@ -476,12 +476,12 @@ pub fn key_len(hd: usize, n: usize) -> usize {
 /// `keys` is blocked (see [`KEY_BLOCK`]); lanes of the last block past `n` may hold anything and
 /// are ignored. `values` is position-major. `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
+pub fn attend<T: KvElem>(
     isa: Isa,
     q: &[f32],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
-    values: &[f32],
+    values: &[T],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -505,11 +505,11 @@ pub fn attend(
 }
 
 #[inline(always)]
-pub fn attend_body(
+pub fn attend_body<T: KvElem>(
     q: &[f32],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
-    values: &[f32],
+    values: &[T],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -526,7 +526,7 @@ pub fn attend_body(
         for j in 0..hd {
             let (qj, row) = (q[j], &blk[j * KEY_BLOCK..(j + 1) * KEY_BLOCK]);
             for l in 0..KEY_BLOCK {
-                s[l] += qj * row[l];
+                s[l] += qj * row[l].to_f32();
             }
         }
     }
@@ -543,7 +543,47 @@ pub fn attend_body(
     }
     out.fill(0.0);
     for p in 0..n {
-        axpy_body(scores[p] / z, &values[p * hd..(p + 1) * hd], out);
+        let w = scores[p] / z;
+        for (o, x) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+            *o += w * x.to_f32();
+        }
+    }
+}
+
+/// What the KV cache holds keys and values as: f32, or f16 (half the bytes a decode step reads
+/// per position; each value rounded once, to nearest, when it is cached). Attention itself runs in
+/// f32 either way: on f16-representable inputs both give the same bits.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Stored as IEEE binary16 (the SIMD loads widen it).
+    const HALF: bool;
+    const ZERO: Self;
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    const ZERO: f32 = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+}
+
+impl KvElem for half::f16 {
+    const HALF: bool = true;
+    const ZERO: half::f16 = half::f16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> half::f16 {
+        half::f16::from_f32(x)
     }
 }
 

@@ -730,11 +730,11 @@ pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
 /// # Safety
 /// The CPU must support avx512f; the slice bounds of `super::attend` hold.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn attend_avx512(
+pub unsafe fn attend_avx512<T: super::KvElem>(
     q: &[f32],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
-    values: &[f32],
+    values: &[T],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -759,14 +759,14 @@ pub unsafe fn attend_avx512(
     let quad = nb / 4 * 4;
     for b in (0..quad).step_by(4) {
         // SAFETY: blocks b..b+4 ≤ nb lie inside keys and scores.
-        unsafe { score_blocks::<4>(q, kp, bs, b, sp) };
+        unsafe { score_blocks::<T, 4>(q, kp, bs, b, sp) };
     }
     // SAFETY: blocks quad..nb lie inside keys and scores.
     unsafe {
         match nb - quad {
-            3 => score_blocks::<3>(q, kp, bs, quad, sp),
-            2 => score_blocks::<2>(q, kp, bs, quad, sp),
-            1 => score_blocks::<1>(q, kp, bs, quad, sp),
+            3 => score_blocks::<T, 3>(q, kp, bs, quad, sp),
+            2 => score_blocks::<T, 2>(q, kp, bs, quad, sp),
+            1 => score_blocks::<T, 1>(q, kp, bs, quad, sp),
             _ => {}
         }
     }
@@ -787,14 +787,14 @@ pub unsafe fn attend_avx512(
     // SAFETY: hd = 16c with 1 ≤ c ≤ 8 (checked above); scores[..n] and values[..n·hd] exist.
     unsafe {
         match hd / 16 {
-            1 => weigh_values::<1>(&scores[..n], z, values, out),
-            2 => weigh_values::<2>(&scores[..n], z, values, out),
-            3 => weigh_values::<3>(&scores[..n], z, values, out),
-            4 => weigh_values::<4>(&scores[..n], z, values, out),
-            5 => weigh_values::<5>(&scores[..n], z, values, out),
-            6 => weigh_values::<6>(&scores[..n], z, values, out),
-            7 => weigh_values::<7>(&scores[..n], z, values, out),
-            8 => weigh_values::<8>(&scores[..n], z, values, out),
+            1 => weigh_values::<T, 1>(&scores[..n], z, values, out),
+            2 => weigh_values::<T, 2>(&scores[..n], z, values, out),
+            3 => weigh_values::<T, 3>(&scores[..n], z, values, out),
+            4 => weigh_values::<T, 4>(&scores[..n], z, values, out),
+            5 => weigh_values::<T, 5>(&scores[..n], z, values, out),
+            6 => weigh_values::<T, 6>(&scores[..n], z, values, out),
+            7 => weigh_values::<T, 7>(&scores[..n], z, values, out),
+            8 => weigh_values::<T, 8>(&scores[..n], z, values, out),
             _ => unreachable!("hd = {hd} was sent to the scalar body above"),
         }
     }
@@ -807,9 +807,9 @@ pub unsafe fn attend_avx512(
 /// The CPU must support avx512f; blocks `b..b + K` lie inside `kp`'s keys and `sp`'s scores.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn score_blocks<const K: usize>(
+unsafe fn score_blocks<T: super::KvElem, const K: usize>(
     q: &[f32],
-    kp: *const f32,
+    kp: *const T,
     bs: usize,
     b: usize,
     sp: *mut f32,
@@ -819,16 +819,29 @@ unsafe fn score_blocks<const K: usize>(
         let qv = _mm512_set1_ps(qj);
         for (k, a) in acc.iter_mut().enumerate() {
             // SAFETY: (b + k + 1)·bs ≤ the keys' length (caller).
-            *a = _mm512_fmadd_ps(
-                qv,
-                unsafe { _mm512_loadu_ps(kp.add((b + k) * bs + 16 * j)) },
-                *a,
-            );
+            *a = _mm512_fmadd_ps(qv, unsafe { load16(kp.add((b + k) * bs + 16 * j)) }, *a);
         }
     }
     for (k, a) in acc.iter().enumerate() {
         // SAFETY: 16(b + k) + 16 ≤ the scores' length (caller).
         unsafe { _mm512_storeu_ps(sp.add(16 * (b + k)), *a) };
+    }
+}
+
+/// Sixteen cached keys or values at `p`, widened to f32 (exactly) if they are f16.
+///
+/// # Safety
+/// The CPU must support avx512f; sixteen elements from `p` are readable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16<T: super::KvElem>(p: *const T) -> __m512 {
+    // SAFETY: 16 elements at p (caller): 64 bytes of f32 or 32 of f16.
+    unsafe {
+        if T::HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
     }
 }
 
@@ -839,7 +852,12 @@ unsafe fn score_blocks<const K: usize>(
 /// The CPU must support avx512f; `values` holds `e.len()` rows of `16C`, `out` has `16C`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn weigh_values<const C: usize>(e: &[f32], z: f32, values: &[f32], out: &mut [f32]) {
+unsafe fn weigh_values<T: super::KvElem, const C: usize>(
+    e: &[f32],
+    z: f32,
+    values: &[T],
+    out: &mut [f32],
+) {
     let hd = 16 * C;
     let n = e.len();
     assert!(values.len() >= n * hd && out.len() == hd);
@@ -851,11 +869,7 @@ unsafe fn weigh_values<const C: usize>(e: &[f32], z: f32, values: &[f32], out: &
             let w = _mm512_set1_ps(e[p + h] / z);
             for (i, o) in o.iter_mut().enumerate() {
                 // SAFETY: row p + h < n has hd = 16C values (asserted).
-                *o = _mm512_fmadd_ps(
-                    w,
-                    unsafe { _mm512_loadu_ps(vp.add((p + h) * hd + 16 * i)) },
-                    *o,
-                );
+                *o = _mm512_fmadd_ps(w, unsafe { load16(vp.add((p + h) * hd + 16 * i)) }, *o);
             }
         }
     }
@@ -863,11 +877,7 @@ unsafe fn weigh_values<const C: usize>(e: &[f32], z: f32, values: &[f32], out: &
         let w = _mm512_set1_ps(e[pairs] / z);
         for (i, o) in ov[0].iter_mut().enumerate() {
             // SAFETY: row `pairs` < n (asserted).
-            *o = _mm512_fmadd_ps(
-                w,
-                unsafe { _mm512_loadu_ps(vp.add(pairs * hd + 16 * i)) },
-                *o,
-            );
+            *o = _mm512_fmadd_ps(w, unsafe { load16(vp.add(pairs * hd + 16 * i)) }, *o);
         }
     }
     for i in 0..C {
@@ -884,11 +894,11 @@ unsafe fn weigh_values<const C: usize>(e: &[f32], z: f32, values: &[f32], out: &
 /// # Safety
 /// The CPU must support avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend_avx2(
+pub unsafe fn attend_avx2<T: super::KvElem>(
     q: &[f32],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
-    values: &[f32],
+    values: &[T],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],

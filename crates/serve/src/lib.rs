@@ -32,7 +32,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
-use tritium_engine::{Lora, Model, Runtime};
+use tritium_engine::{KvType, Lora, Model, Runtime};
 
 use api::{ApiError, Context};
 use metrics::Metrics;
@@ -47,6 +47,8 @@ pub struct Options {
     pub parallel: usize,
     /// Positions per slot (None: the model's context).
     pub ctx: Option<usize>,
+    /// What every slot's KV cache holds.
+    pub kv_cache: KvType,
     pub loras: Vec<(String, PathBuf)>,
     pub api_keys: Vec<String>,
     pub max_input: Option<usize>,
@@ -402,6 +404,7 @@ fn load(opts: &Options) -> Result<Engine, String> {
         queue.clone(),
         opts.parallel,
         ctx,
+        opts.kv_cache,
     );
     Ok(Engine {
         model,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tritium_engine::chat::common_prefix;
 use tritium_engine::forward::{Step, forward_batch};
 use tritium_engine::sample::LogSoftmax;
-use tritium_engine::{Logits, Lora, Model, Sampler, Session, TextStream};
+use tritium_engine::{KvType, Logits, Lora, Model, Sampler, Session, TextStream};
 
 use crate::api::Work;
 
@@ -180,10 +180,10 @@ struct Slot<'m> {
 }
 
 /// Runs jobs from `queue` until it is stopped. `loras[i]` is the adapter of `Work::lora == Some(i)`.
-pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: usize) {
+pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: usize, kv: KvType) {
     let mut slots: Vec<Slot> = (0..parallel)
         .map(|_| Slot {
-            sess: Session::new(model, ctx).expect("the context was checked at start"),
+            sess: Session::with_kv(model, ctx, kv).expect("the context was checked at start"),
             cached: Vec::new(),
             cached_lora: None,
             active: None,
@@ -430,10 +430,11 @@ pub fn spawn(
     queue: Arc<Queue>,
     parallel: usize,
     ctx: usize,
+    kv: KvType,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("tritium-engine".into())
-        .spawn(move || run(&model, &loras, &queue, parallel, ctx))
+        .spawn(move || run(&model, &loras, &queue, parallel, ctx, kv))
         .expect("spawning the engine thread")
 }
 

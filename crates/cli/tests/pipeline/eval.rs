@@ -32,7 +32,7 @@ fn eval_agrees_between_checkpoint_and_gguf() {
     }
     for name in ["tq2_0-f32embd", "tq2_0"] {
         let path = &f.files.iter().find(|(n, _)| n == name).unwrap().1;
-        let mut gguf = GgufScorer::load(path, &Runtime::new(2)).unwrap();
+        let mut gguf = GgufScorer::load(path, &Runtime::new(2), KvType::F32).unwrap();
         assert_eq!(gguf.max_len(), burn.max_len());
         let got = perplexity(&mut gguf, &text, 128, 64, |_, _| {}).unwrap();
         let rel = (got.perplexity / want.perplexity - 1.0).abs();

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use common::root;
 
 use tritium_checkpoint::Checkpoint;
-use tritium_engine::{Logits, Model, Runtime, Sampler, SamplerConfig, Session};
+use tritium_engine::{KvType, Logits, Model, Runtime, Sampler, SamplerConfig, Session};
 use tritium_export::{EmbdType, ExportOptions, ScaleMode, WeightType, export};
 use tritium_model::burn::prelude::*;
 use tritium_model::{Backend, Transformer};
