@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Server throughput side by side in one run: `tritium serve` and llama.cpp's `llama-server` on the
-# same GGUF, 2 threads and 16 slots each, loaded in turn (alternating rounds) by `tritium
+# Server throughput side by side in one run: `tritium serve` (f32 and f16 KV cache) and
+# llama.cpp's `llama-server` (its default f16 cache) on the same GGUF, 2 threads and 16 slots each, loaded in turn (alternating rounds) by `tritium
 # bench-serve` with 1, 4, 8 and 16 concurrent streams of 128-token greedy completions.
 # Usage: scripts/bench-serve.sh [FILE.gguf] [ROUNDS]
 # Without FILE, the anchor's random-weight bitnet-125m TQ2_0 file is made (PyPI gguf + numpy).
@@ -38,9 +38,13 @@ wait_up() { until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do sleep
 load() { "$bin" bench-serve --url "http://127.0.0.1:$port" --streams 1,4,8,16 --tokens 128 --requests 2 "$@"; }
 
 for round in $(seq 1 "$rounds"); do
-  echo "## round $round: tritium serve"
-  "$bin" serve "$model" --port $port -t 2 --parallel 16 --ctx 256 --queue 64 2> /dev/null &
-  pid=$!; wait_up; load; kill $pid; wait $pid 2> /dev/null || true
+  # The default f32 KV cache, then llama-server's default cache type, f16.
+  for kv in f32 f16; do
+    echo "## round $round: tritium serve --kv-cache $kv"
+    "$bin" serve "$model" --port $port -t 2 --parallel 16 --ctx 256 --queue 64 --kv-cache $kv \
+      2> /dev/null &
+    pid=$!; wait_up; load; kill $pid; wait $pid 2> /dev/null || true
+  done
   echo "## round $round: llama-server"
   "$server_bin" -m "$model" -t 2 -np 16 -c 4096 --host 127.0.0.1 --port $port > /dev/null 2>&1 &
   pid=$!; wait_up; load; kill $pid; wait $pid 2> /dev/null || true

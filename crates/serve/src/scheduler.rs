@@ -180,7 +180,16 @@ struct Slot<'m> {
 }
 
 /// Runs jobs from `queue` until it is stopped. `loras[i]` is the adapter of `Work::lora == Some(i)`.
-pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: usize, kv: KvType) {
+/// `ready` hears once every slot's cache is allocated and written.
+pub fn run(
+    model: &Model,
+    loras: &[Lora],
+    queue: &Queue,
+    parallel: usize,
+    ctx: usize,
+    kv: KvType,
+    ready: std::sync::mpsc::Sender<()>,
+) {
     let mut slots: Vec<Slot> = (0..parallel)
         .map(|_| Slot {
             sess: Session::with_kv(model, ctx, kv).expect("the context was checked at start"),
@@ -189,6 +198,7 @@ pub fn run(model: &Model, loras: &[Lora], queue: &Queue, parallel: usize, ctx: u
             active: None,
         })
         .collect();
+    let _ = ready.send(());
     loop {
         if queue.stop.load(Ordering::SeqCst) {
             for s in slots.iter_mut().filter_map(|s| s.active.take()) {
@@ -432,10 +442,15 @@ pub fn spawn(
     ctx: usize,
     kv: KvType,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
+    let (ready, slots_made) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
         .name("tritium-engine".into())
-        .spawn(move || run(&model, &loras, &queue, parallel, ctx, kv))
-        .expect("spawning the engine thread")
+        .spawn(move || run(&model, &loras, &queue, parallel, ctx, kv, ready))
+        .expect("spawning the engine thread");
+    // Ready means a request can start at once: the slots' caches (hundreds of MB at 16 slots)
+    // are written before `/health` says so, not during the first request.
+    let _ = slots_made.recv();
+    handle
 }
 
 #[cfg(test)]
