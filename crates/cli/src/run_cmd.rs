@@ -358,11 +358,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{}  {}  {} threads  kernels {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token ({:.1} MB weights, {:.1} MB KV cache on average){}",
+            "{}  {}  {} threads  kernels {}  KV cache {}\n  pp{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  tg{:<4} {:8.1} tok/s  ({:.1}–{:.1})\n  load {:.3} s, first token {:.3} s, peak RSS {:.0} MiB, {:.1} MB read per token ({:.1} MB weights, {:.1} MB KV cache on average){}",
             a.model.display(),
             model.weight_type.name(),
             model.rt.threads(),
             model.rt.isa.name(),
+            a.kv_cache,
             a.pp,
             pp_med,
             pp[0],
