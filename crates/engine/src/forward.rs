@@ -127,30 +127,13 @@ impl<'m> Session<'m> {
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
                 rope(head, cs, sn);
             }
-            match &mut self.cache {
-                Cache::F32(_) => self.append::<f32>(li, pos, k, vv),
-                Cache::F16(_) => self.append::<half::f16>(li, pos, k, vv),
-            }
-        }
-    }
-
-    /// Writes position `pos`'s keys `k` and values `v` (every KV head of layer `li`).
-    fn append<T: CacheElem>(&mut self, li: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let c = &self.model.cfg;
-        let hd = c.head_dim();
-        let per_head = kernels::key_len(hd, self.ctx);
-        let store = T::store_mut(&mut self.cache).expect("the caller matched the type");
-        for h in 0..c.n_kv_heads {
-            let base = (li * c.n_kv_heads + h) * per_head;
-            for j in 0..hd {
-                store.k[base + kernels::key_index(hd, pos, j)] = T::from_f32(k[h * hd + j]);
-            }
-            let at = (li * c.n_kv_heads + h) * self.ctx * hd + pos * hd;
-            for (o, &x) in store.v[at..at + hd]
-                .iter_mut()
-                .zip(&v[h * hd..(h + 1) * hd])
-            {
-                *o = T::from_f32(x);
+            for h in 0..c.n_kv_heads {
+                let head = li * c.n_kv_heads + h;
+                let (k, v) = (&k[h * hd..(h + 1) * hd], &vv[h * hd..(h + 1) * hd]);
+                match &mut self.cache {
+                    Cache::F32(s) => s.put(head, self.ctx, hd, pos, k, v),
+                    Cache::F16(s) => s.put(head, self.ctx, hd, pos, k, v),
+                }
             }
         }
     }
@@ -166,22 +149,6 @@ impl<'m> Session<'m> {
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        match &self.cache {
-            Cache::F32(_) => self.attend_in::<f32>(li, q, t, head, scores, out),
-            Cache::F16(_) => self.attend_in::<half::f16>(li, q, t, head, scores, out),
-        }
-    }
-
-    fn attend_in<T: CacheElem>(
-        &self,
-        li: usize,
-        q: &[f32],
-        t: usize,
-        head: usize,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        let store = T::store(&self.cache).expect("the caller matched the type");
         let c = &self.model.cfg;
         let hd = c.head_dim();
         let group = c.n_heads / c.n_kv_heads;
@@ -189,16 +156,15 @@ impl<'m> Session<'m> {
         let n = self.pos + t + 1;
         let keys = kv_head * kernels::key_len(hd, self.ctx);
         let values = kv_head * self.ctx * hd;
-        kernels::attend(
-            self.model.rt.isa,
-            q,
-            &store.k[keys..keys + kernels::key_len(hd, n)],
-            n,
-            &store.v[values..values + n * hd],
-            1.0 / (hd as f32).sqrt(),
-            scores,
-            out,
+        let (kr, vr) = (
+            keys..keys + kernels::key_len(hd, n),
+            values..values + n * hd,
         );
+        let (isa, scale) = (self.model.rt.isa, 1.0 / (hd as f32).sqrt());
+        match &self.cache {
+            Cache::F32(s) => kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out),
+            Cache::F16(s) => kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out),
+        }
     }
 }
 
@@ -445,12 +411,7 @@ fn decode_attention<T: CacheElem>(
         head.clear();
         head.extend_from_slice(t.k);
         rope(head, t.cos, t.sin);
-        for (j, &x) in head.iter().enumerate() {
-            t.keys[kernels::key_index(hd, t.pos, j)] = T::from_f32(x);
-        }
-        for (o, &x) in t.values[t.pos * hd..n * hd].iter_mut().zip(t.v) {
-            *o = T::from_f32(x);
-        }
+        crate::kv::put_head(t.keys, t.values, hd, t.pos, head, t.v);
         let (keys, values) = (&t.keys[..kernels::key_len(hd, n)], &t.values[..n * hd]);
         for (q, out) in t.q.chunks_exact(hd).zip(t.out.chunks_exact_mut(hd)) {
             head.clear();

@@ -63,6 +63,38 @@ impl<T: KvElem> Store<T> {
             v: committed(values),
         }
     }
+
+    /// Writes position `pos` of head `head` (layer-major: layer · KV heads + KV head), each
+    /// head's share `ctx` positions long.
+    pub fn put(&mut self, head: usize, ctx: usize, hd: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let per_head = kernels::key_len(hd, ctx);
+        put_head(
+            &mut self.k[head * per_head..(head + 1) * per_head],
+            &mut self.v[head * ctx * hd..(head + 1) * ctx * hd],
+            hd,
+            pos,
+            k,
+            v,
+        );
+    }
+}
+
+/// Writes position `pos`'s key `k` into one head's blocked `keys` and its value `v` into the
+/// head's position-major `values`, each rounded to `T` once.
+pub fn put_head<T: KvElem>(
+    keys: &mut [T],
+    values: &mut [T],
+    hd: usize,
+    pos: usize,
+    k: &[f32],
+    v: &[f32],
+) {
+    for (j, &x) in k.iter().enumerate() {
+        keys[kernels::key_index(hd, pos, j)] = T::from_f32(x);
+    }
+    for (o, &x) in values[pos * hd..(pos + 1) * hd].iter_mut().zip(v) {
+        *o = T::from_f32(x);
+    }
 }
 
 /// A zeroed buffer whose pages are written now: a zeroed allocation is otherwise mapped lazily,
@@ -98,19 +130,13 @@ impl Cache {
     }
 }
 
-/// The element types a [`Cache`] can hold, and how to find a cache's store of that type.
+/// The element types a [`Cache`] can hold, and how to find a cache's store of that type (for
+/// code generic over it, such as a batch whose sessions share one type).
 pub trait CacheElem: KvElem {
-    fn store(c: &Cache) -> Option<&Store<Self>>;
     fn store_mut(c: &mut Cache) -> Option<&mut Store<Self>>;
 }
 
 impl CacheElem for f32 {
-    fn store(c: &Cache) -> Option<&Store<f32>> {
-        match c {
-            Cache::F32(s) => Some(s),
-            Cache::F16(_) => None,
-        }
-    }
     fn store_mut(c: &mut Cache) -> Option<&mut Store<f32>> {
         match c {
             Cache::F32(s) => Some(s),
@@ -120,12 +146,6 @@ impl CacheElem for f32 {
 }
 
 impl CacheElem for f16 {
-    fn store(c: &Cache) -> Option<&Store<f16>> {
-        match c {
-            Cache::F16(s) => Some(s),
-            Cache::F32(_) => None,
-        }
-    }
     fn store_mut(c: &mut Cache) -> Option<&mut Store<f16>> {
         match c {
             Cache::F16(s) => Some(s),
