@@ -103,6 +103,12 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     tritium_checkpoint::fsutil::check_output(&out, &inputs).map_err(anyhow::Error::msg)?;
     // The model last: every flag and file is checked first.
     let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
+    if !is_gguf && a.kv_cache != KvType::F32 {
+        bail!(
+            "--kv-cache {}: a checkpoint runs in Burn, which attends in f32; the flag is for a GGUF",
+            a.kv_cache
+        );
+    }
     let mut scorer: Box<dyn Scorer> = if is_gguf {
         Box::new(GgufScorer::load(
             &a.model,

@@ -139,6 +139,19 @@ fn bad_inputs_are_one_line_errors() {
             vec!["run", dir.path().to_str().unwrap(), "-p", "hi"],
             "is a directory, not a GGUF file",
         ),
+        // A checkpoint runs in Burn; an f16 cache would be silently not there.
+        (
+            vec![
+                "eval",
+                "--model",
+                "runs/x",
+                "--text",
+                &m,
+                "--kv-cache",
+                "f16",
+            ],
+            "--kv-cache f16: a checkpoint runs in Burn",
+        ),
     ] {
         let o = tritium(&args);
         let (_, err) = text(&o);
