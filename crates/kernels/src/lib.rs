@@ -80,6 +80,34 @@ pub mod scalar;
 pub mod x86;
 
 #[cfg(test)]
+mod trickle_tests {
+    use super::Trickle;
+
+    /// A trickle walks both ranges a line at a time, the first then the second, and stops at
+    /// their ends (however many lines are asked for).
+    #[test]
+    fn a_trickle_counts_down_the_lines_of_both_ranges() {
+        let (a, b) = (vec![0u8; 130], vec![0f32; 40]); // 3 lines (130 B), 3 lines (160 B)
+        let mut t = Trickle::of(&a, &b);
+        assert_eq!(t.lines(), 6);
+        t.fetch(2);
+        assert_eq!(t.lines(), 4);
+        t.fetch(2);
+        assert_eq!(
+            t.lines(),
+            2,
+            "the first range's last line, then one of the second's"
+        );
+        t.fetch(10);
+        assert_eq!(t.lines(), 0);
+        assert_eq!(Trickle::default().lines(), 0);
+        let mut none = Trickle::default();
+        none.fetch(3);
+        assert_eq!(none.lines(), 0);
+    }
+}
+
+#[cfg(test)]
 mod aligned_tests {
     use super::Aligned;
 
@@ -486,6 +514,83 @@ pub fn attend<T: KvElem>(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attend_then(
+        isa,
+        q,
+        keys,
+        n,
+        values,
+        scale,
+        scores,
+        out,
+        Trickle::default(),
+    )
+}
+
+/// Lines to bring into L2 a few at a time over a kernel's loop (the next task's inputs), so
+/// their misses overlap this task's work instead of the next task starting cold. Addresses only:
+/// a prefetch never faults, so any range is safe to name.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trickle {
+    ranges: [(usize, usize); 2],
+}
+
+impl Trickle {
+    /// The bytes of `a` and of `b`.
+    pub fn of<A, B>(a: &[A], b: &[B]) -> Trickle {
+        let (pa, pb) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        Trickle {
+            ranges: [
+                (pa, pa + std::mem::size_of_val(a)),
+                (pb, pb + std::mem::size_of_val(b)),
+            ],
+        }
+    }
+
+    /// Cache lines still to fetch.
+    pub fn lines(&self) -> usize {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| b.saturating_sub(a).div_ceil(64))
+            .sum()
+    }
+
+    /// Prefetches the next `k` lines into L2.
+    #[inline(always)]
+    pub fn fetch(&mut self, k: usize) {
+        for _ in 0..k {
+            let r = if self.ranges[0].0 < self.ranges[0].1 {
+                &mut self.ranges[0]
+            } else if self.ranges[1].0 < self.ranges[1].1 {
+                &mut self.ranges[1]
+            } else {
+                return;
+            };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch does not fault and changes no architectural state; sse is
+            // baseline on x86-64.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T1>(r.0 as *const i8)
+            };
+            r.0 += 64;
+        }
+    }
+}
+
+/// [`attend`], prefetching `next` over its loops.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_then<T: KvElem>(
+    isa: Isa,
+    q: &[f32],
+    keys: &[T],
+    n: usize,
+    values: &[T],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    next: Trickle,
+) {
     let hd = q.len();
     assert!(keys.len() >= key_len(hd, n) && values.len() >= n * hd && out.len() == hd);
     assert!(
@@ -496,7 +601,9 @@ pub fn attend<T: KvElem>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`; bounds checked above.
-        Isa::Avx512Vnni => unsafe { x86::attend_avx512(q, keys, n, values, scale, scores, out) },
+        Isa::Avx512Vnni => unsafe {
+            x86::attend_avx512(q, keys, n, values, scale, scores, out, next)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot`.
         Isa::Avx2 => unsafe { x86::attend_avx2(q, keys, n, values, scale, scores, out) },

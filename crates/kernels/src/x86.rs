@@ -730,6 +730,7 @@ pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
 /// # Safety
 /// The CPU must support avx512f; the slice bounds of `super::attend` hold.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_avx512<T: super::KvElem>(
     q: &[f32],
     keys: &[T],
@@ -738,6 +739,7 @@ pub unsafe fn attend_avx512<T: super::KvElem>(
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
+    mut next: super::Trickle,
 ) {
     use super::KEY_BLOCK;
     const { assert!(KEY_BLOCK == 16) };
@@ -757,16 +759,20 @@ pub unsafe fn attend_avx512<T: super::KvElem>(
     // waited out its hd-long chain of dependent FMAs alone, as long as a whole group of four takes
     // (short contexts, most of a served completion, are mostly such leftover blocks).
     let quad = nb / 4 * 4;
+    // The next task's lines, spread evenly over this call's loop iterations (one per dimension
+    // for each group of key blocks, one per pair of value rows).
+    let iters = (nb.div_ceil(4) * hd + n / 2).max(1);
+    let per = next.lines().div_ceil(iters);
     for b in (0..quad).step_by(4) {
         // SAFETY: blocks b..b+4 ≤ nb lie inside keys and scores.
-        unsafe { score_blocks::<T, 4>(q, kp, bs, b, sp) };
+        unsafe { score_blocks::<T, 4>(q, kp, bs, b, sp, &mut next, per) };
     }
     // SAFETY: blocks quad..nb lie inside keys and scores.
     unsafe {
         match nb - quad {
-            3 => score_blocks::<T, 3>(q, kp, bs, quad, sp),
-            2 => score_blocks::<T, 2>(q, kp, bs, quad, sp),
-            1 => score_blocks::<T, 1>(q, kp, bs, quad, sp),
+            3 => score_blocks::<T, 3>(q, kp, bs, quad, sp, &mut next, per),
+            2 => score_blocks::<T, 2>(q, kp, bs, quad, sp, &mut next, per),
+            1 => score_blocks::<T, 1>(q, kp, bs, quad, sp, &mut next, per),
             _ => {}
         }
     }
@@ -787,14 +793,14 @@ pub unsafe fn attend_avx512<T: super::KvElem>(
     // SAFETY: hd = 16c with 1 ≤ c ≤ 8 (checked above); scores[..n] and values[..n·hd] exist.
     unsafe {
         match hd / 16 {
-            1 => weigh_values::<T, 1>(&scores[..n], z, values, out),
-            2 => weigh_values::<T, 2>(&scores[..n], z, values, out),
-            3 => weigh_values::<T, 3>(&scores[..n], z, values, out),
-            4 => weigh_values::<T, 4>(&scores[..n], z, values, out),
-            5 => weigh_values::<T, 5>(&scores[..n], z, values, out),
-            6 => weigh_values::<T, 6>(&scores[..n], z, values, out),
-            7 => weigh_values::<T, 7>(&scores[..n], z, values, out),
-            8 => weigh_values::<T, 8>(&scores[..n], z, values, out),
+            1 => weigh_values::<T, 1>(&scores[..n], z, values, out, &mut next, per),
+            2 => weigh_values::<T, 2>(&scores[..n], z, values, out, &mut next, per),
+            3 => weigh_values::<T, 3>(&scores[..n], z, values, out, &mut next, per),
+            4 => weigh_values::<T, 4>(&scores[..n], z, values, out, &mut next, per),
+            5 => weigh_values::<T, 5>(&scores[..n], z, values, out, &mut next, per),
+            6 => weigh_values::<T, 6>(&scores[..n], z, values, out, &mut next, per),
+            7 => weigh_values::<T, 7>(&scores[..n], z, values, out, &mut next, per),
+            8 => weigh_values::<T, 8>(&scores[..n], z, values, out, &mut next, per),
             _ => unreachable!("hd = {hd} was sent to the scalar body above"),
         }
     }
@@ -813,9 +819,12 @@ unsafe fn score_blocks<T: super::KvElem, const K: usize>(
     bs: usize,
     b: usize,
     sp: *mut f32,
+    next: &mut super::Trickle,
+    per: usize,
 ) {
     let mut acc = [_mm512_setzero_ps(); K];
     for (j, &qj) in q.iter().enumerate() {
+        next.fetch(per);
         let qv = _mm512_set1_ps(qj);
         for (k, a) in acc.iter_mut().enumerate() {
             // SAFETY: (b + k + 1)·bs ≤ the keys' length (caller).
@@ -857,6 +866,8 @@ unsafe fn weigh_values<T: super::KvElem, const C: usize>(
     z: f32,
     values: &[T],
     out: &mut [f32],
+    next: &mut super::Trickle,
+    per: usize,
 ) {
     let hd = 16 * C;
     let n = e.len();
@@ -865,6 +876,7 @@ unsafe fn weigh_values<T: super::KvElem, const C: usize>(
     let mut ov = [[_mm512_setzero_ps(); C]; 2];
     let pairs = n / 2 * 2;
     for p in (0..pairs).step_by(2) {
+        next.fetch(per);
         for (h, o) in ov.iter_mut().enumerate() {
             let w = _mm512_set1_ps(e[p + h] / z);
             for (i, o) in o.iter_mut().enumerate() {
