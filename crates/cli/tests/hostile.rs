@@ -740,6 +740,7 @@ fn hostile_inputs_are_refused_cleanly() {
         (serve(&["--api-key", ""]), Refused, vec!["--api-key"]),
         (serve(&["--api-key-file", "{d}/nope.txt"]), Refused, vec!["--api-key-file", "nope.txt"]),
         (serve(&["--host", "999.1.1.1"]), Refused, vec!["--host"]),
+        (serve(&["--kv-cache", "q4_0"]), Refused, vec!["--kv-cache", "f32 or f16"]),
         (vec!["serve", "{d}/nope.gguf", "--port", "0"], Refused, vec!["nope.gguf"]),
         (vec!["serve", "{d}/head.gguf", "--port", "0"], Refused, vec!["head.gguf"]),
         (vec!["serve", "{d}/notgguf.gguf", "--port", "0"], Refused, vec!["notgguf.gguf"]),
