@@ -161,9 +161,14 @@ impl<'m> Session<'m> {
             values..values + n * hd,
         );
         let (isa, scale) = (self.model.rt.isa, 1.0 / (hd as f32).sqrt());
+        let none = kernels::Trickle::default();
         match &self.cache {
-            Cache::F32(s) => kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out),
-            Cache::F16(s) => kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out),
+            Cache::F32(s) => {
+                kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out, none)
+            }
+            Cache::F16(s) => {
+                kernels::attend(isa, q, &s.k[kr], n, &s.v[vr], scale, scores, out, none)
+            }
         }
     }
 }
@@ -428,7 +433,7 @@ fn decode_attention<T: CacheElem>(
             head.clear();
             head.extend_from_slice(q);
             rope(head, t.cos, t.sin);
-            kernels::attend_then(isa, head, keys, n, values, scale, scores, out, next);
+            kernels::attend(isa, head, keys, n, values, scale, scores, out, next);
             next = kernels::Trickle::default();
         }
     };

@@ -2,7 +2,7 @@
 //! product equals a float64 product of the dequantized weights and activations.
 
 use tritium_engine::Runtime;
-use tritium_engine::kernels::{self, Block64, FloatRows, Isa};
+use tritium_engine::kernels::{self, Block64, FloatRows, Isa, Trickle};
 use tritium_engine::matrix::TernaryMatrix;
 use tritium_engine::quant::QuantActs;
 use tritium_gguf::GgmlType;
@@ -393,8 +393,11 @@ fn attention_over_f16_equals_attention_over_its_f32_values() {
             let mut scratch = Vec::new();
             for &isa in &Isa::available() {
                 let (mut want, mut got) = (vec![0f32; hd], vec![0f32; hd]);
-                kernels::attend(isa, &q, &k32, n, &v32, 0.125, &mut scratch, &mut want);
-                kernels::attend(isa, &q, &k16, n, &v16, 0.125, &mut scratch, &mut got);
+                let none = Trickle::default();
+                kernels::attend(isa, &q, &k32, n, &v32, 0.125, &mut scratch, &mut want, none);
+                // With lines to prefetch meanwhile (the other cache): the bits must not move.
+                let busy = Trickle::of(&k32, &v32);
+                kernels::attend(isa, &q, &k16, n, &v16, 0.125, &mut scratch, &mut got, busy);
                 assert_eq!(
                     got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                     want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -423,7 +426,18 @@ fn attention_simd_matches_scalar() {
                     kt[kernels::key_index(hd, p, j)] = k[p * hd + j];
                 }
             }
-            kernels::attend(Isa::Scalar, &q, &kt, n, &v, 0.125, &mut scratch, &mut want);
+            let none = Trickle::default();
+            kernels::attend(
+                Isa::Scalar,
+                &q,
+                &kt,
+                n,
+                &v,
+                0.125,
+                &mut scratch,
+                &mut want,
+                none,
+            );
             // The reference against a direct softmax in f64.
             let s: Vec<f64> = (0..n)
                 .map(|p| {
@@ -443,7 +457,7 @@ fn attention_simd_matches_scalar() {
             }
             for &isa in &Isa::available() {
                 let mut got = vec![0f32; hd];
-                kernels::attend(isa, &q, &kt, n, &v, 0.125, &mut scratch, &mut got);
+                kernels::attend(isa, &q, &kt, n, &v, 0.125, &mut scratch, &mut got, none);
                 for j in 0..hd {
                     assert!(
                         (got[j] - want[j]).abs() <= 1e-6 * (1.0 + want[j].abs()),

@@ -500,33 +500,6 @@ pub fn key_len(hd: usize, n: usize) -> usize {
     n.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd
 }
 
-/// One attention head for one query: `out = softmax(q·kₚ·scale) · vₚ` over positions `p < n`.
-/// `keys` is blocked (see [`KEY_BLOCK`]); lanes of the last block past `n` may hold anything and
-/// are ignored. `values` is position-major. `scores` is scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn attend<T: KvElem>(
-    isa: Isa,
-    q: &[f32],
-    keys: &[T],
-    n: usize,
-    values: &[T],
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_then(
-        isa,
-        q,
-        keys,
-        n,
-        values,
-        scale,
-        scores,
-        out,
-        Trickle::default(),
-    )
-}
-
 /// Lines to bring into L2 a few at a time over a kernel's loop (the next task's inputs), so
 /// their misses overlap this task's work instead of the next task starting cold. Addresses only:
 /// a prefetch never faults, so any range is safe to name.
@@ -578,9 +551,12 @@ impl Trickle {
     }
 }
 
-/// [`attend`], prefetching `next` over its loops.
+/// One attention head for one query: `out = softmax(q·kₚ·scale) · vₚ` over positions `p < n`.
+/// `keys` is blocked (see [`KEY_BLOCK`]); lanes of the last block past `n` may hold anything and
+/// are ignored. `values` is position-major. `scores` is scratch. `next` names lines to prefetch
+/// over the loops (the caller's next task; `Trickle::default()` for none): it changes no result.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_then<T: KvElem>(
+pub fn attend<T: KvElem>(
     isa: Isa,
     q: &[f32],
     keys: &[T],
