@@ -49,9 +49,8 @@ impl<'m> Session<'m> {
                 c.ctx
             )));
         }
-        let cache = c.n_layers * ctx * c.kv_dim();
-        let keys = c.n_layers * c.n_kv_heads * kernels::key_len(c.head_dim(), ctx);
-        let bytes = (cache + keys) as u128 * kv.bytes() as u128;
+        let (keys, values) = crate::kv::lens(c.n_layers, c.n_kv_heads, c.head_dim(), ctx);
+        let bytes = (keys + values) as u128 * kv.bytes() as u128;
         if bytes > 64 << 30 {
             return Err(Error::Context(format!(
                 "a KV cache for {ctx} tokens would take {} GiB; pass a smaller --ctx",

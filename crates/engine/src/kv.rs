@@ -111,11 +111,19 @@ pub enum Cache {
     F16(Store<f16>),
 }
 
+/// Elements of the keys and of the values for `ctx` positions of `layers × kv_heads` heads of
+/// `hd` dimensions (the keys in whole blocks).
+pub fn lens(layers: usize, kv_heads: usize, hd: usize, ctx: usize) -> (usize, usize) {
+    (
+        layers * kv_heads * kernels::key_len(hd, ctx),
+        layers * kv_heads * ctx * hd,
+    )
+}
+
 impl Cache {
     /// Room for `ctx` positions of `layers × kv_heads` heads of `hd` dimensions.
     pub fn new(kind: KvType, layers: usize, kv_heads: usize, hd: usize, ctx: usize) -> Cache {
-        let keys = layers * kv_heads * kernels::key_len(hd, ctx);
-        let values = layers * kv_heads * ctx * hd;
+        let (keys, values) = lens(layers, kv_heads, hd, ctx);
         match kind {
             KvType::F32 => Cache::F32(Store::new(keys, values)),
             KvType::F16 => Cache::F16(Store::new(keys, values)),
