@@ -38,9 +38,8 @@ pub struct EvalArgs {
     /// Engine threads for a GGUF (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
-    /// What a GGUF's KV cache holds (as in `tritium run`).
-    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
-    pub kv_cache: KvType,
+    #[command(flatten)]
+    pub kv: crate::run_cmd::KvCacheArg,
     /// Where a checkpoint's model runs: flex (default), wgpu[:N] or cuda[:N] (with their cargo feature).
     #[arg(long, default_value_t = Backend::Flex)]
     pub device: Backend,
@@ -103,17 +102,17 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     tritium_checkpoint::fsutil::check_output(&out, &inputs).map_err(anyhow::Error::msg)?;
     // The model last: every flag and file is checked first.
     let is_gguf = a.model.extension().is_some_and(|e| e == "gguf");
-    if !is_gguf && a.kv_cache != KvType::F32 {
+    if !is_gguf && a.kv.kv_cache != KvType::F32 {
         bail!(
             "--kv-cache {}: a checkpoint runs in Burn, which attends in f32; the flag is for a GGUF",
-            a.kv_cache
+            a.kv.kv_cache
         );
     }
     let mut scorer: Box<dyn Scorer> = if is_gguf {
         Box::new(GgufScorer::load(
             &a.model,
             &crate::run_cmd::runtime(a.threads),
-            a.kv_cache,
+            a.kv.kv_cache,
         )?)
     } else {
         Box::new(BurnScorer::load(&a.model, &a.device.device()?)?.with_fused(fused))

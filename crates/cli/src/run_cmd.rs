@@ -47,10 +47,8 @@ pub struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
-    /// What the KV cache holds: f32 (what training computed) or f16 (half the memory and the
-    /// bytes attention reads; each key and value rounded once).
-    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
-    pub kv_cache: KvType,
+    #[command(flatten)]
+    pub kv: KvCacheArg,
     /// Interactive chat using the file's chat template (or a ChatML default).
     #[arg(long, conflicts_with = "prompt")]
     pub chat: bool,
@@ -82,9 +80,8 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
-    /// What the KV cache holds (as in `tritium run`).
-    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
-    pub kv_cache: KvType,
+    #[command(flatten)]
+    pub kv: KvCacheArg,
     /// Also measure the machine's streaming read bandwidth and report decode as a fraction of it.
     #[arg(long)]
     pub bandwidth: bool,
@@ -95,6 +92,15 @@ pub struct BenchArgs {
     /// runs its slots), each after the same prompt: aggregate tokens/s and the gain over one.
     #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub batch: usize,
+}
+
+/// `--kv-cache`, shared by the commands that run the engine.
+#[derive(Args, Clone, Copy)]
+pub struct KvCacheArg {
+    /// What the KV cache holds: f32 (what training computed) or f16 (llama.cpp's default: half
+    /// the memory and the bytes attention reads; each key and value rounded once).
+    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
+    pub kv_cache: KvType,
 }
 
 /// A count flag that must be at least `min` (clap names the flag and its value).
@@ -163,7 +169,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut sess = Session::with_kv(&model, ctx, a.kv_cache)?;
+    let mut sess = Session::with_kv(&model, ctx, a.kv.kv_cache)?;
     sess.lora = lora.as_ref();
     let mut sampler = Sampler::new(sampling);
     if a.chat {
@@ -273,7 +279,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             model.cfg.ctx
         );
     }
-    let mut sess = Session::with_kv(&model, a.pp + a.tg, a.kv_cache)?;
+    let mut sess = Session::with_kv(&model, a.pp + a.tg, a.kv.kv_cache)?;
     let v = model.cfg.vocab as u64;
     // Prompt ids spread over the vocabulary, fixed so runs compare.
     let prompt: Vec<u32> = (0..a.pp as u64)
@@ -310,7 +316,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
     let batch_med = if a.batch > 1 {
         Some(batched_decode(
-            &model, &prompt, a.batch, a.tg, a.reps, a.kv_cache,
+            &model,
+            &prompt,
+            a.batch,
+            a.tg,
+            a.reps,
+            a.kv.kv_cache,
         )?)
     } else {
         None
@@ -319,7 +330,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // (positions pp..pp+tg) that is pp + (tg + 1) / 2 positions on average. Short contexts leave
     // the cache small beside the weights; at 125m and 256 positions it is a sixth of the bytes.
     let weight_bytes = model.bytes_per_token();
-    let kv_bytes = model.kv_bytes_per_position(a.kv_cache) * (2 * a.pp + a.tg + 1) / 2;
+    let kv_bytes = model.kv_bytes_per_position(a.kv.kv_cache) * (2 * a.pp + a.tg + 1) / 2;
     let bytes_per_token = weight_bytes + kv_bytes;
     let bw = if a.bandwidth {
         Some(read_bandwidth_gbs())
@@ -331,7 +342,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "model": a.model.display().to_string(),
         "weight_type": model.weight_type.name(),
         "isa": model.rt.isa.name(),
-        "kv_cache": a.kv_cache.to_string(),
+        "kv_cache": a.kv.kv_cache.to_string(),
         "threads": model.rt.threads(),
         "ternary_weights": model.ternary_weights(),
         "file_ternary_bits_per_weight": model.ternary_bits_per_weight(),
@@ -363,7 +374,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             model.weight_type.name(),
             model.rt.threads(),
             model.rt.isa.name(),
-            a.kv_cache,
+            a.kv.kv_cache,
             a.pp,
             pp_med,
             pp[0],

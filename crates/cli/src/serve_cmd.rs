@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tritium_engine::KvType;
 
-use crate::run_cmd::{at_least, at_least_one};
+use crate::run_cmd::{KvCacheArg, at_least, at_least_one};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -26,10 +25,8 @@ pub struct ServeArgs {
     /// Positions per slot (default: the model's context length).
     #[arg(long, value_parser = at_least_one())]
     pub ctx: Option<usize>,
-    /// What each slot's KV cache holds: f32 (what training computed) or f16 (half the memory
-    /// and the bytes attention reads; each key and value rounded once).
-    #[arg(long, default_value_t = KvType::F32, value_parser = clap::value_parser!(KvType))]
-    pub kv_cache: KvType,
+    #[command(flatten)]
+    pub kv: KvCacheArg,
     /// A LoRA adapter GGUF served under NAME (repeatable); a request picks it by "model" or "lora".
     #[arg(long = "lora", value_name = "NAME=FILE")]
     pub loras: Vec<String>,
@@ -115,7 +112,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         port: a.port,
         parallel: a.parallel,
         ctx: a.ctx,
-        kv_cache: a.kv_cache,
+        kv_cache: a.kv.kv_cache,
         loras,
         api_keys: keys,
         max_input: a.max_input,
