@@ -430,6 +430,16 @@ pub enum FloatRows<'a> {
     F16(&'a [u16]),
 }
 
+impl FloatRows<'_> {
+    /// Bytes per weight.
+    pub fn elem_bytes(&self) -> usize {
+        match self {
+            FloatRows::F32(_) => 4,
+            FloatRows::F16(_) => 2,
+        }
+    }
+}
+
 /// `out[r·xs.len() + t] = w[r] · xs[t]` for rows `rows` of `w` (row length `d`, a multiple of 16),
 /// in the canonical summation order described at the top of this module.
 pub fn float_dots(
