@@ -5,7 +5,6 @@
 
 use crate::Error;
 use crate::kernels;
-use crate::kernels::pool::Order;
 use crate::kv::{Cache, CacheElem, KvType};
 use crate::lora::Lora;
 use crate::model::{Act, Model};
@@ -573,12 +572,11 @@ fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: V
     }
     let xs: Vec<&[f32]> = rows.chunks_exact(d).collect();
     let xs = &xs[..];
-    rt.pool
-        .for_each_row_range(outs, 256, Order::RowToken, |rows, buf| {
-            if d.is_multiple_of(16) {
-                kernels::float_dots(isa, w, d, rows, xs, buf);
-            } else {
-                kernels::scalar::float_dots_any(w, d, rows, xs, buf);
-            }
-        });
+    rt.pool.for_each_row_range(outs, 256, |rows, buf| {
+        if d.is_multiple_of(16) {
+            kernels::float_dots(isa, w, d, rows, xs, buf);
+        } else {
+            kernels::scalar::float_dots_any(w, d, rows, xs, buf);
+        }
+    });
 }

@@ -9,7 +9,6 @@ use tritium_gguf::blocks::{
 };
 
 use crate::kernels::panels::{self, PAIR, Panels};
-use crate::kernels::pool::Order;
 use crate::kernels::{self, BLOCK, Block64, Isa};
 use crate::quant::QuantActs;
 use crate::runtime::Runtime;
@@ -254,29 +253,26 @@ impl TernaryMatrix {
                 let chunk = chunk.next_multiple_of(PAIR);
                 let ones = [1f32; TILE];
                 let sums = a.sums();
-                pool.for_each_row_range(outs, chunk, Order::TokenRow, |rows, buf| {
-                    let n = rows.len();
+                pool.for_each_row_part(outs, chunk, |rows, parts| {
                     let pairs = rows.start / PAIR..rows.end.div_ceil(PAIR);
-                    for (t0, part) in (0..nt).step_by(TILE).zip(buf.chunks_mut(TILE * n)) {
-                        let t1 = (t0 + TILE).min(nt);
+                    for (t0, part) in (0..nt).step_by(TILE).zip(parts.chunks_mut(TILE)) {
+                        let t1 = t0 + part.len();
                         let mut xs: [&[i8]; TILE] = [&[]; TILE];
                         for (x, t) in xs.iter_mut().zip(t0..t1) {
                             *x = a.row(t);
                         }
-                        let dst = panels::Dst {
-                            out: part,
-                            stride: n,
-                        };
-                        let ones = &ones[..t1 - t0];
                         let xs = &xs[..t1 - t0];
-                        panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, dst);
+                        let ones = &ones[..t1 - t0];
+                        panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, part);
                     }
-                    self.rescale_panels(a, 0, rows, buf);
+                    for (t, part) in parts.iter_mut().enumerate() {
+                        self.rescale_panels(a, t, rows.clone(), part);
+                    }
                 });
                 return;
             }
             // A few tokens (batched decode): threads take row ranges of every token's output.
-            pool.for_each_row_range(outs, chunk, Order::RowToken, |rows, buf| {
+            pool.for_each_row_range(outs, chunk, |rows, buf| {
                 for t0 in (0..nt).step_by(TILE) {
                     let t1 = (t0 + TILE).min(nt);
                     self.tile_into(isa, a, t0..t1, rows.clone(), &mut buf[t0..], 1, nt);

@@ -171,22 +171,14 @@ pub fn preferred(isa: Isa) -> bool {
 /// product of `xs.len()` int8 token rows (each at least [`Panels::padded_cols`] long, zero past
 /// `cols`) with the ternary matrix. Integer sums are exact, so every ISA gives the same bits.
 pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &mut [f32]) {
-    let dst = Dst {
-        out,
-        stride: w.rows,
-    };
-    product_pairs(isa, w, 0..w.pairs(), xs, sums, factor, dst);
+    assert_eq!(out.len(), xs.len() * w.rows, "panel product output length");
+    let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(w.rows).collect();
+    product_pairs(isa, w, 0..w.pairs(), xs, sums, factor, &mut rows);
 }
 
-/// Where [`product_pairs`] writes: row `r` of the pairs computed (counted from their first row)
-/// for token `t` at `out[t·stride + r]`.
-pub struct Dst<'a> {
-    pub out: &'a mut [f32],
-    pub stride: usize,
-}
-
-/// [`product`] for the row pairs `pairs` only (rows `32·pairs.start ..` up to `w.rows`), into
-/// `dst`: a thread's share of a batch of a few tokens, which threads split by rows.
+/// [`product`] for the row pairs `pairs` only (rows `32·pairs.start ..` up to `w.rows`): row `r`
+/// (counted from the pairs' first row) of token `t` goes to `out[t][r]`. A thread's share of a
+/// batch of a few tokens, which threads split by rows, written straight into each token's row.
 pub fn product_pairs(
     isa: Isa,
     w: &Panels,
@@ -194,7 +186,7 @@ pub fn product_pairs(
     xs: &[&[i8]],
     sums: &[i32],
     factor: &[f32],
-    dst: Dst,
+    out: &mut [&mut [f32]],
 ) {
     let kp = w.padded_cols();
     let rows = (PAIR * pairs.end)
@@ -205,8 +197,8 @@ pub fn product_pairs(
             && xs.iter().all(|x| x.len() >= kp)
             && sums.len() == xs.len()
             && factor.len() == xs.len()
-            && dst.stride >= rows
-            && (xs.is_empty() || dst.out.len() >= (xs.len() - 1) * dst.stride + rows),
+            && out.len() == xs.len()
+            && out.iter().all(|o| o.len() >= rows),
         "panel product operand lengths"
     );
     assert!(
@@ -214,16 +206,15 @@ pub fn product_pairs(
         "{} kernels on a CPU without them",
         isa.name()
     );
-    let Dst { out, stride } = dst;
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa.supported()` (asserted above) means the CPU reports avx512f/bw/vnni, and
         // the lengths were checked above.
-        Isa::Avx512Vnni => unsafe { x86::product_avx512(w, pairs, xs, sums, factor, out, stride) },
+        Isa::Avx512Vnni => unsafe { x86::product_avx512(w, pairs, xs, sums, factor, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for avx2.
-        Isa::Avx2 => unsafe { x86::product_avx2(w, pairs, xs, sums, factor, out, stride) },
-        _ => product_scalar(w, pairs, xs, sums, factor, out, stride),
+        Isa::Avx2 => unsafe { x86::product_avx2(w, pairs, xs, sums, factor, out) },
+        _ => product_scalar(w, pairs, xs, sums, factor, out),
     }
 }
 
@@ -234,8 +225,7 @@ fn product_scalar(
     xs: &[&[i8]],
     sums: &[i32],
     factor: &[f32],
-    out: &mut [f32],
-    stride: usize,
+    out: &mut [&mut [f32]],
 ) {
     let (n, r0) = (w.rows, PAIR * pairs.start);
     let mut acc = [0i32; PAIR];
@@ -255,7 +245,7 @@ fn product_scalar(
             for (i, a) in acc.iter().enumerate() {
                 let r = PAIR * p + i;
                 if r < n {
-                    out[t * stride + r - r0] = (a - sums[t]) as f32 * factor[t];
+                    out[t][r - r0] = (a - sums[t]) as f32 * factor[t];
                 }
             }
         }
@@ -283,19 +273,19 @@ mod x86 {
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
-        out: &mut [f32],
-        stride: usize,
+        out: &mut [&mut [f32]],
     ) {
-        let o = Out {
-            ptr: out.as_mut_ptr(),
-            stride,
-            r0: PAIR * pairs.start,
-        };
+        let r0 = PAIR * pairs.start;
         // Tokens outer: a tile's activations (8 × padded cols bytes) stay in L1 while the packed
         // weights, a quarter of their size per row, stream from L2.
         let mut t = 0;
         while t < xs.len() {
             let nt = (xs.len() - t).min(T512);
+            let mut ptrs = [std::ptr::null_mut(); T512];
+            for (p, o) in ptrs.iter_mut().zip(&mut out[t..t + nt]) {
+                *p = o.as_mut_ptr();
+            }
+            let o = Out { ptrs, r0 };
             for p in pairs.clone() {
                 // SAFETY: forwarded contract; `t + nt ≤ xs.len()`.
                 unsafe {
@@ -315,11 +305,11 @@ mod x86 {
         }
     }
 
-    /// The output of [`product_avx512`]: row `r` of token `t` at `ptr + t·stride + r − r0`.
+    /// The output of one tile of [`product_avx512`]: row `r` of its token `t` at
+    /// `ptrs[t] + r − r0`.
     #[derive(Clone, Copy)]
     struct Out {
-        ptr: *mut f32,
-        stride: usize,
+        ptrs: [*mut f32; T512],
         r0: usize,
     }
 
@@ -374,10 +364,9 @@ mod x86 {
                 let valid = (n - r).min(16);
                 let mask = (u32::MAX >> (32 - valid)) as u16;
                 let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][h], s)), f);
-                // SAFETY: the mask writes rows r .. r + valid ≤ n of token `tok`'s output row,
-                // inside `out` (the caller checked its length for these pairs and stride).
-                let at = tok * out.stride + r - out.r0;
-                unsafe { _mm512_mask_storeu_ps(out.ptr.add(at), mask, v) };
+                // SAFETY: the mask writes rows r .. r + valid ≤ n, counted from r0, of token
+                // `tok`'s output, which holds every row of these pairs (the caller checked).
+                unsafe { _mm512_mask_storeu_ps(out.ptrs[t].add(r - out.r0), mask, v) };
             }
         }
     }
@@ -413,8 +402,7 @@ mod x86 {
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
-        out: &mut [f32],
-        stride: usize,
+        out: &mut [&mut [f32]],
     ) {
         let (n, r0) = (w.rows, PAIR * pairs.start);
         let m3 = _mm256_set1_epi8(3);
@@ -457,7 +445,7 @@ mod x86 {
                 for (i, v) in lanes.iter().enumerate() {
                     let r = PAIR * p + i;
                     if r < n {
-                        out[t * stride + r - r0] = (v - sums[t]) as f32 * factor[t];
+                        out[t][r - r0] = (v - sums[t]) as f32 * factor[t];
                     }
                 }
             }
@@ -557,11 +545,8 @@ mod tests {
                     let (r0, r1) = (PAIR * pairs.start, (PAIR * pairs.end).min(n));
                     let stride = r1 - r0 + 3;
                     let mut out = vec![f32::NAN; m * stride];
-                    let dst = Dst {
-                        out: &mut out,
-                        stride,
-                    };
-                    product_pairs(isa, &w, pairs.clone(), &xs, &sums, &factor, dst);
+                    let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(stride).collect();
+                    product_pairs(isa, &w, pairs.clone(), &xs, &sums, &factor, &mut rows);
                     for t in 0..m {
                         let row = &out[t * stride..(t + 1) * stride];
                         assert_eq!(row[..r1 - r0], want[t * n + r0..t * n + r1], "{pairs:?}");

@@ -155,14 +155,13 @@ impl Pool {
     }
 
     /// Threads take ranges of `chunk` rows of every token's output row `outs[t]` (all of one
-    /// length): `f(rows, buf)` fills `buf` in `order` for those rows, and the thread copies it
-    /// into each token's row itself, so no serial transpose follows the parallel loop.
-    pub fn for_each_row_range(
+    /// length): `f(rows, parts)` gets those rows of each token's output, `parts[t]`, to write
+    /// directly (kernels whose lanes are rows).
+    pub fn for_each_row_part(
         &self,
         outs: Vec<&mut [f32]>,
         chunk: usize,
-        order: Order,
-        f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+        f: impl Fn(std::ops::Range<usize>, &mut [&mut [f32]]) + Sync,
     ) {
         assert!(chunk > 0, "a row range holds at least one row");
         let nt = outs.len();
@@ -181,31 +180,31 @@ impl Pool {
         self.for_each_chunk(&mut tasks, 1, |c, task| {
             let parts = &mut task[0];
             let r0 = c * chunk;
-            let n = parts[0].len();
-            let mut buf = vec![0f32; n * nt];
-            f(r0..r0 + n, &mut buf);
+            f(r0..r0 + parts[0].len(), parts);
+        });
+    }
+
+    /// [`Pool::for_each_row_part`] for kernels that sum a row's dot products lane by lane:
+    /// `f(rows, buf)` fills `buf[row·tokens + token]` (a row's tokens side by side) for those
+    /// rows, and the thread copies it into each token's row itself, so no serial transpose
+    /// follows the parallel loop.
+    pub fn for_each_row_range(
+        &self,
+        outs: Vec<&mut [f32]>,
+        chunk: usize,
+        f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let nt = outs.len();
+        self.for_each_row_part(outs, chunk, |rows, parts| {
+            let mut buf = vec![0f32; rows.len() * nt];
+            f(rows, &mut buf);
             for (t, part) in parts.iter_mut().enumerate() {
-                match order {
-                    Order::RowToken => {
-                        for (i, o) in part.iter_mut().enumerate() {
-                            *o = buf[i * nt + t];
-                        }
-                    }
-                    Order::TokenRow => part.copy_from_slice(&buf[t * n..(t + 1) * n]),
+                for (i, o) in part.iter_mut().enumerate() {
+                    *o = buf[i * nt + t];
                 }
             }
         });
     }
-}
-
-/// How [`Pool::for_each_row_range`]'s closure lays out its rows' results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    /// `buf[row·tokens + token]`: a row's tokens side by side (kernels that sum a row's dot
-    /// products lane by lane).
-    RowToken,
-    /// `buf[token·rows + row]`: a token's rows side by side (kernels whose lanes are rows).
-    TokenRow,
 }
 
 fn drain(s: &Shared, f: &(dyn Fn(usize) + Sync), tasks: usize) {
@@ -318,24 +317,28 @@ mod tests {
     fn row_ranges_land_in_every_tokens_row() {
         let pool = Pool::new(2);
         let (nt, rows) = (3, 37);
-        for order in [Order::RowToken, Order::TokenRow] {
-            let mut out = vec![-1f32; nt * rows];
-            pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, order, |r, buf| {
-                let n = r.len();
-                for (i, row) in r.enumerate() {
-                    for t in 0..nt {
-                        let at = match order {
-                            Order::RowToken => i * nt + t,
-                            Order::TokenRow => t * n + i,
-                        };
-                        buf[at] = (row * 10 + t) as f32;
-                    }
+        let mut out = vec![-1f32; nt * rows];
+        pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, |r, buf| {
+            for (i, row) in r.enumerate() {
+                for t in 0..nt {
+                    buf[i * nt + t] = (row * 10 + t) as f32;
                 }
-            });
-            for t in 0..nt {
-                for r in 0..rows {
-                    assert_eq!(out[t * rows + r], (r * 10 + t) as f32, "{order:?}");
+            }
+        });
+        let mut direct = vec![-1f32; nt * rows];
+        pool.for_each_row_part(direct.chunks_exact_mut(rows).collect(), 8, |r, parts| {
+            assert!(r.len() <= 8 && parts.len() == nt);
+            for (t, part) in parts.iter_mut().enumerate() {
+                assert_eq!(part.len(), r.len());
+                for (o, row) in part.iter_mut().zip(r.clone()) {
+                    *o = (row * 10 + t) as f32;
                 }
+            }
+        });
+        for t in 0..nt {
+            for r in 0..rows {
+                assert_eq!(out[t * rows + r], (r * 10 + t) as f32);
+                assert_eq!(direct[t * rows + r], (r * 10 + t) as f32);
             }
         }
     }
