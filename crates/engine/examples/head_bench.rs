@@ -1,4 +1,4 @@
-//! Times the LM head kernel alone for 1..16 tokens on one thread (diagnosis; the whole batched
+//! Times the LM head kernel alone for 1..64 tokens on one thread (diagnosis; the whole batched
 //! step is `tritium bench --batch N`).
 //! `cargo run --release -p tritium-engine --example head_bench -- FILE.gguf`
 
@@ -12,7 +12,7 @@ fn main() {
         .expect("usage: head_bench FILE.gguf");
     let m = Model::load(std::path::Path::new(&path), &Runtime::new(1)).unwrap();
     let (d, v) = (m.cfg.d_model, m.cfg.vocab);
-    for nt in [1usize, 2, 4, 8, 16] {
+    for nt in [1usize, 2, 4, 8, 16, 64] {
         // On cache lines, as the engine's forward passes them.
         let mut x = tritium_engine::kernels::Aligned::filled(nt * d, 0f32);
         for (i, v) in x.iter_mut().enumerate() {

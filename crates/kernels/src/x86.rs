@@ -383,34 +383,34 @@ unsafe fn float_dots_wide(
     out: &mut [f32],
 ) {
     let nt = xs.len();
-    let (mut r, mut i) = (rows.start, 0);
-    while r < rows.end {
-        let n = 2.min(rows.end - r);
+    // Blocks of rows outer, token tiles inner: a block's rows come from memory once and then from
+    // L2 for each further tile of eight tokens, while the tile's activations stay in L1.
+    let block = (FLOAT_BLOCK / (d * w.elem_bytes())).max(2) / 2 * 2;
+    let mut b = rows.start;
+    while b < rows.end {
+        let b_end = (b + block).min(rows.end);
         let mut t = 0;
-        // SAFETY (all tiles below): forwarded contract; each tile stays inside rows and tokens.
-        while t + 8 <= nt {
-            let x = &xs[t..t + 8];
-            unsafe {
-                match n {
-                    2 => ftile8::<2>(w, d, r, x, out, i, nt, t),
-                    _ => ftile8::<1>(w, d, r, x, out, i, nt, t),
-                }
-            }
-            t += 8;
-        }
         while t < nt {
-            let k = 4.min(nt - t);
+            let k = if nt - t >= 8 { 8 } else { 4.min(nt - t) };
             let x = &xs[t..t + k];
-            unsafe {
-                match n {
-                    2 => narrow::<2>(w, d, r, x, out, i, nt, t),
-                    _ => narrow::<1>(w, d, r, x, out, i, nt, t),
+            let (mut r, mut i) = (b, b - rows.start);
+            while r < b_end {
+                let n = 2.min(b_end - r);
+                // SAFETY (all tiles): forwarded contract; each tile stays inside rows and tokens.
+                unsafe {
+                    match (k, n) {
+                        (8, 2) => ftile8::<2>(w, d, r, x, out, i, nt, t),
+                        (8, _) => ftile8::<1>(w, d, r, x, out, i, nt, t),
+                        (_, 2) => narrow::<2>(w, d, r, x, out, i, nt, t),
+                        _ => narrow::<1>(w, d, r, x, out, i, nt, t),
+                    }
                 }
+                r += n;
+                i += n;
             }
             t += k;
         }
-        r += n;
-        i += n;
+        b = b_end;
     }
 }
 
@@ -550,6 +550,9 @@ unsafe fn load16_512(w: FloatRows, at: usize) -> __m512 {
 /// short (see [`Ahead`]).
 const FLOAT_PF_L1: usize = 12 << 10;
 const FLOAT_PF_L2: usize = 48 << 10;
+
+/// Bytes of weight rows [`float_dots_wide`] takes through all its token tiles at a time.
+const FLOAT_BLOCK: usize = 96 << 10;
 
 /// The float tiles' prefetch: rows r..r+rr are contiguous, so at each 16-column step fetch the
 /// same share of a group further on, two lines a step, keeping more misses in flight than the
