@@ -178,12 +178,15 @@ impl Scorer for GgufScorer {
                 // the second thread idle for about a fifth of a perplexity run: spread them.
                 let mut rest = vec![(0f64, false); c.len() - 1];
                 const ROWS: usize = 8;
-                self.model.rt.pool.for_each_chunk(&mut rest, ROWS, |k, part| {
-                    for (j, s) in part.iter_mut().enumerate() {
-                        let i = k * ROWS + j;
-                        *s = token_score(&l[i * v..(i + 1) * v], c[1 + i]);
-                    }
-                });
+                self.model
+                    .rt
+                    .pool
+                    .for_each_chunk(&mut rest, ROWS, |k, part| {
+                        for (j, s) in part.iter_mut().enumerate() {
+                            let i = k * ROWS + j;
+                            *s = token_score(&l[i * v..(i + 1) * v], c[1 + i]);
+                        }
+                    });
                 scores.extend(rest);
             }
             out.push(scores);
