@@ -277,11 +277,7 @@ impl Model {
     /// Bytes one decode step must read of the weights: the packed ternary weights (2 bits each,
     /// padded rows) and the LM head.
     pub fn bytes_per_token(&self) -> usize {
-        let head = match self.lm_head() {
-            FloatRows::F16(_) => 2,
-            FloatRows::F32(_) => 4,
-        };
-        self.packed_bytes + head * self.cfg.vocab * self.cfg.d_model
+        self.packed_bytes + self.lm_head().elem_bytes() * self.cfg.vocab * self.cfg.d_model
     }
 
     /// Bytes of a `kv` cache one decode step reads per position it attends to: a key and a

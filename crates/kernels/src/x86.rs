@@ -471,7 +471,7 @@ unsafe fn ftile8<const RR: usize>(
     // into L1 ahead would evict them; into L2 instead. Measured at bitnet-125m, eight sequences
     // decoding together, two threads, alternating: 1188 → 1280 tok/s (medians of six rounds,
     // 8 of 10 rounds faster); wider rows (2B4T) went to L2 already.
-    let ahead = Ahead::into_l2(w, d, r, RR);
+    let ahead = Ahead::in_l2(w, d, r, RR);
     for c in 0..d / 16 {
         ahead.fetch(c);
         let mut wv = [_mm512_setzero_ps(); RR];
@@ -577,14 +577,14 @@ impl Ahead {
     fn new(w: FloatRows, d: usize, r: usize, rr: usize) -> Ahead {
         let row = d * w.elem_bytes();
         if FLOAT_PF_L1 / row < 2 * rr {
-            return Ahead::into_l2(w, d, r, rr);
+            return Ahead::in_l2(w, d, r, rr);
         }
         Ahead::at(w, d, r, rr, FLOAT_PF_L1 / row, false)
     }
 
     /// FLOAT_PF_L2 ahead into L2 whatever the row width: for tiles whose own activations leave
     /// L1 no room for rows fetched ahead.
-    fn into_l2(w: FloatRows, d: usize, r: usize, rr: usize) -> Ahead {
+    fn in_l2(w: FloatRows, d: usize, r: usize, rr: usize) -> Ahead {
         let rows_ahead = (FLOAT_PF_L2 / (d * w.elem_bytes())).max(rr);
         Ahead::at(w, d, r, rr, rows_ahead, true)
     }
