@@ -284,7 +284,9 @@ pub fn forward(
         "attention shape {s:?}"
     );
     assert!(
-        q.len() == b * t * h * hd && k.len() == b * t * kv * hd && v.len() == k.len(),
+        q.len() == crate::elems(&[b, t, h, hd])
+            && k.len() == crate::elems(&[b, t, kv, hd])
+            && v.len() == k.len(),
         "attention input lengths"
     );
     let rope = Rope::new(&s, theta);
@@ -370,8 +372,14 @@ pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, V
     let Shape { b, t, h, kv, hd } = s;
     assert_eq!(
         d_o.len(),
-        b * t * h * hd,
+        crate::elems(&[b, t, h, hd]),
         "attention output gradient length"
+    );
+    // The views below read `v` through raw pointers: its length is what bounds them.
+    assert_eq!(
+        v.len(),
+        crate::elems(&[b, t, kv, hd]),
+        "attention value length"
     );
     let rope = &saved.rope;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -595,6 +603,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "attention value length")]
+    fn backward_checks_the_values_it_reads() {
+        let s = Shape {
+            b: 1,
+            t: 4,
+            h: 2,
+            kv: 1,
+            hd: 4,
+        };
+        let (q, k) = (lcg(1, 32), lcg(2, 16));
+        let (_, saved) = forward(s, &q, &k, &k, 10000.0, None);
+        // Too short by one head row: the value products would read past its end.
+        backward(&saved, &k[..12], &lcg(3, 32));
     }
 
     #[test]

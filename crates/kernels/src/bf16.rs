@@ -223,7 +223,7 @@ pub struct PackedB {
 /// B, `k × n`, packed into tiles of k-pairs, padded as [`pack_a`]. Each pair is one u32: the
 /// lower `k` in the low half.
 pub fn pack(b: Operand, k: usize, n: usize) -> PackedB {
-    assert_eq!(b.data.len(), k * n, "B's length");
+    assert_eq!(b.data.len(), crate::elems(&[k, n]), "B's length");
     let simd = crate::has_x86_v4();
     let data = tiles(n, k.div_ceil(KT), TILE / 2, |tile, j0, l0| {
         if simd && j0 + T <= n && l0 + KT <= k {
@@ -415,7 +415,12 @@ fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// # Panics
 /// If the CPU lacks that path, or the lengths are wrong.
 pub fn gemm_on(p: Path, out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
-    assert!(a.data.len() == m * k && b.data.len() == k * n && out.len() == m * n);
+    use crate::elems;
+    assert!(
+        a.data.len() == elems(&[m, k])
+            && b.data.len() == elems(&[k, n])
+            && out.len() == elems(&[m, n])
+    );
     let ok = match p {
         Path::Amx => amx(),
         Path::Avx512Bf16 => avx512_bf16(),
@@ -565,12 +570,13 @@ pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32
         supported(),
         "bf16 products on a CPU without AMX-BF16 or AVX512-BF16"
     );
-    assert_eq!(a.data.len(), m * k, "A's length");
+    assert_eq!(a.data.len(), crate::elems(&[m, k]), "A's length");
+    let mn = crate::elems(&[m, n]);
     if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+        return vec![0.0; mn];
     }
-    let mut out = Vec::with_capacity(m * n);
-    let dst = &mut out.spare_capacity_mut()[..m * n];
+    let mut out = Vec::with_capacity(mn);
+    let dst = &mut out.spare_capacity_mut()[..mn];
     if split && !a.t && m >= 2 {
         let half = m / 2;
         let (top, bottom) = dst.split_at_mut(half * n);

@@ -79,28 +79,29 @@ impl<'a> Operand<'a> {
 
 /// `out = a · b`, `a` read as `m × k`, `b` as `k × n`, row-major `out: [m, n]`, on this thread.
 pub fn gemm_into(out: &mut [f32], m: usize, n: usize, k: usize, a: Operand, b: Operand) {
-    assert_eq!(out.len(), m * n, "gemm output length");
+    assert_eq!(out.len(), crate::elems(&[m, n]), "gemm output length");
     // SAFETY: `out` holds m·n elements, is exclusively borrowed, and cannot overlap the inputs.
     unsafe { gemm_raw(out.as_mut_ptr(), m, n, k, a, b) }
 }
 
 /// `a · b` into a new `[m, n]` vector that gemm writes without it being zeroed first.
 fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+    let mn = crate::elems(&[m, n]);
     if k == 0 {
-        return vec![0.0; m * n];
+        return vec![0.0; mn];
     }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == Precision::Bf16 {
         return crate::bf16::product_packed(m, a, &crate::bf16::pack(b, k, n), false);
     }
     let _ = p;
-    let mut out = Vec::with_capacity(m * n);
+    let mut out = Vec::with_capacity(mn);
     // SAFETY: the capacity is m·n elements, owned here and disjoint from the inputs. With k ≥ 1
     // and `read_dst` false gemm stores every element of the m×n output, so all m·n are
     // initialized when `set_len` runs.
     unsafe {
         gemm_raw(out.as_mut_ptr(), m, n, k, a, b);
-        out.set_len(m * n);
+        out.set_len(mn);
     }
     out
 }
@@ -109,7 +110,7 @@ fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -
 /// `out` is valid for writes of `m·n` f32 and overlaps neither operand.
 unsafe fn gemm_raw(out: *mut f32, m: usize, n: usize, k: usize, a: Operand, b: Operand) {
     assert!(
-        a.data.len() == m * k && b.data.len() == k * n,
+        a.data.len() == crate::elems(&[m, k]) && b.data.len() == crate::elems(&[k, n]),
         "gemm operand lengths"
     );
     let (a_rs, a_cs) = a.strides(m, k);

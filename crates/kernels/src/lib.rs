@@ -129,6 +129,77 @@ mod aligned_tests {
     }
 }
 
+/// Shapes whose sizes overflow `usize`: with wrapping arithmetic each one's length checks would
+/// pass and its kernel would read or write far outside the slices given (found in review). Each
+/// must stop at a check instead.
+#[cfg(test)]
+mod overflowing_shapes {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn ternary_matvec_blocks_per_row() {
+        // 2 · 2^63 wraps to 0 = w.len(), and 2^63 · 256 to 0.
+        ternary_matvec(Isa::detect(), &[], 1 << 63, &[], &mut [0; 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn float_dots_rows() {
+        // rows.end · 48 wraps to 32: the first load would be 64 bytes before `w`.
+        let rows = 0x0555_5555_5555_5555..0x0555_5555_5555_5556;
+        let w = [0f32; 32];
+        let x = [0f32; 48];
+        float_dots(
+            Isa::detect(),
+            FloatRows::F32(&w),
+            48,
+            rows,
+            &[&x],
+            &mut [0.0],
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn gemm_sizes() {
+        let n = 1 << 32; // n · n wraps to 0, the length of every operand given
+        dense::gemm_into(
+            &mut [],
+            n,
+            n,
+            n,
+            dense::Operand::n(&[]),
+            dense::Operand::n(&[]),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn panel_pairs() {
+        let w = panels::Panels::zeros(usize::MAX, 0);
+        let pairs = (1 << 59) - 1..1 << 59; // 32 · 2^59 wraps to 0
+        let mut out = [0f32; 1];
+        panels::product_pairs(
+            Isa::detect(),
+            &w,
+            pairs,
+            &[&[]],
+            &[0],
+            &[1.0],
+            &mut [&mut out],
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn bf16_pack() {
+        // 32 · (2^60 + 32) wraps to 1024.
+        bf16::pack(dense::Operand::n(&[0.0; 1024]), 32, (1 << 60) + 32);
+    }
+}
+
 #[cfg(test)]
 mod testing {
     /// Deterministic values in [-1, 1) without a random-number crate.
@@ -323,10 +394,19 @@ pub fn ternary_dots(isa: Isa, w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     }
 }
 
+/// Elements of a tensor of these sizes. Panics where the product overflows, so that the length
+/// checks guarding the kernels' unchecked loads cannot pass by wrapping (release builds do not
+/// check arithmetic).
+pub fn elems(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .expect("tensor size overflows usize")
+}
+
 /// `out[r] = Σ_j code(row r, j) · x[j]` for consecutive rows of `nb` blocks each (`w.len() = out.len()·nb`):
 /// the decode path, one call per matrix slice instead of one per row.
 pub fn ternary_matvec(isa: Isa, w: &[Block64], nb: usize, x: &[i8], out: &mut [i32]) {
-    assert!(w.len() == out.len() * nb && x.len() >= nb * BLOCK);
+    assert!(w.len() == elems(&[out.len(), nb]) && x.len() >= elems(&[nb, BLOCK]));
     assert!(
         isa.supported(),
         "{} kernels on a CPU without them",
@@ -451,10 +531,10 @@ pub fn float_dots(
     out: &mut [f32],
 ) {
     assert!(d.is_multiple_of(16));
-    assert!(xs.iter().all(|x| x.len() == d) && out.len() == rows.len() * xs.len());
+    assert!(xs.iter().all(|x| x.len() == d) && out.len() == elems(&[rows.len(), xs.len()]));
     match w {
-        FloatRows::F32(v) => assert!(v.len() >= rows.end * d),
-        FloatRows::F16(v) => assert!(v.len() >= rows.end * d),
+        FloatRows::F32(v) => assert!(v.len() >= elems(&[rows.end, d])),
+        FloatRows::F16(v) => assert!(v.len() >= elems(&[rows.end, d])),
     }
     assert!(
         isa.supported(),
@@ -680,19 +760,6 @@ impl KvElem for half::f16 {
     }
 }
 
-/// `out += w · v`, compiled like [`dot`].
-pub fn axpy(isa: Isa, w: f32, v: &[f32], out: &mut [f32]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `dot`.
-        Isa::Avx512Vnni => unsafe { x86::axpy_avx512(w, v, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `dot`.
-        Isa::Avx2 => unsafe { x86::axpy_avx2(w, v, out) },
-        _ => axpy_body(w, v, out),
-    }
-}
-
 #[inline(always)]
 pub fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
@@ -709,13 +776,6 @@ pub fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         tail += a[i] * b[i];
     }
     reduce16(lanes) + tail
-}
-
-#[inline(always)]
-pub fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(v) {
-        *o += w * x;
-    }
 }
 
 /// The canonical reduction of 16 lane sums: pairwise, halving (8+8, 4+4, 2+2, 1+1).

@@ -189,9 +189,9 @@ pub fn product_pairs(
     out: &mut [&mut [f32]],
 ) {
     let kp = w.padded_cols();
-    let rows = (PAIR * pairs.end)
+    let rows = crate::elems(&[PAIR, pairs.end])
         .min(w.rows)
-        .saturating_sub(PAIR * pairs.start);
+        .saturating_sub(PAIR * pairs.start.min(pairs.end));
     assert!(
         pairs.end <= w.pairs()
             && xs.iter().all(|x| x.len() >= kp)

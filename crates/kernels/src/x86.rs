@@ -260,7 +260,7 @@ pub unsafe fn ternary_matvec_avx512(w: &[Block64], nb: usize, x: &[i8], out: &mu
 }
 
 /// # Safety
-/// The CPU must support avx2; lengths as for [`ternary_dots_avx512`].
+/// The CPU must support avx2, fma and f16c; lengths as for [`ternary_dots_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn ternary_dots_avx2(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     let mut t = 0;
@@ -324,7 +324,7 @@ unsafe fn tile256<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32])
 // Float rows (LM head): canonical order = 16 lanes, fused multiply-add, pairwise reduction.
 
 /// # Safety
-/// The CPU must support avx512f; `w` holds `rows.end·d` values, `d % 16 == 0`, every `xs[t]` has
+/// The CPU must support avx512f, avx512bw and avx512vnni; `w` holds `rows.end·d` values, `d % 16 == 0`, every `xs[t]` has
 /// `d` values and `out.len() == rows.len()·xs.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn float_dots_avx512(
@@ -727,20 +727,6 @@ pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     super::dot_body(a, b)
-}
-
-/// # Safety
-/// The CPU must support avx512f.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn axpy_avx512(w: f32, v: &[f32], out: &mut [f32]) {
-    super::axpy_body(w, v, out)
-}
-
-/// # Safety
-/// The CPU must support avx2 and fma.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_avx2(w: f32, v: &[f32], out: &mut [f32]) {
-    super::axpy_body(w, v, out)
 }
 
 /// # Safety
