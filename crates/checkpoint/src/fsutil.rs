@@ -19,7 +19,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_dir(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -49,8 +54,25 @@ pub fn write_dir_atomic(out: &Path, files: &[(&str, Vec<u8>)]) -> std::io::Resul
         f.sync_all()?;
         bytes += b.len();
     }
+    sync_dir(&tmp)?;
     std::fs::rename(&tmp, out)?;
+    sync_dir(
+        out.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
     Ok(bytes)
+}
+
+/// Makes a directory's entries (files created or renamed into it) durable: without it a power
+/// cut after a rename may leave the old name on disk even though the file's data were synced.
+/// Where directories cannot be opened for syncing (not on Unix), this is a no-op.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// `dir/.name.PID-N.tmp` for `dir/name`: a name no other writer uses, so two processes (or

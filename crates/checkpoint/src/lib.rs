@@ -38,7 +38,7 @@ pub use adapter::{Adapter, AdapterSet, LoraLayout};
 pub use lock::{LOCK, RunLock};
 pub use state::{FORMAT, Origin, Provenance, State};
 
-use fsutil::write_atomic;
+use fsutil::{sync_dir, write_atomic};
 
 /// A checkpoint's Jinja chat template (written by fine-tuning; export copies it into the GGUF's
 /// `tokenizer.chat_template`).
@@ -354,12 +354,30 @@ pub fn save(run: &Path, c: &Contents, keep: usize) -> Result<PathBuf, Checkpoint
     let state_path = tmp.join("state.json");
     write_atomic(&state_path, c.state.to_json().as_bytes()).map_err(io(&state_path))?;
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        // The same step again: the old directory goes aside, not away, until the new one is in
+        // place, so a removal that fails or is cut short never leaves `latest` naming nothing
+        // (and a kill between the two renames leaves the aside copy, which `latest` falls back to).
+        let old = aside(&root, &name);
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    } else {
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    // The rename itself must be on disk before `latest` names it and pruning deletes older steps.
+    sync_dir(&root).map_err(io(&root))?;
     write_atomic(&root.join("latest"), name.as_bytes()).map_err(io(&root.join("latest")))?;
+    // The step's previous copy, set aside above or by a save killed midway, is no longer needed.
+    let _ = std::fs::remove_dir_all(aside(&root, &name));
     prune(&root, keep);
     Ok(final_dir)
+}
+
+/// Where [`save`] keeps a step's previous directory while it puts the new one in place.
+fn aside(root: &Path, name: &str) -> PathBuf {
+    root.join(format!(".{name}.old"))
 }
 
 fn sync_file(path: &Path) -> std::io::Result<()> {
@@ -426,7 +444,11 @@ pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
             msg: format!("names {name:?}, not a step-N directory"),
         });
     }
-    Ok(root.join(name))
+    let (named, old) = (root.join(&name), aside(&root, &name));
+    if !named.exists() && old.join("state.json").exists() {
+        return Ok(old); // killed between `save`'s two renames
+    }
+    Ok(named)
 }
 
 /// A run directory (its latest checkpoint) or a `step-N` directory itself.
@@ -501,6 +523,31 @@ mod tests {
         // The streamed hash is the hash of the file's bytes.
         let bytes = std::fs::read(ck.dir.join(MODEL)).unwrap();
         assert_eq!(ck.model_hash().unwrap(), sha256_hex(&bytes));
+    }
+
+    /// Saving a step that exists already replaces it without ever leaving `latest` naming a
+    /// missing directory; a kill between the two renames leaves the old copy, which is found.
+    #[test]
+    fn saving_a_step_again_never_leaves_latest_naming_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&cfg(), &dev);
+        save_at(d.path(), &model, 5, 1).unwrap();
+        // The old removal would have failed here (a directory where a file of the old step
+        // was expected does not matter to a rename aside).
+        save_at(d.path(), &model, 5, 1).unwrap();
+        let root = dir(d.path());
+        assert!(!root.join(".step-5.old").exists());
+        assert_eq!(Checkpoint::open(d.path()).unwrap().state.step, 5);
+        // Killed after the first rename (old aside) and before the second.
+        std::fs::rename(root.join("step-5"), root.join(".step-5.old")).unwrap();
+        let ck = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(ck.state.step, 5);
+        ck.load_model(&dev).unwrap();
+        // The next save of that step puts it back in place.
+        save_at(d.path(), &model, 5, 1).unwrap();
+        assert!(latest(d.path()).unwrap().ends_with("step-5"));
+        assert!(!root.join(".step-5.old").exists());
     }
 
     #[test]

@@ -203,6 +203,18 @@ impl Dataset {
                 tok_hash: t.hash.clone(),
             });
         }
+        // Ids are checked against the vocabulary as they are read (and clamped into it); a
+        // vocabulary of 0 ids, or one another than the tokenizer's, is a damaged meta.json.
+        if meta.vocab_size == 0 || tokenizer.is_some_and(|t| t.vocab_size() != meta.vocab_size) {
+            return Err(DataError::Meta {
+                path: meta_path,
+                msg: format!(
+                    "vocab_size {} does not match the tokenizer's {}; prepare the data again",
+                    meta.vocab_size,
+                    tokenizer.map_or("(none given)".into(), |t| t.vocab_size().to_string())
+                ),
+            });
+        }
         let open = |split: &str, expect: usize| -> Result<TokenFile, DataError> {
             let parts: Vec<(PathBuf, usize)> = if meta.format == 1 {
                 vec![(dir.join(format!("{split}.bin")), expect)]
@@ -220,8 +232,10 @@ impl Dataset {
                     })
                     .collect()
             };
-            let listed: usize = parts.iter().map(|p| p.1).sum();
-            if listed != expect {
+            // Checked sums: with a doctored meta.json, wrapping ones could agree with the files.
+            let listed = parts.iter().try_fold(0usize, |a, p| a.checked_add(p.1));
+            if listed != Some(expect) {
+                let listed = listed.map_or("more than 2^64".into(), |n| n.to_string());
                 return Err(DataError::Meta {
                     path: meta_path.clone(),
                     msg: format!(
@@ -242,7 +256,7 @@ impl Dataset {
                 };
                 let f = std::fs::File::open(&path).map_err(io)?;
                 let len = f.metadata().map_err(io)?.len();
-                if len != (tokens * meta.token_bytes) as u64 {
+                if tokens.checked_mul(meta.token_bytes).map(|b| b as u64) != Some(len) {
                     return Err(DataError::Meta {
                         path: path.clone(),
                         msg: format!(

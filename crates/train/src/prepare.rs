@@ -179,7 +179,18 @@ pub fn prepare(
             }
             earlier
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No job to finish, but a finished one: its shards stay whole until a new
+            // preparation has succeeded somewhere else, never overwritten in place.
+            if out.join("meta.json").exists() {
+                return Err(DataError::Output(format!(
+                    "{} holds a finished preparation (meta.json); choose another --out, or \
+                     remove it first to prepare it again",
+                    out.display()
+                )));
+            }
+            fresh
+        }
         Err(e) => return Err(io(&progress_path)(e)),
     };
     let resumed_shards = state.shards.len();
@@ -573,6 +584,59 @@ mod tests {
         assert!(r2.bytes_this_run < r.meta.text_bytes);
         std::fs::remove_file(resumed.join("train-00003.bin.tmp")).unwrap();
         assert_eq!(files(&resumed), files(&straight));
+
+        // Preparing into a finished directory again, with inputs that would fail midway (here
+        // none at all to train on), is refused before anything there is touched.
+        let empty = d.path().join("empty.txt");
+        std::fs::write(&empty, "\n\n").unwrap();
+        let before = files(&straight);
+        let e = refusal(&tok, &[empty], &straight, &o);
+        assert!(e.contains("finished preparation"), "{e}");
+        assert_eq!(files(&straight), before);
+        Dataset::open(&straight, Some(&tok)).unwrap();
+    }
+
+    /// A doctored meta.json (sizes that overflow when summed or multiplied, a vocabulary of
+    /// nothing) is an error naming the file, not a panic or a read past a shard's end.
+    #[test]
+    fn a_doctored_meta_json_is_an_error() {
+        let text: String = (0..40).map(|i| format!("doc {i} here.\n\n")).collect();
+        let (d, tok, input) = setup(&text);
+        let out = d.path().join("prep");
+        run(&tok, &[input], &out, &opts(10, 1 << 20));
+        let meta_path = out.join("meta.json");
+        let good: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        let doctor = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut m = good.clone();
+            edit(&mut m);
+            std::fs::write(&meta_path, m.to_string()).unwrap();
+            match Dataset::open(&out, None) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("opened a doctored meta.json"),
+            }
+        };
+        let e = doctor(&|m| m["vocab_size"] = 0.into());
+        assert!(e.contains("meta.json") && e.contains("vocab_size 0"), "{e}");
+        // 2^63 + n tokens of 2 bytes: the product wraps to the file's real length.
+        let n = good["shards"][0]["train_tokens"].as_u64().unwrap();
+        let e = doctor(&|m| {
+            m["shards"][0]["train_tokens"] = ((1u64 << 63) + n).into();
+            m["train_tokens"] = ((1u64 << 63) + n).into();
+        });
+        assert!(e.contains("prepare the data again"), "{e}");
+        // A sum past 2^64 that wraps to the stated total.
+        let e = doctor(&|m| {
+            let shard = m["shards"][0].clone();
+            let mut big = shard.clone();
+            big["train_tokens"] = u64::MAX.into();
+            big["val_tokens"] = 0.into();
+            m["shards"] = serde_json::json!([shard, big]);
+            m["train_tokens"] = (n - 1).into();
+        });
+        assert!(e.contains("prepare the data again"), "{e}");
+        std::fs::write(&meta_path, good.to_string()).unwrap();
+        Dataset::open(&out, Some(&tok)).unwrap();
     }
 
     #[test]

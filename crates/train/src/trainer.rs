@@ -237,13 +237,18 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     // --- the loop ---------------------------------------------------------------------------------
     let loop_start = Instant::now();
     let first_step = step;
+    // The step whose checkpoint is on disk already: saving it again (a stop right after a
+    // checkpoint, or right after resuming) would only replace a good checkpoint with itself.
+    let mut saved_at = opts.resume.then_some(step);
     let rate = |step: usize| {
         ((step - first_step) * tokens_per_step) as f64 / loop_start.elapsed().as_secs_f64()
     };
     while step < t.max_steps {
         if opts.stop.load(Ordering::SeqCst) {
-            let path = save(&models[0], &optims[0], step, tokens, best_val)?;
-            on_event(Event::Checkpoint { step, path });
+            if saved_at != Some(step) {
+                let path = save(&models[0], &optims[0], step, tokens, best_val)?;
+                on_event(Event::Checkpoint { step, path });
+            }
             on_event(Event::Interrupted { step });
             return Ok(Summary {
                 step,
@@ -362,6 +367,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         if step % t.checkpoint_every == 0 || step == t.max_steps {
             let path = save(&models[0], &optims[0], step, tokens, best_val)?;
             on_event(Event::Checkpoint { step, path });
+            saved_at = Some(step);
         }
     }
     Ok(Summary {

@@ -423,14 +423,18 @@ pub fn finetune(
     let mut order = Order::new(train.len(), c.seed);
     let mut tokens = 0u64;
     let mut last_val = None;
+    // The step whose checkpoint is on disk already (see the pretraining loop).
+    let mut saved_at = o.resume.then_some(first_step - 1);
     for step in first_step..=c.steps {
         if o.stop.load(Ordering::SeqCst) {
             state.step = step - 1;
-            let path = save(&model, &optim, &state)?;
-            on_event(Event::Checkpoint {
-                step: step - 1,
-                path,
-            });
+            if saved_at != Some(step - 1) {
+                let path = save(&model, &optim, &state)?;
+                on_event(Event::Checkpoint {
+                    step: step - 1,
+                    path,
+                });
+            }
             on_event(Event::Interrupted { step: step - 1 });
             summary.interrupted = true;
             summary.step = step - 1;
@@ -496,6 +500,7 @@ pub fn finetune(
             state.tokens = tokens;
             let path = save(&model, &optim, &state)?;
             on_event(Event::Checkpoint { step, path });
+            saved_at = Some(step);
         }
     }
     summary.step = c.steps;
