@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Most tokens one request may generate (max_tokens above it is refused).
     #[arg(long, default_value_t = 2048, value_parser = at_least_one())]
     pub max_output: usize,
-    /// Requests that may wait for a slot; beyond them, 503 with Retry-After.
+    /// Requests that may wait once every slot is busy; beyond them, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// Requests per minute per client (API key, else address); beyond it, 429.

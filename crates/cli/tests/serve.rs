@@ -480,9 +480,16 @@ fn errors_come_in_openais_shape_and_name_the_field() {
             "64",
             "--max-body",
             "4096",
+            "--ctx",
+            "32",
+            "--parallel",
+            "2",
+            "--queue",
+            "3",
         ],
     );
     let key = Some("sesame");
+    let six_prompts = json!({"prompt": vec!["a"; 6]}).to_string();
     let cases: &[(&str, &str, u16, &str)] = &[
         ("/v1/completions", "{not json", 400, "not valid JSON"),
         ("/v1/completions", r#"{"prompt": 5}"#, 400, "prompt"),
@@ -566,6 +573,16 @@ fn errors_come_in_openais_shape_and_name_the_field() {
             "content[0]",
         ),
         ("/detokenize", r#"{"tokens": [1, 99999]}"#, 400, "tokens[1]"),
+        // The prompt fits, but not with the tokens asked for (--ctx 32).
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "max_tokens": 40}"#,
+            400,
+            "max_tokens",
+        ),
+        // More prompts than two slots and three places in the queue can ever hold.
+        ("/v1/completions", six_prompts.as_str(), 400, "--queue"),
+        ("/v1/embeddings", "{}", 404, "/v1/embeddings"),
     ];
     for &(path, body, want, needle) in cases {
         let (status, _, text) = s.post_raw(path, body, key);
@@ -584,6 +601,16 @@ fn errors_come_in_openais_shape_and_name_the_field() {
     );
     assert_eq!(status, 400);
     assert_eq!(error_of(&text)["code"], "context_length_exceeded");
+    let (_, _, text) = s.post_raw(
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 40}"#,
+        key,
+    );
+    assert_eq!(error_of(&text)["code"], "context_length_exceeded");
+    // A method an endpoint does not take.
+    let (status, text) = s.get("/v1/completions", key);
+    assert_eq!(status, 405, "{text}");
+    assert!(error_of(&text)["message"].as_str().unwrap().contains("GET"));
     // A body over --max-body.
     let big = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(8000));
     let (status, _, text) = s.post_raw("/v1/completions", &big, key);
@@ -597,6 +624,13 @@ fn errors_come_in_openais_shape_and_name_the_field() {
     }
     assert_eq!(s.get("/v1/models", None).0, 401);
     assert_eq!(s.get("/v1/models", key).0, 200);
+    // The scheme's name in any case (RFC 9110).
+    let lower = Server::agent()
+        .get(format!("{}/v1/models", s.base))
+        .header("Authorization", "bearer sesame")
+        .call()
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 200);
     assert_eq!(s.get("/health", None).0, 200);
     let (status, _, _) = s.post_raw(
         "/v1/completions",
@@ -625,6 +659,49 @@ fn hog(s: &Server, max_tokens: usize) -> ureq::http::Response<ureq::Body> {
     let mut first = [0u8; 16];
     resp.body_mut().as_reader().read_exact(&mut first).unwrap();
     resp
+}
+
+/// SIGTERM ends the server within the grace period and the hard stop after it, even while a
+/// client holds a connection open mid-upload.
+#[cfg(unix)]
+#[test]
+fn sigterm_ends_the_server_even_with_a_stalled_upload() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    let mut s = Server::start(&m, &["--shutdown-grace", "0"]);
+    // Headers promising a body that never comes.
+    let mut stalled = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    write!(
+        stalled,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"pro"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log.lock().unwrap().join("\n");
+    assert!(log.contains("closing them"), "{log}");
+    drop(stalled);
 }
 
 #[test]

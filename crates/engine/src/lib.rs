@@ -150,7 +150,7 @@ pub fn generate(
         }
         logits.copy_from_slice(sess.forward(&[next], Logits::Last)?);
     }
-    let rest = shown.finish();
+    let rest = shown.finish(tok);
     if !rest.is_empty() {
         on_text(&rest);
         text.push_str(&rest);
@@ -212,10 +212,21 @@ impl TextStream {
         (held.drain(..show).collect(), false)
     }
 
-    /// The text still held back, once no more tokens come (nothing after a stop string).
-    pub fn finish(&mut self) -> String {
+    /// The text still held back, once no more tokens come (nothing after a stop string), with
+    /// an unfinished last character as the replacement character rather than dropped.
+    pub fn finish(&mut self, tok: &tokenizer::Tokenizer) -> String {
         if self.stopped {
             return String::new();
+        }
+        self.held.push_str(&self.stream.finish(tok));
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            self.held.truncate(at);
+            self.stopped = true;
         }
         std::mem::take(&mut self.held)
     }
@@ -235,7 +246,29 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::longest_prefix_suffix;
+    use super::{TextStream, longest_prefix_suffix};
+
+    /// A generation that ends inside a character shows it as U+FFFD rather than losing it.
+    #[test]
+    fn an_unfinished_character_is_shown_at_the_end() {
+        let bytes = crate::synthetic::gguf(&crate::synthetic::Spec::default());
+        let m = crate::Model::from_bytes(
+            std::path::Path::new("t.gguf"),
+            bytes,
+            &crate::Runtime::new(1),
+        )
+        .unwrap();
+        let tok = &m.tokenizer;
+        let ids = tok.encode("xé").unwrap(); // byte-level: x, then é's two bytes
+        assert_eq!(ids.len(), 3);
+        let mut s = TextStream::new(&[]);
+        assert_eq!(s.push(tok, ids[0]), ("x".into(), false));
+        assert_eq!(s.push(tok, ids[1]), (String::new(), false));
+        assert_eq!(s.finish(tok), "\u{FFFD}");
+        let mut s = TextStream::new(&["é".into()]);
+        let shown: String = ids.iter().map(|&i| s.push(tok, i).0).collect();
+        assert_eq!(shown + &s.finish(tok), "x");
+    }
 
     #[test]
     fn held_back_text_is_a_possible_stop_prefix() {

@@ -148,4 +148,13 @@ impl StreamDecoder {
         self.printed = text.len();
         piece
     }
+
+    /// What is still held back once no more tokens come: the bytes of a character the last
+    /// tokens began but did not end, shown as the replacement character.
+    pub fn finish(&mut self, tok: &Tokenizer) -> String {
+        let text = tok.decode(&self.ids);
+        let rest = text.get(self.printed..).unwrap_or("").to_string();
+        self.printed = text.len();
+        rest
+    }
 }

@@ -320,8 +320,15 @@ impl Common {
     }
 }
 
-/// Checks a prompt's length against the limits.
-fn check_prompt(cx: &Context, param: &str, prompt: &[u32]) -> Result<(), ApiError> {
+/// Checks a prompt's length against the limits, and with the `max_tokens` a request names,
+/// that both fit the context together (as OpenAI's API refuses; unnamed, generation stops at the
+/// context's end instead).
+fn check_prompt(
+    cx: &Context,
+    param: &str,
+    prompt: &[u32],
+    max_tokens: Option<usize>,
+) -> Result<(), ApiError> {
     if prompt.len() > cx.max_input {
         return Err(ApiError::invalid(
             param,
@@ -338,6 +345,19 @@ fn check_prompt(cx: &Context, param: &str, prompt: &[u32]) -> Result<(), ApiErro
             param,
             format!(
                 "the prompt has {} tokens but the context holds {}",
+                prompt.len(),
+                cx.ctx
+            ),
+        )
+        .code("context_length_exceeded"));
+    }
+    if let Some(n) = max_tokens
+        && prompt.len().saturating_add(n) > cx.ctx
+    {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "the prompt's {} tokens and max_tokens {n} exceed the context of {} tokens",
                 prompt.len(),
                 cx.ctx
             ),
@@ -434,7 +454,7 @@ pub fn completion(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
         if p.is_empty() {
             return Err(ApiError::invalid(&param, format!("{param}: no tokens")));
         }
-        check_prompt(cx, &param, &p)?;
+        check_prompt(cx, &param, &p, common.max_tokens)?;
         if max_tokens == 0 && !b.echo {
             return Err(ApiError::invalid(
                 "max_tokens",
@@ -534,7 +554,7 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
         .render()
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let prompt = encode(cx, "messages", &text)?;
-    check_prompt(cx, "messages", &prompt)?;
+    check_prompt(cx, "messages", &prompt, common.max_tokens)?;
     Ok(Request {
         model,
         works: vec![Work {

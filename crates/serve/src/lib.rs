@@ -76,6 +76,8 @@ struct Engine {
 
 pub struct App {
     opts: Options,
+    /// SHA-256 of each API key: compared in constant time whatever the lengths.
+    key_digests: Vec<[u8; 32]>,
     engine: OnceLock<Engine>,
     metrics: Metrics,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -131,23 +133,36 @@ async fn guard(
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
+    // `Authorization: Bearer KEY`, the scheme in any case (RFC 9110).
     let key = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    if !app.opts.api_keys.is_empty() {
-        let given = key.as_deref().unwrap_or("").as_bytes();
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim().to_string());
+    if !app.key_digests.is_empty() {
+        let given = digest(key.as_deref().unwrap_or("").as_bytes());
         // Every key is compared, each in constant time, so timing tells nothing of which matched.
         let ok = app
-            .opts
-            .api_keys
+            .key_digests
             .iter()
-            .fold(subtle::Choice::from(0), |acc, k| {
-                acc | k.as_bytes().ct_eq(given)
-            });
+            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&given));
         if !bool::from(ok) {
+            // Wrong keys count against the address's rate, so keys cannot be guessed at speed.
+            if let Some(l) = &app.limiter
+                && l.check_key(&format!("ip:{}", peer.ip())).is_err()
+            {
+                return app.fail(
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_error",
+                        "too many requests with a wrong API key",
+                    )
+                    .code("rate_limit_exceeded")
+                    .retry(60),
+                );
+            }
             return app.fail(
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -184,11 +199,29 @@ async fn guard(
             );
         }
     }
-    next.run(req).await
+    // One bound on the whole exchange, the body's upload included (the handlers' own deadline
+    // starts once the body is in); a streamed reply is bounded by that deadline alone.
+    let bound = app.opts.timeout + Duration::from_secs(1);
+    match tokio::time::timeout(bound, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => app.fail(respond::timeout(&app)),
+    }
+}
+
+/// SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
     match app.ready() {
+        Ok(e) if e.queue.is_stopped() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            "the engine has stopped",
+        )
+        .into_response(),
         Ok(_) => axum::Json(json!({"status": "ok"})).into_response(),
         Err(e) => e.into_response(),
     }
@@ -317,31 +350,41 @@ async fn generate(app: Arc<App>, b: Result<Bytes, BytesRejection>, ep: Endpoint)
             );
         }
     }
-    // Queue every prompt; if one is refused, the ones queued before it are dropped with it.
-    let mut receivers = Vec::new();
+    // Every prompt is queued, or none.
+    let (mut jobs, mut receivers) = (Vec::new(), Vec::new());
     for w in &req.works {
         let (tx, rx) = mpsc::unbounded_channel();
-        let job = Job {
+        jobs.push(Job {
             work: w.clone(),
             events: tx,
-        };
-        match engine.queue.submit(job) {
-            Ok(()) => receivers.push(rx),
-            Err(why) => {
-                let msg = match why {
-                    Refused::Full => format!(
-                        "the server is busy: {} requests already wait (--queue)",
+        });
+        receivers.push(rx);
+    }
+    if let Err(why) = engine.queue.submit(jobs) {
+        let msg = match why {
+            Refused::TooMany => {
+                return app.fail(ApiError::invalid(
+                    "prompt",
+                    format!(
+                        "{} prompts in one request: more than this server's {} slots (--parallel) \
+                         and {} places in its queue (--queue) can hold",
+                        req.works.len(),
+                        app.opts.parallel,
                         app.opts.queue
                     ),
-                    Refused::ShuttingDown => "the server is shutting down".into(),
-                };
-                return app.fail(
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", msg)
-                        .code("server_overloaded")
-                        .retry(1),
-                );
+                ));
             }
-        }
+            Refused::Full => format!(
+                "the server is busy: every slot is taken and {} requests already wait (--queue)",
+                app.opts.queue
+            ),
+            Refused::ShuttingDown => "the server is shutting down".into(),
+        };
+        return app.fail(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", msg)
+                .code("server_overloaded")
+                .retry(1),
+        );
     }
     let deadline = tokio::time::Instant::from_std(start + app.opts.timeout);
     let meta = respond::Meta {
@@ -397,7 +440,7 @@ fn load(opts: &Options) -> Result<Engine, String> {
         loras.push(Lora::load(path, &model).map_err(|e| e.to_string())?);
         models.push(name.clone());
     }
-    let queue = Arc::new(Queue::new(opts.queue));
+    let queue = Arc::new(Queue::new(opts.queue, opts.parallel));
     let _engine_thread = scheduler::spawn(
         model.clone(),
         Arc::new(loras),
@@ -447,9 +490,31 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/tokenizer_info", get(tokenizer_info))
         .route("/detokenize", post(detokenize))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.opts.body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("no endpoint {}", req.uri().path()),
+    )
+    .code("not_found")
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} does not take {}", req.uri().path(), req.method()),
+    )
+    .code("method_not_allowed")
+    .into_response()
 }
 
 /// Binds, loads the model (answering 503 meanwhile), serves until SIGTERM/Ctrl-C, then stops
@@ -464,8 +529,16 @@ pub fn serve(opts: Options) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    rt.block_on(serve_async(opts))
+    let result = rt.block_on(serve_async(opts));
+    // A model still loading on the blocking pool, or a connection past the hard stop, does not
+    // hold the process.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
+
+/// How long after the grace period connections may take to close before the server stops
+/// anyway (a client reading a stream slowly, or sending a body byte by byte).
+const HARD_STOP: Duration = Duration::from_secs(5);
 
 async fn serve_async(opts: Options) -> Result<(), String> {
     let addr = format!("{}:{}", opts.host, opts.port);
@@ -479,6 +552,7 @@ async fn serve_async(opts: Options) -> Result<(), String> {
         ))
     });
     let app = Arc::new(App {
+        key_digests: opts.api_keys.iter().map(|k| digest(k.as_bytes())).collect(),
         metrics: Metrics::new(opts.parallel),
         engine: OnceLock::new(),
         limiter,
@@ -515,8 +589,16 @@ async fn serve_async(opts: Options) -> Result<(), String> {
     );
     let grace = app.opts.shutdown_grace;
     let app2 = app.clone();
+    let (signalled, hard_stop) = tokio::sync::oneshot::channel::<()>();
+    let hard_stop = async move {
+        match hard_stop.await {
+            Ok(()) => tokio::time::sleep(grace + HARD_STOP).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
     let stopping = async move {
         shutdown_signal().await;
+        let _ = signalled.send(());
         eprintln!("shutting down: no new requests; running ones have {grace:?} to finish");
         if let Some(e) = app2.engine.get() {
             e.queue.drain();
@@ -532,6 +614,10 @@ async fn serve_async(opts: Options) -> Result<(), String> {
     let result = tokio::select! {
         r = server.with_graceful_shutdown(stopping) => r.map_err(|e| format!("serving: {e}")),
         Ok(msg) = failed_rx => Err(msg),
+        () = hard_stop => {
+            eprintln!("connections still open {HARD_STOP:?} after the grace period: closing them");
+            Ok(())
+        }
     };
     if let Some(e) = app.engine.get() {
         e.queue.stop();

@@ -80,7 +80,7 @@ fn done(app: &App, meta: &Meta, finish: Finish, prompt: usize, completion: usize
     );
 }
 
-fn timeout(app: &App) -> ApiError {
+pub(crate) fn timeout(app: &App) -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,
         "timeout_error",

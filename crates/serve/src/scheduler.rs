@@ -71,10 +71,12 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
-/// Why a job was not queued.
+/// Why a request's jobs were not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Full,
+    /// More prompts than the slots and the queue together could ever hold.
+    TooMany,
     ShuttingDown,
 }
 
@@ -82,7 +84,9 @@ pub enum Refused {
 pub struct Queue {
     jobs: Mutex<VecDeque<Job>>,
     wake: Condvar,
+    /// Jobs that may wait beyond those the free slots take at once.
     capacity: usize,
+    slots: usize,
     draining: AtomicBool,
     stop: AtomicBool,
     pub busy_slots: AtomicUsize,
@@ -94,11 +98,12 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(capacity: usize) -> Queue {
+    pub fn new(capacity: usize, slots: usize) -> Queue {
         Queue {
             jobs: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             capacity,
+            slots,
             draining: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             busy_slots: AtomicUsize::new(0),
@@ -108,19 +113,37 @@ impl Queue {
         }
     }
 
-    /// Queues `job` unless `capacity` jobs already wait or the server is shutting down.
-    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+    /// Queues a request's jobs, all or none: none when, after the free slots take theirs, more
+    /// than `capacity` would wait, or when the server is shutting down.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), Refused> {
+        if jobs.len() > self.capacity + self.slots {
+            return Err(Refused::TooMany);
+        }
+        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: once `stop` has emptied the queue, nothing can be left in it.
         if self.draining.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }
-        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.capacity {
+        // Jobs whose client has gone wait for nothing; they hold no place.
+        let before = q.len();
+        q.retain(|j| !j.events.is_closed());
+        self.cancelled.fetch_add(before - q.len(), Ordering::SeqCst);
+        let free = self
+            .slots
+            .saturating_sub(self.busy_slots.load(Ordering::SeqCst));
+        if q.len() + jobs.len() > self.capacity + free {
+            self.depth.store(q.len(), Ordering::SeqCst);
             return Err(Refused::Full);
         }
-        q.push_back(job);
+        q.extend(jobs);
         self.depth.store(q.len(), Ordering::SeqCst);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether the engine thread has stopped (shutdown, or a failure that ended it).
+    pub fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     /// Takes no new jobs; the running ones go on.
@@ -130,6 +153,9 @@ impl Queue {
 
     /// Ends the engine thread: running and waiting jobs get an error.
     pub fn stop(&self) {
+        // Under the queue's lock, so a submit either sees the flags or lands before the engine
+        // thread empties the queue.
+        let _q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         self.drain();
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_all();
@@ -199,6 +225,15 @@ pub fn run(
         })
         .collect();
     let _ = ready.send(());
+    // However this thread ends, the queue says so: submits are refused and `/health` fails,
+    // instead of requests waiting for an engine that is gone.
+    struct StopOnExit<'q>(&'q Queue);
+    impl Drop for StopOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let _stop_on_exit = StopOnExit(queue);
     loop {
         if queue.stop.load(Ordering::SeqCst) {
             for s in slots.iter_mut().filter_map(|s| s.active.take()) {
@@ -222,7 +257,7 @@ pub fn run(
                 queue.cancelled.fetch_add(1, Ordering::SeqCst);
             }
         }
-        admit(&mut slots, queue, loras);
+        contained(&mut slots, |slots| admit(slots, queue, loras));
         let busy = slots.iter().filter(|s| s.active.is_some()).count();
         queue.busy_slots.store(busy, Ordering::SeqCst);
         queue.peak_busy.fetch_max(busy, Ordering::SeqCst);
@@ -230,7 +265,26 @@ pub fn run(
             queue.wait();
             continue;
         }
-        step(&mut slots);
+        contained(&mut slots, step);
+    }
+}
+
+/// Runs `f` over the slots; if it panics (a bug), the jobs in them get an error and the slots
+/// start clean, so one bad request costs its batch, not the server.
+fn contained<'m>(slots: &mut [Slot<'m>], f: impl FnOnce(&mut [Slot<'m>])) {
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *slots))).is_err();
+    if panicked {
+        for s in slots.iter_mut() {
+            if let Some(a) = s.active.take() {
+                let _ = a.job.events.send(Event::Error(
+                    "internal error in the engine; the request was stopped".into(),
+                ));
+            }
+            // Whatever the cache holds now is not known to match `cached`.
+            s.cached.clear();
+            s.cached_lora = None;
+        }
     }
 }
 
@@ -389,7 +443,7 @@ fn step(slots: &mut [Slot]) {
             }
         };
         if let Some(finish) = finish {
-            let rest = a.text.finish();
+            let rest = a.text.finish(&slot.sess.model.tokenizer);
             if !rest.is_empty() {
                 let _ = a.job.events.send(Event::Token {
                     id: u32::MAX,
@@ -455,7 +509,82 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
-    use super::logprob;
+    use super::*;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    fn job(prompt: Vec<u32>) -> (Job, UnboundedReceiver<Event>) {
+        let (events, rx) = unbounded_channel();
+        let work = Work {
+            prompt,
+            sampling: tritium_engine::SamplerConfig::default(),
+            max_tokens: 4,
+            stops: Vec::new(),
+            lora: None,
+            prompt_logprobs: false,
+            top_logprobs: None,
+            ignore_eos: false,
+        };
+        (Job { work, events }, rx)
+    }
+
+    /// `--queue N` counts requests waiting once the slots are taken; a request's prompts go in
+    /// together or not at all; a client that left holds no place.
+    #[test]
+    fn the_queue_holds_what_the_free_slots_do_not() {
+        let q = Queue::new(1, 2); // two slots, one place to wait
+        let (a, _ra) = job(vec![1]);
+        let (b, _rb) = job(vec![1]);
+        let (c, _rc) = job(vec![1]);
+        // Idle: two prompts take the free slots, a third waits.
+        q.submit(vec![a, b, c]).unwrap();
+        assert_eq!(q.depth.load(Ordering::SeqCst), 3);
+        let (d, _rd) = job(vec![1]);
+        assert_eq!(q.submit(vec![d]), Err(Refused::Full));
+        // More prompts than slots and queue together can never fit.
+        let many = (0..4).map(|_| job(vec![1]).0).collect();
+        assert_eq!(q.submit(many), Err(Refused::TooMany));
+        // The slots take two; one waits; a client that goes away frees its place at once.
+        q.pop().unwrap();
+        q.pop().unwrap();
+        q.busy_slots.store(2, Ordering::SeqCst);
+        let (e, re) = job(vec![1]);
+        assert_eq!(q.submit(vec![e]), Err(Refused::Full));
+        drop(_rc);
+        drop(re);
+        let (f, _rf) = job(vec![1]);
+        q.submit(vec![f]).unwrap();
+        assert_eq!(q.depth.load(Ordering::SeqCst), 1);
+        assert_eq!(q.cancelled.load(Ordering::SeqCst), 1);
+        q.stop();
+        let (g, _rg) = job(vec![1]);
+        assert_eq!(q.submit(vec![g]), Err(Refused::ShuttingDown));
+        assert!(q.is_stopped());
+    }
+
+    /// A panic while running the slots fails their jobs and leaves the slots clean and free.
+    #[test]
+    fn a_panic_in_a_step_costs_the_batch_not_the_server() {
+        let bytes = tritium_engine::synthetic::gguf(&Default::default());
+        let rt = tritium_engine::Runtime::new(1);
+        let m = Model::from_bytes(std::path::Path::new("t.gguf"), bytes, &rt).unwrap();
+        let (j, mut rx) = job(vec![1, 2]);
+        let mut slots = vec![Slot {
+            sess: Session::new(&m, 16).unwrap(),
+            cached: vec![1, 2],
+            cached_lora: None,
+            active: None,
+        }];
+        let q = Queue::new(1, 1);
+        q.submit(vec![j]).unwrap();
+        admit(&mut slots, &q, &[]);
+        assert!(slots[0].active.is_some());
+        contained(&mut slots, |_| panic!("a bug"));
+        assert!(slots[0].active.is_none() && slots[0].cached.is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Event::Error(m)) if m.contains("internal error")));
+        // Without a panic nothing changes.
+        contained(&mut slots, |s| s[0].cached.push(7));
+        assert_eq!(slots[0].cached, vec![7]);
+    }
 
     #[test]
     fn logprobs_are_log_softmax_with_the_best_alternatives() {
