@@ -163,7 +163,27 @@ impl Checkpoint {
 
     /// The adapters a fine-tuning checkpoint holds, if any.
     pub fn lora_layout(&self) -> Result<Option<LoraLayout>, CheckpointError> {
-        LoraLayout::read(&self.dir)
+        let layout = LoraLayout::read(&self.dir)?;
+        // Checked before any adapter is allocated: a damaged rank would otherwise ask for
+        // rank × width floats per projection and abort instead of naming the file.
+        if let Some(l) = &layout {
+            let widest = self.state.model.d_model.max(self.state.model.d_ff);
+            if l.rank == 0
+                || l.rank > widest
+                || !l.alpha.is_finite()
+                || !(0.0..1.0).contains(&l.dropout)
+            {
+                return Err(CheckpointError::Bad {
+                    path: self.dir.join(LORA),
+                    msg: format!(
+                        "rank {}, alpha {}, dropout {}: need 1 ≤ rank ≤ {widest} (the model's \
+                         widest projection), a finite alpha and 0 ≤ dropout < 1",
+                        l.rank, l.alpha, l.dropout
+                    ),
+                });
+            }
+        }
+        Ok(layout)
     }
 
     /// The model, built from the checkpoint's own config with its adapters attached. A
@@ -548,6 +568,32 @@ mod tests {
         save_at(d.path(), &model, 5, 1).unwrap();
         assert!(latest(d.path()).unwrap().ends_with("step-5"));
         assert!(!root.join(".step-5.old").exists());
+    }
+
+    /// A damaged `lora.json` is refused, naming it, before any adapter is allocated.
+    #[test]
+    fn an_absurd_adapter_rank_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Backend::Flex.device().unwrap();
+        let model = Transformer::new(&cfg(), &dev);
+        let at = save_at(d.path(), &model, 1, 1).unwrap();
+        let layout = |rank: usize| {
+            serde_json::json!({"rank": rank, "alpha": 16.0, "dropout": 0.0, "target": []})
+                .to_string()
+        };
+        std::fs::write(at.join(LORA), layout(4_000_000_000)).unwrap();
+        let e = Checkpoint::open(d.path())
+            .unwrap()
+            .load_model(&dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lora.json") && e.contains("rank 4000000000"),
+            "{e}"
+        );
+        std::fs::write(at.join(LORA), layout(4)).unwrap();
+        let ck = Checkpoint::open(d.path()).unwrap();
+        assert_eq!(ck.lora_layout().unwrap().unwrap().rank, 4);
     }
 
     #[test]

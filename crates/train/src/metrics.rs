@@ -38,9 +38,9 @@ impl Row {
     }
 }
 
+/// The rows of a metrics file (lines that are not rows, or not UTF-8, are passed over).
 pub fn read(path: &Path) -> Vec<Row> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default())
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
@@ -54,17 +54,24 @@ pub fn append(path: &Path, row: &Row) -> std::io::Result<()> {
     writeln!(f, "{}", serde_json::to_string(row).expect("row serializes"))
 }
 
-/// Drops rows after `step` (written after the checkpoint a resumed run restarts from).
+/// Drops rows after `step` (written after the checkpoint a resumed run restarts from). Every
+/// other line stays byte for byte, one that is not a row included; only an unfinished last line
+/// (an append cut short) goes. A file that cannot be read is an error, never an empty rewrite.
 pub fn truncate_after(path: &Path, step: usize) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut kept = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let whole = line.ends_with(b"\n");
+        let later = serde_json::from_slice::<Row>(line).is_ok_and(|r| r.step > step);
+        if whole && !later {
+            kept.extend_from_slice(line);
+        }
     }
-    let kept: String = read(path)
-        .into_iter()
-        .filter(|r| r.step <= step)
-        .map(|r| serde_json::to_string(&r).expect("row serializes") + "\n")
-        .collect();
-    tritium_checkpoint::fsutil::write_atomic(path, kept.as_bytes())
+    tritium_checkpoint::fsutil::write_atomic(path, &kept)
 }
 
 /// An SVG line chart of training loss (blue) and validation loss (orange) against step.
@@ -178,12 +185,23 @@ mod tests {
             append(&p, &row(s, Some(1.0 / s as f64), None)).unwrap();
         }
         append(&p, &row(4, None, Some(0.3))).unwrap();
+        // A line of something else (kept as it is) and an append cut short (dropped).
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"note\": \"caf\xc3\xa9 \xff\"}\n{\"step\": 6, \"tok")
+            .unwrap();
+        drop(f);
         truncate_after(&p, 3).unwrap();
         let rows = read(&p);
         assert_eq!(
             rows.iter().map(|r| r.step).collect::<Vec<_>>(),
             vec![1, 2, 3]
         );
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(bytes.ends_with(b"{\"note\": \"caf\xc3\xa9 \xff\"}\n"));
+        // A metrics path that cannot be read is an error, and nothing is written.
+        let dir_path = d.path().join("a-dir");
+        std::fs::create_dir(&dir_path).unwrap();
+        assert!(truncate_after(&dir_path, 3).is_err());
     }
 
     #[test]
