@@ -151,18 +151,47 @@ async fn collect(
     }
 }
 
+/// Where each token's text starts in the whole text, in characters (as OpenAI's `text_offset`
+/// counts, Python string indices): a token that ends a character an earlier one began starts
+/// where that character does. Decodes only the tokens since the last whole character.
+pub(crate) struct Offsets {
+    pending: Vec<u32>,
+    base: usize,
+}
+
+impl Offsets {
+    pub(crate) fn new(start: usize) -> Offsets {
+        Offsets {
+            pending: Vec::new(),
+            base: start,
+        }
+    }
+
+    /// Token `id`'s offset; it then follows the text.
+    pub(crate) fn next(&mut self, tok: &Tokenizer, id: u32) -> usize {
+        let whole = |t: &str| t.trim_end_matches('\u{FFFD}').chars().count();
+        let at = self.base + whole(&tok.decode(&self.pending));
+        self.pending.push(id);
+        let text = tok.decode(&self.pending);
+        if !text.ends_with('\u{FFFD}') {
+            self.base += text.chars().count();
+            self.pending.clear();
+        }
+        at
+    }
+}
+
 /// The legacy completions `logprobs` object over `items` (token, its log-probability if known),
-/// with text offsets counted from `offset`.
+/// each token's `text_offset` from `offsets`.
 fn completion_logprobs(
     tok: &Tokenizer,
     items: &[(u32, Option<&TokenLogprob>)],
-    mut offset: usize,
+    at: &mut Offsets,
 ) -> Value {
     let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
     for (id, lp) in items {
         let piece = tok.decode(&[*id]);
-        offsets.push(offset);
-        offset += piece.len();
+        offsets.push(at.next(tok, *id));
         tokens.push(piece);
         lps.push(lp.map(|l| json!(l.logprob)).unwrap_or(Value::Null));
         tops.push(
@@ -234,7 +263,7 @@ pub async fn whole(
                         items.extend(w.prompt.iter().zip(p).map(|(&id, l)| (id, l.as_ref())));
                     }
                     items.extend(o.tokens.iter().map(|(id, l)| (*id, l.as_ref())));
-                    completion_logprobs(tok, &items, 0)
+                    completion_logprobs(tok, &items, &mut Offsets::new(0))
                 });
                 choices.push(json!({
                     "index": i,
@@ -279,8 +308,8 @@ struct Streaming {
     ready: VecDeque<Sse>,
     started: bool,
     over: bool,
-    /// Text sent so far, for completion text offsets.
-    offset: usize,
+    /// Where the next token's text starts, for completion text offsets.
+    offsets: Offsets,
 }
 
 impl Streaming {
@@ -304,7 +333,6 @@ impl Streaming {
 
     /// A chunk carrying `text` (and its logprobs), with no finish reason yet.
     fn text_chunk(&mut self, text: &str, logprobs: Value) -> Sse {
-        self.offset += text.len();
         let choice = match self.meta.endpoint {
             Endpoint::Chat => json!({
                 "index": 0, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null,
@@ -331,6 +359,7 @@ impl Streaming {
                 self.ready.push_back(c);
             } else if self.req.echo && !self.req.works[0].prompt_logprobs {
                 let text = self.req.prompt_text(0, tok);
+                self.offsets = Offsets::new(text.chars().count());
                 let c = self.text_chunk(&text, Value::Null);
                 self.ready.push_back(c);
             }
@@ -357,7 +386,7 @@ impl Streaming {
                     .zip(&lp)
                     .map(|(&id, l)| (id, l.as_ref()))
                     .collect();
-                let logprobs = completion_logprobs(tok, &items, self.offset);
+                let logprobs = completion_logprobs(tok, &items, &mut self.offsets);
                 let text = self.req.prompt_text(0, tok);
                 let c = self.text_chunk(&text, logprobs);
                 self.ready.push_back(c);
@@ -370,7 +399,7 @@ impl Streaming {
                     (_, None) => Value::Null,
                     (Endpoint::Chat, Some(l)) => chat_logprobs(tok, &[l]),
                     (Endpoint::Completions, Some(l)) => {
-                        completion_logprobs(tok, &[(id, Some(l))], self.offset)
+                        completion_logprobs(tok, &[(id, Some(l))], &mut self.offsets)
                     }
                 };
                 if !text.is_empty() || !logprobs.is_null() {
@@ -429,7 +458,7 @@ pub fn stream(
         ready: VecDeque::new(),
         started: false,
         over: false,
-        offset: 0,
+        offsets: Offsets::new(0),
     };
     let events = stream::unfold(state, |mut s| async move {
         loop {
@@ -445,4 +474,24 @@ pub fn stream(
     axum::response::sse::Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offsets;
+
+    /// Offsets count characters of the whole text; the bytes of one character share its start.
+    #[test]
+    fn text_offsets_are_character_positions_in_the_whole_text() {
+        let bytes = tritium_engine::synthetic::gguf(&Default::default());
+        let rt = tritium_engine::Runtime::new(1);
+        let m =
+            tritium_engine::Model::from_bytes(std::path::Path::new("t.gguf"), bytes, &rt).unwrap();
+        let tok = &m.tokenizer;
+        let ids = tok.encode("xé!").unwrap(); // byte-level: x, é's two bytes, !
+        assert_eq!(ids.len(), 4);
+        let mut at = Offsets::new(5);
+        let offs: Vec<usize> = ids.iter().map(|&i| at.next(tok, i)).collect();
+        assert_eq!(offs, vec![5, 6, 6, 7]);
+    }
 }
