@@ -343,6 +343,18 @@ fn completions_chat_streaming_models_and_tokenize() {
 
     // The second identical request reused the slot's cache for all but its last prompt token.
     assert!(s.metric("tritium_cached_prompt_tokens_total") >= 6.0);
+
+    // A request with three prompts is one request in the latency histogram.
+    let before = s.metric("tritium_request_duration_seconds_count");
+    let r = s.post(
+        "/v1/completions",
+        json!({"prompt": ["a", "b", "c"], "max_tokens": 2, "ignore_eos": true}),
+    );
+    assert_eq!(r["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        s.metric("tritium_request_duration_seconds_count"),
+        before + 1.0
+    );
 }
 
 #[test]

@@ -42,13 +42,22 @@ struct Outcome {
     completion_tokens: usize,
 }
 
-/// Tracks the request's timing for the metrics.
+/// Tracks the request's timing for the metrics. Of a request with several prompts only the
+/// first is timed: the others' tokens are read after it ends, not when they were made.
 struct Clock {
     last: Option<Instant>,
+    muted: bool,
 }
 
 impl Clock {
+    fn new(muted: bool) -> Clock {
+        Clock { last: None, muted }
+    }
+
     fn token(&mut self, app: &App, meta: &Meta) {
+        if self.muted {
+            return;
+        }
         let now = Instant::now();
         match self.last {
             None => app
@@ -67,7 +76,6 @@ fn done(app: &App, meta: &Meta, finish: Finish, prompt: usize, completion: usize
     m.cached_tokens.inc_by(cached as u64);
     m.generated_tokens.inc_by(completion as u64);
     let secs = meta.start.elapsed().as_secs_f64();
-    m.request_seconds.observe(secs);
     eprintln!(
         "request {} {}: {} prompt tokens ({} cached), {} generated, {:.3} s, finish {}",
         meta.request,
@@ -242,8 +250,12 @@ pub async fn whole(
     let mut outcomes = Vec::new();
     // Prompts run side by side in the engine; their results are read in order.
     for rx in receivers {
-        outcomes.push(collect(app, meta, rx, deadline, &mut Clock { last: None }).await?);
+        let mut clock = Clock::new(!outcomes.is_empty());
+        outcomes.push(collect(app, meta, rx, deadline, &mut clock).await?);
     }
+    app.metrics
+        .request_seconds
+        .observe(meta.start.elapsed().as_secs_f64());
     let (prompt_total, completion_total) = outcomes.iter().fold((0, 0), |(p, c), o| {
         (p + o.prompt_tokens, c + o.completion_tokens)
     });
@@ -421,6 +433,10 @@ impl Streaming {
                     completion_tokens,
                     cached_tokens,
                 );
+                self.app
+                    .metrics
+                    .request_seconds
+                    .observe(self.meta.start.elapsed().as_secs_f64());
                 let choice = match self.meta.endpoint {
                     Endpoint::Chat => json!({
                         "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish.as_str(),
@@ -454,7 +470,7 @@ pub fn stream(
         req,
         rx,
         deadline,
-        clock: Clock { last: None },
+        clock: Clock::new(false),
         ready: VecDeque::new(),
         started: false,
         over: false,
