@@ -167,6 +167,18 @@ fn resume_after_ctrl_c_and_after_sigkill_matches_a_straight_run() {
     let got = losses(&broken);
     assert_same(&got.train, &want.train);
     assert_same(&got.val, &want.val);
+    // The last checkpoint's record (tokens seen, best validation loss) is the straight run's too.
+    let state = |run: &Path| -> serde_json::Value {
+        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+        let p = run
+            .join("checkpoints")
+            .join(latest.trim())
+            .join("state.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (state(&straight), state(&broken));
+    assert_eq!((&a["step"], &a["tokens"]), (&b["step"], &b["tokens"]));
+    assert_eq!(a["best_val_loss"], b["best_val_loss"]);
     // keep_checkpoints = 2: only the newest two remain.
     let n = std::fs::read_dir(broken.join("checkpoints"))
         .unwrap()

@@ -129,7 +129,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     // Held until the run returns: a second writer of the same directory is refused.
     let _lock = RunLock::acquire(run)?;
     let metrics_path = run.join("metrics.jsonl");
-    let (model, optim, mut step, mut tokens) = if opts.resume {
+    let (model, optim, mut step, mut tokens, resumed_best) = if opts.resume {
         let ckpt = Checkpoint::open(&checkpoint::latest(run)?)?;
         let state = &ckpt.state;
         if state.model != cfg.model {
@@ -156,7 +156,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         let optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
         // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
-        (model, optim, state.step, state.tokens)
+        (model, optim, state.step, state.tokens, state.best_val_loss)
     } else {
         checkpoint::ensure_fresh(run)?;
         std::fs::create_dir_all(run).map_err(io(run))?;
@@ -168,6 +168,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             AdamW::new(adam),
             0usize,
             0u64,
+            None,
         )
     };
     // Data parallelism: a replica of the model and optimizer per further device, forked from the
@@ -209,7 +210,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         products: (t.precision != tritium_model::Precision::F32).then_some(products),
     });
 
-    let mut best_val: Option<f64> = None;
+    let mut best_val: Option<f64> = resumed_best;
     let mut last_val = None;
     let provenance = Provenance {
         run: serde_json::to_value(cfg).unwrap_or_default(),

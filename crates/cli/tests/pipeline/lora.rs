@@ -299,6 +299,14 @@ fn finetune_resumes_exactly_merges_and_ties_the_adapter_to_its_base() {
         5,
         "one training row per logged step, none doubled by the resume"
     );
+    // The token count carries on across the resume as in the straight run.
+    let tokens = |run: &Path| -> Vec<(usize, u64)> {
+        tritium_train::metrics::read(&run.join("metrics.jsonl"))
+            .iter()
+            .map(|r| (r.step, r.tokens))
+            .collect()
+    };
+    assert_eq!(tokens(&resumed), tokens(&straight));
     assert!(resumed.join("loss.svg").exists());
 
     // Merge: W' = W + (alpha/r)·B·A for one projection, by hand; no adapter left.

@@ -294,7 +294,7 @@ pub fn finetune(
     // Held until the run returns: a second writer of the same directory is refused.
     let _lock = RunLock::acquire(out)?;
     let metrics_path = out.join("metrics.jsonl");
-    let (mut optim, first_step) = if o.resume {
+    let (mut optim, first_step, resumed_tokens) = if o.resume {
         let ckpt = checkpoint::latest(out)?;
         let weights = ckpt.join(checkpoint::MODEL);
         model = if model.is_packed() {
@@ -303,9 +303,10 @@ pub fn finetune(
             checkpoint::load_weights(model, &weights)?
         };
         let optim = optim::load_from_checkpoint(AdamWConfig::default(), &ckpt, &model, &device)?;
-        let step = State::read(&ckpt)?.step;
+        let resumed = State::read(&ckpt)?;
+        let step = resumed.step;
         metrics::truncate_after(&metrics_path, step).map_err(io(&metrics_path))?;
-        (optim, step + 1)
+        (optim, step + 1, resumed.tokens)
     } else {
         checkpoint::ensure_fresh(out)?;
         std::fs::create_dir_all(out).map_err(io(out))?;
@@ -318,7 +319,7 @@ pub fn finetune(
                 .as_bytes(),
         )
         .map_err(io(&spec_path))?;
-        (AdamW::new(AdamWConfig::default()), 1)
+        (AdamW::new(AdamWConfig::default()), 1, 0)
     };
     if c.method == Method::Lora {
         model = model.freeze_base_packed();
@@ -421,13 +422,14 @@ pub fn finetune(
     };
     let sched = schedule(c);
     let mut order = Order::new(train.len(), c.seed);
-    let mut tokens = 0u64;
+    let mut tokens = resumed_tokens;
     let mut last_val = None;
     // The step whose checkpoint is on disk already (see the pretraining loop).
     let mut saved_at = o.resume.then_some(first_step - 1);
     for step in first_step..=c.steps {
         if o.stop.load(Ordering::SeqCst) {
             state.step = step - 1;
+            state.tokens = tokens;
             if saved_at != Some(step - 1) {
                 let path = save(&model, &optim, &state)?;
                 on_event(Event::Checkpoint {
