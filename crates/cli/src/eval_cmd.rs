@@ -90,7 +90,7 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     let mut inputs: Vec<PathBuf> = a.text.iter().cloned().collect();
     for n in &names {
         let path = tasks::task_file(&a.task_dir, n)?;
-        loaded.push((n.clone(), tasks::load(&path, a.limit)?));
+        loaded.push((n.clone(), tasks::load(&path, a.limit)?, path.clone()));
         inputs.push(path);
     }
     // The results must not replace what is being evaluated.
@@ -156,9 +156,10 @@ pub fn eval(a: EvalArgs, fused: bool) -> Result<()> {
     }
     let mut results: Vec<TaskResult> = Vec::new();
     let mut items_done = 0;
-    for (name, items) in &loaded {
+    for (name, items, path) in &loaded {
         let pb = bar(items.len() as u64, name, a.json);
-        let r = eval::run_task(scorer.as_mut(), name, items, || pb.inc(1))?;
+        let r = eval::run_task(scorer.as_mut(), name, items, || pb.inc(1))
+            .with_context(|| path.display().to_string())?;
         pb.finish_and_clear();
         items_done += r.n;
         results.push(r);

@@ -209,15 +209,33 @@ fn requests(
     };
     Ok(match item {
         Item::Choice { query, choices, .. } => {
-            // One context shared by every choice: a backend can run it once.
-            let mut ctx = None;
-            let mut conts = Vec::new();
+            let mut split_choices = Vec::new();
             for (i, c) in choices.iter().enumerate() {
-                let (cx, tail) = split(s, query, &format!(" {c}"), &format!("{what} choice {i}"))?;
-                ctx.get_or_insert(cx);
-                conts.push(tail);
+                split_choices.push(split(
+                    s,
+                    query,
+                    &format!(" {c}"),
+                    &format!("{what} choice {i}"),
+                )?);
             }
-            vec![fit(ctx.unwrap_or_default(), conts)]
+            if split_choices
+                .iter()
+                .all(|(cx, _)| *cx == split_choices[0].0)
+            {
+                // One context shared by every choice: a backend can run it once.
+                let ctx = split_choices[0].0.clone();
+                vec![fit(
+                    ctx,
+                    split_choices.into_iter().map(|(_, t)| t).collect(),
+                )]
+            } else {
+                // A tokenizer that merges the query's end with some choices and not others:
+                // each choice is scored after its own context, none of it counted twice.
+                split_choices
+                    .into_iter()
+                    .map(|(cx, tail)| fit(cx, vec![tail]))
+                    .collect()
+            }
         }
         Item::Context {
             contexts,
@@ -502,6 +520,53 @@ mod tests {
         }];
         let r = run_task(&mut f, "lambada_openai", &items, || {}).unwrap();
         assert_eq!(r.truncated, 1);
+    }
+
+    /// [`Fake`] with a tokenizer that merges "c" then "d" into one token (2).
+    struct Merging(Fake);
+
+    impl Scorer for Merging {
+        fn max_len(&self) -> usize {
+            self.0.max_len()
+        }
+        fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+            let mut out: Vec<u32> = Vec::new();
+            for t in self.0.encode(text)? {
+                if t == 4 && out.last() == Some(&3) {
+                    *out.last_mut().unwrap() = 2;
+                } else {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        }
+        fn bos(&self) -> u32 {
+            self.0.bos()
+        }
+        fn score(
+            &mut self,
+            ctx: &[u32],
+            conts: &[Vec<u32>],
+        ) -> Result<Vec<TokenScores>, EvalError> {
+            self.0.score(ctx, conts)
+        }
+    }
+
+    /// Where the query's last token merges with one choice and not another, each choice is
+    /// scored after its own context: "c" + " d" is the one token 2 after the start token
+    /// (ln p(2|0) = ln ½), not token 2 after a context that still holds the "c" (ln p(2|3) = ln ⅙).
+    #[test]
+    fn a_choice_that_merges_with_the_query_gets_its_own_context() {
+        let mut f = Merging(Fake { calls: 0 });
+        let items = vec![Item::Choice {
+            query: "c".into(),
+            choices: vec!["a".into(), "d".into()],
+            gold: 1,
+        }];
+        let r = run_task(&mut f, "copa", &items, || {}).unwrap();
+        assert_eq!(f.0.calls, 2, "one request per context");
+        assert!((r.items[0].lls[0] - 0.5f64.ln()).abs() < 1e-12); // p(1|3): likely
+        assert!((r.items[0].lls[1] - 0.5f64.ln()).abs() < 1e-12); // p(2|0): likely
     }
 
     #[test]

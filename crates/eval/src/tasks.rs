@@ -88,7 +88,21 @@ pub fn load(path: &Path, limit: Option<usize>) -> Result<Vec<Item>, TaskError> {
             msg,
         };
         let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        items.push(parse(&v).map_err(bad)?);
+        let item = parse(&v).map_err(bad)?;
+        // A task's metrics are either a cloze task's (accuracy and perplexity of the
+        // continuation) or multiple choice's; one file cannot be both.
+        let is_cloze = |i: &Item| matches!(i, Item::Cloze { .. });
+        if items
+            .first()
+            .is_some_and(|f| is_cloze(f) != is_cloze(&item))
+        {
+            return Err(bad(
+                "a cloze item ({context, continuation}) among multiple-choice items, or the \
+                 other way round: their scores do not combine; keep them in separate tasks"
+                    .into(),
+            ));
+        }
+        items.push(item);
     }
     if items.is_empty() {
         return Err(TaskError::File {
@@ -170,11 +184,11 @@ mod tests {
         let p = dir.path().join("copa.jsonl");
         std::fs::write(
             &p,
-            "{\"query\": \"q\", \"choices\": [\"a\", \"b\"], \"gold\": 1}\n\n{\"context_options\": [\"x\", \"y\"], \"continuation\": \"c\", \"gold\": 0}\n{\"context\": \"k\", \"continuation\": \"w\"}\n",
+            "{\"query\": \"q\", \"choices\": [\"a\", \"b\"], \"gold\": 1}\n\n{\"context_options\": [\"x\", \"y\"], \"continuation\": \"c\", \"gold\": 0}\n",
         )
         .unwrap();
         let items = load(&p, None).unwrap();
-        assert_eq!(items.len(), 3);
+        assert_eq!(items.len(), 2);
         assert_eq!(
             items[0],
             Item::Choice {
@@ -196,6 +210,10 @@ mod tests {
             ("{\"choices\": [\"a\", \"b\"], \"gold\": 0}", "\"query\""),
             ("{\"text\": \"hello\"}", "none of the known shapes"),
             ("{not json", "not JSON"),
+            (
+                "{\"query\": \"q\", \"choices\": [\"a\", \"b\"], \"gold\": 0}",
+                "cloze item",
+            ),
         ] {
             std::fs::write(
                 &p,
