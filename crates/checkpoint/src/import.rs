@@ -793,21 +793,16 @@ pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
     let byte_level = serde_json::json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true,
     });
-    let pre = match g.get(keys::PRE).and_then(Value::as_str) {
-        Some("llama-bpe") | Some("llama3") => serde_json::json!({
+    let pre = keys::Pre::of(g.get(keys::PRE).and_then(Value::as_str), &tokens)?;
+    let pre_tokenizer = match pre {
+        keys::Pre::Llama3 => serde_json::json!({
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "Split", "pattern": {"Regex": keys::LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
             ],
         }),
-        None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.clone(),
-        Some(other) => {
-            return Err(format!(
-                "{} = {other:?}: tritium rebuilds gpt2 and llama-bpe pre-tokenizers",
-                keys::PRE
-            ));
-        }
+        keys::Pre::Gpt2 => byte_level.clone(),
     };
     let json = serde_json::json!({
         "version": "1.0",
@@ -815,20 +810,17 @@ pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": pre,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": byte_level,
         "decoder": byte_level,
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
+            "ignore_merges": pre.ignore_merges(), "vocab": vocab, "merges": merges,
         },
     });
     serde_json::to_string(&json).map_err(|e| e.to_string())
 }
-
-/// Llama-3's pre-tokenizer split, as its tokenizer.json spells it.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 #[cfg(test)]
 mod tests {

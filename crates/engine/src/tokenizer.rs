@@ -1,11 +1,16 @@
-//! The GGUF's own tokenizer (`tokenizer.ggml.*`, model "gpt2": byte-level BPE), rebuilt as a
-//! Hugging Face `tokenizers` BPE so encoding is the same code training used.
+//! The GGUF's own tokenizer (`tokenizer.ggml.*`, model "gpt2": byte-level BPE, split as
+//! `tokenizer.ggml.pre` says), rebuilt as a Hugging Face `tokenizers` BPE so encoding is the same
+//! code training used.
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
 use tritium_gguf::names::token_type::{CONTROL, USER_DEFINED};
-use tritium_gguf::names::tokenizer;
+use tritium_gguf::names::tokenizer::{self, Pre};
 use tritium_gguf::{Gguf, Value};
 
 pub struct Tokenizer {
@@ -72,13 +77,31 @@ impl Tokenizer {
                 return Err(format!("token {t:?} appears twice"));
             }
         }
+        // Split as llama.cpp does for this file, or encoding gives other tokens than it does.
+        let pre = Pre::of(g.get(tokenizer::PRE).and_then(Value::as_str), &tokens)?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre.ignore_merges())
             .build()
             .map_err(|e| format!("BPE: {e}"))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let byte_level = ByteLevel::new(false, true, true);
-        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)));
+        let pre_tokenizer = match pre {
+            Pre::Gpt2 => PreTokenizerWrapper::ByteLevel(byte_level),
+            Pre::Llama3 => {
+                let split = Split::new(
+                    SplitPattern::Regex(tokenizer::LLAMA3_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| format!("Llama-3 split: {e}"))?;
+                PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    PreTokenizerWrapper::Split(split),
+                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+                ]))
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_post_processor(Some(PostProcessorWrapper::ByteLevel(byte_level)));
         inner.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
         let special: Vec<AddedToken> = tokens

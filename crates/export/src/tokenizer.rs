@@ -14,6 +14,32 @@ pub struct GgufVocab {
     pub types: Vec<i32>,
     pub merges: Vec<String>,
     pub eot: Option<u32>,
+    /// How text is split before the merges, recorded as `tokenizer.ggml.pre`.
+    pub pre: keys::Pre,
+}
+
+/// The GGUF pre-tokenizer a tokenizer.json's `pre_tokenizer` is: GPT-2's byte-level split, or
+/// Llama-3's (a Split on its regex, then byte-level mapping). Another would tokenize otherwise in
+/// llama.cpp than in training, so it is refused.
+fn pre_of(json: &Json) -> Result<keys::Pre, String> {
+    let pre = &json["pre_tokenizer"];
+    let byte_level = |p: &Json| p["type"] == "ByteLevel";
+    if byte_level(pre) && pre["use_regex"].as_bool() != Some(false) {
+        return Ok(keys::Pre::Gpt2);
+    }
+    if pre["type"] == "Sequence"
+        && let Some([split, bl]) = pre["pretokenizers"].as_array().map(Vec::as_slice)
+        && split["type"] == "Split"
+        && split["pattern"]["Regex"] == keys::LLAMA3_SPLIT
+        && byte_level(bl)
+        && bl["use_regex"].as_bool() == Some(false)
+    {
+        return Ok(keys::Pre::Llama3);
+    }
+    Err(format!(
+        "pre_tokenizer {pre} is neither GPT-2's byte-level split nor Llama-3's; llama.cpp would \
+         split text differently"
+    ))
 }
 
 /// Reads vocabulary, merges and added tokens, padding with `[PAD{i}]` up to `rows` (the embedding
@@ -25,6 +51,7 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let json: Json = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let pre = pre_of(&json).map_err(bad)?;
     let model = &json["model"];
     if model["type"].as_str() != Some("BPE") {
         return Err(bad(format!(
@@ -118,6 +145,7 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
         types,
         merges,
         eot,
+        pre,
     })
 }
 
@@ -125,7 +153,7 @@ impl GgufVocab {
     pub fn metadata(&self) -> Vec<(&'static str, Value)> {
         let mut kv = vec![
             (keys::MODEL, Value::String("gpt2".into())),
-            (keys::PRE, Value::String("gpt-2".into())),
+            (keys::PRE, Value::String(self.pre.name().into())),
             (
                 keys::TOKENS,
                 Value::Array(

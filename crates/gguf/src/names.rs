@@ -58,6 +58,51 @@ pub mod tokenizer {
     pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
     pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
     pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+
+    /// How text is split before byte-level BPE, by `tokenizer.ggml.pre`: the pre-tokenizers
+    /// tritium rebuilds (the engine's tokenizer and `import`'s tokenizer.json alike).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Pre {
+        /// GPT-2's byte-level split (tritium's own exports, and files that name none).
+        Gpt2,
+        /// Llama-3's (`llama-bpe`): digits in groups of three, then byte-level mapping without
+        /// GPT-2's split; a pre-token found whole in the vocabulary skips the merges.
+        Llama3,
+    }
+
+    impl Pre {
+        /// The pre-tokenizer `tokenizer.ggml.pre` names; one tritium does not rebuild is an
+        /// error (encoding with another would give other tokens than llama.cpp). A file that
+        /// names none but holds Llama-3's `<|begin_of_text|>` is taken as Llama-3's: bitnet.cpp's
+        /// converter writes no `pre` for BitNet b1.58 2B4T, whose tokenizer is Llama-3's.
+        pub fn of(name: Option<&str>, tokens: &[String]) -> Result<Pre, String> {
+            match name {
+                None if tokens.iter().any(|t| t == "<|begin_of_text|>") => Ok(Pre::Llama3),
+                None | Some("default") | Some("gpt2") | Some("gpt-2") => Ok(Pre::Gpt2),
+                Some("llama-bpe") | Some("llama3") => Ok(Pre::Llama3),
+                Some(other) => Err(format!(
+                    "{PRE} = {other:?}: tritium rebuilds the gpt2 and llama-bpe pre-tokenizers"
+                )),
+            }
+        }
+
+        /// The name written as `tokenizer.ggml.pre`.
+        pub fn name(self) -> &'static str {
+            match self {
+                Pre::Gpt2 => "gpt-2",
+                Pre::Llama3 => "llama-bpe",
+            }
+        }
+
+        /// Whether a pre-token that is in the vocabulary is taken whole (Llama-3's tokenizer.json
+        /// sets `ignore_merges`, and llama.cpp does the same for `llama-bpe`).
+        pub fn ignore_merges(self) -> bool {
+            self == Pre::Llama3
+        }
+    }
+
+    /// Llama-3's pre-tokenizer split, as its tokenizer.json spells it.
+    pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 }
 
 /// llama.cpp's `llama_token_type` values in `tokenizer.ggml.token_type`.

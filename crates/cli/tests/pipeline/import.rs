@@ -270,24 +270,56 @@ fn rebuilt_tokenizers_split_as_their_pre_tokenizer_says() {
         "1234",
         "<|end_of_text|>",
     ];
-    let mut types = vec![Value::I32(token_type::NORMAL); tokens.len() - 1];
-    types.push(Value::I32(token_type::CONTROL));
-    let split = |pre: &str| {
+    let split = |pre: Option<&str>, tokens: &[&str]| {
         let mut w = Writer::new();
-        w.kv(keys::MODEL, Value::String("gpt2".into()))
-            .kv(keys::PRE, Value::String(pre.into()))
-            .kv(keys::TOKENS, strings(&tokens))
-            .kv(keys::TOKEN_TYPE, Value::Array(types.clone()))
+        w.kv(keys::MODEL, Value::String("gpt2".into()));
+        if let Some(p) = pre {
+            w.kv(keys::PRE, Value::String(p.into()));
+        }
+        let types: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                Value::I32(if t.starts_with("<|") {
+                    token_type::CONTROL
+                } else {
+                    token_type::NORMAL
+                })
+            })
+            .collect();
+        w.kv(keys::TOKENS, strings(tokens))
+            .kv(keys::TOKEN_TYPE, Value::Array(types))
             .kv(keys::MERGES, strings(&["1 2", "12 3", "123 4"]));
         let bytes = w.to_bytes();
-        let json = gguf_tokenizer_json(&Gguf::parse(&bytes).unwrap()).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let json = gguf_tokenizer_json(&g).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, json).unwrap();
         let tok = tritium_train::tokenizer::Tokenizer::load(&path).unwrap();
         assert_eq!(tok.eot_id, 8, "Llama-3's <|end_of_text|> ends documents");
-        tok.encode("12345").unwrap()
+        let ids = tok.encode("12345").unwrap();
+        // The engine, reading the same GGUF, splits the same way.
+        let engine = tritium_engine::tokenizer::Tokenizer::from_gguf(&g, tokens.len()).unwrap();
+        assert_eq!(engine.encode("12345").unwrap(), ids, "engine, pre {pre:?}");
+        // And exporting that tokenizer.json names the pre-tokenizer llama.cpp must use.
+        let vocab = tritium_export::tokenizer::read(&path, tokens.len()).unwrap();
+        let named = vocab.metadata().into_iter().find(|(k, _)| *k == keys::PRE);
+        (ids, named.map(|(_, v)| v))
     };
-    assert_eq!(split("gpt2"), vec![7, 4], "GPT-2: one pre-token, 1234 + 5");
-    assert_eq!(split("llama-bpe"), vec![6, 3, 4], "Llama-3: 123 | 45");
+    let s = |t: &str| Some(Value::String(t.into()));
+    assert_eq!(
+        split(Some("gpt2"), &tokens),
+        (vec![7, 4], s("gpt-2")),
+        "GPT-2: one pre-token, 1234 + 5"
+    );
+    assert_eq!(
+        split(Some("llama-bpe"), &tokens),
+        (vec![6, 3, 4], s("llama-bpe")),
+        "Llama-3: 123 | 45"
+    );
+    // bitnet.cpp's 2B4T files name no pre-tokenizer; Llama-3's vocabulary says which it is.
+    let mut llama3 = tokens.to_vec();
+    llama3.push("<|begin_of_text|>");
+    assert_eq!(split(None, &llama3).0, vec![6, 3, 4]);
+    assert_eq!(split(None, &tokens).0, vec![7, 4]);
 }
