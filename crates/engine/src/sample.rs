@@ -1,5 +1,8 @@
-//! Choosing the next token from logits, in llama.cpp's order: repetition penalty → top-k →
-//! temperature softmax → top-p → min-p → draw. Temperature 0 is greedy (argmax).
+//! Choosing the next token from logits, in llama.cpp's default order: repetition penalty →
+//! top-k → top-p → min-p → temperature → draw. Top-p and min-p cut on the probabilities at
+//! temperature 1, as llama.cpp's do (its temperature comes after them), so the temperature
+//! shapes the draw among the survivors but not which survive. Temperature 0 is greedy
+//! (argmax). A NaN logit is never chosen.
 
 /// Sampling settings (llama.cpp's names and defaults where it has them).
 #[derive(Debug, Clone)]
@@ -127,7 +130,7 @@ impl Sampler {
             // Plain greedy: the first largest logit, as `argmax` picks it, without the copy.
             let mut best = 0;
             for (i, &v) in logits.iter().enumerate() {
-                if v > logits[best] {
+                if v > logits[best] || logits[best].is_nan() {
                     best = i;
                 }
             }
@@ -136,7 +139,7 @@ impl Sampler {
         let mut l: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .map(|(i, &v)| (i as u32, v))
+            .map(|(i, &v)| (i as u32, if v.is_nan() { f32::NEG_INFINITY } else { v }))
             .collect();
         if c.repeat_penalty != 1.0 {
             let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
@@ -156,16 +159,17 @@ impl Sampler {
         if c.temperature <= 0.0 {
             return argmax(&l);
         }
-        // Sorted descending; NaN logits sink to the end.
+        // Sorted descending (NaN logits were made −∞ above).
         l.sort_by(|a, b| b.1.total_cmp(&a.1));
         if c.top_k > 0 && c.top_k < l.len() {
             l.truncate(c.top_k);
         }
         let mx = l[0].1;
-        let mut p: Vec<f64> = l
-            .iter()
-            .map(|(_, v)| (((v - mx) / c.temperature) as f64).exp())
-            .collect();
+        if mx == f32::INFINITY || mx == f32::NEG_INFINITY {
+            return l[0].0; // a certain token, or nothing to choose between
+        }
+        // Probabilities at temperature 1, for the cuts.
+        let mut p: Vec<f64> = l.iter().map(|(_, v)| ((v - mx) as f64).exp()).collect();
         let z: f64 = p.iter().sum();
         p.iter_mut().for_each(|v| *v /= z);
         let mut keep = p.len();
@@ -183,10 +187,15 @@ impl Sampler {
             let floor = p[0] * c.min_p as f64;
             keep = keep.min(p.iter().take_while(|&&v| v >= floor).count().max(1));
         }
-        let total: f64 = p[..keep].iter().sum();
+        // The draw, among the survivors, at the temperature.
+        let w: Vec<f64> = l[..keep]
+            .iter()
+            .map(|(_, v)| (((v - mx) / c.temperature) as f64).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
         let mut r = self.uniform() * total;
-        for i in 0..keep {
-            r -= p[i];
+        for (i, wi) in w.iter().enumerate() {
+            r -= wi;
             if r < 0.0 {
                 return l[i].0;
             }
@@ -235,7 +244,7 @@ impl LogSoftmax {
 pub fn argmax(l: &[(u32, f32)]) -> u32 {
     let mut best = 0;
     for (i, e) in l.iter().enumerate() {
-        if e.1 > l[best].1 {
+        if e.1 > l[best].1 || l[best].1.is_nan() {
             best = i;
         }
     }
@@ -311,6 +320,36 @@ mod tests {
                 (0..2000).map(|_| s.sample(&logits, &[])).collect();
             assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
         }
+    }
+
+    /// llama.cpp's order: the cuts see temperature-1 probabilities. Logits [2.9, 0]: at T=1
+    /// p0 = 0.948 < top-p 0.95, so both survive, and min-p 0.05 keeps token 1 too (0 ≥ 2.9 +
+    /// ln 0.05 = −0.1); scaling by T = 0.8 first (p0 = 0.974) would have cut token 1.
+    #[test]
+    fn top_p_and_min_p_cut_before_the_temperature() {
+        let mut c = cfg(0.8);
+        c.top_p = 0.95;
+        c.min_p = 0.05;
+        let mut s = Sampler::new(c);
+        let n = 20_000;
+        let ones = (0..n).filter(|_| s.sample(&[2.9, 0.0], &[]) == 1).count();
+        // Drawn at T = 0.8 among both: p1 = 1 / (1 + e^(2.9/0.8)) = 0.0259.
+        let f = ones as f64 / n as f64;
+        assert!((f - 0.0259).abs() < 0.005, "{f}");
+    }
+
+    #[test]
+    fn nan_logits_are_never_chosen() {
+        let logits = [f32::NAN, 1.0, f32::NAN, 0.5];
+        assert_eq!(Sampler::new(cfg(0.0)).sample(&logits, &[]), 1);
+        let mut c = cfg(0.0);
+        c.repeat_penalty = 1.1;
+        assert_eq!(Sampler::new(c).sample(&logits, &[]), 1);
+        let mut s = Sampler::new(cfg(1.0));
+        assert!((0..500).all(|_| matches!(s.sample(&logits, &[]), 1 | 3)));
+        // A +∞ logit is certain.
+        let mut s = Sampler::new(cfg(1.0));
+        assert_eq!(s.sample(&[0.0, f32::INFINITY, 1.0], &[]), 1);
     }
 
     #[test]
