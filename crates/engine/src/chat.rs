@@ -8,6 +8,7 @@ use tritium_gguf::names::{DEFAULT_CHAT_TEMPLATE, END_OF_TURN, tokenizer};
 
 use crate::forward::Session;
 use crate::sample::Sampler;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Generation, generate};
 
 pub struct Chat {
@@ -22,6 +23,18 @@ impl Chat {
     /// A conversation rendered by `template` (None: ChatML), opened by an optional system message.
     pub fn new(template: Option<&str>, system: Option<&str>) -> Result<Chat, Error> {
         let mut env = Environment::new();
+        // What Hugging Face's template renderer offers templates beyond Jinja: Python's string
+        // and dict methods, and `raise_exception` for the checks templates make.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<(), minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned(
             "chat",
             template.unwrap_or(DEFAULT_CHAT_TEMPLATE).to_string(),
@@ -43,18 +56,33 @@ impl Chat {
     }
 
     /// The prompt text for the conversation so far, ending with the assistant's turn opening.
-    pub fn render(&self) -> Result<String, Error> {
+    /// Templates see `bos_token` and `eos_token` as Hugging Face's renderer gives them; a BOS
+    /// the template writes itself is dropped when `tok` adds one anyway (llama.cpp does the same),
+    /// so the prompt never starts with two.
+    pub fn render(&self, tok: &Tokenizer) -> Result<String, Error> {
         let msgs: Vec<minijinja::Value> = self
             .messages
             .iter()
             .map(|(r, c)| minijinja::context! { role => r, content => c })
             .collect();
-        self.env
+        let text = |id: Option<u32>| id.map(|i| tok.decode(&[i])).unwrap_or_default();
+        let (bos, eos) = (text(tok.bos), text(tok.eos));
+        let out = self
+            .env
             .get_template("chat")
             .and_then(|t| {
-                t.render(minijinja::context! { messages => msgs, add_generation_prompt => true })
+                t.render(minijinja::context! {
+                    messages => msgs,
+                    add_generation_prompt => true,
+                    bos_token => bos,
+                    eos_token => eos,
+                })
             })
-            .map_err(|e| Error::Context(format!("chat template: {e}")))
+            .map_err(|e| Error::Context(format!("chat template: {e}")))?;
+        Ok(match out.strip_prefix(bos.as_str()) {
+            Some(rest) if tok.add_bos && !bos.is_empty() => rest.to_string(),
+            _ => out,
+        })
     }
 
     /// Adds the user's message, generates the reply (streamed to `on_text`, up to `n` tokens,
@@ -69,11 +97,8 @@ impl Chat {
         on_text: impl FnMut(&str),
     ) -> Result<Generation, Error> {
         self.messages.push(("user".into(), user.to_string()));
-        let ids = sess
-            .model
-            .tokenizer
-            .encode(&self.render()?)
-            .map_err(Error::Tokenizer)?;
+        let tok = &sess.model.tokenizer;
+        let ids = tok.encode(&self.render(tok)?).map_err(Error::Tokenizer)?;
         // Reuse the cache for the part of the conversation already run (at least one token is
         // run again, for its logits).
         let common = common_prefix(&self.in_cache, &ids).min(ids.len().saturating_sub(1));
@@ -97,12 +122,38 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
 
+    fn tokenizer() -> Tokenizer {
+        let bytes = crate::synthetic::gguf(&Default::default());
+        Tokenizer::from_gguf(&tritium_gguf::Gguf::parse(&bytes).unwrap(), 258).unwrap()
+    }
+
+    /// Templates as Hugging Face writes them: `bos_token`/`eos_token`, Python string methods,
+    /// `raise_exception`; and a BOS the template writes is not doubled by the tokenizer's.
+    #[test]
+    fn hugging_face_templates_render() {
+        let mut tok = tokenizer();
+        let eos = tok.decode(&[tok.eos.unwrap()]);
+        let t = "{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user', 'system'] %}\
+                 {{ raise_exception('bad role') }}{% endif %}[{{ m['content'].strip() }}]\
+                 {{ eos_token }}{% endfor %}";
+        let mut c = Chat::new(Some(t), None).unwrap();
+        c.messages.push(("user".into(), "  hi  ".into()));
+        tok.add_bos = false;
+        tok.bos = tok.eos;
+        assert_eq!(c.render(&tok).unwrap(), format!("{eos}[hi]{eos}"));
+        tok.add_bos = true;
+        assert_eq!(c.render(&tok).unwrap(), format!("[hi]{eos}"));
+        c.messages.push(("robot".into(), "x".into()));
+        let e = c.render(&tok).unwrap_err().to_string();
+        assert!(e.contains("bad role"), "{e}");
+    }
+
     #[test]
     fn chatml_renders_the_conversation_and_opens_the_reply() {
         let mut c = Chat::new(None, Some("be brief")).unwrap();
         c.messages.push(("user".into(), "hi".into()));
         assert_eq!(
-            c.render().unwrap(),
+            c.render(&tokenizer()).unwrap(),
             "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);

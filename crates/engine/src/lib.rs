@@ -126,7 +126,7 @@ pub fn generate(
     let mut stop = Stop::Length;
     while out.len() < n {
         let next = sampler.sample(&logits, &history);
-        if Some(next) == tok.eos {
+        if tok.is_end(next) {
             stop = Stop::Eos;
             break;
         }

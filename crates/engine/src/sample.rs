@@ -165,7 +165,7 @@ impl Sampler {
             l.truncate(c.top_k);
         }
         let mx = l[0].1;
-        if mx == f32::INFINITY || mx == f32::NEG_INFINITY {
+        if mx.is_infinite() {
             return l[0].0; // a certain token, or nothing to choose between
         }
         // Probabilities at temperature 1, for the cuts.

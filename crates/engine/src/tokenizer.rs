@@ -11,11 +11,15 @@ use tokenizers::{
 };
 use tritium_gguf::names::token_type::{CONTROL, USER_DEFINED};
 use tritium_gguf::names::tokenizer::{self, Pre};
+use tritium_gguf::names::{END_OF_TEXT, END_OF_TURN};
 use tritium_gguf::{Gguf, Value};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub eos: Option<u32>,
+    /// Every token that ends a generation (llama.cpp's end-of-generation set): the EOS, the
+    /// file's end-of-turn id, and control tokens spelled as a document's or a turn's end.
+    ends: Vec<u32>,
     pub bos: Option<u32>,
     pub add_bos: bool,
     /// `tokenizer.chat_template`, if the file carries one.
@@ -116,8 +120,19 @@ impl Tokenizer {
                 .and_then(Value::as_u32)
                 .filter(|&i| (i as usize) < tokens.len())
         };
+        let mut ends: Vec<u32> = [id(tokenizer::EOS_ID), id(tokenizer::EOT_ID)]
+            .into_iter()
+            .flatten()
+            .collect();
+        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            let spelled = END_OF_TEXT.contains(&t.as_str()) || END_OF_TURN.contains(&t.as_str());
+            if *ty == CONTROL && spelled && !ends.contains(&(i as u32)) {
+                ends.push(i as u32);
+            }
+        }
         Ok(Tokenizer {
             inner,
+            ends,
             eos: id(tokenizer::EOS_ID),
             bos: id(tokenizer::BOS_ID),
             add_bos: matches!(g.get(tokenizer::ADD_BOS), Some(Value::Bool(true))),
@@ -139,6 +154,12 @@ impl Tokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// Whether `id` ends a generation: a ChatML model fine-tuned with `<|endoftext|>` as its EOS
+    /// still stops at `<|im_end|>`, a Llama-3 one at `<|eot_id|>`, as under llama.cpp.
+    pub fn is_end(&self, id: u32) -> bool {
+        self.ends.contains(&id)
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {
@@ -179,5 +200,46 @@ impl StreamDecoder {
         let rest = text.get(self.printed..).unwrap_or("").to_string();
         self.printed = text.len();
         rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tritium_gguf::Writer;
+    use tritium_gguf::names::token_type::NORMAL;
+
+    /// A ChatML fine-tune whose EOS is `<|endoftext|>` still ends at `<|im_end|>` (a control
+    /// token), and a file's `eot_token_id` ends generation too; ordinary tokens do not.
+    #[test]
+    fn generation_ends_at_every_end_token() {
+        let tokens = [
+            "a",
+            "b",
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|im_end|>x",
+        ];
+        let types = [NORMAL, NORMAL, CONTROL, CONTROL, NORMAL, CONTROL];
+        let s = |v: &[&str]| Value::Array(v.iter().map(|t| Value::String(t.to_string())).collect());
+        let mut w = Writer::new();
+        w.kv(tokenizer::MODEL, Value::String("gpt2".into()))
+            .kv(tokenizer::TOKENS, s(&tokens))
+            .kv(
+                tokenizer::TOKEN_TYPE,
+                Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+            )
+            .kv(tokenizer::MERGES, s(&[]))
+            .kv(tokenizer::EOS_ID, Value::U32(2));
+        let bytes = w.to_bytes();
+        let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap(), tokens.len()).unwrap();
+        let ends: Vec<u32> = (0..6).filter(|&i| tok.is_end(i)).collect();
+        // <|eot_id|> here is an ordinary token (type NORMAL): text, not an end.
+        assert_eq!(ends, vec![2, 3]);
+        w.kv(tokenizer::EOT_ID, Value::U32(4));
+        let bytes = w.to_bytes();
+        let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap(), tokens.len()).unwrap();
+        assert!(tok.is_end(4));
     }
 }

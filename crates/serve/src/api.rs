@@ -551,7 +551,7 @@ pub fn chat(body: &[u8], cx: &Context) -> Result<Request, ApiError> {
         chat.messages.push((role.to_string(), text));
     }
     let text = chat
-        .render()
+        .render(cx.tokenizer)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let prompt = encode(cx, "messages", &text)?;
     check_prompt(cx, "messages", &prompt, common.max_tokens)?;

@@ -412,7 +412,7 @@ fn step(slots: &mut [Slot]) {
         } else {
             let tok = &slot.sess.model.tokenizer;
             let next = a.sampler.sample(last, &a.history);
-            if Some(next) == tok.eos && !w.ignore_eos {
+            if tok.is_end(next) && !w.ignore_eos {
                 // The end token is generated (and counted, with its log-probability) but adds no
                 // text: a scorer asking for prompt + one token gets one entry more than the prompt.
                 a.generated += 1;
