@@ -105,6 +105,7 @@ struct Raw {
 
 /// Where a tensor lies in its safetensors file; its bytes are read when the tensor is used, so a
 /// 2B model's shards are never held in memory beside the model being built.
+#[derive(Clone)]
 struct Desc {
     file: PathBuf,
     dtype: safetensors::Dtype,
@@ -151,6 +152,25 @@ pub fn import_hf(
     cfg.validate().map_err(|e| bad(&cfg_path, e.to_string()))?;
 
     let mut raw = read_tensors(from)?;
+    // A stored head must be the embedding (which a tied head is): config.json may leave
+    // tie_word_embeddings out, and a head that differs is a model tritium cannot hold.
+    if let Some(head) = raw.remove("lm_head.weight") {
+        let embd = raw
+            .get(hf::EMBD)
+            .cloned()
+            .ok_or_else(|| bad(from, format!("tensor {} is missing", hf::EMBD)))?;
+        let (head, embd) = (head.read()?, embd.read()?);
+        if head.dtype != embd.dtype || head.shape != embd.shape || head.data != embd.data {
+            return Err(bad(
+                &head.file,
+                format!(
+                    "lm_head.weight differs from {}: an untied output head; tritium's models \
+                     share the embedding with it",
+                    hf::EMBD
+                ),
+            ));
+        }
+    }
     let mut model = Transformer::new(&cfg, device);
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
     let mut take = |name: &str| {
@@ -242,9 +262,7 @@ pub fn import_hf(
             l.weight = t2(linear(&name, out_f, in_f, &mut take)?, out_f, in_f);
         }
     }
-    // A tied head may still be stored; it must be the embedding, which it is by definition when
-    // tied. Anything else left over is a tensor this architecture does not have.
-    raw.remove("lm_head.weight");
+    // Anything left over is a tensor this architecture does not have.
     raw.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
     if let Some(extra) = raw.keys().next() {
         return Err(bad(
@@ -382,6 +400,8 @@ fn model_config(hf: &HfConfig) -> Result<(ModelConfig, Option<bool>), String> {
     let rope_theta = match (from_params, hf.rope_theta) {
         (Some(r), _) => r?,
         (None, Some(t)) => t,
+        // transformers' defaults: BitNetConfig's 500000, Llama's (1bitLLM's) 10000.
+        (None, None) if hf.model_type.as_deref() == Some("bitnet") => 500000.0,
         (None, None) => 10000.0,
     };
     if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {

@@ -18,6 +18,7 @@ use tritium_checkpoint::adapter::AdapterSet;
 use tritium_checkpoint::fsutil::{check_output, write_dir_atomic};
 use tritium_checkpoint::hf::{self, exact_latent_bf16, peft_name};
 use tritium_checkpoint::{Checkpoint, TOKENIZER};
+use tritium_gguf::names::END_OF_TURN;
 use tritium_model::burn::prelude::*;
 use tritium_model::{Backend, FfnAct, Projection};
 
@@ -153,15 +154,38 @@ pub fn export_hf(ckpt_or_run: &Path, out: &Path, device: Backend) -> Result<HfRe
             "quantization_mode": "online",
         },
     });
+    let mut config = config;
     let tok_path = ckpt.tokenizer_path()?;
     let tok = std::fs::read(&tok_path).map_err(io(&tok_path))?;
     let mut tok_config = serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast" });
     if let Some(t) = ckpt.chat_template()? {
         tok_config["chat_template"] = t.into();
     }
+    // The special tokens, which transformers would otherwise take from BitNetConfig's defaults
+    // (Llama-3's ids, wrong for any other vocabulary): documents end with the vocabulary's
+    // end-of-text token (and start with Llama-3's <|begin_of_text|> where it has one); generation
+    // also stops at the end-of-turn tokens the vocabulary holds.
+    let mut generation = serde_json::json!({ "do_sample": false });
+    // (A tokenizer.json the GGUF export could not name a pre-tokenizer for leaves them out.)
+    if let Ok(vocab) = crate::tokenizer::read(&tok_path, v)
+        && let Some(eot) = vocab.eot
+    {
+        let id_of = |t: &str| vocab.tokens.iter().position(|x| x == t).map(|i| i as u32);
+        let bos = id_of("<|begin_of_text|>").unwrap_or(eot);
+        let stops: Vec<u32> = std::iter::once(eot)
+            .chain(END_OF_TURN.iter().filter_map(|t| id_of(t)))
+            .collect();
+        config["bos_token_id"] = bos.into();
+        config["eos_token_id"] = eot.into();
+        generation["bos_token_id"] = bos.into();
+        generation["eos_token_id"] = stops.into();
+        tok_config["bos_token"] = vocab.tokens[bos as usize].clone().into();
+        tok_config["eos_token"] = vocab.tokens[eot as usize].clone().into();
+    }
     let files = [
         ("model.safetensors", safetensors_bytes(&entries)?),
         ("config.json", pretty(&config)),
+        ("generation_config.json", pretty(&generation)),
         (TOKENIZER, tok),
         ("tokenizer_config.json", pretty(&tok_config)),
     ];

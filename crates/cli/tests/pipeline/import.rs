@@ -154,12 +154,72 @@ fn hf_export_round_trips_through_import() {
             .unwrap();
     assert_eq!(config["quantization_config"]["quantization_mode"], "online");
     assert_eq!(config["num_key_value_heads"], 2);
+    // The special tokens are the vocabulary's, not BitNetConfig's Llama-3 defaults.
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(hf_dir.join(f)).unwrap()).unwrap()
+    };
+    let tok = read("tokenizer.json");
+    let eos_text = read("tokenizer_config.json")["eos_token"].clone();
+    let eos_id = tok["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["content"] == eos_text)
+        .map(|t| t["id"].clone())
+        .unwrap();
+    assert_eq!(config["eos_token_id"], eos_id);
+    assert_eq!(read("generation_config.json")["eos_token_id"][0], eos_id);
     let second = import_hf(&hf_dir, &tmp.path().join("b"), &dev).unwrap();
     assert!(second.form.starts_with("bf16"), "{}", second.form);
     let model = load_model(&second.checkpoint, &dev);
     let e = rel_err(&burn_logits(&model, &dev, &ids), &want);
     eprintln!("packed → import → HF bf16 → import: {e:.2e} relative vs transformers");
     assert!(e <= 1e-4, "{e:.2e}");
+}
+
+/// A stored `lm_head.weight` is accepted when it is the embedding (a tied head written out) and
+/// refused, naming it, when it is not: tritium's models have no separate head.
+#[test]
+fn a_stored_head_must_be_the_embedding() {
+    let _rng = rng_lock();
+    let dev = Backend::Flex.device().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = root().join("tests/hf/bitnet-bf16");
+    // The fixture with lm_head.weight appended: a copy of the embedding, changed by `edit`.
+    let with_head = |name: &str, edit: &dyn Fn(&mut [u8])| -> PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let file = dir.join("model.safetensors");
+        let b = std::fs::read(&file).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+        let data = &b[8 + n..];
+        let embd = header["model.embed_tokens.weight"].clone();
+        let [start, end] = [0, 1].map(|i| embd["data_offsets"][i].as_u64().unwrap() as usize);
+        let mut head = data[start..end].to_vec();
+        edit(&mut head);
+        let mut entry = embd.clone();
+        entry["data_offsets"] = serde_json::json!([data.len(), data.len() + head.len()]);
+        header["lm_head.weight"] = entry;
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&head);
+        std::fs::write(&file, out).unwrap();
+        dir
+    };
+    let same = with_head("same", &|_| {});
+    import_hf(&same, &tmp.path().join("a"), &dev).unwrap();
+    let other = with_head("other", &|h| h[0] ^= 0x40);
+    let e = import_hf(&other, &tmp.path().join("b"), &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lm_head.weight") && e.contains("untied"), "{e}");
 }
 
 /// Every GGUF form `tritium export` writes (llama.cpp's `bitnet` architecture: TQ2_0, TQ1_0 and
