@@ -190,8 +190,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         } else {
             prompt
         };
+    // Written, not printed: a reader that goes away (`| head`) must not make this panic.
     let stdout = std::io::stdout();
-    print!("{}", a.prompt);
+    let _ = write!(stdout.lock(), "{}", a.prompt);
     let g = generate(
         &mut sess,
         &mut sampler,
@@ -204,7 +205,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             let _ = out.flush();
         },
     )?;
-    println!();
+    let _ = writeln!(stdout.lock());
     if a.verbose {
         eprintln!(
             "load {:.3} s ({} ternary kernels: {}), first token {:.3} s after start; prompt {} tokens {:.1} tok/s; generated {} tokens {:.1} tok/s; stop: {:?}",
@@ -272,10 +273,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let start = Instant::now();
     let model = load(&a.model, a.threads)?;
     let load_s = start.elapsed().as_secs_f64();
-    if a.pp + a.tg > model.cfg.ctx {
+    if a.pp.saturating_add(a.tg) > model.cfg.ctx {
         bail!(
-            "pp + tg = {} exceeds the model's context of {}",
-            a.pp + a.tg,
+            "--pp {} + --tg {} exceeds the model's context of {}",
+            a.pp,
+            a.tg,
             model.cfg.ctx
         );
     }

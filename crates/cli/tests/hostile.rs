@@ -1008,6 +1008,9 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["finetune", "--config", "{d}/ft.toml", "--base", "{d}/run", "--data", "{d}/d-good.jsonl", "--out", "{d}/existing.txt"], Refused, vec!["existing.txt"]),
         (vec!["finetune", "--config", "{d}/ft.toml", "--base", "{d}/run", "--data", "{d}/d-good.jsonl", "--out", "{d}/ft"], Refused, vec!["--resume"]),
         (vec!["finetune", "--config", "{d}/ft.toml", "--base", "{d}/run", "--data", "{d}/d-good.jsonl", "--out", "{d}/run"], Refused, vec!["run"]),
+        // An output directory holding the base or the data: its tokenizer and checkpoints would
+        // be written among them.
+        (vec!["finetune", "--config", "{d}/ft.toml", "--base", "{d}/run", "--data", "{d}/d-good.jsonl", "--out", "{d}"], Refused, vec!["input of this command"]),
         (vec!["finetune", "--resume", "{d}/nope"], Refused, vec!["nope"]),
         (vec!["finetune", "--resume", "{d}/run"], Refused, vec!["run", "not a fine-tuning run"]),
     ];

@@ -201,7 +201,7 @@ async fn guard(
     }
     // One bound on the whole exchange, the body's upload included (the handlers' own deadline
     // starts once the body is in); a streamed reply is bounded by that deadline alone.
-    let bound = app.opts.timeout + Duration::from_secs(1);
+    let bound = app.opts.timeout.saturating_add(Duration::from_secs(1));
     match tokio::time::timeout(bound, next.run(req)).await {
         Ok(r) => r,
         Err(_) => app.fail(respond::timeout(&app)),
@@ -386,7 +386,12 @@ async fn generate(app: Arc<App>, b: Result<Bytes, BytesRejection>, ep: Endpoint)
                 .retry(1),
         );
     }
-    let deadline = tokio::time::Instant::from_std(start + app.opts.timeout);
+    // A --timeout past what an Instant can hold means no timeout in practice: a century.
+    let until = start
+        .checked_add(app.opts.timeout)
+        .or_else(|| start.checked_add(Duration::from_secs(100 * 365 * 86400)))
+        .unwrap_or(start);
+    let deadline = tokio::time::Instant::from_std(until);
     let meta = respond::Meta {
         id: format!(
             "{}-{id}",
@@ -448,7 +453,7 @@ fn load(opts: &Options) -> Result<Engine, String> {
         opts.parallel,
         ctx,
         opts.kv_cache,
-    );
+    )?;
     Ok(Engine {
         model,
         queue,

@@ -214,17 +214,25 @@ pub fn run(
     parallel: usize,
     ctx: usize,
     kv: KvType,
-    ready: std::sync::mpsc::Sender<()>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let mut slots: Vec<Slot> = (0..parallel)
-        .map(|_| Slot {
-            sess: Session::with_kv(model, ctx, kv).expect("the context was checked at start"),
-            cached: Vec::new(),
-            cached_lora: None,
-            active: None,
-        })
-        .collect();
-    let _ = ready.send(());
+    let mut slots: Vec<Slot> = Vec::with_capacity(parallel);
+    for i in 0..parallel {
+        match Session::with_kv(model, ctx, kv) {
+            Ok(sess) => slots.push(Slot {
+                sess,
+                cached: Vec::new(),
+                cached_lora: None,
+                active: None,
+            }),
+            Err(e) => {
+                queue.stop();
+                let _ = ready.send(Err(format!("slot {i} of --parallel {parallel}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
     // However this thread ends, the queue says so: submits are refused and `/health` fails,
     // instead of requests waiting for an engine that is gone.
     struct StopOnExit<'q>(&'q Queue);
@@ -495,16 +503,19 @@ pub fn spawn(
     parallel: usize,
     ctx: usize,
     kv: KvType,
-) -> std::thread::JoinHandle<()> {
+) -> Result<std::thread::JoinHandle<()>, String> {
     let (ready, slots_made) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("tritium-engine".into())
         .spawn(move || run(&model, &loras, &queue, parallel, ctx, kv, ready))
-        .expect("spawning the engine thread");
+        .map_err(|e| format!("starting the engine thread: {e}"))?;
     // Ready means a request can start at once: the slots' caches (hundreds of MB at 16 slots)
     // are written before `/health` says so, not during the first request.
-    let _ = slots_made.recv();
-    handle
+    match slots_made.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the engine thread ended while making its slots".into()),
+    }
 }
 
 #[cfg(test)]

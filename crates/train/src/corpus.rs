@@ -76,14 +76,27 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, CorpusError> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
+    walk_once(dir, files, &mut std::collections::HashSet::new())
+}
+
+/// [`walk`], entering each directory once however links reach it (a link back up the tree
+/// would otherwise read the corpus again and again).
+fn walk_once(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<(), CorpusError> {
     let io = |source| CorpusError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    if !seen.insert(std::fs::canonicalize(dir).map_err(io)?) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.is_dir() {
-            walk(&path, files)?;
+            walk_once(&path, files, seen)?;
         } else if is_corpus_file(&path) {
             files.push(path);
         }
@@ -94,6 +107,19 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link back up the tree does not read the corpus again.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_loop_is_walked_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("corpus");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink(&root, root.join("sub/loop")).unwrap();
+        let got = expand(std::slice::from_ref(&root)).unwrap();
+        assert_eq!(got, vec![root.join("sub/a.txt")]);
+    }
 
     #[test]
     fn directories_and_patterns_expand_sorted() {

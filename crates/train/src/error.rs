@@ -28,6 +28,9 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Config(String),
+    /// Ctrl-C before there was anything to checkpoint.
+    #[error("interrupted {0}")]
+    Interrupted(String),
     /// Instruction examples that cannot be used: a template that does not render, or nothing
     /// left to train on after tokenization.
     #[error("{0}")]

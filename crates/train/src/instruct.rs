@@ -66,6 +66,8 @@ pub fn load(path: &Path, skip_invalid: bool) -> Result<Loaded, InstructError> {
 /// As [`load`], from the bytes of the file at `path` (named in messages).
 pub fn from_bytes(path: &Path, bytes: &[u8], skip_invalid: bool) -> Result<Loaded, InstructError> {
     let name = path.display();
+    // A UTF-8 byte-order mark (Windows editors write one) is not JSON.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut records: Vec<(String, Result<Value, String>)> = Vec::new();
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         // One JSON document: it must be text as a whole.
@@ -250,6 +252,13 @@ mod tests {
         );
         let l = load(&p, false).unwrap();
         assert_eq!(l.examples.len(), 5);
+        // A JSON array behind a byte-order mark is still an array.
+        let bom = write(
+            dir.path(),
+            "b.json",
+            b"\xef\xbb\xbf[{\"prompt\": \"1+1=\", \"completion\": \"2\"}]",
+        );
+        assert_eq!(load(&bom, false).unwrap().examples.len(), 1);
         assert_eq!(l.examples[0].messages[0].content, "Add.\n\n2 and 3");
         assert_eq!(l.examples[1].messages[0].content, "Say hi.");
         assert_eq!(l.examples[2].messages.len(), 3);

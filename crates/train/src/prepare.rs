@@ -284,9 +284,9 @@ pub fn prepare(
         sources: state.sources.iter().map(|s| s.path.clone()).collect(),
         shards: state.shards.clone(),
     };
-    // Shards of an earlier, longer job in this directory, and the one-file layout of format 1.
+    // Shards an earlier, longer run of this job left past its own end. (Nothing else in the
+    // directory is touched: `train.bin` there may be another tool's.)
     for split in ["train", "val"] {
-        remove_if_present(&out.join(format!("{split}.bin")))?;
         let mut k = state.shards.len();
         while shard_path(out, split, k).exists() {
             remove_if_present(&shard_path(out, split, k))?;
@@ -470,7 +470,12 @@ mod tests {
             .collect();
         let (d, tok, input) = setup(&text);
         let out = d.path().join("prep");
+        // Another tool's file in the output directory is left alone (nanoGPT names its own
+        // prepared data train.bin).
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("train.bin"), b"not ours").unwrap();
         let r = run(&tok, &[input], &out, &opts(10, DEFAULT_SHARD_TOKENS));
+        assert_eq!(std::fs::read(out.join("train.bin")).unwrap(), b"not ours");
         assert_eq!((r.meta.train_documents, r.meta.val_documents), (36, 4));
         assert_eq!((r.meta.token_bytes, r.meta.shards.len()), (2, 1));
         let ds = Dataset::open(&out, Some(&tok)).unwrap();

@@ -140,6 +140,10 @@ impl<'a> Lines<'a> {
         if let Some(l) = line.strip_suffix(b"\n") {
             line = l.strip_suffix(b"\r").unwrap_or(l);
         }
+        // A UTF-8 byte-order mark (Windows editors write one) is not text.
+        if self.line == 1 {
+            line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
+        }
         std::str::from_utf8(line)
             .map(Some)
             .map_err(|e| TextError::Utf8 {
@@ -353,6 +357,11 @@ mod tests {
         assert_eq!(documents(&p).unwrap(), vec!["one\ntwo", "three"]);
         let p = write(d.path(), "b.txt", b"one\n\ntwo\n<|endoftext|>\nthree\n");
         assert_eq!(documents(&p).unwrap(), vec!["one\n\ntwo", "three"]);
+        // A byte-order mark is not part of the first document, nor of a JSONL line.
+        let p = write(d.path(), "c.txt", b"\xef\xbb\xbfone\n\ntwo\n");
+        assert_eq!(documents(&p).unwrap(), vec!["one", "two"]);
+        let p = write(d.path(), "d.jsonl", b"\xef\xbb\xbf{\"text\": \"hi\"}\n");
+        assert_eq!(documents(&p).unwrap(), vec!["hi"]);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
                 cfg.data.prepared.display()
             )));
         }
+        let stop = &opts.stop;
         let opts = PrepareOptions {
             val_every: cfg.data.val_every,
             field: cfg.data.field.clone(),
@@ -76,9 +77,21 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             &cfg.data.inputs,
             &cfg.data.prepared,
             &opts,
-            &mut |_| ControlFlow::Continue(()),
-        )?
-        .expect("runs to the end unless its callback stops it");
+            // Ctrl-C stops the preparation at the next shard (it resumes on the next run).
+            &mut |_| {
+                if stop.load(Ordering::SeqCst) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        let Some(r) = r else {
+            return Err(TrainError::Interrupted(format!(
+                "while preparing {}; the next run carries the preparation on",
+                cfg.data.prepared.display()
+            )));
+        };
         on_event(Event::Prepared {
             dir: cfg.data.prepared.clone(),
             tokens: r.meta.train_tokens + r.meta.val_tokens,

@@ -309,6 +309,13 @@ pub fn finetune(
         (optim, step + 1, resumed.tokens)
     } else {
         checkpoint::ensure_fresh(out)?;
+        // The run writes its tokenizer, checkpoints and merged model under `out`: none of the
+        // base checkpoint or the data may lie there.
+        let inputs: Vec<PathBuf> = std::iter::once(base.dir.clone())
+            .chain(spec.data.iter().cloned())
+            .chain(spec.eval_data.iter().cloned())
+            .collect();
+        checkpoint::fsutil::check_output_dir(out, &inputs).map_err(TrainError::Config)?;
         std::fs::create_dir_all(out).map_err(io(out))?;
         let _ = std::fs::remove_file(&metrics_path);
         let spec_path = out.join("finetune.json");
