@@ -98,14 +98,33 @@ impl Chat {
     ) -> Result<Generation, Error> {
         self.messages.push(("user".into(), user.to_string()));
         let tok = &sess.model.tokenizer;
-        let ids = tok.encode(&self.render(tok)?).map_err(Error::Tokenizer)?;
+        let ids = match self
+            .render(tok)
+            .and_then(|t| tok.encode(&t).map_err(Error::Tokenizer))
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.messages.pop(); // the conversation stays as it was
+                return Err(e);
+            }
+        };
         // Reuse the cache for the part of the conversation already run (at least one token is
         // run again, for its logits).
         let common = common_prefix(&self.in_cache, &ids).min(ids.len().saturating_sub(1));
         sess.pos = common.min(sess.pos);
+        let kept = sess.pos;
         let mut stops = stops.to_vec();
         stops.extend(END_OF_TURN.iter().map(|s| s.to_string()));
-        let g = generate(sess, sampler, &ids[sess.pos..], n, &stops, on_text)?;
+        let g = match generate(sess, sampler, &ids[sess.pos..], n, &stops, on_text) {
+            Ok(g) => g,
+            Err(e) => {
+                // A failed turn leaves the conversation as it was; past the reused prefix the
+                // cache may hold what the failed turn wrote, so none of it is reused again.
+                self.messages.pop();
+                self.in_cache.truncate(kept);
+                return Err(e);
+            }
+        };
         self.in_cache = ids;
         self.in_cache.extend(&g.tokens);
         self.messages.push(("assistant".into(), g.text.clone()));

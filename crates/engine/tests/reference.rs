@@ -338,6 +338,14 @@ fn a_chat_turn_reusing_the_cache_equals_the_whole_conversation_run_afresh() {
         first.prompt_tokens + 5,
         "its last token is not in the cache"
     );
+    // A turn too long for the context fails and leaves the conversation as it was.
+    let before = chat.messages.len();
+    let long = "x".repeat(400);
+    assert!(
+        chat.reply(&mut s, &mut greedy(), &long, 6, &[], |_| {})
+            .is_err()
+    );
+    assert_eq!(chat.messages.len(), before);
     let second = chat
         .reply(&mut s, &mut greedy(), "and then?", 6, &[], |_| {})
         .unwrap();
