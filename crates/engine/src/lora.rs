@@ -78,6 +78,24 @@ impl Lora {
                 short(&have)
             )));
         }
+        // An adapter written for a base with `.scale` tensors holds B/s on the branches llama.cpp
+        // scales; on a folded base (or the other way round) it would be silently off by s.
+        if let Some(kind) = g.get(names::LORA_BASE_SCALES).and_then(Value::as_str) {
+            let has = model
+                .layers
+                .iter()
+                .any(|l| l.scales.iter().any(Option::is_some));
+            let base = if has { "exact" } else { "folded" };
+            if kind != base {
+                return Err(bad(format!(
+                    "adapter was written for a base with {kind} scales, but {} has {base} ones; \
+                     export the adapter again for this base (`tritium export --lora ADAPTER \
+                     --base {}`)",
+                    model.path.display(),
+                    model.path.display()
+                )));
+            }
+        }
         let alpha = g
             .get(adapter::LORA_ALPHA)
             .and_then(Value::as_f32)

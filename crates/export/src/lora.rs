@@ -49,6 +49,15 @@ impl BaseScales {
         }
     }
 
+    /// The base export these scales describe, as [`names::LORA_BASE_SCALES`] records it.
+    pub fn kind(&self) -> &'static str {
+        if self.scales.is_empty() {
+            "folded"
+        } else {
+            "exact"
+        }
+    }
+
     /// The `.scale` tensors of the base GGUF at `path`, and its base hash.
     pub fn from_gguf(path: &Path) -> Result<BaseScales, ExportError> {
         let io = |source| ExportError::Io {
@@ -131,7 +140,8 @@ pub fn export_lora(
     w.kv(general::ARCHITECTURE, Value::String(names::ARCH.into()))
         .kv(general::TYPE, Value::String("adapter".into()))
         .kv(adapter::TYPE, Value::String("lora".into()))
-        .kv(adapter::LORA_ALPHA, Value::F32(alpha));
+        .kv(adapter::LORA_ALPHA, Value::F32(alpha))
+        .kv(names::LORA_BASE_SCALES, Value::String(scales.kind().into()));
     if let Some(h) = &set.base_hash {
         w.kv(names::BASE_HASH, Value::String(h.clone()));
     }

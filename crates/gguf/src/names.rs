@@ -130,6 +130,10 @@ pub mod adapter {
 /// SHA-256 of the checkpoint's `model.bpk`, in base GGUFs and adapter GGUFs alike: the engine
 /// refuses an adapter whose base hash differs from the model's.
 pub const BASE_HASH: &str = "tritium.base_hash";
+/// In a LoRA adapter GGUF: the base export it was written for, `"exact"` (trits with a `.scale`
+/// tensor, so some branches hold B/s) or `"folded"` (B as trained). On the other kind of base the
+/// adapter computes wrong values in llama.cpp as in the engine, so the engine refuses it.
+pub const LORA_BASE_SCALES: &str = "tritium.lora_base_scales";
 
 /// The ChatML template used when neither a config nor a file names one; fine-tuning renders
 /// examples with it and the engine chats with it, so both sides agree on the markers.
