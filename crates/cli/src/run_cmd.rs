@@ -296,13 +296,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         sess.reset();
         let t = Instant::now();
         let logits = sess.forward(&prompt, Logits::Last)?;
-        let mut next = tritium_engine::sample::argmax(
-            &logits
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (i as u32, v))
-                .collect::<Vec<_>>(),
-        );
+        let mut next = argmax_f32(logits);
         let pp_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..a.tg {
@@ -456,12 +450,7 @@ fn batched_decode(
     Ok(median(&mut rates))
 }
 
+/// Greedy decoding's choice, as `tritium run --temp 0` and the server make it.
 fn argmax_f32(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
+    tritium_engine::kernels::rows::argmax(l) as u32
 }

@@ -128,13 +128,7 @@ impl Sampler {
         let c = &self.cfg;
         if c.temperature <= 0.0 && c.repeat_penalty == 1.0 {
             // Plain greedy: the first largest logit, as `argmax` picks it, without the copy.
-            let mut best = 0;
-            for (i, &v) in logits.iter().enumerate() {
-                if v > logits[best] || logits[best].is_nan() {
-                    best = i;
-                }
-            }
-            return best as u32;
+            return crate::kernels::rows::argmax(logits) as u32;
         }
         let mut l: Vec<(u32, f32)> = logits
             .iter()
@@ -242,9 +236,10 @@ impl LogSoftmax {
 
 /// The index of the largest logit (the first one on ties, as llama.cpp's greedy sampler).
 pub fn argmax(l: &[(u32, f32)]) -> u32 {
-    let mut best = 0;
-    for (i, e) in l.iter().enumerate() {
-        if e.1 > l[best].1 || l[best].1.is_nan() {
+    // Starting from the first number, a NaN never wins (comparisons with it are false).
+    let mut best = l.iter().position(|e| !e.1.is_nan()).unwrap_or(0);
+    for (i, e) in l.iter().enumerate().skip(best + 1) {
+        if e.1 > l[best].1 {
             best = i;
         }
     }

@@ -73,6 +73,18 @@ pub fn max_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().fold(tail, |m, v| m.max(*v))
 }
 
+crate::multiversion! {
+    /// The index of the first largest value of `x`, NaN never chosen (0 if every value is NaN,
+    /// or `x` is empty): greedy decoding's choice. Two vector passes, the maximum then its first
+    /// place, instead of one scalar loop: with eight sequences decoding together this is on the
+    /// engine thread once per sequence and step, over the whole vocabulary.
+    pub fn argmax(x: &[f32]) -> usize {
+        // `f32::max` passes over NaN, so `m` is the largest number (−∞ if there is none).
+        let m = max_map(x, |v| v);
+        x.iter().position(|&v| v == m).unwrap_or(0)
+    }
+}
+
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -357,6 +369,46 @@ fn nll_backward(
             }
         });
     dz
+}
+
+#[cfg(test)]
+mod argmax_tests {
+    /// Against the plain loop (the first strictly larger value wins, NaN skipped), on random rows
+    /// with ties, NaNs and infinities at every length up to a few vectors.
+    #[test]
+    fn argmax_is_the_first_largest_number() {
+        let reference = |x: &[f32]| {
+            let mut best: Option<usize> = None;
+            for (i, &v) in x.iter().enumerate() {
+                if !v.is_nan() && best.is_none_or(|b| v > x[b]) {
+                    best = Some(i);
+                }
+            }
+            best.unwrap_or(0)
+        };
+        let mut s = 12345u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u32
+        };
+        for len in 0..80 {
+            for _ in 0..50 {
+                let x: Vec<f32> = (0..len)
+                    .map(|_| match next() % 16 {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        2 => f32::INFINITY,
+                        k => (k % 5) as f32, // few distinct values: many ties
+                    })
+                    .collect();
+                assert_eq!(super::argmax(&x), reference(&x), "{x:?}");
+            }
+        }
+        assert_eq!(super::argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(super::argmax(&[f32::NAN, f32::NEG_INFINITY]), 1);
+    }
 }
 
 #[cfg(test)]
