@@ -553,8 +553,6 @@ mod tests {
         let dev = Backend::Flex.device().unwrap();
         let model = Transformer::new(&cfg(), &dev);
         save_at(d.path(), &model, 5, 1).unwrap();
-        // The old removal would have failed here (a directory where a file of the old step
-        // was expected does not matter to a rename aside).
         save_at(d.path(), &model, 5, 1).unwrap();
         let root = dir(d.path());
         assert!(!root.join(".step-5.old").exists());

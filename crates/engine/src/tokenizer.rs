@@ -172,33 +172,32 @@ impl Tokenizer {
 }
 
 /// Turns a growing list of token ids into printable text pieces, holding back bytes that do not
-/// yet form a whole UTF-8 character.
+/// yet form a whole UTF-8 character. Byte-level BPE decodes a sequence as the concatenation of
+/// its parts' decodings wherever a part ends on a whole character, so only the tokens since the
+/// last such end are decoded again: each token costs the same however long the text grows (the
+/// server decodes every sequence's tokens on its engine thread).
 #[derive(Default)]
 pub struct StreamDecoder {
-    ids: Vec<u32>,
-    printed: usize,
+    /// Tokens since the last whole character.
+    pending: Vec<u32>,
 }
 
 impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
-        self.ids.push(id);
-        let text = tok.decode(&self.ids);
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
+        self.pending.push(id);
+        let text = tok.decode(&self.pending);
+        if text.ends_with('\u{FFFD}') {
             return String::new();
         }
-        let Some(piece) = text.get(self.printed..).map(str::to_string) else {
-            return String::new();
-        };
-        self.printed = text.len();
-        piece
+        self.pending.clear();
+        text
     }
 
     /// What is still held back once no more tokens come: the bytes of a character the last
     /// tokens began but did not end, shown as the replacement character.
     pub fn finish(&mut self, tok: &Tokenizer) -> String {
-        let text = tok.decode(&self.ids);
-        let rest = text.get(self.printed..).unwrap_or("").to_string();
-        self.printed = text.len();
+        let rest = tok.decode(&self.pending);
+        self.pending.clear();
         rest
     }
 }

@@ -14,7 +14,7 @@ use futures_util::stream;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant as Deadline;
-use tritium_engine::tokenizer::Tokenizer;
+use tritium_engine::tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::api::{ApiError, Request};
 use crate::scheduler::{Event, Finish, TokenLogprob};
@@ -160,31 +160,25 @@ async fn collect(
 }
 
 /// Where each token's text starts in the whole text, in characters (as OpenAI's `text_offset`
-/// counts, Python string indices): a token that ends a character an earlier one began starts
-/// where that character does. Decodes only the tokens since the last whole character.
+/// counts, Python string indices): the characters shown before it, so a token that ends a
+/// character an earlier one began starts where that character does.
 pub(crate) struct Offsets {
-    pending: Vec<u32>,
-    base: usize,
+    stream: StreamDecoder,
+    shown: usize,
 }
 
 impl Offsets {
     pub(crate) fn new(start: usize) -> Offsets {
         Offsets {
-            pending: Vec::new(),
-            base: start,
+            stream: StreamDecoder::default(),
+            shown: start,
         }
     }
 
     /// Token `id`'s offset; it then follows the text.
     pub(crate) fn next(&mut self, tok: &Tokenizer, id: u32) -> usize {
-        let whole = |t: &str| t.trim_end_matches('\u{FFFD}').chars().count();
-        let at = self.base + whole(&tok.decode(&self.pending));
-        self.pending.push(id);
-        let text = tok.decode(&self.pending);
-        if !text.ends_with('\u{FFFD}') {
-            self.base += text.chars().count();
-            self.pending.clear();
-        }
+        let at = self.shown;
+        self.shown += self.stream.push(tok, id).chars().count();
         at
     }
 }

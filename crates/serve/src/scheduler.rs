@@ -545,7 +545,7 @@ mod tests {
         let q = Queue::new(1, 2); // two slots, one place to wait
         let (a, _ra) = job(vec![1]);
         let (b, _rb) = job(vec![1]);
-        let (c, _rc) = job(vec![1]);
+        let (c, rc) = job(vec![1]);
         // Idle: two prompts take the free slots, a third waits.
         q.submit(vec![a, b, c]).unwrap();
         assert_eq!(q.depth.load(Ordering::SeqCst), 3);
@@ -560,7 +560,7 @@ mod tests {
         q.busy_slots.store(2, Ordering::SeqCst);
         let (e, re) = job(vec![1]);
         assert_eq!(q.submit(vec![e]), Err(Refused::Full));
-        drop(_rc);
+        drop(rc); // c's client goes away while c waits
         drop(re);
         let (f, _rf) = job(vec![1]);
         q.submit(vec![f]).unwrap();
