@@ -112,6 +112,18 @@ pub fn at_least(min: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + 
     }
 }
 
+/// A count flag that must lie in `min..=max`.
+pub fn between(
+    min: usize,
+    max: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |s: &str| match s.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must lie between {min} and {max}")),
+        Err(e) => Err(format!("{e} (a whole number from {min} to {max} expected)")),
+    }
+}
+
 /// A count flag that must be at least 1.
 pub fn at_least_one() -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
     at_least(1)

@@ -72,8 +72,10 @@ pub enum DataCmd {
         /// The JSONL field or Parquet column holding the text.
         #[arg(long, default_value = tritium_train::text::DEFAULT_FIELD)]
         field: String,
-        /// Train tokens per shard (what an interrupted run may have to redo).
-        #[arg(long, default_value_t = tritium_train::prepare::DEFAULT_SHARD_TOKENS, value_parser = crate::run_cmd::at_least_one())]
+        /// Train tokens per shard (what an interrupted run may have to redo; a shard is built in
+        /// memory, so at most 2^31).
+        #[arg(long, default_value_t = tritium_train::prepare::DEFAULT_SHARD_TOKENS,
+              value_parser = crate::run_cmd::between(1, tritium_train::prepare::MAX_SHARD_TOKENS))]
         shard_tokens: usize,
     },
 }

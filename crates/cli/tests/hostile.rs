@@ -873,6 +873,8 @@ fn hostile_inputs_are_refused_cleanly() {
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/bad.jsonl.zst", "--out", "{d}/p9"], Refused, vec!["bad.jsonl.zst", "decompression"]),
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/pbad"], Refused, vec!["pbad/progress.json", "start over"]),
         (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/p10", "--shard-tokens", "0"], Refused, vec!["--shard-tokens"]),
+        // A shard is built in memory: a huge one was an allocation abort, not an error.
+        (vec!["data", "prepare", "--tokenizer", "datasets/tinystories/tokenizer.json", "--input", "{d}/text.txt", "--out", "{d}/p11", "--shard-tokens", "4611686018427387904"], Refused, vec!["--shard-tokens", "2147483648"]),
         // ---- export
         (export("{d}/nope"), Refused, vec!["nope"]),
         (export("{d}/outdir"), Refused, vec!["outdir"]),

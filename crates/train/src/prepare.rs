@@ -28,6 +28,10 @@ use tritium_checkpoint::fsutil::{check_output_dir, write_atomic};
 /// minutes of tokenizing on two cores, which bounds what an interrupted run redoes.
 pub const DEFAULT_SHARD_TOKENS: usize = 1 << 25;
 
+/// The most train tokens a shard may be given: a shard is built in memory (up to 8 GiB at four
+/// bytes a token), and a larger request would only fail later, as an allocation abort.
+pub const MAX_SHARD_TOKENS: usize = 1 << 31;
+
 /// Documents are read and tokenized in batches cut at whichever comes first (the output does not
 /// depend on them: a shard ends after the document that fills it).
 const BATCH_DOCS: usize = 2048;
@@ -39,6 +43,7 @@ pub struct PrepareOptions {
     pub val_every: usize,
     /// JSONL field or Parquet column holding the text.
     pub field: String,
+    /// Train tokens per shard, taken into `1..=MAX_SHARD_TOKENS`.
     pub shard_tokens: usize,
 }
 
@@ -68,6 +73,10 @@ pub struct PrepareReport {
 struct SourceFile {
     path: String,
     bytes: u64,
+    /// Modification time, nanoseconds since the epoch (0 where the file system keeps none):
+    /// an input edited in place to the same size is a different input.
+    #[serde(default)]
+    modified_ns: u64,
 }
 
 /// `progress.json`: the job (everything that decides the output bytes) and how far it got.
@@ -137,10 +146,16 @@ pub fn prepare(
     };
     let mut sources = Vec::with_capacity(files.len());
     for f in &files {
-        let bytes = std::fs::metadata(f).map_err(io(f))?.len();
+        let meta = std::fs::metadata(f).map_err(io(f))?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         sources.push(SourceFile {
             path: f.display().to_string(),
-            bytes,
+            bytes: meta.len(),
+            modified_ns,
         });
     }
     let val_every = opts.val_every.max(2);
@@ -149,7 +164,7 @@ pub fn prepare(
         tokenizer_hash: tok.hash.clone(),
         val_every,
         field: opts.field.clone(),
-        shard_tokens: opts.shard_tokens.max(1),
+        shard_tokens: opts.shard_tokens.clamp(1, MAX_SHARD_TOKENS),
         sources,
         shards: Vec::new(),
         next_file: 0,
@@ -583,6 +598,22 @@ mod tests {
             e.contains("progress.json") && e.contains("--val-every"),
             "{e}"
         );
+
+        // The input edited in place to the same size is another input, not this job's rest.
+        let original = std::fs::read(&input).unwrap();
+        let was = std::fs::metadata(&input).unwrap().modified().unwrap();
+        let set_modified = |t: std::time::SystemTime| {
+            let f = std::fs::File::options().write(true).open(&input).unwrap();
+            f.set_modified(t).unwrap();
+        };
+        let mut edited = original.clone();
+        edited[0] = b'P';
+        std::fs::write(&input, &edited).unwrap();
+        set_modified(was + std::time::Duration::from_secs(5));
+        let e = refusal(&tok, std::slice::from_ref(&input), &resumed, &o);
+        assert!(e.contains("input files changed"), "{e}");
+        std::fs::write(&input, &original).unwrap();
+        set_modified(was);
 
         let r2 = run(&tok, std::slice::from_ref(&input), &resumed, &o);
         assert_eq!(r2.resumed_shards, 2);
