@@ -162,8 +162,16 @@ impl Tokenizer {
         self.ends.contains(&id)
     }
 
+    /// Every token's text, control tokens (`<|im_start|>`, a BOS) spelled out: what
+    /// `/detokenize` and log-probability entries show.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, false).unwrap_or_default()
+    }
+
+    /// The text a reader sees: control tokens render as nothing, as llama.cpp renders them
+    /// unless asked for `--special` (user-defined tokens stay, as there).
+    pub fn decode_text(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -171,8 +179,8 @@ impl Tokenizer {
     }
 }
 
-/// Turns a growing list of token ids into printable text pieces, holding back bytes that do not
-/// yet form a whole UTF-8 character. Byte-level BPE decodes a sequence as the concatenation of
+/// Turns a growing list of token ids into printable text pieces ([`Tokenizer::decode_text`]),
+/// holding back bytes that do not yet form a whole UTF-8 character. Byte-level BPE decodes a sequence as the concatenation of
 /// its parts' decodings wherever a part ends on a whole character, so only the tokens since the
 /// last such end are decoded again: each token costs the same however long the text grows (the
 /// server decodes every sequence's tokens on its engine thread).
@@ -185,7 +193,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
         self.pending.push(id);
-        let text = tok.decode(&self.pending);
+        let text = tok.decode_text(&self.pending);
         if text.ends_with('\u{FFFD}') {
             return String::new();
         }
@@ -196,7 +204,7 @@ impl StreamDecoder {
     /// What is still held back once no more tokens come: the bytes of a character the last
     /// tokens began but did not end, shown as the replacement character.
     pub fn finish(&mut self, tok: &Tokenizer) -> String {
-        let rest = tok.decode(&self.pending);
+        let rest = tok.decode_text(&self.pending);
         self.pending.clear();
         rest
     }
@@ -240,5 +248,14 @@ mod tests {
         let bytes = w.to_bytes();
         let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap(), tokens.len()).unwrap();
         assert!(tok.is_end(4));
+
+        // Generated text hides control tokens, as llama.cpp without --special; the spelled-out
+        // form stays for /detokenize.
+        let ids = [0, 3, 1, 5, 4];
+        assert_eq!(tok.decode(&ids), "a<|im_end|>b<|im_end|>x<|eot_id|>");
+        assert_eq!(tok.decode_text(&ids), "ab<|eot_id|>");
+        let mut stream = StreamDecoder::default();
+        let shown: String = ids.iter().map(|&i| stream.push(&tok, i)).collect();
+        assert_eq!(shown + &stream.finish(&tok), "ab<|eot_id|>");
     }
 }
