@@ -9,7 +9,7 @@ use tritium_gguf::names::{DEFAULT_CHAT_TEMPLATE, END_OF_TURN, tokenizer};
 use crate::forward::Session;
 use crate::sample::Sampler;
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Generation, generate};
+use crate::{Error, Generation, generate_after};
 
 pub struct Chat {
     env: Environment<'static>,
@@ -115,7 +115,8 @@ impl Chat {
         let kept = sess.pos;
         let mut stops = stops.to_vec();
         stops.extend(END_OF_TURN.iter().map(|s| s.to_string()));
-        let g = match generate(sess, sampler, &ids[sess.pos..], n, &stops, on_text) {
+        let (earlier, prompt) = ids.split_at(sess.pos);
+        let g = match generate_after(sess, sampler, earlier, prompt, n, &stops, on_text) {
             Ok(g) => g,
             Err(e) => {
                 // A failed turn leaves the conversation as it was; past the reused prefix the

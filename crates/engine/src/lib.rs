@@ -101,6 +101,21 @@ pub fn generate(
     prompt: &[u32],
     n: usize,
     stops: &[String],
+    on_text: impl FnMut(&str),
+) -> Result<Generation, Error> {
+    generate_after(sess, sampler, &[], prompt, n, stops, on_text)
+}
+
+/// [`generate`] in a session that already ran `earlier` (a conversation's reused turns): the
+/// repetition penalty looks back over them too, as llama.cpp's does over everything the
+/// context has seen.
+pub fn generate_after(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    earlier: &[u32],
+    prompt: &[u32],
+    n: usize,
+    stops: &[String],
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation, Error> {
     let tok = &sess.model.tokenizer;
@@ -116,7 +131,7 @@ pub fn generate(
         )));
     }
     let start = Instant::now();
-    let mut history: Vec<u32> = prompt.to_vec();
+    let mut history: Vec<u32> = [earlier, prompt].concat();
     let mut logits = sess.forward(prompt, Logits::Last)?.to_vec();
     let prompt_seconds = start.elapsed().as_secs_f64();
     let gen_start = Instant::now();
@@ -246,7 +261,8 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{TextStream, longest_prefix_suffix};
+    use super::{TextStream, generate, generate_after, longest_prefix_suffix};
+    use crate::{Logits, Sampler, SamplerConfig, Session};
 
     /// A generation that ends inside a character shows it as U+FFFD rather than losing it.
     #[test]
@@ -268,6 +284,56 @@ mod tests {
         let mut s = TextStream::new(&["é".into()]);
         let shown: String = ids.iter().map(|&i| s.push(tok, i).0).collect();
         assert_eq!(shown + &s.finish(tok), "x");
+    }
+
+    /// A continued conversation penalizes repeats of its earlier turns: generating after them
+    /// in a session that already ran them gives what one generation over the whole text gives.
+    #[test]
+    fn the_repetition_penalty_sees_the_earlier_turns() {
+        let spec = crate::synthetic::Spec {
+            ctx: 64,
+            ..Default::default()
+        };
+        let bytes = crate::synthetic::gguf(&spec);
+        let m = crate::Model::from_bytes(
+            std::path::Path::new("t.gguf"),
+            bytes,
+            &crate::Runtime::new(1),
+        )
+        .unwrap();
+        let config = SamplerConfig {
+            temperature: 0.0,
+            repeat_penalty: 1e3,
+            ..Default::default()
+        };
+        let prompt = m.tokenizer.encode("ab").unwrap();
+        let mut differs = 0;
+        // Each round's earlier turns are the last round's with its reply (a conversation).
+        let mut earlier = m.tokenizer.encode("xyz").unwrap();
+        for round in 0..4 {
+            let whole = [&earlier[..], &prompt].concat();
+            let mut s = Session::new(&m, 64).unwrap();
+            let mut sampler = Sampler::new(config.clone());
+            let want = generate(&mut s, &mut sampler, &whole, 8, &[], |_| {})
+                .unwrap()
+                .tokens;
+            let mut s = Session::new(&m, 64).unwrap();
+            let after = |earlier: &[u32], s: &mut Session| {
+                s.pos = 0;
+                s.forward(&whole[..whole.len() - prompt.len()], Logits::Last)
+                    .unwrap();
+                let mut sampler = Sampler::new(config.clone());
+                generate_after(s, &mut sampler, earlier, &prompt, 8, &[], |_| {})
+                    .unwrap()
+                    .tokens
+            };
+            assert_eq!(after(&earlier, &mut s), want, "round {round}");
+            let alone = after(&[], &mut s);
+            differs += usize::from(alone != want);
+            earlier = [&whole[..], &want].concat();
+        }
+        // The window matters here: looking at the new turn alone chose otherwise.
+        assert!(differs > 0);
     }
 
     #[test]
