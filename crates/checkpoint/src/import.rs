@@ -824,6 +824,17 @@ pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
         }),
         keys::Pre::Gpt2 => byte_level.clone(),
     };
+    // A file that asks for a BOS before every prompt (bitnet.cpp's 2B4T) was pretrained with it
+    // at every document's start: the tokenizer says so as Llama-3's tokenizer.json does.
+    let bos = g
+        .get(keys::BOS_ID)
+        .and_then(Value::as_u32)
+        .filter(|_| matches!(g.get(keys::ADD_BOS), Some(Value::Bool(true))))
+        .and_then(|id| Some((tokens.get(id as usize)?, id)));
+    let post_processor = match bos {
+        Some((name, id)) => crate::bos::post_processor(name, id),
+        None => byte_level.clone(),
+    };
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
@@ -831,7 +842,7 @@ pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": byte_level,
+        "post_processor": post_processor,
         "decoder": byte_level,
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,

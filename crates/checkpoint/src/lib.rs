@@ -20,6 +20,7 @@
 //! are [`adapter::Adapter`]s.
 
 pub mod adapter;
+pub mod bos;
 pub mod fsutil;
 pub mod hf;
 pub mod import;

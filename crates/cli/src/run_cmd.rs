@@ -191,17 +191,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         .tokenizer
         .encode(&a.prompt)
         .map_err(tritium_engine::Error::Tokenizer)?;
-    let prompt =
-        if prompt.is_empty() {
-            // An empty prompt starts from the end-of-text token, as training's documents do.
-            vec![
-                model.tokenizer.bos.or(model.tokenizer.eos).context(
-                    "the prompt is empty and the model has no BOS/EOS token to start from",
-                )?,
-            ]
-        } else {
-            prompt
-        };
+    let prompt = if prompt.is_empty() {
+        // An empty prompt starts where training's documents do.
+        vec![
+            model
+                .tokenizer
+                .doc_start()
+                .context("the prompt is empty and the model has no BOS/EOS token to start from")?,
+        ]
+    } else {
+        prompt
+    };
     // Written, not printed: a reader that goes away (`| head`) must not make this panic.
     let stdout = std::io::stdout();
     let _ = write!(stdout.lock(), "{}", a.prompt);

@@ -143,17 +143,28 @@ impl Tokenizer {
         })
     }
 
-    /// Token ids of `text` (a BOS first if the file asks for one).
+    /// Token ids of a prompt: a BOS first if the file asks for one, as llama.cpp's prompts get.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         if self.add_bos
             && let Some(b) = self.bos
         {
             ids.push(b);
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend(self.encode_text(text)?);
         Ok(ids)
+    }
+
+    /// Token ids of `text` alone (no BOS): pieces a scorer puts after its own document start.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
+        let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The token documents start with: the BOS a file adds to every prompt, else its
+    /// end-of-text token (tritium's exports without a BOS), else any BOS it names.
+    pub fn doc_start(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos).or(self.eos).or(self.bos)
     }
 
     /// Whether `id` ends a generation: a ChatML model fine-tuned with `<|endoftext|>` as its EOS

@@ -56,7 +56,7 @@ impl Scorer for BurnScorer {
             .map_err(|e| EvalError::Model(e.to_string()))
     }
     fn bos(&self) -> u32 {
-        self.tok.eot_id
+        self.tok.doc_start()
     }
     fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
         let pairs: Vec<(&[u32], &[u32])> = conts.iter().map(|c| (ctx, c.as_slice())).collect();
@@ -150,14 +150,13 @@ impl Scorer for GgufScorer {
         self.model.cfg.ctx
     }
     fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
-        self.model.tokenizer.encode(text).map_err(EvalError::Model)
-    }
-    fn bos(&self) -> u32 {
         self.model
             .tokenizer
-            .eos
-            .or(self.model.tokenizer.bos)
-            .unwrap_or(0)
+            .encode_text(text)
+            .map_err(EvalError::Model)
+    }
+    fn bos(&self) -> u32 {
+        self.model.tokenizer.doc_start().unwrap_or(0)
     }
     fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
         let err = |e: tritium_engine::Error| EvalError::Model(e.to_string());

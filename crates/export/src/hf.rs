@@ -171,7 +171,7 @@ pub fn export_hf(ckpt_or_run: &Path, out: &Path, device: Backend) -> Result<HfRe
         && let Some(eot) = vocab.eot
     {
         let id_of = |t: &str| vocab.tokens.iter().position(|x| x == t).map(|i| i as u32);
-        let bos = id_of("<|begin_of_text|>").unwrap_or(eot);
+        let bos = vocab.bos.unwrap_or(eot);
         let stops: Vec<u32> = std::iter::once(eot)
             .chain(END_OF_TURN.iter().filter_map(|t| id_of(t)))
             .collect();

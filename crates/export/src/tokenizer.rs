@@ -14,6 +14,8 @@ pub struct GgufVocab {
     pub types: Vec<i32>,
     pub merges: Vec<String>,
     pub eot: Option<u32>,
+    /// The token the tokenizer puts before every text ([`tritium_checkpoint::bos`]).
+    pub bos: Option<u32>,
     /// How text is split before the merges, recorded as `tokenizer.ggml.pre`.
     pub pre: keys::Pre,
 }
@@ -140,11 +142,13 @@ pub fn read(path: &Path, rows: usize) -> Result<GgufVocab, ExportError> {
             other => Err(bad(format!("merge {other} is neither \"a b\" nor [a, b]"))),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let bos = tritium_checkpoint::bos::bos_id(&json).filter(|&b| (b as usize) < list.len());
     Ok(GgufVocab {
         tokens: list,
         types,
         merges,
         eot,
+        bos,
         pre,
     })
 }
@@ -176,11 +180,15 @@ impl GgufVocab {
                         .collect(),
                 ),
             ),
-            (keys::ADD_BOS, Value::Bool(false)),
+            (keys::ADD_BOS, Value::Bool(self.bos.is_some())),
             (keys::ADD_EOS, Value::Bool(false)),
         ];
+        // Documents start with the BOS where the tokenizer has one (llama.cpp then adds it to
+        // every prompt, as training saw), else with end-of-text, which also ends them.
+        if let Some(bos) = self.bos.or(self.eot) {
+            kv.push((keys::BOS_ID, Value::U32(bos)));
+        }
         if let Some(eot) = self.eot {
-            kv.push((keys::BOS_ID, Value::U32(eot)));
             kv.push((keys::EOS_ID, Value::U32(eot)));
         }
         kv

@@ -383,14 +383,14 @@ fn check_ids(cx: &Context, param: &str, ids: &[u32]) -> Result<(), ApiError> {
 }
 
 /// Token ids of prompt text: no BOS unless the model asks for one, as `tritium run` does; an
-/// empty prompt starts from the BOS (else EOS) token.
+/// empty prompt starts where documents do.
 fn encode(cx: &Context, param: &str, text: &str) -> Result<Vec<u32>, ApiError> {
     let ids = cx
         .tokenizer
         .encode(text)
         .map_err(|e| ApiError::invalid(param, format!("{param}: the tokenizer failed: {e}")))?;
     if ids.is_empty() {
-        return match cx.tokenizer.bos.or(cx.tokenizer.eos) {
+        return match cx.tokenizer.doc_start() {
             Some(b) => Ok(vec![b]),
             None => Err(ApiError::invalid(
                 param,
@@ -584,6 +584,9 @@ struct TokenizeBody {
     content: String,
     #[serde(default)]
     with_pieces: bool,
+    /// The BOS first where the model adds one to prompts (llama-server's flag; off by default).
+    #[serde(default)]
+    add_special: bool,
 }
 
 #[derive(Deserialize)]
@@ -594,9 +597,12 @@ struct DetokenizeBody {
 /// `POST /tokenize` (llama-server's and vLLM's shape): `{"tokens": [...]}`, with pieces if asked.
 pub fn tokenize(body: &[u8], cx: &Context) -> Result<serde_json::Value, ApiError> {
     let b: TokenizeBody = parse(body)?;
-    let ids = cx
-        .tokenizer
-        .encode(&b.content)
+    let encode = if b.add_special {
+        Tokenizer::encode
+    } else {
+        Tokenizer::encode_text
+    };
+    let ids = encode(cx.tokenizer, &b.content)
         .map_err(|e| ApiError::invalid("content", format!("content: the tokenizer failed: {e}")))?;
     if b.with_pieces {
         let pieces: Vec<_> = ids

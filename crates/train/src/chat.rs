@@ -8,6 +8,10 @@ use crate::tokenizer::Tokenizer;
 pub struct Template {
     env: minijinja::Environment<'static>,
     pub source: String,
+    /// What templates see as `bos_token` and `eos_token`, as Hugging Face's renderer and the
+    /// engine's chat give them: a template that writes them renders the same text in both.
+    bos: String,
+    eos: String,
 }
 
 impl Template {
@@ -18,7 +22,17 @@ impl Template {
         Ok(Template {
             env,
             source: source.to_string(),
+            bos: String::new(),
+            eos: String::new(),
         })
+    }
+
+    /// `tok`'s document start and end-of-text token as `bos_token` and `eos_token`: what the
+    /// engine's chat gives them for this tokenizer's GGUF export.
+    pub fn with_tokens(mut self, tok: &Tokenizer) -> Template {
+        self.bos = tok.decode(&[tok.doc_start()]);
+        self.eos = tok.decode(&[tok.eot_id]);
+        self
     }
 
     pub fn render(
@@ -27,7 +41,13 @@ impl Template {
         add_generation_prompt: bool,
     ) -> Result<String, String> {
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        t.render(minijinja::context! { messages => messages, add_generation_prompt => add_generation_prompt }).map_err(|e| format!("chat template: {e}"))
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })
+        .map_err(|e| format!("chat template: {e}"))
     }
 
     /// The rendered conversation cut into pieces, each marked trainable (an assistant turn as the

@@ -242,6 +242,11 @@ pub fn prepare(
                 } else {
                     (&mut train, &mut state.train_documents)
                 };
+                // A tokenizer with a BOS (Llama-3's) opens each document with it, as its
+                // pretraining did; end-of-text closes every document either way.
+                if let Some(bos) = tok.bos_id {
+                    push_tokens(dst, &[bos], token_bytes);
+                }
                 push_tokens(dst, enc.get_ids(), token_bytes);
                 push_tokens(dst, &[tok.eot_id], token_bytes);
                 *n += 1;
@@ -505,6 +510,25 @@ mod tests {
         assert_eq!(
             ds.train.len() + ds.val.len(),
             r.meta.train_tokens + r.meta.val_tokens
+        );
+
+        // A tokenizer with a BOS (Llama-3's) opens every document with it.
+        let bos = crate::tokenizer::add_bos_for_tests(&tok.path);
+        let tok = Tokenizer::load(&tok.path).unwrap();
+        let out = d.path().join("prep-bos");
+        run(
+            &tok,
+            &[d.path().join("in.txt")],
+            &out,
+            &opts(10, DEFAULT_SHARD_TOKENS),
+        );
+        let ds = Dataset::open(&out, Some(&tok)).unwrap();
+        let ids: Vec<u32> = split(&ds.val).iter().map(|&t| t as u32).collect();
+        let text = tok.decode(&ids);
+        assert_eq!(ids[0], bos);
+        assert!(
+            text.starts_with("<|begin_of_text|>document number 9 says hello.<|endoftext|><|begin_of_text|>document number 19"),
+            "{text}"
         );
     }
 

@@ -39,6 +39,9 @@ pub struct Tokenizer {
     pub hash: String,
     /// The end-of-text token inserted between documents.
     pub eot_id: u32,
+    /// The token the tokenizer puts before every text (Llama-3's `<|begin_of_text|>`), if any:
+    /// see [`tritium_checkpoint::bos`].
+    pub bos_id: Option<u32>,
     pub path: PathBuf,
 }
 
@@ -59,12 +62,23 @@ impl Tokenizer {
             .ok_or_else(|| TokenizerError::NoEot {
                 path: path.to_path_buf(),
             })?;
+        let bos_id = serde_json::from_slice(&bytes)
+            .ok()
+            .and_then(|json| tritium_checkpoint::bos::bos_id(&json))
+            .filter(|&id| inner.id_to_token(id).is_some());
         Ok(Self {
             inner,
             hash: sha256_hex(&bytes),
             eot_id,
+            bos_id,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The token every document starts with: the BOS where the tokenizer has one, else the
+    /// end-of-text token (which also ends the document before).
+    pub fn doc_start(&self) -> u32 {
+        self.bos_id.unwrap_or(self.eot_id)
     }
 
     /// Vocabulary size including added tokens.
@@ -85,6 +99,26 @@ impl Tokenizer {
             .decode(ids, false)
             .unwrap_or_else(|e| format!("<undecodable: {e}>"))
     }
+}
+
+/// Gives the tokenizer.json at `path` a Llama-3 style `<|begin_of_text|>` that its
+/// post-processor puts before every text; returns its id.
+#[cfg(test)]
+pub(crate) fn add_bos_for_tests(path: &Path) -> u32 {
+    let id = Tokenizer::load(path).unwrap().vocab_size() as u32;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let name = "<|begin_of_text|>";
+    json["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": id, "content": name, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true,
+        }));
+    json["post_processor"] = tritium_checkpoint::bos::post_processor(name, id);
+    std::fs::write(path, json.to_string()).unwrap();
+    id
 }
 
 /// Trains a byte-level BPE (GPT-2's pre-tokenizer, no prefix space, so GGUF can declare it `gpt2`)

@@ -456,10 +456,9 @@ pub fn generate(
 ) -> String {
     let model = model.valid();
     let device = device.clone().inner();
-    let mut ids: Vec<u32> = tok.encode(prompt).unwrap_or_default();
-    if ids.is_empty() {
-        ids.push(tok.eot_id);
-    }
+    // After a document start, as every training document is.
+    let mut ids = vec![tok.doc_start()];
+    ids.extend(tok.encode(prompt).unwrap_or_default());
     let mut rng = seed;
     for _ in 0..n {
         let window = &ids[ids.len().saturating_sub(ctx)..];
@@ -498,7 +497,7 @@ pub fn generate(
             break;
         }
     }
-    tok.decode(&ids)
+    tok.decode(&ids[1..])
 }
 
 /// The devices of a run: one, or several for data parallelism, which needs Burn's all-reduce on

@@ -383,3 +383,86 @@ fn rebuilt_tokenizers_split_as_their_pre_tokenizer_says() {
     assert_eq!(split(None, &llama3).0, vec![6, 3, 4]);
     assert_eq!(split(None, &tokens).0, vec![7, 4]);
 }
+
+/// A GGUF that adds a BOS to every prompt (bitnet.cpp's 2B4T) was pretrained with it at every
+/// document's start. Imported, its tokenizer.json says so as Llama-3's does (a template
+/// post-processor); training, fine-tuning and evaluation then start documents with it, and the
+/// GGUF export asks llama.cpp to add it, so the engine starts where the checkpoint does. A file
+/// that adds none starts documents with end-of-text on both sides.
+#[test]
+fn a_bos_the_gguf_adds_starts_documents_everywhere() {
+    use tritium_checkpoint::import::gguf_tokenizer_json;
+    use tritium_gguf::names::{token_type, tokenizer as keys};
+    use tritium_gguf::{Gguf, Value, Writer};
+    let tokens = [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "12",
+        "123",
+        "1234",
+        "<|end_of_text|>",
+        "<|begin_of_text|>",
+    ];
+    let strings =
+        |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
+    let types = |v: &[&str]| {
+        Value::Array(
+            v.iter()
+                .map(|t| match t.starts_with("<|") {
+                    true => Value::I32(token_type::CONTROL),
+                    false => Value::I32(token_type::NORMAL),
+                })
+                .collect(),
+        )
+    };
+    for add_bos in [true, false] {
+        let mut w = Writer::new();
+        w.kv(keys::MODEL, Value::String("gpt2".into()))
+            .kv(keys::PRE, Value::String("llama-bpe".into()))
+            .kv(keys::TOKENS, strings(&tokens))
+            .kv(keys::TOKEN_TYPE, types(&tokens))
+            .kv(keys::MERGES, strings(&["1 2", "12 3", "123 4"]))
+            .kv(keys::BOS_ID, Value::U32(9))
+            .kv(keys::EOS_ID, Value::U32(8))
+            .kv(keys::ADD_BOS, Value::Bool(add_bos));
+        let bytes = w.to_bytes();
+        let g = Gguf::parse(&bytes).unwrap();
+        let start = if add_bos { 9 } else { 8 };
+
+        let engine = tritium_engine::tokenizer::Tokenizer::from_gguf(&g, tokens.len()).unwrap();
+        assert_eq!(engine.doc_start(), Some(start), "add_bos {add_bos}");
+        assert_eq!(engine.encode_text("12345").unwrap(), vec![6, 3, 4]);
+        let prompt = engine.encode("12345").unwrap();
+        assert_eq!(prompt.len(), 3 + usize::from(add_bos), "{prompt:?}");
+
+        // Imported: Hugging Face's tokenizers library adds the BOS itself, and training reads it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, gguf_tokenizer_json(&g).unwrap()).unwrap();
+        let tok = tritium_train::tokenizer::Tokenizer::load(&path).unwrap();
+        assert_eq!(tok.doc_start(), start);
+        assert_eq!(tok.bos_id.is_some(), add_bos);
+        let hf = tok.inner.encode("12345", true).unwrap();
+        assert_eq!(hf.get_ids(), prompt.as_slice(), "tokenizers' own encoding");
+        assert_eq!(tok.encode("12345").unwrap(), vec![6, 3, 4]);
+
+        // Exported again: the GGUF's metadata gives the engine the checkpoint's start.
+        let vocab = tritium_export::tokenizer::read(&path, tokens.len()).unwrap();
+        let mut w = Writer::new();
+        for (k, v) in vocab.metadata() {
+            w.kv(k, v);
+        }
+        let bytes = w.to_bytes();
+        let again = Gguf::parse(&bytes).unwrap();
+        let engine = tritium_engine::tokenizer::Tokenizer::from_gguf(&again, tokens.len()).unwrap();
+        assert_eq!(
+            engine.doc_start(),
+            Some(start),
+            "exported, add_bos {add_bos}"
+        );
+        assert_eq!(engine.encode("12345").unwrap(), prompt);
+    }
+}

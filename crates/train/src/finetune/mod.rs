@@ -217,7 +217,9 @@ pub fn finetune(
     let mut state = base.state.clone();
     let mut tok = Tokenizer::load(&base.tokenizer_path()?)?;
     let tpl_text = c.template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
-    let tpl = Template::new(tpl_text).map_err(TrainError::Config)?;
+    let tpl = Template::new(tpl_text)
+        .map_err(TrainError::Config)?
+        .with_tokens(&tok);
     let (mut model, added) = if c.template.is_none() {
         add_markers(&mut tok, model, &mut state, &device)
     } else {

@@ -31,8 +31,11 @@ pub(super) fn samples(
     let mut out = Vec::new();
     for ex in examples {
         let (mut ids, mut mask) = chat::tokenize(tok, tpl, ex).map_err(TrainError::Examples)?;
-        ids.insert(0, tok.eot_id); // a document start, as in pretraining
-        mask.insert(0, false);
+        // A document start, as in pretraining, unless the template wrote it.
+        if ids.first() != Some(&tok.doc_start()) {
+            ids.insert(0, tok.doc_start());
+            mask.insert(0, false);
+        }
         if ids.len() > seq + 1 {
             ids.truncate(seq + 1);
             mask.truncate(seq + 1);
@@ -205,6 +208,53 @@ mod tests {
             ids: ids.to_vec(),
             mask: mask.to_vec(),
             seg: vec![0; ids.len() - 1],
+        }
+    }
+
+    /// A tokenizer trained on a little text, with a Llama-3 style BOS added when `bos`.
+    fn tokenizer(dir: &std::path::Path, bos: bool) -> Tokenizer {
+        let docs: Vec<String> = (0..20)
+            .map(|i| format!("user: question {i}\nassistant: answer {i}\n"))
+            .collect();
+        let path = dir.join(format!("tok-{bos}.json"));
+        crate::tokenizer::train_bpe(&docs, 300, &path).unwrap();
+        if bos {
+            crate::tokenizer::add_bos_for_tests(&path);
+        }
+        Tokenizer::load(&path).unwrap()
+    }
+
+    /// Every row starts with one document start: the BOS where the tokenizer has one (written
+    /// by the template through `bos_token`, or else put there), else end-of-text.
+    #[test]
+    fn rows_start_with_one_document_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = instruct::Example {
+            messages: vec![
+                instruct::Message {
+                    role: instruct::Role::User,
+                    content: "question 3".into(),
+                },
+                instruct::Message {
+                    role: instruct::Role::Assistant,
+                    content: "answer 3".into(),
+                },
+            ],
+            origin: "test".into(),
+        };
+        let body = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}assistant: {% endif %}";
+        for bos in [true, false] {
+            let tok = tokenizer(dir.path(), bos);
+            let start = tok.doc_start();
+            assert_eq!(start == tok.eot_id, !bos);
+            for tpl in [body.to_string(), format!("{{{{ bos_token }}}}{body}")] {
+                let tpl = Template::new(&tpl).unwrap().with_tokens(&tok);
+                let rows = samples(&tok, &tpl, std::slice::from_ref(&ex), 64, &mut 0, &mut 0);
+                let ids = &rows.unwrap()[0].ids;
+                assert_eq!(ids[0], start, "bos {bos}: {}", tpl.source);
+                assert_ne!(ids[1], start, "bos {bos}: {}", tpl.source);
+            }
         }
     }
 
