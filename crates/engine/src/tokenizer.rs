@@ -191,10 +191,11 @@ impl Tokenizer {
 }
 
 /// Turns a growing list of token ids into printable text pieces ([`Tokenizer::decode_text`]),
-/// holding back bytes that do not yet form a whole UTF-8 character. Byte-level BPE decodes a sequence as the concatenation of
-/// its parts' decodings wherever a part ends on a whole character, so only the tokens since the
-/// last such end are decoded again: each token costs the same however long the text grows (the
-/// server decodes every sequence's tokens on its engine thread).
+/// holding back bytes that do not yet form a whole UTF-8 character. Byte-level BPE decodes a
+/// sequence as the concatenation of its parts' decodings wherever a part ends on a whole
+/// character, so only the tokens since the last such end are decoded again: each token costs the
+/// same however long the text grows (the server decodes every sequence's tokens on its engine
+/// thread).
 #[derive(Default)]
 pub struct StreamDecoder {
     /// Tokens since the last whole character.
