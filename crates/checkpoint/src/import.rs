@@ -829,7 +829,7 @@ pub fn gguf_tokenizer_json(g: &tritium_gguf::Gguf) -> Result<String, String> {
     let bos = g
         .get(keys::BOS_ID)
         .and_then(Value::as_u32)
-        .filter(|_| matches!(g.get(keys::ADD_BOS), Some(Value::Bool(true))))
+        .filter(|_| pre.add_bos(g.get(keys::ADD_BOS).and_then(Value::as_bool)))
         .and_then(|id| Some((tokens.get(id as usize)?, id)));
     let post_processor = match bos {
         Some((name, id)) => crate::bos::post_processor(name, id),

@@ -135,7 +135,7 @@ impl Tokenizer {
             ends,
             eos: id(tokenizer::EOS_ID),
             bos: id(tokenizer::BOS_ID),
-            add_bos: matches!(g.get(tokenizer::ADD_BOS), Some(Value::Bool(true))),
+            add_bos: pre.add_bos(g.get(tokenizer::ADD_BOS).and_then(Value::as_bool)),
             chat_template: g
                 .get(tokenizer::CHAT_TEMPLATE)
                 .and_then(Value::as_str)
@@ -145,14 +145,14 @@ impl Tokenizer {
 
     /// Token ids of a prompt: a BOS first if the file asks for one, as llama.cpp's prompts get.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let mut ids = Vec::new();
-        if self.add_bos
-            && let Some(b) = self.bos
-        {
-            ids.push(b);
-        }
+        let mut ids: Vec<u32> = self.prompt_bos().into_iter().collect();
         ids.extend(self.encode_text(text)?);
         Ok(ids)
+    }
+
+    /// The BOS put before every prompt, if the file asks for one.
+    pub fn prompt_bos(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos)
     }
 
     /// Token ids of `text` alone (no BOS): pieces a scorer puts after its own document start.
@@ -164,7 +164,7 @@ impl Tokenizer {
     /// The token documents start with: the BOS a file adds to every prompt, else its
     /// end-of-text token (tritium's exports without a BOS), else any BOS it names.
     pub fn doc_start(&self) -> Option<u32> {
-        self.bos.filter(|_| self.add_bos).or(self.eos).or(self.bos)
+        self.prompt_bos().or(self.eos).or(self.bos)
     }
 
     /// Whether `id` ends a generation: a ChatML model fine-tuned with `<|endoftext|>` as its EOS

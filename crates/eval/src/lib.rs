@@ -37,6 +37,9 @@ pub trait Scorer {
     fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError>;
     /// The token that starts a document (end-of-text), used when a context is empty.
     fn bos(&self) -> u32;
+    /// The BOS the model puts before every text (Llama-3's `<|begin_of_text|>`), if it has one:
+    /// every context starts with it, as the engine's prompts and training's documents do.
+    fn prefix(&self) -> Option<u32>;
     /// Scores of every token of each continuation after the shared `context` (non-empty; callers
     /// keep `context.len() + cont.len() ≤ max_len()`).
     fn score(&mut self, context: &[u32], conts: &[Vec<u32>])
@@ -194,16 +197,20 @@ fn requests(
     what: &str,
 ) -> Result<Vec<Request>, EvalError> {
     let max = s.max_len();
+    let prefix = s.prefix();
     let mut fit = |mut ctx: Vec<u32>, mut conts: Vec<Vec<u32>>| -> Request {
         conts.iter_mut().for_each(|c| c.truncate(max - 1));
         let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
-        let room = max.saturating_sub(longest).max(1);
+        // The BOS takes a place of the window too.
+        let room = max.saturating_sub(longest).max(1) - usize::from(prefix.is_some());
         if ctx.len() > room {
             ctx.drain(..ctx.len() - room);
             *truncated += 1;
         }
-        if ctx.is_empty() {
-            ctx.push(s.bos());
+        match prefix {
+            Some(p) => ctx.insert(0, p),
+            None if ctx.is_empty() => ctx.push(s.bos()),
+            None => {}
         }
         Request { ctx, conts }
     };
@@ -393,6 +400,9 @@ mod tests {
         fn bos(&self) -> u32 {
             0
         }
+        fn prefix(&self) -> Option<u32> {
+            None
+        }
         fn score(
             &mut self,
             ctx: &[u32],
@@ -543,6 +553,9 @@ mod tests {
         fn bos(&self) -> u32 {
             self.0.bos()
         }
+        fn prefix(&self) -> Option<u32> {
+            self.0.prefix()
+        }
         fn score(
             &mut self,
             ctx: &[u32],
@@ -584,5 +597,56 @@ mod tests {
             e.contains("piqa item 1 choice 1") && e.contains("tokenizes to nothing"),
             "{e}"
         );
+    }
+
+    /// [`Fake`] for a model that puts a BOS (0) before every text, recording each context.
+    struct Prefixed(Fake, Vec<Vec<u32>>);
+
+    impl Scorer for Prefixed {
+        fn max_len(&self) -> usize {
+            self.0.max_len()
+        }
+        fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+            self.0.encode(text)
+        }
+        fn bos(&self) -> u32 {
+            0
+        }
+        fn prefix(&self) -> Option<u32> {
+            Some(0)
+        }
+        fn score(
+            &mut self,
+            ctx: &[u32],
+            conts: &[Vec<u32>],
+        ) -> Result<Vec<TokenScores>, EvalError> {
+            self.1.push(ctx.to_vec());
+            self.0.score(ctx, conts)
+        }
+    }
+
+    /// A model that starts every text with a BOS gets it before each context, and the window
+    /// (6 here) still holds it with the context's end and the longest choice: the 6-token query
+    /// keeps its last 4 tokens. Choices are scored after the context as before ("a" after "c",
+    /// ln ½, beats "bb", 2 ln ⅙).
+    #[test]
+    fn contexts_start_with_the_bos_the_model_adds() {
+        let mut f = Prefixed(Fake { calls: 0 }, Vec::new());
+        let items = vec![
+            Item::Choice {
+                query: "c".into(),
+                choices: vec!["a".into(), "bb".into()],
+                gold: 0,
+            },
+            Item::Choice {
+                query: "a b c d a b".into(),
+                choices: vec!["c".into()],
+                gold: 0,
+            },
+        ];
+        let r = run_task(&mut f, "arc_easy", &items, || {}).unwrap();
+        assert_eq!(f.1, vec![vec![0, 3], vec![0, 3, 4, 1, 2]]);
+        assert_eq!(r.truncated, 1, "the 6-token query cut to 4 beside the BOS");
+        assert_eq!(r.acc, 1.0);
     }
 }

@@ -58,6 +58,9 @@ impl Scorer for BurnScorer {
     fn bos(&self) -> u32 {
         self.tok.doc_start()
     }
+    fn prefix(&self) -> Option<u32> {
+        self.tok.bos_id
+    }
     fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
         let pairs: Vec<(&[u32], &[u32])> = conts.iter().map(|c| (ctx, c.as_slice())).collect();
         self.score_pairs(&pairs)
@@ -157,6 +160,9 @@ impl Scorer for GgufScorer {
     }
     fn bos(&self) -> u32 {
         self.model.tokenizer.doc_start().unwrap_or(0)
+    }
+    fn prefix(&self) -> Option<u32> {
+        self.model.tokenizer.prompt_bos()
     }
     fn score(&mut self, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<TokenScores>, EvalError> {
         let err = |e: tritium_engine::Error| EvalError::Model(e.to_string());

@@ -100,6 +100,13 @@ pub mod tokenizer {
         pub fn ignore_merges(self) -> bool {
             self == Pre::Llama3
         }
+
+        /// Whether prompts get a BOS first: `tokenizer.ggml.add_bos_token` where the file sets
+        /// it, else llama.cpp's default for the pre-tokenizer (on for `llama-bpe`, off for GPT-2's
+        /// byte-level BPE). Many Llama-3 GGUFs leave the key out and still start with a BOS.
+        pub fn add_bos(self, key: Option<bool>) -> bool {
+            key.unwrap_or(self == Pre::Llama3)
+        }
     }
 
     /// Llama-3's pre-tokenizer split, as its tokenizer.json spells it.

@@ -309,6 +309,20 @@ fn bitnet_cpp_layout_runs_and_imports() {
     );
 }
 
+/// Digits and their merges ("1 2", "12 3", "123 4"), then Llama-3's end of text: a vocabulary on
+/// which GPT-2's and Llama-3's pre-tokenizers give different tokens.
+const DIGITS: [&str; 9] = [
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "12",
+    "123",
+    "1234",
+    "<|end_of_text|>",
+];
+
 /// The tokenizer.json rebuilt from a GGUF splits as its pre-tokenizer says: Llama-3's
 /// (`llama-bpe`) cuts digits into groups of three before merging, GPT-2's does not, so the same
 /// merges give different tokens for "12345".
@@ -319,17 +333,7 @@ fn rebuilt_tokenizers_split_as_their_pre_tokenizer_says() {
     use tritium_gguf::{Gguf, Value, Writer};
     let strings =
         |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
-    let tokens = [
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "12",
-        "123",
-        "1234",
-        "<|end_of_text|>",
-    ];
+    let tokens = DIGITS;
     let split = |pre: Option<&str>, tokens: &[&str]| {
         let mut w = Writer::new();
         w.kv(keys::MODEL, Value::String("gpt2".into()));
@@ -394,18 +398,8 @@ fn a_bos_the_gguf_adds_starts_documents_everywhere() {
     use tritium_checkpoint::import::gguf_tokenizer_json;
     use tritium_gguf::names::{token_type, tokenizer as keys};
     use tritium_gguf::{Gguf, Value, Writer};
-    let tokens = [
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "12",
-        "123",
-        "1234",
-        "<|end_of_text|>",
-        "<|begin_of_text|>",
-    ];
+    let mut tokens = DIGITS.to_vec();
+    tokens.push("<|begin_of_text|>");
     let strings =
         |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
     let types = |v: &[&str]| {
@@ -418,7 +412,9 @@ fn a_bos_the_gguf_adds_starts_documents_everywhere() {
                 .collect(),
         )
     };
-    for add_bos in [true, false] {
+    // Without the key, llama.cpp adds a BOS for a llama-bpe vocabulary (many Llama-3 GGUFs leave
+    // it out): so does tritium.
+    for key in [Some(true), Some(false), None] {
         let mut w = Writer::new();
         w.kv(keys::MODEL, Value::String("gpt2".into()))
             .kv(keys::PRE, Value::String("llama-bpe".into()))
@@ -426,10 +422,13 @@ fn a_bos_the_gguf_adds_starts_documents_everywhere() {
             .kv(keys::TOKEN_TYPE, types(&tokens))
             .kv(keys::MERGES, strings(&["1 2", "12 3", "123 4"]))
             .kv(keys::BOS_ID, Value::U32(9))
-            .kv(keys::EOS_ID, Value::U32(8))
-            .kv(keys::ADD_BOS, Value::Bool(add_bos));
+            .kv(keys::EOS_ID, Value::U32(8));
+        if let Some(k) = key {
+            w.kv(keys::ADD_BOS, Value::Bool(k));
+        }
         let bytes = w.to_bytes();
         let g = Gguf::parse(&bytes).unwrap();
+        let add_bos = key.unwrap_or(true);
         let start = if add_bos { 9 } else { 8 };
 
         let engine = tritium_engine::tokenizer::Tokenizer::from_gguf(&g, tokens.len()).unwrap();
