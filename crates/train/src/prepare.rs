@@ -217,10 +217,19 @@ pub fn prepare(
     let vocab = tok.vocab_size();
     let token_bytes = if vocab <= u16::MAX as usize + 1 { 2 } else { 4 };
     let shard_bytes = state.shard_tokens * token_bytes;
-    let (mut train, mut val) = (
-        Vec::with_capacity(shard_bytes + BATCH_BYTES * 2),
-        Vec::new(),
-    );
+    // A shard is built whole in memory: a machine without room for one gets an error naming the
+    // flag, not an allocation abort halfway through the corpus.
+    let mut train = Vec::new();
+    train
+        .try_reserve_exact(shard_bytes + BATCH_BYTES * 2)
+        .map_err(|e| {
+            DataError::Output(format!(
+                "--shard-tokens {}: a shard of {} MiB does not fit in memory ({e}); give fewer",
+                state.shard_tokens,
+                shard_bytes >> 20
+            ))
+        })?;
+    let mut val = Vec::new();
     let bar = indicatif::ProgressBar::new_spinner();
     let (tx, rx) = sync_channel::<Result<Batch, TextError>>(2);
     let (first_file, first_doc) = (state.next_file, state.next_doc);
