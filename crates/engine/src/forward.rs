@@ -217,15 +217,7 @@ pub fn forward_batch(steps: &mut [Step<'_, '_>]) -> Result<(), Error> {
     let embd = m.embedding();
     let tokens = steps.iter().flat_map(|s| s.tokens.iter());
     for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
-        let at = tok as usize * d..(tok as usize + 1) * d;
-        match embd {
-            kernels::FloatRows::F32(e) => row.copy_from_slice(&e[at]),
-            kernels::FloatRows::F16(e) => {
-                for (o, &b) in row.iter_mut().zip(&e[at]) {
-                    *o = half::f16::from_bits(b).to_f32();
-                }
-            }
-        }
+        embd.row_into(d, tok as usize, row);
     }
 
     let mut acts = QuantActs::default();

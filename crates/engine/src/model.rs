@@ -13,7 +13,7 @@ use tritium_gguf::names::{self, BlockNorm, Projection};
 use tritium_gguf::{GgmlType, Gguf, TensorInfo, Value};
 
 use crate::Error;
-use crate::kernels::{Aligned, FloatRows};
+use crate::kernels::{self, Aligned, FloatRows};
 use crate::matrix::TernaryMatrix;
 use crate::runtime::Runtime;
 use crate::tokenizer::Tokenizer;
@@ -50,8 +50,9 @@ impl std::ops::Deref for Bytes {
     }
 }
 
-/// Float rows of the embedding / LM head, in memory of our own: F16 and F32 copied out of the file
-/// ([`copy_rows`]), others (Q8_0) dequantized.
+/// Float rows of the embedding / LM head, in memory of our own and in the kernels' grouped layout
+/// ([`kernels::float_index`]): F16 and F32 copied out of the file ([`copy_rows`]), others (Q8_0)
+/// dequantized.
 enum Rows {
     F16(Aligned<u16>),
     F32(Aligned<f32>),
@@ -89,15 +90,34 @@ fn copy_rows(path: &Path, bytes: &Bytes, t: &TensorInfo) -> Result<Rows, Error> 
             }
         }
     };
+    let (d, len) = grouped_len(t);
     Ok(if t.ty == GgmlType::F16 {
-        let mut rows = Aligned::filled(t.nbytes / 2, 0u16);
-        fill(bytemuck::cast_slice_mut(&mut rows[..]))?;
+        let mut rows = Aligned::filled(len, 0u16);
+        fill(bytemuck::cast_slice_mut(&mut rows[..t.nbytes / 2]))?;
+        kernels::group_rows(&mut rows, d);
         Rows::F16(rows)
     } else {
-        let mut rows = Aligned::filled(t.nbytes / 4, 0f32);
-        fill(bytemuck::cast_slice_mut(&mut rows[..]))?;
+        let mut rows = Aligned::filled(len, 0f32);
+        fill(bytemuck::cast_slice_mut(&mut rows[..t.nbytes / 4]))?;
+        kernels::group_rows(&mut rows, d);
         Rows::F32(rows)
     })
+}
+
+/// A Q8_0 (or other block-quantized) embedding as f32 rows in the kernels' layout.
+fn dequantized_rows(g: &Gguf, t: &TensorInfo) -> Rows {
+    let (d, len) = grouped_len(t);
+    let mut rows = g.dequantize(t);
+    rows.resize(len, 0.0);
+    kernels::group_rows(&mut rows, d);
+    Rows::Dequantized(rows)
+}
+
+/// The row width of a `[d, rows]` float tensor and the values its rows take in the kernels'
+/// grouped layout ([`kernels::float_index`]: the last group padded with zero rows).
+fn grouped_len(t: &TensorInfo) -> (usize, usize) {
+    let d = t.dims[0] as usize;
+    (d, kernels::float_rows_len(t.n_elements() / d.max(1), d))
 }
 
 pub struct Model {
@@ -216,7 +236,7 @@ impl Model {
         }
         let rows = |t: &TensorInfo| match t.ty {
             GgmlType::F16 | GgmlType::F32 => copy_rows(path, &map, t),
-            _ => Ok(Rows::Dequantized(g.dequantize(t))),
+            _ => Ok(dequantized_rows(&g, t)),
         };
         let embd = rows(embd_t)?;
         let head = head_t.map(rows).transpose()?;
@@ -247,7 +267,8 @@ impl Model {
         })
     }
 
-    /// The token embedding, `[V, D]` row-major.
+    /// The token embedding, `[V, D]` in the kernels' grouped layout (read a row with
+    /// [`FloatRows::row_into`]).
     pub fn embedding(&self) -> FloatRows<'_> {
         self.embd.view()
     }

@@ -168,6 +168,14 @@ fn scaled_block_rows_equal_the_per_block_sum() {
     }
 }
 
+/// Plain rows in the kernels' grouped layout.
+fn grouped<T: Copy + Default>(plain: &[T], rows: usize, d: usize) -> Vec<T> {
+    let mut v = plain.to_vec();
+    v.resize(kernels::float_rows_len(rows, d), T::default());
+    kernels::group_rows(&mut v, d);
+    v
+}
+
 #[test]
 fn float_simd_equals_scalar() {
     let mut rng = Rng(2);
@@ -185,7 +193,12 @@ fn float_simd_equals_scalar() {
                 .map(|_| (0..d).map(|_| rng.f32() * 3.0).collect())
                 .collect();
             let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
-            for w in [FloatRows::F32(&w32), FloatRows::F16(&w16)] {
+            // The kernels read the grouped layout; the f64 check below reads the plain rows.
+            let (g32, g16) = (grouped(&w32, rows, d), grouped(&w16, rows, d));
+            for (w, plain) in [
+                (FloatRows::F32(&g32), FloatRows::F32(&w32)),
+                (FloatRows::F16(&g16), FloatRows::F16(&w16)),
+            ] {
                 for range in [0..rows, 3..10, 1..rows] {
                     let mut want = vec![0f32; range.len() * ntok];
                     kernels::float_dots(Isa::Scalar, w, d, range.clone(), &refs, &mut want);
@@ -203,7 +216,7 @@ fn float_simd_equals_scalar() {
                         for t in 0..ntok {
                             let exact: f64 = (0..d)
                                 .map(|j| {
-                                    let wv = match w {
+                                    let wv = match plain {
                                         FloatRows::F32(v) => v[r * d + j],
                                         FloatRows::F16(v) => {
                                             half::f16::from_bits(v[r * d + j]).to_f32()

@@ -129,6 +129,54 @@ mod aligned_tests {
     }
 }
 
+#[cfg(test)]
+mod float_layout_tests {
+    use super::*;
+
+    #[test]
+    fn grouped_rows_put_each_rows_sixteen_values_beside_the_groups_others() {
+        // Five rows 32 wide: one full group and one padded to four rows. Row r, value j holds
+        // 100r + j, so every slot names where it came from.
+        let (rows, d) = (5, 32);
+        let mut v: Vec<f32> = (0..rows * d)
+            .map(|i| (100 * (i / d) + i % d) as f32)
+            .collect();
+        v.resize(float_rows_len(rows, d), -1.0);
+        assert_eq!(v.len(), 8 * d);
+        group_rows(&mut v, d);
+        // Group 0: values 0–15 of rows 0, 1, 2, 3, then values 16–31 of rows 0, 1, 2, 3.
+        assert_eq!(&v[..3], &[0.0, 1.0, 2.0]);
+        assert_eq!(v[16], 100.0);
+        assert_eq!(v[63], 315.0);
+        assert_eq!(v[64], 16.0);
+        assert_eq!(v[81], 117.0);
+        assert_eq!(v[127], 331.0);
+        // Group 1 starts at 4·32: row 4's first sixteen values, then the three padding rows.
+        assert_eq!(v[128], 400.0);
+        assert_eq!(v[144], -1.0); // the padding, as resized
+        assert_eq!(v[128 + 64 + 15], 431.0);
+        assert_eq!(float_index(d, 1, 17), 81);
+        assert_eq!(float_index(d, 4, 31), 128 + 64 + 15);
+        let mut row = vec![0f32; d];
+        for r in 0..rows {
+            FloatRows::F32(&v).row_into(d, r, &mut row);
+            let want: Vec<f32> = (0..d).map(|j| (100 * r + j) as f32).collect();
+            assert_eq!(row, want, "row {r}");
+        }
+    }
+
+    #[test]
+    fn rows_not_a_multiple_of_sixteen_wide_stay_row_major() {
+        let (rows, d) = (3, 24);
+        let plain: Vec<u16> = (0..(rows * d) as u16).collect();
+        let mut v = plain.clone();
+        assert_eq!(float_rows_len(rows, d), rows * d);
+        group_rows(&mut v, d);
+        assert_eq!(v, plain);
+        assert_eq!(float_index(d, 2, 5), 53);
+    }
+}
+
 /// Shapes whose sizes overflow `usize`: with wrapping arithmetic each one's length checks would
 /// pass and its kernel would read or write far outside the slices given (found in review). Each
 /// must stop at a check instead.
@@ -502,7 +550,8 @@ pub fn ternary_rows_scaled(
     }
 }
 
-/// Float weight rows for the LM head (the tied embedding), in the file's own encoding.
+/// Float weight rows for the LM head (the tied embedding), in the file's own encoding and in the
+/// grouped layout of [`float_index`] (build it with [`group_rows`]).
 #[derive(Clone, Copy, Debug)]
 pub enum FloatRows<'a> {
     F32(&'a [f32]),
@@ -518,6 +567,81 @@ impl FloatRows<'_> {
             FloatRows::F16(_) => 2,
         }
     }
+
+    /// Values it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            FloatRows::F32(v) => v.len(),
+            FloatRows::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `r` (`d` wide) as f32, into `out`.
+    pub fn row_into(&self, d: usize, r: usize, out: &mut [f32]) {
+        assert!(out.len() == d && self.len() >= float_rows_len(r + 1, d));
+        for (j, o) in out.iter_mut().enumerate() {
+            let at = float_index(d, r, j);
+            *o = match self {
+                FloatRows::F32(v) => v[at],
+                FloatRows::F16(v) => half::f16::from_bits(v[at]).to_f32(),
+            };
+        }
+    }
+}
+
+/// Rows a group of the float rows' layout holds.
+pub const FLOAT_GROUP: usize = 4;
+
+/// Where element `j` of row `r` lives in float rows `d` wide. Rows go in groups of
+/// [`FLOAT_GROUP`], each group's rows interleaved by 16 values: the 16 values a vector load takes
+/// from each of the group's four rows lie side by side (128 bytes of f16), so the decode kernel,
+/// which runs the four rows together, reads the head as one sequential stream. Row by row, it had
+/// read four streams 1.5 KB apart (bitnet-125m), and the f16 head streamed at two thirds of a
+/// plain read. A group takes the same bytes as its rows did, and the last group is padded to four
+/// rows ([`float_rows_len`]). Rows whose width is not a multiple of 16 stay row-major.
+#[inline(always)]
+pub fn float_index(d: usize, r: usize, j: usize) -> usize {
+    if d.is_multiple_of(16) {
+        let g = FLOAT_GROUP;
+        (r / g) * g * d + (j / 16) * 16 * g + (r % g) * 16 + j % 16
+    } else {
+        r * d + j
+    }
+}
+
+/// Values `rows` float rows `d` wide take in the grouped layout: whole groups where it groups.
+pub fn float_rows_len(rows: usize, d: usize) -> usize {
+    if d.is_multiple_of(16) {
+        elems(&[rows.div_ceil(FLOAT_GROUP), FLOAT_GROUP, d])
+    } else {
+        elems(&[rows, d])
+    }
+}
+
+/// Reorders row-major rows `d` wide into the layout of [`float_index`], in place, one group at a
+/// time. `rows.len()` must be [`float_rows_len`] of the rows it holds (pad the last group first).
+pub fn group_rows<T: Copy + Default>(rows: &mut [T], d: usize) {
+    if !d.is_multiple_of(16) || d == 0 {
+        return;
+    }
+    let g = FLOAT_GROUP * d;
+    assert!(
+        rows.len().is_multiple_of(g),
+        "the last group of rows is not padded"
+    );
+    let mut tmp = vec![T::default(); g];
+    for group in rows.chunks_exact_mut(g) {
+        for (a, row) in group.chunks_exact(d).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                tmp[float_index(d, a, j)] = v;
+            }
+        }
+        group.copy_from_slice(&tmp);
+    }
 }
 
 /// `out[r·xs.len() + t] = w[r] · xs[t]` for rows `rows` of `w` (row length `d`, a multiple of 16),
@@ -532,10 +656,7 @@ pub fn float_dots(
 ) {
     assert!(d.is_multiple_of(16));
     assert!(xs.iter().all(|x| x.len() == d) && out.len() == elems(&[rows.len(), xs.len()]));
-    match w {
-        FloatRows::F32(v) => assert!(v.len() >= elems(&[rows.end, d])),
-        FloatRows::F16(v) => assert!(v.len() >= elems(&[rows.end, d])),
-    }
+    assert!(w.len() >= float_rows_len(rows.end, d));
     assert!(
         isa.supported(),
         "{} kernels on a CPU without them",

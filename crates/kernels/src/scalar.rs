@@ -1,6 +1,6 @@
 //! Reference kernels: plain loops that define what the SIMD versions must return, bit for bit.
 
-use super::{Block64, FloatRows, reduce16};
+use super::{Block64, FloatRows, float_index, reduce16};
 
 pub fn ternary_dots(w: &[Block64], xs: &[&[i8]], out: &mut [i32]) {
     for (x, o) in xs.iter().zip(out.iter_mut()) {
@@ -42,14 +42,15 @@ pub fn float_dots(
     for (i, r) in rows.enumerate() {
         for (t, x) in xs.iter().enumerate() {
             out[i * nt + t] = match w {
-                FloatRows::F32(v) => dot(|j| v[r * d + j], x),
-                FloatRows::F16(v) => dot(|j| f16_to_f32(v[r * d + j]), x),
+                FloatRows::F32(v) => dot(|j| v[float_index(d, r, j)], x),
+                FloatRows::F16(v) => dot(|j| f16_to_f32(v[float_index(d, r, j)]), x),
             };
         }
     }
 }
 
-/// Plain dot products for row widths that are not a multiple of 16 (no SIMD variant).
+/// Plain dot products for row widths that are not a multiple of 16 (no SIMD variant; such rows
+/// are row-major, see [`float_index`]).
 pub fn float_dots_any(
     w: FloatRows,
     d: usize,
@@ -57,6 +58,10 @@ pub fn float_dots_any(
     xs: &[&[f32]],
     out: &mut [f32],
 ) {
+    assert!(
+        !d.is_multiple_of(16),
+        "rows a multiple of 16 wide are grouped: float_dots"
+    );
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
         for (t, x) in xs.iter().enumerate() {

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Block64, FloatRows, reduce16};
+use super::{Block64, FLOAT_GROUP, FloatRows, float_index, reduce16};
 
 // ---------------------------------------------------------------------------------------------
 // Ternary × int8
@@ -324,8 +324,9 @@ unsafe fn tile256<const NT: usize>(w: &[Block64], xs: &[&[i8]], out: &mut [i32])
 // Float rows (LM head): canonical order = 16 lanes, fused multiply-add, pairwise reduction.
 
 /// # Safety
-/// The CPU must support avx512f, avx512bw and avx512vnni; `w` holds `rows.end·d` values, `d % 16 == 0`, every `xs[t]` has
-/// `d` values and `out.len() == rows.len()·xs.len()`.
+/// The CPU must support avx512f, avx512bw and avx512vnni; `w` holds
+/// [`crate::float_rows_len`]`(rows.end, d)` values, `d % 16 == 0`, every `xs[t]` has `d` values
+/// and `out.len() == rows.len()·xs.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn float_dots_avx512(
     w: FloatRows,
@@ -472,12 +473,13 @@ unsafe fn ftile8<const RR: usize>(
     // decoding together, two threads, alternating: 1188 → 1280 tok/s (medians of six rounds,
     // 8 of 10 rounds faster); wider rows (2B4T) went to L2 already.
     let ahead = Ahead::in_l2(w, d, r, RR);
+    let at: [usize; RR] = std::array::from_fn(|a| float_index(d, r + a, 0));
     for c in 0..d / 16 {
         ahead.fetch(c);
         let mut wv = [_mm512_setzero_ps(); RR];
         for (a, v) in wv.iter_mut().enumerate() {
-            // SAFETY: (r + a)·d + 16c + 16 ≤ rows.end·d (the caller's contract).
-            *v = unsafe { load16_512(w, (r + a) * d + 16 * c) };
+            // SAFETY: row r + a's values 16c..16c + 16 lie inside the rows (the caller's contract).
+            *v = unsafe { load16_512(w, at[a] + FLOAT_GROUP * 16 * c) };
         }
         // Constant trip counts throughout, so the accumulators stay in registers.
         for t in 0..8 {
@@ -642,6 +644,7 @@ unsafe fn ftile512<const RR: usize, const NT: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); NT]; RR];
     let ahead = Ahead::new(w, d, r, RR);
+    let at: [usize; RR] = std::array::from_fn(|a| float_index(d, r + a, 0));
     for c in 0..d / 16 {
         ahead.fetch(c);
         let mut xv = [_mm512_setzero_ps(); NT];
@@ -650,8 +653,8 @@ unsafe fn ftile512<const RR: usize, const NT: usize>(
             xv[t] = unsafe { _mm512_loadu_ps(xs[t].as_ptr().add(16 * c)) };
         }
         for a in 0..RR {
-            // SAFETY: (r + a)·d + 16c + 16 ≤ rows.end·d.
-            let wv = unsafe { load16_512(w, (r + a) * d + 16 * c) };
+            // SAFETY: row r + a's values 16c..16c + 16 lie inside the rows.
+            let wv = unsafe { load16_512(w, at[a] + FLOAT_GROUP * 16 * c) };
             for t in 0..NT {
                 acc[a][t] = _mm512_fmadd_ps(wv, xv[t], acc[a][t]);
             }
@@ -684,8 +687,9 @@ pub unsafe fn float_dots_avx2(
             let mut lo = _mm256_setzero_ps();
             let mut hi = _mm256_setzero_ps();
             for c in 0..d / 16 {
-                let at = r * d + 16 * c;
-                // SAFETY: at + 16 ≤ rows.end·d; 16c + 16 ≤ d = x.len().
+                let at = float_index(d, r, 0) + FLOAT_GROUP * 16 * c;
+                // SAFETY: row r's values 16c..16c + 16 (at..at + 16) lie inside the rows;
+                // 16c + 16 ≤ d = x.len().
                 unsafe {
                     let (wl, wh) = match w {
                         FloatRows::F32(v) => (
