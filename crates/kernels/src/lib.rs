@@ -12,6 +12,9 @@
 //! `2l` and a mask therefore give 64 consecutive codes, matched by 64 consecutive activations (or
 //! two runs of 32 for AVX2) with no shuffles. `Σ q·x = Σ t·x − Σ x`; the code is unsigned and the
 //! activation signed, which is exactly what `vpdpbusd` / `vpmaddubsw` multiply.
+//!
+//! Float rows (the LM head and embedding, [`FloatRows`]) go in groups of four rows interleaved by
+//! 16 values ([`float_index`]), so the four rows a decode tile runs together are one stream.
 
 // Kernels index with plain loops on purpose: the layouts are defined by index arithmetic, and
 // iterator adaptors get instantiated outside `target_feature` functions, losing the wide vectors.
@@ -636,8 +639,9 @@ pub fn group_rows<T: Copy + Default>(rows: &mut [T], d: usize) {
     let mut tmp = vec![T::default(); g];
     for group in rows.chunks_exact_mut(g) {
         for (a, row) in group.chunks_exact(d).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                tmp[float_index(d, a, j)] = v;
+            for (c, sixteen) in row.chunks_exact(16).enumerate() {
+                let at = float_index(d, a, 16 * c);
+                tmp[at..at + 16].copy_from_slice(sixteen);
             }
         }
         group.copy_from_slice(&tmp);
