@@ -280,6 +280,29 @@ impl Dataset {
         };
         let train = open("train", meta.train_tokens)?;
         let val = open("val", meta.val_tokens)?;
+        // Since session 38 every document starts with the tokenizer's BOS where it has one; data
+        // prepared before then has the same meta.json and tokenizer hash but no BOS, and would
+        // train a model on documents its engine and evaluation never show it. The first token
+        // of each split tells them apart.
+        if let Some(bos) = tokenizer.and_then(|t| t.bos_id) {
+            for (split, f) in [("train", &train), ("val", &val)] {
+                let mut first = Vec::new();
+                if !f.is_empty() {
+                    f.window(0, 1, &mut first);
+                }
+                if first.first().is_some_and(|&id| id != i64::from(bos)) {
+                    return Err(DataError::Meta {
+                        path: dir.to_path_buf(),
+                        msg: format!(
+                            "its {split} split starts with token {} where this tokenizer's BOS \
+                             ({bos}) should start every document: it was prepared before tritium \
+                             put the BOS there; prepare the data again",
+                            first[0]
+                        ),
+                    });
+                }
+            }
+        }
         Ok(Self {
             meta,
             train,

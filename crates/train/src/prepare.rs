@@ -539,6 +539,21 @@ mod tests {
             text.starts_with("<|begin_of_text|>document number 9 says hello.<|endoftext|><|begin_of_text|>document number 19"),
             "{text}"
         );
+
+        // Data prepared before documents began with the BOS (the same meta.json, no BOS first)
+        // is refused, naming the split, rather than trained on.
+        let b = ds.meta.token_bytes;
+        drop(ds); // its maps of the shard
+        let shard = crate::data::shard_path(&out, "train", 0);
+        let mut bytes = std::fs::read(&shard).unwrap();
+        bytes[..b].copy_from_slice(&1u32.to_le_bytes()[..b]);
+        std::fs::write(&shard, &bytes).unwrap();
+        let err = Dataset::open(&out, Some(&tok)).err().unwrap().to_string();
+        assert!(
+            err.contains("train split starts with token 1")
+                && err.contains(&format!("BOS ({bos})")),
+            "{err}"
+        );
     }
 
     /// Text, zstd JSONL and Parquet inputs in one corpus; small shards give the token streams of
