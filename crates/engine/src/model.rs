@@ -90,7 +90,10 @@ fn copy_rows(path: &Path, bytes: &Bytes, t: &TensorInfo) -> Result<Rows, Error> 
             }
         }
     };
-    let (d, len) = grouped_len(t);
+    // Read straight into a buffer of the grouped size (the last group padded with zero rows),
+    // then grouped in place: no second copy of the head.
+    let d = t.dims[0] as usize;
+    let len = kernels::float_rows_len(t.n_elements() / d.max(1), d);
     Ok(if t.ty == GgmlType::F16 {
         let mut rows = Aligned::filled(len, 0u16);
         fill(bytemuck::cast_slice_mut(&mut rows[..t.nbytes / 2]))?;
@@ -106,18 +109,7 @@ fn copy_rows(path: &Path, bytes: &Bytes, t: &TensorInfo) -> Result<Rows, Error> 
 
 /// A Q8_0 (or other block-quantized) embedding as f32 rows in the kernels' layout.
 fn dequantized_rows(g: &Gguf, t: &TensorInfo) -> Rows {
-    let (d, len) = grouped_len(t);
-    let mut rows = g.dequantize(t);
-    rows.resize(len, 0.0);
-    kernels::group_rows(&mut rows, d);
-    Rows::Dequantized(rows)
-}
-
-/// The row width of a `[d, rows]` float tensor and the values its rows take in the kernels'
-/// grouped layout ([`kernels::float_index`]: the last group padded with zero rows).
-fn grouped_len(t: &TensorInfo) -> (usize, usize) {
-    let d = t.dims[0] as usize;
-    (d, kernels::float_rows_len(t.n_elements() / d.max(1), d))
+    Rows::Dequantized(kernels::grouped(g.dequantize(t), t.dims[0] as usize))
 }
 
 pub struct Model {

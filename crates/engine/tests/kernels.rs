@@ -168,14 +168,6 @@ fn scaled_block_rows_equal_the_per_block_sum() {
     }
 }
 
-/// Plain rows in the kernels' grouped layout.
-fn grouped<T: Copy + Default>(plain: &[T], rows: usize, d: usize) -> Vec<T> {
-    let mut v = plain.to_vec();
-    v.resize(kernels::float_rows_len(rows, d), T::default());
-    kernels::group_rows(&mut v, d);
-    v
-}
-
 #[test]
 fn float_simd_equals_scalar() {
     let mut rng = Rng(2);
@@ -194,7 +186,8 @@ fn float_simd_equals_scalar() {
                 .collect();
             let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
             // The kernels read the grouped layout; the f64 check below reads the plain rows.
-            let (g32, g16) = (grouped(&w32, rows, d), grouped(&w16, rows, d));
+            let g32 = kernels::grouped(w32.clone(), d);
+            let g16 = kernels::grouped(w16.clone(), d);
             for (w, plain) in [
                 (FloatRows::F32(&g32), FloatRows::F32(&w32)),
                 (FloatRows::F16(&g16), FloatRows::F16(&w16)),

@@ -625,6 +625,14 @@ pub fn float_rows_len(rows: usize, d: usize) -> usize {
     }
 }
 
+/// Row-major rows `d` wide (`plain.len() / d` of them) in the layout of [`float_index`], the
+/// last group padded with default values.
+pub fn grouped<T: Copy + Default>(mut plain: Vec<T>, d: usize) -> Vec<T> {
+    plain.resize(float_rows_len(plain.len() / d.max(1), d), T::default());
+    group_rows(&mut plain, d);
+    plain
+}
+
 /// Reorders row-major rows `d` wide into the layout of [`float_index`], in place, one group at a
 /// time. `rows.len()` must be [`float_rows_len`] of the rows it holds (pad the last group first).
 pub fn group_rows<T: Copy + Default>(rows: &mut [T], d: usize) {

@@ -682,12 +682,13 @@ pub unsafe fn float_dots_avx2(
 ) {
     let nt = xs.len();
     for (i, r) in rows.enumerate() {
+        let row = float_index(d, r, 0);
         for (t, x) in xs.iter().enumerate() {
             // Lanes 0–7 and 8–15 of the canonical 16 live in two registers.
             let mut lo = _mm256_setzero_ps();
             let mut hi = _mm256_setzero_ps();
             for c in 0..d / 16 {
-                let at = float_index(d, r, 0) + FLOAT_GROUP * 16 * c;
+                let at = row + FLOAT_GROUP * 16 * c;
                 // SAFETY: row r's values 16c..16c + 16 (at..at + 16) lie inside the rows;
                 // 16c + 16 ≤ d = x.len().
                 unsafe {
