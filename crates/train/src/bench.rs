@@ -10,7 +10,7 @@ use tritium_model::{Backend, ModelConfig, Transformer};
 use crate::TrainError;
 use crate::data::splitmix64;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::step::{StepParams, train_step};
+use crate::step::{StepParams, on_workers, train_step};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -93,7 +93,9 @@ pub fn run_bench(model_cfg: &ModelConfig, cfg: &BenchConfig) -> Result<BenchRepo
         };
         step += 1;
         // A config can make even random-token training diverge (an extreme norm_eps, say).
-        let (m, out) = train_step(model, &mut optim, 1, loss_of, params).map_err(|what| {
+        let cpu = cfg.backend.uses_host_memory();
+        let stepped = on_workers(cpu, || train_step(model, &mut optim, 1, loss_of, params));
+        let (m, out) = stepped.map_err(|what| {
             TrainError::Config(format!("training step {step} on random tokens: {what}"))
         })?;
         *loss = out.loss;

@@ -24,7 +24,7 @@ use crate::metrics::{self, Row};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::parallel;
 use crate::prepare::{PrepareOptions, prepare};
-use crate::step::{StepParams, train_step};
+use crate::step::{StepParams, on_workers, train_step};
 use crate::tokenizer::Tokenizer;
 
 pub struct TrainOptions {
@@ -319,8 +319,11 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             let loss =
                 |model: &Transformer, m: usize, scale: f32| loss_on(model, &device, m, scale);
             let model = models.pop().expect("one model");
-            let (next, out) = train_step(model, &mut optims[0], t.grad_accum, loss, params)
-                .map_err(non_finite)?;
+            let optim = &mut optims[0];
+            let (next, out) = on_workers(backends[0].uses_host_memory(), || {
+                train_step(model, optim, t.grad_accum, loss, params)
+            })
+            .map_err(non_finite)?;
             models.push(next);
             out
         };

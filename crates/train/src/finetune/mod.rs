@@ -36,7 +36,7 @@ use crate::event::{Event, StartData};
 use crate::metrics::{self, Row};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::schedule::{Decay, Schedule};
-use crate::step::{StepParams, train_step};
+use crate::step::{StepParams, on_workers, train_step};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone)]
@@ -473,8 +473,10 @@ pub fn finetune(
             weight_decay: sched.weight_decay_at(step - 1),
             grad_clip: c.grad_clip,
         };
-        let (next, out_) = train_step(model, &mut optim, 1, loss, params)
-            .map_err(|what| TrainError::NonFinite { step, what })?;
+        let (next, out_) = on_workers(o.device.uses_host_memory(), || {
+            train_step(model, &mut optim, 1, loss, params)
+        })
+        .map_err(|what| TrainError::NonFinite { step, what })?;
         model = next;
         let row = Row {
             step,
