@@ -19,6 +19,8 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use crate::fill::par_parts;
+
 use crate::dot_body as dot;
 use crate::rows::{exp, max_map, sum_map};
 
@@ -292,19 +294,16 @@ pub fn forward(
     let rope = Rope::new(&s, theta);
     let scale = 1.0 / (hd as f32).sqrt();
 
-    let mut kr = vec![0f32; b * kv * t * hd];
-    kr.par_chunks_mut(t * hd)
-        .enumerate()
-        .for_each(|(i, d)| rope_in(k, &s, kv, (i / kv, i % kv), &rope, d));
-    let mut qr = vec![0f32; b * h * t * hd];
-    qr.par_chunks_mut(t * hd)
-        .enumerate()
-        .for_each(|(i, d)| rope_in(q, &s, h, (i / h, i % h), &rope, d));
+    let (kr, _) = par_parts(b * kv * t * hd, t * hd, |i, d| {
+        rope_in(k, &s, kv, (i / kv, i % kv), &rope, d)
+    });
+    let (qr, _) = par_parts(b * h * t * hd, t * hd, |i, d| {
+        rope_in(q, &s, h, (i / h, i % h), &rope, d)
+    });
 
-    let mut probs = vec![0f32; b * h * t * t];
     let mut o = vec![0f32; b * t * h * hd];
     let out = Out(o.as_mut_ptr());
-    probs.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
+    let (probs, _) = par_parts(b * h * t * t, t * t, |i, p: &mut [f32]| {
         let (bi, hh) = (i / h, i % h);
         let g = hh / s.rep();
         let qh = &qr[i * t * hd..][..t * hd];

@@ -170,14 +170,11 @@ impl QuantizedRows {
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> QuantizedRows {
         assert_eq!(x.len(), rows * cols, "activation length");
         let stride = padded(cols);
-        let mut q = vec![0i8; rows * stride];
-        let mut scale = vec![0f32; rows];
-        let mut sum = vec![0i32; rows];
-        q.par_chunks_mut(stride)
-            .zip(scale.par_iter_mut())
-            .zip(sum.par_iter_mut())
-            .zip(x.par_chunks(cols))
-            .for_each(|(((dst, s), total), row)| (*s, *total) = quantize_row(dst, row));
+        // A row's padding past `cols` stays zero (the product kernels read it).
+        let (q, rows_out) = crate::fill::par_parts(rows * stride, stride, |t, dst| {
+            quantize_row(dst, &x[t * cols..][..cols])
+        });
+        let (scale, sum) = rows_out.into_iter().unzip();
         QuantizedRows {
             rows,
             cols,
@@ -237,22 +234,19 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     assert_eq!(x.cols, w.cols, "inner dimensions");
     assert!(x.stride >= w.panels.padded_cols(), "padding");
     let n = w.rows;
-    let mut y = vec![0f32; x.rows * n];
     if n == 0 {
-        return y;
+        return Vec::new();
     }
-    y.par_chunks_mut(TOKENS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(c, out)| {
-            let t0 = c * TOKENS_PER_TASK;
-            let tokens = out.len() / n;
-            let xs: Vec<&[i8]> = (t0..t0 + tokens)
-                .map(|t| &x.q[t * x.stride..(t + 1) * x.stride])
-                .collect();
-            let factor: Vec<f32> = (t0..t0 + tokens).map(|t| w.scale / x.scale[t]).collect();
-            panels::product(isa, &w.panels, &xs, &x.sum[t0..t0 + tokens], &factor, out);
-        });
-    y
+    let task = |c: usize, out: &mut [f32]| {
+        let t0 = c * TOKENS_PER_TASK;
+        let tokens = out.len() / n;
+        let xs: Vec<&[i8]> = (t0..t0 + tokens)
+            .map(|t| &x.q[t * x.stride..(t + 1) * x.stride])
+            .collect();
+        let factor: Vec<f32> = (t0..t0 + tokens).map(|t| w.scale / x.scale[t]).collect();
+        panels::product(isa, &w.panels, &xs, &x.sum[t0..t0 + tokens], &factor, out);
+    };
+    crate::fill::par_parts(x.rows * n, TOKENS_PER_TASK * n, task).0
 }
 
 /// The straight-through backward of [`matmul`] for `dy: [x.rows, w.rows]`:

@@ -74,6 +74,7 @@ pub mod attention;
 pub mod bf16;
 pub mod bitlinear;
 pub mod dense;
+pub mod fill;
 pub mod optim;
 pub mod panels;
 pub mod pool;

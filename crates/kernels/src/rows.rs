@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::fill::{par_parts, par_parts2};
+
 /// Rows per parallel task, for row lengths in the hundreds to thousands.
 const ROWS_PER_TASK: usize = 16;
 
@@ -96,13 +98,10 @@ pub fn sigmoid(x: f32) -> f32 {
 pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
-    let mut y = vec![0f32; x.len()];
-    let mut r = vec![0f32; rows];
-    y.par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(r.par_chunks_mut(ROWS_PER_TASK))
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|((y, r), x)| rms_rows(y, r, x, gamma, eps));
-    (y, r)
+    let task = d * ROWS_PER_TASK;
+    par_parts2((x.len(), task), (rows, ROWS_PER_TASK), |i, y, r| {
+        rms_rows(y, r, &x[i * task..][..y.len()], gamma, eps)
+    })
 }
 
 /// [`rms_norm`] on the calling thread, into `y`, without the `r` it keeps for training: the
@@ -133,21 +132,17 @@ crate::multiversion! {
 /// `dγ = Σ_rows dy ⊙ x · r`.
 pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
-    let mut dx = vec![0f32; x.len()];
-    let dgamma = dx
-        .par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .zip(dy.par_chunks(d * ROWS_PER_TASK))
-        .zip(r.par_chunks(ROWS_PER_TASK))
-        .map(|(((dx, x), dy), r)| rms_rows_backward(dx, x, dy, r, gamma))
-        .collect::<Vec<_>>()
-        // Summed serially in chunk order: a rayon reduction's tree depends on work stealing, and
-        // training must be bit-reproducible (resumed runs equal straight ones).
-        .into_iter()
-        .fold(vec![0f32; d], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        });
+    let task = d * ROWS_PER_TASK;
+    let (dx, parts) = par_parts(x.len(), task, |i, dx| {
+        let (x, dy) = (&x[i * task..][..dx.len()], &dy[i * task..][..dx.len()]);
+        rms_rows_backward(dx, x, dy, &r[i * ROWS_PER_TASK..], gamma)
+    });
+    // Summed serially in part order: a rayon reduction's tree depends on work stealing, and
+    // training must be bit-reproducible (resumed runs equal straight ones).
+    let dgamma = parts.into_iter().fold(vec![0f32; d], |mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    });
     (dx, dgamma)
 }
 
@@ -235,12 +230,11 @@ pub enum Gate {
 
 /// The gate `h = act(g) ⊙ u`, elementwise.
 pub fn gate(act: Gate, g: &[f32], u: &[f32]) -> Vec<f32> {
-    let mut h = vec![0f32; g.len()];
-    h.par_chunks_mut(1 << 14)
-        .zip(g.par_chunks(1 << 14))
-        .zip(u.par_chunks(1 << 14))
-        .for_each(|((h, g), u)| gate_into(act, h, g, u));
-    h
+    const C: usize = 1 << 14;
+    par_parts(g.len(), C, |i, h| {
+        gate_into(act, h, &g[i * C..][..h.len()], &u[i * C..][..h.len()])
+    })
+    .0
 }
 
 /// [`gate`] on the calling thread, into `h`: the inference engine's gate, so it computes what
@@ -255,19 +249,15 @@ pub fn gate_into(act: Gate, h: &mut [f32], g: &[f32], u: &[f32]) {
 /// Its gradients. SiLU: `dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))`, `du = dh ⊙ g σ(g)`. relu²:
 /// `dg = dh ⊙ u ⊙ 2·relu(g)`, `du = dh ⊙ relu(g)²`.
 pub fn gate_backward(act: Gate, g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dg = vec![0f32; g.len()];
-    let mut du = vec![0f32; g.len()];
     const C: usize = 1 << 14;
-    dg.par_chunks_mut(C)
-        .zip(du.par_chunks_mut(C))
-        .zip(g.par_chunks(C))
-        .zip(u.par_chunks(C))
-        .zip(dh.par_chunks(C))
-        .for_each(|((((dg, du), g), u), dh)| match act {
+    par_parts2((g.len(), C), (g.len(), C), |i, dg, du| {
+        let n = dg.len();
+        let (g, u, dh) = (&g[i * C..][..n], &u[i * C..][..n], &dh[i * C..][..n]);
+        match act {
             Gate::Silu => swiglu_backward_chunk(dg, du, g, u, dh),
             Gate::Relu2 => relu2_backward_chunk(dg, du, g, u, dh),
-        });
-    (dg, du)
+        }
+    })
 }
 
 /// Mean cross-entropy of `logits: [rows, v]` against `targets`, and each row's log-sum-exp for
@@ -354,21 +344,16 @@ fn nll_backward(
     lse: &[f32],
     scale: impl Fn(usize) -> Option<f32> + Sync,
 ) -> Vec<f32> {
-    let mut dz = vec![0f32; logits.len()];
-    dz.par_chunks_mut(v)
-        .zip(logits.par_chunks(v))
-        .zip(lse.par_iter())
-        .zip(targets.par_iter())
-        .enumerate()
-        .for_each(|(i, (((dz, z), lse), &t))| {
-            let Some(scale) = scale(i) else { return };
-            softmax_grad_row(dz, z, *lse, scale);
-            match dz.get_mut(t) {
-                Some(d) => *d -= scale,
-                None => dz.fill(f32::NAN),
-            }
-        });
-    dz
+    assert_eq!(logits.len(), targets.len() * v, "logits length");
+    par_parts(logits.len(), v, |i, dz| {
+        let Some(scale) = scale(i) else { return };
+        softmax_grad_row(dz, &logits[i * v..][..v], lse[i], scale);
+        match dz.get_mut(targets[i]) {
+            Some(d) => *d -= scale,
+            None => dz.fill(f32::NAN),
+        }
+    })
+    .0
 }
 
 #[cfg(test)]
