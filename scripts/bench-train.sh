@@ -4,6 +4,11 @@
 #
 #   scripts/bench-train.sh tiny   [BATCH SEQ]   # configs/tiny.toml vs torch_bitnet.py --config tiny
 #   scripts/bench-train.sh 125m   [BATCH SEQ]   # configs/bitnet-125m.toml vs --config 125m
+#   ROUNDS=3 scripts/bench-train.sh ...          # then two more rounds of the headline pair
+#
+# The table runs every row once, one after another. This project's hosts drift by 15-30% within
+# minutes, so ROUNDS=N follows it with N-1 alternating rounds of just tritium bf16 and PyTorch
+# compiled bf16 (the fastest PyTorch row on every run so far) and prints their ratio per round.
 #
 # Needs a release build (with `--features ndarray` and DEVICES=ndarray for an ndarray row) and, for the PyTorch
 # row, PY pointing at a Python with torch (default: python3) and ANCHORS at the anchor scripts
@@ -27,8 +32,15 @@ warmup=2
 # then any other device named in DEVICES (e.g. DEVICES=ndarray with a `--features ndarray` build).
 echo "== tritium flex (fused, f32 products)"
 /usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
+# Each headline row's median tokens/s, from tritium's report line and torch_bitnet.py's RESULT.
+ours() { grep -oE '[0-9.]+ tokens/s' | head -1 | cut -d' ' -f1; }
+theirs() { sed -n 's/.*"tok_s_median": \([0-9.]*\).*/\1/p'; }
+bf16_row() { $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16; }
+compiled_bf16_row() { $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile --autocast bf16 | grep RESULT; }
 echo "== tritium flex (fused, --precision bf16)"
-/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16
+out=$(/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16 2>&1)
+echo "$out"
+ours_1=$(echo "$out" | ours)
 echo "== tritium flex --unfused"
 /usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
 for dev in ${DEVICES:-}; do
@@ -47,5 +59,16 @@ if [ "${COMPILE:-1}" = 1 ]; then
   echo "== pytorch compiled fp32"
   $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile | grep RESULT
   echo "== pytorch compiled bf16 autocast"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile --autocast bf16 | grep RESULT
+  out=$(compiled_bf16_row); echo "$out"
+  ratios="$(awk -v a="$ours_1" -v b="$(echo "$out" | theirs)" 'BEGIN { printf "%.2f", a / b }')"
+  for r in $(seq 2 "${ROUNDS:-1}"); do
+    echo "== round $r: tritium flex (fused, --precision bf16)"
+    out=$(bf16_row 2>&1); echo "$out"
+    a=$(echo "$out" | ours)
+    echo "== round $r: pytorch compiled bf16 autocast"
+    out=$(compiled_bf16_row); echo "$out"
+    b=$(echo "$out" | theirs)
+    ratios="$ratios $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
+  done
+  echo "tritium bf16 / pytorch compiled bf16, round by round: $ratios"
 fi
