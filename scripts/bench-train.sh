@@ -28,36 +28,39 @@ esac
 # and may recompile in the second, and tritium's first step after the first still grows its
 # allocator's memory (its first timed window was the lowest of every run with one).
 warmup=2
+# Every row's arguments, tritium's and torch_bitnet.py's: the same steps, windows and warm-up.
+ptrun="bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup"
+run="bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup"
 # Rows: flex with the fused ops (the default), flex with --unfused (the plain tensor-op reference),
 # then any other device named in DEVICES (e.g. DEVICES=ndarray with a `--features ndarray` build).
 echo "== tritium flex (fused, f32 products)"
-/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
+/usr/bin/time -f "peak RSS %M KiB" $BIN $run
 # Each headline row's median tokens/s, from tritium's report line and torch_bitnet.py's RESULT.
 ours() { grep -oE '[0-9.]+ tokens/s' | head -1 | cut -d' ' -f1; }
 theirs() { sed -n 's/.*"tok_s_median": \([0-9.]*\).*/\1/p'; }
-bf16_row() { $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16; }
-compiled_bf16_row() { $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile --autocast bf16 | grep RESULT; }
+bf16_row() { $BIN $run --precision bf16; }
+compiled_bf16_row() { $PY $ANCHORS/torch_bitnet.py $ptrun --compile --autocast bf16 | grep RESULT; }
 echo "== tritium flex (fused, --precision bf16)"
-out=$(/usr/bin/time -f "peak RSS %M KiB" $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --precision bf16 2>&1)
+out=$(/usr/bin/time -f "peak RSS %M KiB" $BIN $run --precision bf16 2>&1)
 echo "$out"
 ours_1=$(echo "$out" | ours)
 echo "== tritium flex --unfused"
-/usr/bin/time -f "peak RSS %M KiB" $BIN --unfused bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup
+/usr/bin/time -f "peak RSS %M KiB" $BIN --unfused $run
 for dev in ${DEVICES:-}; do
   echo "== tritium $dev"
-  $BIN bench-train --config $cfg --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --device $dev || true
+  $BIN $run --device $dev || true
 done
 echo "== pytorch eager fp32"
-$PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup | grep RESULT
+$PY $ANCHORS/torch_bitnet.py $ptrun | grep RESULT
 if [ "${BF16:-1}" = 1 ]; then
   echo "== pytorch eager bf16 autocast"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --autocast bf16 | grep RESULT
+  $PY $ANCHORS/torch_bitnet.py $ptrun --autocast bf16 | grep RESULT
 fi
 # torch.compile (TorchInductor): what a PyTorch user runs when speed matters. Its warm-up steps
 # compile (a minute or more); COMPILE=0 skips these rows.
 if [ "${COMPILE:-1}" = 1 ]; then
   echo "== pytorch compiled fp32"
-  $PY $ANCHORS/torch_bitnet.py bench $torch --batch $batch --seq $seq --steps $steps --windows $windows --warmup $warmup --compile | grep RESULT
+  $PY $ANCHORS/torch_bitnet.py $ptrun --compile | grep RESULT
   echo "== pytorch compiled bf16 autocast"
   out=$(compiled_bf16_row); echo "$out"
   ratios="$(awk -v a="$ours_1" -v b="$(echo "$out" | theirs)" 'BEGIN { printf "%.2f", a / b }')"

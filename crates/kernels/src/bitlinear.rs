@@ -170,6 +170,8 @@ impl QuantizedRows {
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> QuantizedRows {
         assert_eq!(x.len(), rows * cols, "activation length");
         let stride = padded(cols);
+        // Rows are the parts below: with no columns there would be none, and no scales.
+        assert!(cols > 0 || rows == 0, "activations with no features");
         // A row's padding past `cols` stays zero (the product kernels read it).
         let (q, rows_out) = crate::fill::par_parts(rows * stride, stride, |t, dst| {
             quantize_row(dst, &x[t * cols..][..cols])
