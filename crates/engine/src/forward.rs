@@ -564,20 +564,11 @@ fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: V
     }
     let xs: Vec<&[f32]> = rows.chunks_exact(d).collect();
     let xs = &xs[..];
-    let dots = |rows: std::ops::Range<usize>, buf: &mut [f32]| {
+    rt.pool.for_each_row_range(outs, 256, |rows, buf| {
         if d.is_multiple_of(16) {
             kernels::float_dots(isa, w, d, rows, xs, buf);
         } else {
             kernels::scalar::float_dots_any(w, d, rows, xs, buf);
         }
-    };
-    const CHUNK: usize = 256;
-    match <[_; 1]>::try_from(outs) {
-        // One token (decode): `[row][token]` is the output row itself, written in place rather
-        // than through a scratch buffer per task (2–3% of 125m decode).
-        Ok([out]) => rt.pool.for_each_chunk(out, CHUNK, |c, dst| {
-            dots(c * CHUNK..c * CHUNK + dst.len(), dst)
-        }),
-        Err(outs) => rt.pool.for_each_row_range(outs, CHUNK, dots),
-    }
+    });
 }
