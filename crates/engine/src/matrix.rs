@@ -238,9 +238,9 @@ impl TernaryMatrix {
             // One or a few tokens (decode): threads take row ranges.
             let chunk = chunk_rows(self.rows, pool.threads());
             if nt == 1 {
-                // One token: [row][token] is [token][row]; write in place.
-                pool.for_each_chunk(out, chunk, |c, dst| {
-                    let r0 = c * chunk;
+                // One token: [row][token] is [token][row]; write in place. Each thread streams
+                // its own share of the rows (see `for_each_share`).
+                pool.for_each_share(out, SHARE_BLOCK, |r0, dst| {
                     self.matvec_into(isa, a, r0..r0 + dst.len(), dst);
                 });
                 return;
@@ -408,6 +408,9 @@ fn rescale(d: i32, w_scale: f32, inv_act_scale: f32) -> f32 {
 
 /// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that
 /// scheduling costs show.
+/// Rows a one-token product's threads claim and steal at a time at least.
+const SHARE_BLOCK: usize = 16;
+
 fn chunk_rows(rows: usize, threads: usize) -> usize {
     let tasks = threads * 4;
     rows.div_ceil(tasks).max(16)

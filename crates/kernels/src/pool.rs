@@ -154,6 +154,43 @@ impl Pool {
         });
     }
 
+    /// [`Pool::for_each_chunk`] for memory-bound loops over rows (one token's matrix-vector
+    /// products): `f(offset, part)` on runs of whole `block`s of `out` (the last may be short),
+    /// every block once. Each thread streams a share of its own front to back, claiming a quarter
+    /// of what is left of it at a time, so its prefetches run on into its next rows; a thread
+    /// whose share is done takes the back half of what is left of another's. A thread then
+    /// starts a cold stream once or twice a loop instead of once a chunk, and the threads finish
+    /// within about a block of each other.
+    pub fn for_each_share<T: Send>(
+        &self,
+        out: &mut [T],
+        block: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let block = block.max(1);
+        let (len, blocks) = (out.len(), out.len().div_ceil(block));
+        let k = self.threads().min(blocks);
+        if k <= 1 {
+            if len > 0 {
+                f(0, out);
+            }
+            return;
+        }
+        let shares: Vec<Share> = (0..k)
+            .map(|i| Share::new(i * blocks / k, (i + 1) * blocks / k))
+            .collect();
+        let base = RawSlice(out.as_mut_ptr());
+        self.run(k, &|i| {
+            while let Some(run) = shares[i].claim().or_else(|| steal(&shares, i)) {
+                let (start, end) = (run.start * block, (run.end * block).min(len));
+                // SAFETY: `out` is borrowed mutably for this whole call, and every block index
+                // is handed out once (see `Share`), so the parts are disjoint and inside `out`.
+                let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+                f(start, part);
+            }
+        });
+    }
+
     /// Threads take ranges of `chunk` rows of every token's output row `outs[t]` (all of one
     /// length): `f(rows, parts)` gets those rows of each token's output, `parts[t]`, to write
     /// directly (kernels whose lanes are rows).
@@ -209,6 +246,92 @@ impl Pool {
                 }
             }
         });
+    }
+}
+
+/// The blocks `lo..hi` of one thread's share in [`Pool::for_each_share`], packed in one word so
+/// that its owner's claims (which raise `lo`) and a thief's steals (which lower `hi`, never to
+/// `lo` or below) are single compare-and-swaps. A block leaves the range in exactly one of them,
+/// so each is handed out once. A share only gets new blocks once it is empty, when its owner
+/// stores the half it stole; the value it replaces cannot come back (its `lo` was claimed), so a
+/// thief's stale compare-and-swap fails.
+struct Share(AtomicU64);
+
+impl Share {
+    fn new(lo: usize, hi: usize) -> Share {
+        Share(AtomicU64::new(Self::pack(lo, hi)))
+    }
+
+    fn pack(lo: usize, hi: usize) -> u64 {
+        ((lo as u64) << 32) | hi as u64
+    }
+
+    fn unpack(v: u64) -> (usize, usize) {
+        ((v >> 32) as usize, (v & 0xffff_ffff) as usize)
+    }
+
+    /// A quarter of what is left (at least one block), from the front.
+    fn claim(&self) -> Option<std::ops::Range<usize>> {
+        let mut v = self.0.load(SeqCst);
+        loop {
+            let (lo, hi) = Self::unpack(v);
+            if lo >= hi {
+                return None;
+            }
+            let n = ((hi - lo) / 4).max(1);
+            match self
+                .0
+                .compare_exchange_weak(v, Self::pack(lo + n, hi), SeqCst, SeqCst)
+            {
+                Ok(_) => return Some(lo..lo + n),
+                Err(now) => v = now,
+            }
+        }
+    }
+}
+
+/// Thread `me`'s share is empty: moves the back half of the fullest other share into it and
+/// claims from it, or returns `None` when no other share has two blocks left.
+fn steal(shares: &[Share], me: usize) -> Option<std::ops::Range<usize>> {
+    loop {
+        let (victim, v) = shares
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != me)
+            .map(|(j, s)| (j, s.0.load(SeqCst)))
+            .max_by_key(|&(_, v)| {
+                let (lo, hi) = Share::unpack(v);
+                hi.saturating_sub(lo)
+            })?;
+        let (lo, hi) = Share::unpack(v);
+        if hi.saturating_sub(lo) < 2 {
+            return None;
+        }
+        let mid = lo + (hi - lo).div_ceil(2);
+        if shares[victim]
+            .0
+            .compare_exchange(v, Share::pack(lo, mid), SeqCst, SeqCst)
+            .is_ok()
+        {
+            shares[me].0.store(Share::pack(mid, hi), SeqCst);
+            return shares[me].claim();
+        }
+    }
+}
+
+/// `out`'s start, shared by the threads of one [`Pool::for_each_share`] loop.
+struct RawSlice<T>(*mut T);
+
+// SAFETY: the threads only make disjoint parts of the slice out of it (see `for_each_share`),
+// and `T: Send` moves each part's elements to one thread.
+unsafe impl<T: Send> Sync for RawSlice<T> {}
+
+impl<T> RawSlice<T> {
+    /// # Safety
+    /// `i` lies inside (or at the end of) the slice this came from.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.add(i) }
     }
 }
 
@@ -315,6 +438,34 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "round {round}");
             current.store(usize::MAX, SeqCst);
+        }
+    }
+
+    /// Every element once, whatever the team size, length and block; parts are whole blocks
+    /// (but the last), and with slow parts the threads steal from each other.
+    #[test]
+    fn shares_cover_every_block_once() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            for len in [0, 1, 7, 16, 33, 100, 1000] {
+                for block in [1, 3, 16] {
+                    let mut v = vec![0u32; len];
+                    pool.for_each_share(&mut v, block, |off, part| {
+                        assert!(off % block == 0, "a part starts on a block");
+                        assert!(part.len() % block == 0 || off + part.len() == len);
+                        if off % 7 == 0 {
+                            std::thread::sleep(std::time::Duration::from_micros(50));
+                        }
+                        for (i, x) in part.iter_mut().enumerate() {
+                            *x += (off + i) as u32 + 1;
+                        }
+                    });
+                    assert!(
+                        v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1),
+                        "{threads} threads, {len} elements, blocks of {block}"
+                    );
+                }
+            }
         }
     }
 
