@@ -254,7 +254,9 @@ impl Pool {
 /// `lo` or below) are single compare-and-swaps. A block leaves the range in exactly one of them,
 /// so each is handed out once. A share only gets new blocks once it is empty, when its owner
 /// stores the half it stole; the value it replaces cannot come back (its `lo` was claimed), so a
-/// thief's stale compare-and-swap fails.
+/// thief's stale compare-and-swap fails. One cache line each: side by side, every claim of one
+/// thread took the line from the other (2% of 125m decode samples in `claim`).
+#[repr(align(64))]
 struct Share(AtomicU64);
 
 impl Share {
