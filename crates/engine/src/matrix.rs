@@ -406,11 +406,11 @@ fn rescale(d: i32, w_scale: f32, inv_act_scale: f32) -> f32 {
     d as f32 * w_scale * inv_act_scale
 }
 
-/// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that
-/// scheduling costs show.
 /// Rows a one-token product's threads claim and steal at a time at least.
 const SHARE_BLOCK: usize = 16;
 
+/// Rows per parallel task: enough tasks to balance two to a few dozen threads, not so many that
+/// scheduling costs show.
 fn chunk_rows(rows: usize, threads: usize) -> usize {
     let tasks = threads * 4;
     rows.div_ceil(tasks).max(16)
