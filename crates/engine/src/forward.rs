@@ -555,13 +555,7 @@ fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// `outs[t][r] = head[r] · xs[t]`, threaded over vocabulary rows.
-fn lm_head(
-    rt: &Runtime,
-    w: kernels::FloatRows,
-    d: usize,
-    xs: &[&[f32]],
-    mut outs: Vec<&mut [f32]>,
-) {
+fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: Vec<&mut [f32]>) {
     let isa = rt.isa;
     // The rows on cache lines: every vector load of them then reads one line.
     let mut rows = kernels::Aligned::filled(xs.len() * d, 0f32);
@@ -570,19 +564,11 @@ fn lm_head(
     }
     let xs: Vec<&[f32]> = rows.chunks_exact(d).collect();
     let xs = &xs[..];
-    let dots = |rows: std::ops::Range<usize>, buf: &mut [f32]| {
+    rt.pool.for_each_row_range(outs, 256, |rows, buf| {
         if d.is_multiple_of(16) {
             kernels::float_dots(isa, w, d, rows, xs, buf);
         } else {
             kernels::scalar::float_dots_any(w, d, rows, xs, buf);
         }
-    };
-    if let [out] = &mut outs[..] {
-        // One token (decoding): each thread streams its own share of the rows, as the ternary
-        // products do.
-        return rt
-            .pool
-            .for_each_share(out, 16, |r0, buf| dots(r0..r0 + buf.len(), buf));
-    }
-    rt.pool.for_each_row_range(outs, 256, dots);
+    });
 }

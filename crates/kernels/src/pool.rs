@@ -224,20 +224,20 @@ impl Pool {
     /// [`Pool::for_each_row_part`] for kernels that sum a row's dot products lane by lane:
     /// `f(rows, buf)` fills `buf[row·tokens + token]` (a row's tokens side by side) for those
     /// rows, and the thread copies it into each token's row itself, so no serial transpose
-    /// follows the parallel loop.
+    /// follows the parallel loop. One token's `[row][token]` is its output row itself: written
+    /// in place (a scratch buffer and copy a task were 2–3% of 125m decode, in the LM head), on
+    /// [`Pool::for_each_share`]'s shares with `chunk` as the block.
     pub fn for_each_row_range(
         &self,
-        outs: Vec<&mut [f32]>,
+        mut outs: Vec<&mut [f32]>,
         chunk: usize,
         f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     ) {
+        if let [out] = &mut outs[..] {
+            return self.for_each_share(out, chunk, |r0, part| f(r0..r0 + part.len(), part));
+        }
         let nt = outs.len();
         self.for_each_row_part(outs, chunk, |rows, parts| {
-            // One token: `[row][token]` is its output row itself, written in place (a scratch
-            // buffer and copy a task were 2–3% of 125m decode, in the LM head).
-            if let [part] = parts {
-                return f(rows, part);
-            }
             let mut buf = vec![0f32; rows.len() * nt];
             f(rows, &mut buf);
             for (t, part) in parts.iter_mut().enumerate() {
@@ -474,6 +474,14 @@ mod tests {
     #[test]
     fn row_ranges_land_in_every_tokens_row() {
         let pool = Pool::new(2);
+        let mut one = vec![-1f32; 37];
+        pool.for_each_row_range(vec![&mut one], 8, |r, buf| {
+            assert_eq!(buf.len(), r.len());
+            for (o, row) in buf.iter_mut().zip(r) {
+                *o = row as f32;
+            }
+        });
+        assert!(one.iter().enumerate().all(|(r, &x)| x == r as f32));
         let (nt, rows) = (3, 37);
         let mut out = vec![-1f32; nt * rows];
         pool.for_each_row_range(out.chunks_exact_mut(rows).collect(), 8, |r, buf| {
