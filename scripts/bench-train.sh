@@ -74,4 +74,6 @@ if [ "${COMPILE:-1}" = 1 ]; then
     ratios="$ratios $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
   done
   echo "tritium bf16 / pytorch compiled bf16, round by round: $ratios"
+  echo "$ratios" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 }
+    END { printf "median of %d rounds: %.2f\n", NR, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 fi
