@@ -249,11 +249,12 @@ impl TernaryMatrix {
             if let Some(p) = panels {
                 // A few tokens (batched decode) on the many-token layout: its lanes are rows, so
                 // no dot product is summed across lanes (twice the row blocks' rate at 2–16
-                // tokens). Threads take whole row pairs of every token's output.
-                let chunk = chunk.next_multiple_of(PAIR);
+                // tokens). Threads take runs of whole row pairs of every token's output, on
+                // shares; a block of two pairs is the most one thread then waits for the other.
+                let block = 2 * PAIR;
                 let ones = [1f32; TILE];
                 let sums = a.sums();
-                pool.for_each_row_part(outs, chunk, |rows, parts| {
+                pool.for_each_row_part(outs, block, |rows, parts| {
                     let pairs = rows.start / PAIR..rows.end.div_ceil(PAIR);
                     for (t0, part) in (0..nt).step_by(TILE).zip(parts.chunks_mut(TILE)) {
                         let t1 = t0 + part.len();

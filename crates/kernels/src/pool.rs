@@ -156,68 +156,83 @@ impl Pool {
 
     /// [`Pool::for_each_chunk`] for memory-bound loops over rows (one token's matrix-vector
     /// products): `f(offset, part)` on runs of whole `block`s of `out` (the last may be short),
-    /// every block once. Each thread streams a share of its own front to back, claiming a quarter
-    /// of what is left of it at a time, so its prefetches run on into its next rows; a thread
-    /// whose share is done takes the back half of what is left of another's. A thread then
-    /// starts a cold stream once or twice a loop instead of once a chunk, and the threads finish
-    /// within about a block of each other.
+    /// every block once, on [`Pool::for_each_run`]'s shares.
     pub fn for_each_share<T: Send>(
         &self,
         out: &mut [T],
         block: usize,
         f: impl Fn(usize, &mut [T]) + Sync,
     ) {
+        let len = out.len();
+        let base = RawSlice(out.as_mut_ptr());
+        self.for_each_run(len, block, |run| {
+            // SAFETY: `out` is borrowed mutably for this whole call, and `for_each_run` hands out
+            // every index once, so the parts are disjoint and inside `out`.
+            let part = unsafe { std::slice::from_raw_parts_mut(base.at(run.start), run.len()) };
+            f(run.start, part);
+        });
+    }
+
+    /// `f(run)` on runs of whole `block`s of `0..len` (the last may be short), every index once.
+    /// Each thread works through a share of its own front to back, claiming a quarter of what is
+    /// left of it at a time, so a memory-bound loop's prefetches run on into its next rows; a
+    /// thread whose share is done takes the back half of what is left of another's. A thread then
+    /// starts a cold stream once or twice a loop instead of once a chunk, and the threads finish
+    /// within about a block of each other.
+    pub fn for_each_run(
+        &self,
+        len: usize,
+        block: usize,
+        f: impl Fn(std::ops::Range<usize>) + Sync,
+    ) {
         let block = block.max(1);
-        let (len, blocks) = (out.len(), out.len().div_ceil(block));
+        let blocks = len.div_ceil(block);
         let k = self.threads().min(blocks);
         if k <= 1 {
             if len > 0 {
-                f(0, out);
+                f(0..len);
             }
             return;
         }
         let shares: Vec<Share> = (0..k)
             .map(|i| Share::new(i * blocks / k, (i + 1) * blocks / k))
             .collect();
-        let base = RawSlice(out.as_mut_ptr());
         self.run(k, &|i| {
             while let Some(run) = shares[i].claim().or_else(|| steal(&shares, i)) {
-                let (start, end) = (run.start * block, (run.end * block).min(len));
-                // SAFETY: `out` is borrowed mutably for this whole call, and every block index
-                // is handed out once (see `Share`), so the parts are disjoint and inside `out`.
-                let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
-                f(start, part);
+                f(run.start * block..(run.end * block).min(len));
             }
         });
     }
 
-    /// Threads take ranges of `chunk` rows of every token's output row `outs[t]` (all of one
-    /// length): `f(rows, parts)` gets those rows of each token's output, `parts[t]`, to write
-    /// directly (kernels whose lanes are rows).
+    /// Threads take runs of whole `block`s of rows of every token's output row `outs[t]` (all of
+    /// one length), on [`Pool::for_each_run`]'s shares: `f(rows, parts)` gets those rows of each
+    /// token's output, `parts[t]`, to write directly (kernels whose lanes are rows). Compute-bound
+    /// (a batch of tokens), the shares' point is the end of the loop: the threads finish within
+    /// a block of each other, where tasks of an eighth of the rows left one waiting up to that.
     pub fn for_each_row_part(
         &self,
-        outs: Vec<&mut [f32]>,
-        chunk: usize,
+        mut outs: Vec<&mut [f32]>,
+        block: usize,
         f: impl Fn(std::ops::Range<usize>, &mut [&mut [f32]]) + Sync,
     ) {
-        assert!(chunk > 0, "a row range holds at least one row");
-        let nt = outs.len();
+        assert!(block > 0, "a row range holds at least one row");
         let Some(len) = outs.first().map(|o| o.len()) else {
             return;
         };
-        let mut tasks: Vec<Vec<&mut [f32]>> = (0..len.div_ceil(chunk))
-            .map(|_| Vec::with_capacity(nt))
-            .collect();
-        for out in outs {
-            assert_eq!(out.len(), len, "every token's output row has one length");
-            for (task, part) in tasks.iter_mut().zip(out.chunks_mut(chunk)) {
-                task.push(part);
-            }
-        }
-        self.for_each_chunk(&mut tasks, 1, |c, task| {
-            let parts = &mut task[0];
-            let r0 = c * chunk;
-            f(r0..r0 + parts[0].len(), parts);
+        assert!(
+            outs.iter().all(|o| o.len() == len),
+            "every token's output row has one length"
+        );
+        let bases: Vec<RawSlice<f32>> = outs.iter_mut().map(|o| RawSlice(o.as_mut_ptr())).collect();
+        self.for_each_run(len, block, |rows| {
+            let mut parts: Vec<&mut [f32]> = bases
+                .iter()
+                // SAFETY: every output is borrowed mutably (through `outs`) for this whole call,
+                // all are `len` long, and `for_each_run` hands out each row once, so the parts
+                // of one row range are disjoint from every other thread's and inside the rows.
+                .map(|b| unsafe { std::slice::from_raw_parts_mut(b.at(rows.start), rows.len()) })
+                .collect();
+            f(rows, &mut parts);
         });
     }
 
@@ -226,7 +241,8 @@ impl Pool {
     /// rows, and the thread copies it into each token's row itself, so no serial transpose
     /// follows the parallel loop. One token's `[row][token]` is its output row itself: written
     /// in place (a scratch buffer and copy a task were 2–3% of 125m decode, in the LM head), on
-    /// [`Pool::for_each_share`]'s shares with `chunk` as the block.
+    /// [`Pool::for_each_share`]'s shares with `chunk` as the block. Several tokens' rows are
+    /// on [`Pool::for_each_row_part`]'s shares, `chunk` rows a call of `f`.
     pub fn for_each_row_range(
         &self,
         mut outs: Vec<&mut [f32]>,
@@ -238,11 +254,19 @@ impl Pool {
         }
         let nt = outs.len();
         self.for_each_row_part(outs, chunk, |rows, parts| {
-            let mut buf = vec![0f32; rows.len() * nt];
-            f(rows, &mut buf);
-            for (t, part) in parts.iter_mut().enumerate() {
-                for (i, o) in part.iter_mut().enumerate() {
-                    *o = buf[i * nt + t];
+            // A run is up to a quarter of a share: `chunk` rows at a time, so the scratch stays
+            // `chunk` rows of every token however many tokens there are (a prompt's logits).
+            let mut buf = vec![0f32; chunk.min(rows.len()) * nt];
+            for r0 in rows.clone().step_by(chunk) {
+                let sub = r0..(r0 + chunk).min(rows.end);
+                let buf = &mut buf[..sub.len() * nt];
+                buf.fill(0.0);
+                f(sub.clone(), buf);
+                for (t, part) in parts.iter_mut().enumerate() {
+                    let part = &mut part[sub.start - rows.start..][..sub.len()];
+                    for (i, o) in part.iter_mut().enumerate() {
+                        *o = buf[i * nt + t];
+                    }
                 }
             }
         });
@@ -321,10 +345,10 @@ fn steal(shares: &[Share], me: usize) -> Option<std::ops::Range<usize>> {
     }
 }
 
-/// `out`'s start, shared by the threads of one [`Pool::for_each_share`] loop.
+/// An output's start, shared by the threads of one [`Pool::for_each_run`] loop.
 struct RawSlice<T>(*mut T);
 
-// SAFETY: the threads only make disjoint parts of the slice out of it (see `for_each_share`),
+// SAFETY: the threads only make disjoint parts of the slice out of it (see its users),
 // and `T: Send` moves each part's elements to one thread.
 unsafe impl<T: Send> Sync for RawSlice<T> {}
 
@@ -491,20 +515,65 @@ mod tests {
                 }
             }
         });
-        let mut direct = vec![-1f32; nt * rows];
-        pool.for_each_row_part(direct.chunks_exact_mut(rows).collect(), 8, |r, parts| {
-            assert!(r.len() <= 8 && parts.len() == nt);
-            for (t, part) in parts.iter_mut().enumerate() {
-                assert_eq!(part.len(), r.len());
-                for (o, row) in part.iter_mut().zip(r.clone()) {
-                    *o = (row * 10 + t) as f32;
-                }
-            }
-        });
         for t in 0..nt {
             for r in 0..rows {
                 assert_eq!(out[t * rows + r], (r * 10 + t) as f32);
-                assert_eq!(direct[t * rows + r], (r * 10 + t) as f32);
+            }
+        }
+    }
+
+    /// Several tokens' rows on shares: each row of each token once, runs of whole blocks (but
+    /// the last), stolen runs included; row ranges hand `f` at most `chunk` rows at a time
+    /// however long the run, with a scratch of those rows for every token.
+    #[test]
+    fn row_parts_cover_every_row_of_every_token_once() {
+        let nt = 3;
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            for rows in [1, 7, 37, 400] {
+                for block in [1, 8, 32] {
+                    let mut out = vec![0f32; nt * rows];
+                    pool.for_each_row_part(
+                        out.chunks_exact_mut(rows).collect(),
+                        block,
+                        |r, parts| {
+                            assert!(r.start % block == 0, "a run starts on a block");
+                            assert!(r.len() % block == 0 || r.end == rows);
+                            assert_eq!(parts.len(), nt);
+                            if r.start % 3 == 0 {
+                                std::thread::sleep(std::time::Duration::from_micros(50));
+                            }
+                            for (t, part) in parts.iter_mut().enumerate() {
+                                assert_eq!(part.len(), r.len());
+                                for (o, row) in part.iter_mut().zip(r.clone()) {
+                                    *o += (row * 10 + t) as f32 + 1.0;
+                                }
+                            }
+                        },
+                    );
+                    let mut ranged = vec![0f32; nt * rows];
+                    pool.for_each_row_range(
+                        ranged.chunks_exact_mut(rows).collect(),
+                        block,
+                        |r, buf| {
+                            assert!(r.len() <= block && buf.len() == r.len() * nt);
+                            assert!(buf.iter().all(|&x| x == 0.0), "the scratch starts zeroed");
+                            for (i, row) in r.enumerate() {
+                                for t in 0..nt {
+                                    buf[i * nt + t] = (row * 10 + t) as f32 + 1.0;
+                                }
+                            }
+                        },
+                    );
+                    for t in 0..nt {
+                        for r in 0..rows {
+                            let want = (r * 10 + t) as f32 + 1.0;
+                            let at = format!("{threads} threads, {rows} rows, blocks of {block}");
+                            assert_eq!(out[t * rows + r], want, "row parts: {at}");
+                            assert_eq!(ranged[t * rows + r], want, "row ranges: {at}");
+                        }
+                    }
+                }
             }
         }
     }
