@@ -273,7 +273,7 @@ impl Pool {
     }
 }
 
-/// The blocks `lo..hi` of one thread's share in [`Pool::for_each_share`], packed in one word so
+/// The blocks `lo..hi` of one thread's share in [`Pool::for_each_run`], packed in one word so
 /// that its owner's claims (which raise `lo`) and a thief's steals (which lower `hi`, never to
 /// `lo` or below) are single compare-and-swaps. A block leaves the range in exactly one of them,
 /// so each is handed out once. A share only gets new blocks once it is empty, when its owner
