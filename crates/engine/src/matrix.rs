@@ -236,7 +236,6 @@ impl TernaryMatrix {
             });
         } else {
             // One or a few tokens (decode): threads take row ranges.
-            let chunk = chunk_rows(self.rows, pool.threads());
             if nt == 1 {
                 // One token: [row][token] is [token][row]; write in place. Each thread streams
                 // its own share of the rows (see `for_each_share`).
@@ -273,6 +272,7 @@ impl TernaryMatrix {
                 return;
             }
             // A few tokens (batched decode): threads take row ranges of every token's output.
+            let chunk = chunk_rows(self.rows, pool.threads());
             pool.for_each_row_range(outs, chunk, |rows, buf| {
                 for t0 in (0..nt).step_by(TILE) {
                     let t1 = (t0 + TILE).min(nt);

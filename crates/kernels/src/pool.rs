@@ -239,21 +239,21 @@ impl Pool {
     /// [`Pool::for_each_row_part`] for kernels that sum a row's dot products lane by lane:
     /// `f(rows, buf)` fills `buf[row·tokens + token]` (a row's tokens side by side) for those
     /// rows, and the thread copies it into each token's row itself, so no serial transpose
-    /// follows the parallel loop. One token's `[row][token]` is its output row itself: written
-    /// in place (a scratch buffer and copy a task were 2–3% of 125m decode, in the LM head), on
-    /// [`Pool::for_each_share`]'s shares with `chunk` as the block. Several tokens' rows are
-    /// on [`Pool::for_each_row_part`]'s shares, `chunk` rows a call of `f`.
+    /// follows the parallel loop. Runs of whole `chunk`s on [`Pool::for_each_row_part`]'s
+    /// shares: one token's a whole run at a time, several tokens' `chunk` rows a call of `f`.
     pub fn for_each_row_range(
         &self,
-        mut outs: Vec<&mut [f32]>,
+        outs: Vec<&mut [f32]>,
         chunk: usize,
         f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     ) {
-        if let [out] = &mut outs[..] {
-            return self.for_each_share(out, chunk, |r0, part| f(r0..r0 + part.len(), part));
-        }
         let nt = outs.len();
         self.for_each_row_part(outs, chunk, |rows, parts| {
+            // One token: `[row][token]` is its output row itself, the whole run written in place
+            // (a scratch buffer and copy a task were 2–3% of 125m decode, in the LM head).
+            if let [part] = parts {
+                return f(rows, part);
+            }
             // A run is up to a quarter of a share: `chunk` rows at a time, so the scratch stays
             // `chunk` rows of every token however many tokens there are (a prompt's logits).
             let mut buf = vec![0f32; chunk.min(rows.len()) * nt];
