@@ -439,7 +439,7 @@ fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 }
 
 /// `out = a · b` (`a` read as `m × k`, `b` as `k × n`, `out` row-major `[m, n]`) on a chosen path
-/// (where the CPU has several, to compare them), on this thread.
+/// (where the CPU has several, to compare them).
 ///
 /// # Panics
 /// If the CPU lacks that path, or the lengths are wrong.
@@ -659,8 +659,17 @@ fn gemm_packed_on(
     assert!(kt > 0, "k ≥ 1");
     let nt = n.div_ceil(2 * T) * 2;
     if p == Path::Avx512Bf16 {
-        // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16.
-        unsafe { gemm_dp(out, m, n, &pa, kt, pb, DP_PASS) };
+        use rayon::prelude::*;
+        // Row blocks as tasks: a training step runs its two backward products (dX, dW) side by
+        // side, and whichever finishes first takes the other's blocks instead of idling.
+        let per = DP_TASK_ROWS * n;
+        assert!(per > 0, "n ≥ 1");
+        out.par_chunks_mut(per).enumerate().for_each(|(c, part)| {
+            let pa = &pa[c * DP_TASK_ROWS / T * kt * TILE..];
+            // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16; `pa` from
+            // this block's first tile row holds its rows (DP_TASK_ROWS is whole tiles).
+            unsafe { gemm_dp(part, part.len() / n, n, pa, kt, pb, DP_PASS) };
+        });
         return;
     }
     assert!(amx(), "AMX products on a CPU without them");
@@ -746,6 +755,11 @@ fn gemm_packed_on(
 /// long k (the tied head's dX, k = the vocabulary) streamed its B block from L3 for every row block
 /// and ran at half the rate.
 const DP_PASS: usize = 32;
+
+/// Output rows per parallel task of the `vdpbf16ps` product: whole tiles, a multiple of
+/// [`DP_ROWS`], so a task runs the blocks one call over all rows would.
+const DP_TASK_ROWS: usize = 64;
+const _: () = assert!(DP_TASK_ROWS.is_multiple_of(T) && DP_TASK_ROWS.is_multiple_of(DP_ROWS));
 
 /// Rows of A per block of [`gemm_dp`] when B is the narrower operand: a pass of them (64 KiB here)
 /// is read once from memory and used against every column pair.
@@ -1044,6 +1058,9 @@ mod tests {
             (64, 96, 257),
             (100, 33, 3),
             (50, 45, 300),
+            // Several row tasks of the vdpbf16ps product, the last one partial; n < m and n > m.
+            (150, 40, 70),
+            (130, 200, 50),
             // More than one pass of the vdpbf16ps kernel (the last one partial).
             (9, 40, 32 * KT * 2 + 70),
         ] {
