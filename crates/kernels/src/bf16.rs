@@ -662,14 +662,21 @@ fn gemm_packed_on(
         use rayon::prelude::*;
         // Row blocks as tasks: a training step runs its two backward products (dX, dW) side by
         // side, and whichever finishes first takes the other's blocks instead of idling.
+        // A pass of k tiles at a time across all the tasks, so the pass's block of B (shared
+        // by every row) is read from L3, not all of B from memory for every task's rows (the
+        // tied head's dX, k = the vocabulary).
         let per = DP_TASK_ROWS * n;
         assert!(per > 0, "n ≥ 1");
-        out.par_chunks_mut(per).enumerate().for_each(|(c, part)| {
-            let pa = &pa[c * DP_TASK_ROWS / T * kt * TILE..];
-            // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16; `pa` from
-            // this block's first tile row holds its rows (DP_TASK_ROWS is whole tiles).
-            unsafe { gemm_dp(part, part.len() / n, n, pa, kt, pb, DP_PASS) };
-        });
+        for c0 in (0..kt).step_by(DP_PASS) {
+            let ks = c0..(c0 + DP_PASS).min(kt);
+            out.par_chunks_mut(per).enumerate().for_each(|(c, part)| {
+                let pa = &pa[c * DP_TASK_ROWS / T * kt * TILE..];
+                // SAFETY: `path` (or the test that chose it) found AVX-512 F/BW/BF16; `pa` from
+                // this block's first tile row holds its rows (DP_TASK_ROWS is whole tiles), and
+                // the passes before `ks` wrote every element of `part`.
+                unsafe { gemm_dp(part, part.len() / n, n, pa, (kt, ks.clone()), pb, DP_PASS) };
+            });
+        }
         return;
     }
     assert!(amx(), "AMX products on a CPU without them");
@@ -765,21 +772,23 @@ const _: () = assert!(DP_TASK_ROWS.is_multiple_of(T) && DP_TASK_ROWS.is_multiple
 /// is read once from memory and used against every column pair.
 const DP_ROWS: usize = 32;
 
-/// The packed product with `vdpbf16ps`: blocks of 8 rows × 32 columns in 16 registers, each A pair
-/// broadcast against a row of k-pairs of the two B tiles, in passes of `pass` k tiles. A pass
-/// after the first starts each accumulator from the f32 sum the previous one stored, so every lane
-/// adds its products in the same order as one pass over all of k would (the same bits).
+/// The packed product with `vdpbf16ps` over k tiles `ks`: blocks of 8 rows × 32 columns in 16
+/// registers, each A pair broadcast against a row of k-pairs of the two B tiles, in passes of
+/// `pass` k tiles. A pass after k tile 0 starts each accumulator from the f32 sum the previous one
+/// stored, so every lane adds its products in the same order as one pass over all of k would
+/// (the same bits).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/BF16; `pa` and `pb` are [`pack_a`]/[`pack`] of an `m × k` and `k × n`
-/// operand (`kt` tiles of k), and `out` has `m·n` elements.
+/// operand (`kt` tiles of k), `out` has `m·n` elements, and `ks ⊆ 0..kt`, all of whose earlier k
+/// tiles were summed into `out` already.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gemm_dp(
     out: &mut [MaybeUninit<f32>],
     m: usize,
     n: usize,
     pa: &[u16],
-    kt: usize,
+    (kt, ks): (usize, std::ops::Range<usize>),
     pb: &[u32],
     pass: usize,
 ) {
@@ -789,6 +798,7 @@ unsafe fn gemm_dp(
         out.len() == m * n && m <= mt * T && pb.len() == nt * kt * TILE / 2 && nt.is_multiple_of(2)
     );
     assert!(pass > 0, "a pass takes at least one k tile");
+    assert!(ks.end <= kt, "k tiles inside the operands");
     // Rows of A per block: with fewer columns than rows, blocks of DP_ROWS rows stay in L2 while
     // the (smaller) pass of B streams past each; otherwise all of A streams past each column pair.
     let mc = if n <= m {
@@ -796,8 +806,8 @@ unsafe fn gemm_dp(
     } else {
         m.next_multiple_of(DP_R)
     };
-    for c0 in (0..kt).step_by(pass) {
-        let passed = c0..(c0 + pass).min(kt);
+    for c0 in ks.clone().step_by(pass) {
+        let passed = c0..(c0 + pass).min(ks.end);
         for ic in (0..m).step_by(mc) {
             for tj in (0..nt).step_by(2) {
                 for i0 in (ic..(ic + mc).min(m)).step_by(DP_R) {
@@ -1111,7 +1121,7 @@ mod tests {
             let run = |pass: usize| {
                 let mut out = vec![f32::NAN; m * n];
                 // SAFETY: AVX512-BF16 checked above; the packs are of these shapes.
-                unsafe { gemm_dp(uninit(&mut out), m, n, &pa, kt, &pb.data, pass) };
+                unsafe { gemm_dp(uninit(&mut out), m, n, &pa, (kt, 0..kt), &pb.data, pass) };
                 out
             };
             let one = run(kt);
@@ -1119,6 +1129,13 @@ mod tests {
             for pass in [1, 2, 5] {
                 assert_eq!(run(pass), one, "{m}×{n}: passes of {pass} k tiles");
             }
+            // k tiles in two calls, as the parallel product runs a pass across all its tasks.
+            let mut two = vec![f32::NAN; m * n];
+            for ks in [0..2, 2..kt] {
+                // SAFETY: as above; the second call's earlier k tiles are the first call's.
+                unsafe { gemm_dp(uninit(&mut two), m, n, &pa, (kt, ks), &pb.data, 2) };
+            }
+            assert_eq!(two, one, "{m}×{n}: k tiles 0..2, then the rest");
         }
     }
 
