@@ -661,10 +661,10 @@ fn gemm_packed_on(
     if p == Path::Avx512Bf16 {
         use rayon::prelude::*;
         // Row blocks as tasks: a training step runs its two backward products (dX, dW) side by
-        // side, and whichever finishes first takes the other's blocks instead of idling.
-        // A pass of k tiles at a time across all the tasks, so the pass's block of B (shared
-        // by every row) is read from L3, not all of B from memory for every task's rows (the
-        // tied head's dX, k = the vocabulary).
+        // side, and whichever finishes first takes the other's blocks instead of idling. One
+        // pass of k tiles at a time across all the tasks, so the pass's block of B (shared by
+        // every row) is read from L3, not all of B from memory for every task's rows (the tied
+        // head's dX, k = the vocabulary).
         let per = DP_TASK_ROWS * n;
         assert!(per > 0, "n ≥ 1");
         for c0 in (0..kt).step_by(DP_PASS) {
@@ -763,8 +763,8 @@ fn gemm_packed_on(
 /// and ran at half the rate.
 const DP_PASS: usize = 32;
 
-/// Output rows per parallel task of the `vdpbf16ps` product: whole tiles, a multiple of
-/// [`DP_ROWS`], so a task runs the blocks one call over all rows would.
+/// Output rows per parallel task of the `vdpbf16ps` product: whole tiles, so a task's rows start
+/// at a tile row of packed A, and whole [`DP_ROWS`] blocks, so no block straddles two tasks.
 const DP_TASK_ROWS: usize = 64;
 const _: () = assert!(DP_TASK_ROWS.is_multiple_of(T) && DP_TASK_ROWS.is_multiple_of(DP_ROWS));
 
