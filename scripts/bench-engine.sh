@@ -24,14 +24,14 @@ fi
 # Each round's figures, llama.cpp's and tritium's with the f16 cache (llama.cpp's), for the ratios
 # printed at the end: "pp tg" per line.
 theirs=() ours=()
+# The last cell of a llama-bench row: "| 851.74 ± 57.44 |".
+cell() { awk -F'|' '{ split($(NF - 1), v, " "); print v[1] }'; }
 for r in $(seq "$rounds"); do
   if [ -n "${LLAMA_BENCH:-}" ]; then
     echo "== round $r: llama-bench (f16 KV cache, its default)"
     pp=$("$LLAMA_BENCH" -m "$file" -t "$THREADS" -p 128 -n 0 -r 3 -o md 2> /dev/null | grep pp128)
     tg=$("$LLAMA_BENCH" -m "$file" -t "$THREADS" -p 0 -n 128 -d 128 -r 3 -o md 2> /dev/null | grep tg128)
     printf '%s\n%s\n' "$pp" "$tg"
-    # The last cell of a llama-bench row: "| 851.74 ± 57.44 |".
-    cell() { awk -F'|' '{ split($(NF - 1), v, " "); print v[1] }'; }
     theirs+=("$(echo "$pp" | cell) $(echo "$tg" | cell)")
   else
     echo "== round $r: llama.cpp"

@@ -598,6 +598,8 @@ unsafe fn tile_ternary(blocks: [&Block64; 2], levels: [u16; 3], tile: &mut [Mayb
 
 /// `a · b` for `a` read as `m × k` and B packed, into a new `[m, n]` matrix written without
 /// being zeroed first; with `split`, the rows of (untransposed) `a` in two halves side by side.
+/// The `vdpbf16ps` path splits its rows into tasks itself, so `split` only matters on AMX, whose
+/// tile loop runs on one thread (a lone product there would otherwise leave the other core idle).
 pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     assert!(

@@ -256,12 +256,12 @@ impl Pool {
             }
             // A run is up to a quarter of a share: `chunk` rows at a time, so the scratch stays
             // `chunk` rows of every token however many tokens there are (a prompt's logits).
-            let mut buf = vec![0f32; chunk.min(rows.len()) * nt];
+            let mut buf = Vec::with_capacity(chunk.min(rows.len()) * nt);
             for r0 in rows.clone().step_by(chunk) {
                 let sub = r0..(r0 + chunk).min(rows.end);
-                let buf = &mut buf[..sub.len() * nt];
-                buf.fill(0.0);
-                f(sub.clone(), buf);
+                buf.clear();
+                buf.resize(sub.len() * nt, 0f32);
+                f(sub.clone(), &mut buf);
                 for (t, part) in parts.iter_mut().enumerate() {
                     let part = &mut part[sub.start - rows.start..][..sub.len()];
                     for (i, o) in part.iter_mut().enumerate() {
