@@ -7,8 +7,9 @@
 #   ROUNDS=3 scripts/bench-train.sh ...          # then two more rounds of the headline pair
 #
 # The table runs every row once, one after another. This project's hosts drift by 15-30% within
-# minutes, so ROUNDS=N follows it with N-1 alternating rounds of just tritium bf16 and PyTorch
-# compiled bf16 (the fastest PyTorch row on every run so far) and prints their ratio per round.
+# minutes, so ROUNDS=N follows it with N-1 alternating rounds of just tritium bf16, tritium int8
+# and PyTorch compiled bf16 (the fastest PyTorch row on every run so far) and prints each
+# tritium row's ratio to PyTorch's per round.
 #
 # Needs a release build (with `--features ndarray` and DEVICES=ndarray for an ndarray row) and, for the PyTorch
 # row, PY pointing at a Python with torch (default: python3) and ANCHORS at the anchor scripts
@@ -38,12 +39,15 @@ echo "== tritium flex (fused, f32 products)"
 # Each headline row's median tokens/s, from tritium's report line and torch_bitnet.py's RESULT.
 ours() { grep -oE '[0-9.]+ tokens/s' | head -1 | cut -d' ' -f1; }
 theirs() { sed -n 's/.*"tok_s_median": \([0-9.]*\).*/\1/p'; }
-bf16_row() { $BIN $run --precision bf16; }
+row() { $BIN $run --precision "$1"; }
 compiled_bf16_row() { $PY $ANCHORS/torch_bitnet.py $ptrun --compile --autocast bf16 | grep RESULT; }
-echo "== tritium flex (fused, --precision bf16)"
-out=$(/usr/bin/time -f "peak RSS %M KiB" $BIN $run --precision bf16 2>&1)
-echo "$out"
-ours_1=$(echo "$out" | ours)
+declare -A first
+for p in bf16 int8; do
+  echo "== tritium flex (fused, --precision $p)"
+  out=$(/usr/bin/time -f "peak RSS %M KiB" $BIN $run --precision $p 2>&1)
+  echo "$out"
+  first[$p]=$(echo "$out" | ours)
+done
 echo "== tritium flex --unfused"
 /usr/bin/time -f "peak RSS %M KiB" $BIN --unfused $run
 for dev in ${DEVICES:-}; do
@@ -63,17 +67,24 @@ if [ "${COMPILE:-1}" = 1 ]; then
   $PY $ANCHORS/torch_bitnet.py $ptrun --compile | grep RESULT
   echo "== pytorch compiled bf16 autocast"
   out=$(compiled_bf16_row); echo "$out"
-  ratios="$(awk -v a="$ours_1" -v b="$(echo "$out" | theirs)" 'BEGIN { printf "%.2f", a / b }')"
+  b=$(echo "$out" | theirs)
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+  declare -A ratios=([bf16]="$(ratio "${first[bf16]}" "$b")" [int8]="$(ratio "${first[int8]}" "$b")")
   for r in $(seq 2 "${ROUNDS:-1}"); do
-    echo "== round $r: tritium flex (fused, --precision bf16)"
-    out=$(bf16_row 2>&1); echo "$out"
-    a=$(echo "$out" | ours)
+    declare -A a
+    for p in bf16 int8; do
+      echo "== round $r: tritium flex (fused, --precision $p)"
+      out=$(row $p 2>&1); echo "$out"
+      a[$p]=$(echo "$out" | ours)
+    done
     echo "== round $r: pytorch compiled bf16 autocast"
     out=$(compiled_bf16_row); echo "$out"
     b=$(echo "$out" | theirs)
-    ratios="$ratios $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
+    for p in bf16 int8; do ratios[$p]="${ratios[$p]} $(ratio "${a[$p]}" "$b")"; done
   done
-  echo "tritium bf16 / pytorch compiled bf16, round by round: $ratios"
-  echo "$ratios" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 }
-    END { printf "median of %d rounds: %.2f\n", NR, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  for p in bf16 int8; do
+    echo "tritium $p / pytorch compiled bf16, round by round: ${ratios[$p]}"
+    echo "${ratios[$p]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 }
+      END { printf "median of %d rounds: %.2f\n", NR, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  done
 fi

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Does bf16 change learning? The tiny config, SEEDS seeds × STEPS steps, with the training
-# products in f32 and in bf16 (`precision`), side by side: each run's validation loss at the last
-# step, then the mean and spread (min–max) of each path.
+# products in each of PATHS (`precision`: f32 and bf16 unless told), side by side: each run's
+# validation loss at the last step, then the mean and spread (min–max) of each path and its
+# mean's difference from the first path's.
 #
 #   scripts/learning-bf16.sh            # 5 seeds × 300 steps (about 10 minutes on 2 cores)
+#   PATHS="f32 int8" scripts/learning-bf16.sh  # int8 input gradients against f32
 #   FLAGS=--unfused scripts/learning-bf16.sh   # the tensor-op model's mixed precision (as on GPUs)
 #   DEVICE=wgpu ...                            # on another device (a build with its feature)
 #
@@ -15,11 +17,12 @@ STEPS=${STEPS:-300}
 BIN=${BIN:-target/release/tritium}
 FLAGS=${FLAGS:-}
 DEVICE=${DEVICE:-flex}
+PATHS=${PATHS:-"f32 bf16"}
 out=runs/learning-bf16
 mkdir -p $out
 : > $out/results.txt
 for seed in $SEEDS; do
-  for p in f32 bf16; do
+  for p in $PATHS; do
     run=$out/$p-seed$seed
     rm -rf "$run"
     $BIN $FLAGS train --config configs/tiny.toml --out "$run" --device "$DEVICE" \
@@ -37,7 +40,7 @@ for line in open(sys.argv[1]):
     v[p].append(float(line.rsplit(" ", 1)[1]))
 for p, xs in v.items():
     print(f"{p}: mean {sum(xs)/len(xs):.4f} over {len(xs)} seeds, spread {min(xs):.4f}–{max(xs):.4f}")
-if len(v) == 2:
-    (a, xa), (b, xb) = v.items()
+(a, xa), *rest = v.items()
+for b, xb in rest:
     print(f"difference of means ({b} − {a}): {sum(xb)/len(xb) - sum(xa)/len(xa):+.4f} nats")
 PY

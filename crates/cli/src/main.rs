@@ -135,8 +135,9 @@ struct BenchTrainArgs {
     device: Backend,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The fused ops' product arithmetic: f32, or bf16 (operands rounded to bf16, f32
-    /// accumulation; AMX tiles, f32 on a CPU without them), as `precision` in a run's [train].
+    /// The fused ops' product arithmetic: f32, bf16 (operands rounded to bf16, f32 accumulation;
+    /// AMX tiles or AVX512-BF16, f32 on a CPU with neither), or int8 (bf16, and BitLinear input
+    /// gradients as int8 × ternary), as `precision` in a run's [train].
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: tritium_model::Precision,
     /// Activation checkpointing of every block (`--gradient-checkpointing`) or of the first N
@@ -149,11 +150,7 @@ struct BenchTrainArgs {
 }
 
 fn parse_precision(s: &str) -> Result<tritium_model::Precision, String> {
-    match s {
-        "f32" => Ok(tritium_model::Precision::F32),
-        "bf16" => Ok(tritium_model::Precision::Bf16),
-        _ => Err(format!("{s:?}: f32 or bf16")),
-    }
+    s.parse()
 }
 
 fn main() -> ExitCode {

@@ -125,6 +125,32 @@ impl TernaryMatrix {
         }
     }
 
+    /// `Wᵀ`, `[cols, rows]`: the same codes and scale, packed for products that contract over
+    /// this matrix's rows (the input gradient `dY · W` as int8 × ternary).
+    pub fn transposed(&self) -> TernaryMatrix {
+        let (n, k) = (self.rows, self.cols);
+        // All codes unpacked once (a byte each: 2.4 MB for a 768 × 3072 layer), then gathered
+        // a column at a time into the new rows.
+        let mut codes = vec![1u8; n * k];
+        if k > 0 {
+            codes
+                .par_chunks_mut(k)
+                .enumerate()
+                .for_each(|(r, dst)| self.panels.unpack_row(r, dst, [0, 1, 2]));
+        }
+        let panels = Panels::from_rows(k, n, |c, dst| {
+            for (d, row) in dst.iter_mut().zip(codes.chunks(k)) {
+                *d = row[c];
+            }
+        });
+        TernaryMatrix {
+            rows: k,
+            cols: n,
+            panels,
+            scale: self.scale,
+        }
+    }
+
     /// Row `r`'s ternary values in {-1, 0, 1}.
     pub fn row(&self, r: usize) -> Vec<i8> {
         let mut out = vec![0i8; self.cols];
@@ -255,8 +281,10 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
 /// `dX = dY · (q_w·g)` (when `want_dx`) and `dW = dYᵀ · (q_x / s)` (when `want_dw`), as
 /// [`crate::dense::linear_backward`] of the dequantized operands. In bf16 the operands go
 /// from their codes straight into the tile layout (the same bits as rounding the dequantized f32).
+/// With [`Precision::Int8`](crate::dense::Precision) dX is [`backward_dx_int8`] on `isa`.
 pub fn backward(
     p: crate::dense::Precision,
+    isa: Isa,
     dy: &[f32],
     x: &QuantizedRows,
     w: &TernaryMatrix,
@@ -265,11 +293,17 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (m, n, k) = (x.rows, w.rows, w.cols);
     assert_eq!(dy.len(), m * n, "output gradient length");
+    let int8 = p.int8_input_gradients();
     #[cfg(target_arch = "x86_64")]
     if p.effective() == crate::dense::Precision::Bf16 {
         use crate::bf16;
         let alone = !(want_dx && want_dw);
-        let dx = || want_dx.then(|| backward_dx_bf16(dy, m, w, alone));
+        let dx = || {
+            want_dx.then(|| match int8 {
+                true => backward_dx_int8(isa, dy, m, w),
+                false => backward_dx_bf16(dy, m, w, alone),
+            })
+        };
         let dw = || {
             want_dw.then(|| {
                 // B = q_x / s: row t is token t.
@@ -281,6 +315,16 @@ pub fn backward(
         };
         return rayon::join(dx, dw);
     }
+    if int8 {
+        let dw = || {
+            want_dw.then(|| {
+                let xd = x.dequantize();
+                let (_, dw) = crate::dense::linear_backward(p, dy, Some(&xd), None, m, n, k);
+                dw.expect("asked for dW")
+            })
+        };
+        return rayon::join(|| want_dx.then(|| backward_dx_int8(isa, dy, m, w)), dw);
+    }
     let (wd, xd) = rayon::join(
         || want_dx.then(|| w.dequantize()),
         || want_dw.then(|| x.dequantize()),
@@ -288,7 +332,10 @@ pub fn backward(
     crate::dense::linear_backward(p, dy, xd.as_deref(), wd.as_deref(), m, n, k)
 }
 
-/// `dX = dY · (q_w·g)` alone, for a frozen (packed) layer: the input's gradient only.
+/// `dX = dY · (q_w·g)` alone, for a frozen (packed) layer: the input's gradient only. Under
+/// [`Precision::Int8`](crate::dense::Precision) too it runs in the float products' arithmetic:
+/// the int8 form needs `Wᵀ` packed, which for a frozen 2B base would be rebuilt every step
+/// (a second copy kept for the run would double the base's memory).
 pub fn backward_dx(
     p: crate::dense::Precision,
     dy: &[f32],
@@ -303,6 +350,16 @@ pub fn backward_dx(
     let wd = w.dequantize();
     let (dx, _) = crate::dense::linear_backward(p, dy, None, Some(&wd), m, w.rows, w.cols);
     dx.expect("asked for dX")
+}
+
+/// `dY · (q_w·g)` with `dY` quantized per token like the forward's activations
+/// (`s = 127 / max|dY_t|`): the forward's integer product against `Wᵀ`,
+/// `dX[t][j] = (Σ_r q_dy[t][r]·q_w[r][j]) · g / s[t]`. Exact but for that rounding of `dY`: each
+/// element moves by at most `max|dY_t| / 254`, so `|ΔdX[t][j]| ≤ rows · g · max|dY_t| / 254`.
+/// A token whose gradient holds a NaN or ∞ gets a NaN row, as the float product would.
+pub fn backward_dx_int8(isa: Isa, dy: &[f32], m: usize, w: &TernaryMatrix) -> Vec<f32> {
+    let (q, wt) = rayon::join(|| QuantizedRows::quantize(dy, m, w.rows), || w.transposed());
+    matmul(isa, &q, &wt)
 }
 
 /// `dY · (q_w·g)` in bf16, W's codes unpacked straight to bf16 `±g` (exact: `bf16(±g) = ±bf16(g)`).
@@ -426,10 +483,74 @@ mod tests {
             let dy = lcg(3, m * n);
             let (wd, xd) = (w.dequantize(), x.dequantize());
             let (dx, dw) = linear_backward(Precision::Bf16, &dy, Some(&xd), Some(&wd), m, n, k);
-            let (got_dx, got_dw) = backward(Precision::Bf16, &dy, &x, &w, true, true);
+            let isa = Isa::detect();
+            let (got_dx, got_dw) = backward(Precision::Bf16, isa, &dy, &x, &w, true, true);
             assert_eq!(got_dx, dx, "dX {m}×{n}×{k}");
             assert_eq!(got_dw, dw, "dW {m}×{n}×{k}");
             assert_eq!(Some(backward_dx(Precision::Bf16, &dy, m, &w)), dx);
+        }
+    }
+
+    #[test]
+    fn transposed_swaps_rows_and_columns_on_odd_shapes() {
+        for (n, k) in [(1, 1), (3, 70), (33, 17), (64, 48), (100, 300)] {
+            let w = TernaryMatrix::quantize(&lcg(4, n * k), n, k);
+            let t = w.transposed();
+            assert_eq!((t.rows, t.cols, t.scale), (k, n, w.scale));
+            let rows: Vec<Vec<i8>> = (0..n).map(|r| w.row(r)).collect();
+            for c in 0..k {
+                let want: Vec<i8> = rows.iter().map(|r| r[c]).collect();
+                assert_eq!(t.row(c), want, "column {c} of {n}×{k}");
+            }
+            // Padding stays weight 0: the transpose of the transpose packs the same blocks.
+            assert_eq!(t.transposed().panels.blocks, w.panels.blocks, "{n}×{k}");
+        }
+    }
+
+    /// Int8 input gradients against plain integer loops over W's own rows (no transpose): the
+    /// quantized dY (the forward's quantizer, tested above) times the codes, then `g / s`, to the
+    /// bit on every ISA; dW is the float path's. And against f32: within the rounding bound of
+    /// dY (`n · g · max|dY_t| / 254` an element), and not equal (the int8 path ran).
+    #[test]
+    fn int8_input_gradients_equal_their_integer_reference_on_every_isa() {
+        use crate::dense::Precision;
+        for (m, n, k) in [(1, 3, 5), (17, 40, 33), (70, 100, 64), (130, 33, 300)] {
+            let x = QuantizedRows::quantize(&lcg(1, m * k), m, k);
+            let w = TernaryMatrix::quantize(&lcg(2, n * k), n, k);
+            let dy: Vec<f32> = lcg(3, m * n).iter().map(|v| v * 1e-3).collect();
+            let q = QuantizedRows::quantize(&dy, m, n);
+            let rows: Vec<Vec<i8>> = (0..n).map(|r| w.row(r)).collect();
+            let mut want = vec![0f32; m * k];
+            for t in 0..m {
+                for j in 0..k {
+                    let dot: i32 = (0..n)
+                        .map(|r| q.q[t * q.stride + r] as i32 * rows[r][j] as i32)
+                        .sum();
+                    want[t * k + j] = dot as f32 * (w.scale / q.scale[t]);
+                }
+            }
+            let float = Precision::Int8.effective();
+            let (_, float_dw) = backward(float, Isa::Scalar, &dy, &x, &w, false, true);
+            for isa in Isa::available() {
+                let at = format!("{} at {m}×{n}×{k}", isa.name());
+                let (dx, dw) = backward(Precision::Int8, isa, &dy, &x, &w, true, true);
+                assert_eq!(dx.as_ref(), Some(&want), "dX {at}");
+                assert_eq!(dw, float_dw, "dW {at}");
+            }
+            let (exact, _) = backward(Precision::F32, Isa::Scalar, &dy, &x, &w, true, false);
+            let exact = exact.unwrap();
+            for t in 0..m {
+                let max = dy[t * n..][..n].iter().fold(0f32, |a, v| a.max(v.abs()));
+                let bound = n as f32 * w.scale * max / 254.0 * 1.001 + 1e-9;
+                for j in 0..k {
+                    let d = (want[t * k + j] - exact[t * k + j]).abs();
+                    assert!(
+                        d <= bound,
+                        "dX[{t}][{j}] off by {d} > {bound} at {m}×{n}×{k}"
+                    );
+                }
+            }
+            assert_ne!(want, exact, "{m}×{n}×{k}: the int8 path changed nothing");
         }
     }
 }

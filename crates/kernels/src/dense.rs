@@ -9,47 +9,90 @@ use gemm::{Parallelism, gemm};
 
 /// The arithmetic of a training step's matrix products (the BitLinear backward and the tied head),
 /// as PyTorch's autocast chooses it: `Bf16` rounds both operands to bf16 and accumulates in f32
-/// (AMX tiles or AVX512-BF16, [`crate::bf16`]); `F32` is exact f32 throughout.
+/// (AMX tiles or AVX512-BF16, [`crate::bf16`]); `F32` is exact f32 throughout. `Int8` goes one
+/// step past autocast, as SwitchBack (Wortsman et al., 2023) does: each BitLinear's input
+/// gradient `dY · W` runs as int8 × ternary on the forward's integer kernels, `dY` quantized per
+/// token as the forward quantizes activations; the other products are `Bf16`'s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
     Bf16,
+    Int8,
 }
 
 impl Precision {
-    /// What runs for this setting on this CPU: bf16 needs AMX-BF16 or AVX512-BF16; elsewhere
-    /// the products fall back to f32.
+    /// The arithmetic the float products (all but `Int8`'s input gradients) run in on this CPU:
+    /// bf16 needs AMX-BF16 or AVX512-BF16; elsewhere they fall back to f32.
     pub fn effective(self) -> Precision {
         match self {
-            Precision::Bf16 if bf16_available() => Precision::Bf16,
+            Precision::Bf16 | Precision::Int8 if !matches!(bf16_unit(), Bf16Unit::Neither) => {
+                Precision::Bf16
+            }
             _ => Precision::F32,
         }
     }
 
+    /// Whether BitLinear input gradients run as int8 × ternary (on any CPU: the integer kernels
+    /// have a scalar form).
+    pub fn int8_input_gradients(self) -> bool {
+        self == Precision::Int8
+    }
+
     /// The GEMM path that runs, in words (for reports).
     pub fn describe(self) -> &'static str {
-        #[cfg(target_arch = "x86_64")]
-        if self == Precision::Bf16 {
-            return match crate::bf16::path() {
-                Some(crate::bf16::Path::Amx) => "bf16 on AMX tiles, f32 accumulation",
-                Some(crate::bf16::Path::Avx512Bf16) => "bf16 with AVX512-BF16, f32 accumulation",
-                None => "f32 (bf16 asked, but this CPU has neither AMX-BF16 nor AVX512-BF16)",
-            };
-        }
-        match self {
-            Precision::Bf16 => "f32 (bf16 asked, but this CPU has no bf16 products)",
-            Precision::F32 => "f32",
+        use Bf16Unit::*;
+        match (self, bf16_unit()) {
+            (Precision::F32, _) => "f32",
+            (Precision::Bf16, Amx) => "bf16 on AMX tiles, f32 accumulation",
+            (Precision::Bf16, Avx512) => "bf16 with AVX512-BF16, f32 accumulation",
+            (Precision::Bf16, _) => {
+                "f32 (bf16 asked, but this CPU has neither AMX-BF16 nor AVX512-BF16)"
+            }
+            (Precision::Int8, Amx) => {
+                "BitLinear input gradients int8 × ternary; the rest bf16 on AMX tiles, f32 accumulation"
+            }
+            (Precision::Int8, Avx512) => {
+                "BitLinear input gradients int8 × ternary; the rest bf16 with AVX512-BF16, f32 accumulation"
+            }
+            (Precision::Int8, _) => {
+                "BitLinear input gradients int8 × ternary; the rest f32 (no AMX-BF16 or AVX512-BF16 here)"
+            }
         }
     }
 }
 
-fn bf16_available() -> bool {
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The names `precision` takes in a config (serde's), for command-line flags.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("{s:?}: f32, bf16 or int8")),
+        }
+    }
+}
+
+/// The unit that runs bf16 products on this CPU, for [`Precision::describe`].
+enum Bf16Unit {
+    Amx,
+    Avx512,
+    Neither,
+}
+
+fn bf16_unit() -> Bf16Unit {
     #[cfg(target_arch = "x86_64")]
-    return crate::bf16::supported();
+    return match crate::bf16::path() {
+        Some(crate::bf16::Path::Amx) => Bf16Unit::Amx,
+        Some(crate::bf16::Path::Avx512Bf16) => Bf16Unit::Avx512,
+        None => Bf16Unit::Neither,
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    Bf16Unit::Neither
 }
 
 /// A row-major matrix operand, or the transpose of one.

@@ -104,7 +104,7 @@ impl Lora {
         };
         let scale = self.alpha / self.rank() as f32;
         #[cfg(feature = "flex")]
-        if p == Precision::Bf16 && crate::fused::active(fused, &x.device()) {
+        if p != Precision::F32 && crate::fused::active(fused, &x.device()) {
             let xa = crate::fused::linear(x, self.a.val(), p);
             return crate::fused::linear(xa, self.b.val(), p) * scale;
         }
@@ -220,7 +220,8 @@ pub(crate) fn product<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) 
     use burn::tensor::FloatDType;
     match p {
         Precision::F32 => matmul_t(x, w),
-        Precision::Bf16 => {
+        // The tensor-op model refuses int8 before any step ([`products`]).
+        Precision::Bf16 | Precision::Int8 => {
             matmul_t(x.cast(FloatDType::BF16), w.cast(FloatDType::BF16)).cast(FloatDType::F32)
         }
     }
@@ -249,6 +250,10 @@ pub fn products(
         Precision::Bf16 => Err(crate::Error::Config(format!(
             "precision = \"bf16\": device {name} has no bf16 arithmetic (Burn's supports_dtype); \
              use \"f32\" there"
+        ))),
+        Precision::Int8 => Err(crate::Error::Config(format!(
+            "precision = \"int8\": its int8 input gradients are fused CPU kernels, which do not \
+             run on device {name} (or with --unfused); use \"bf16\" there"
         ))),
     }
 }

@@ -94,9 +94,11 @@ pub struct TrainConfig {
     /// micro-batches dealt out, gradients summed by Burn's all-reduce (CUDA only in Burn 0.22).
     #[serde(default)]
     pub devices: Vec<Backend>,
-    /// The arithmetic of the step's matrix products on the fused CPU ops: "f32", or "bf16"
+    /// The arithmetic of the step's matrix products on the fused CPU ops: "f32", "bf16"
     /// (operands rounded to bf16, f32 accumulation, as PyTorch's autocast; AMX tiles or AVX512-BF16,
-    /// f32 on a CPU with neither). Weights, optimizer state, the loss and evaluation stay f32.
+    /// f32 on a CPU with neither), or "int8" (bf16, and each BitLinear's input gradient as int8 ×
+    /// ternary, dY quantized per token: SwitchBack's scheme). Weights, optimizer state, the loss
+    /// and evaluation stay f32.
     #[serde(default)]
     pub precision: tritium_model::Precision,
     /// Activation checkpointing (see [`Checkpointing`]).

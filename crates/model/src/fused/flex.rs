@@ -128,7 +128,15 @@ impl Backward<Flex, 2> for BitLinearBackward {
         let [node_x, node_w] = ops.parents;
         let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         let BitLinearSaved { x, w, p } = ops.state;
-        let (dx, dw) = backward(p, f32s(&dy), &x, &w, node_x.is_some(), node_w.is_some());
+        let (dx, dw) = backward(
+            p,
+            isa(),
+            f32s(&dy),
+            &x,
+            &w,
+            node_x.is_some(),
+            node_w.is_some(),
+        );
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, &[x.rows, x.cols]));
         }

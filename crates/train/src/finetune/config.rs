@@ -118,8 +118,9 @@ pub struct FinetuneConfig {
     pub template: Option<String>,
     #[serde(default)]
     pub skip_invalid: bool,
-    /// The training products' arithmetic, as `precision` in a training run's [train]: "f32", or
-    /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither).
+    /// The training products' arithmetic, as `precision` in a training run's [train]: "f32",
+    /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither), or "int8" (as bf16 here: its
+    /// int8 input gradients are for trainable BitLinear layers, and the base is frozen).
     #[serde(default)]
     pub precision: tritium_model::Precision,
     /// Activation checkpointing, as in a training run's [train] (see
