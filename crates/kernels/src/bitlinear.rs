@@ -128,25 +128,10 @@ impl TernaryMatrix {
     /// `Wᵀ`, `[cols, rows]`: the same codes and scale, packed for products that contract over
     /// this matrix's rows (the input gradient `dY · W` as int8 × ternary).
     pub fn transposed(&self) -> TernaryMatrix {
-        let (n, k) = (self.rows, self.cols);
-        // All codes unpacked once (a byte each: 2.4 MB for a 768 × 3072 layer), then gathered
-        // a column at a time into the new rows.
-        let mut codes = vec![1u8; n * k];
-        if k > 0 {
-            codes
-                .par_chunks_mut(k)
-                .enumerate()
-                .for_each(|(r, dst)| self.panels.unpack_row(r, dst, [0, 1, 2]));
-        }
-        let panels = Panels::from_rows(k, n, |c, dst| {
-            for (d, row) in dst.iter_mut().zip(codes.chunks(k)) {
-                *d = row[c];
-            }
-        });
         TernaryMatrix {
-            rows: k,
-            cols: n,
-            panels,
+            rows: self.cols,
+            cols: self.rows,
+            panels: self.panels.transposed(),
             scale: self.scale,
         }
     }

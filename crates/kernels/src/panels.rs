@@ -81,6 +81,42 @@ impl Panels {
         p
     }
 
+    /// The transpose, `[cols, rows]`, in this layout. A pair of the result (32 of this matrix's
+    /// columns: two runs) reads four bytes of each of this matrix's rows per run, so the whole
+    /// matrix is read once, and its 32 rows of codes (32 × `rows` bytes: L2-sized) are packed.
+    pub fn transposed(&self) -> Panels {
+        use rayon::prelude::*;
+        let mut t = Panels::zeros(self.cols, self.rows);
+        let stride = t.nq * RUN;
+        if self.rows == 0 {
+            return t;
+        }
+        t.blocks
+            .par_chunks_mut(2 * t.nq)
+            .enumerate()
+            .for_each(|(p, blocks)| {
+                let mut codes = vec![1u8; PAIR * stride];
+                for r in 0..self.rows {
+                    let (src, h, j) = (self.pair(r / PAIR), (r % PAIR) / 16, r % 16);
+                    for run in 0..2 {
+                        let q = 2 * p + run;
+                        if q >= self.nq {
+                            break;
+                        }
+                        let bytes = &src[2 * q + h].0[4 * j..4 * j + 4];
+                        for i in 0..RUN {
+                            // Column 16q + i of row r: byte i % 4, bits 2·(i / 4). Past `cols`
+                            // it is padding (code 1), as the result's padding rows must be.
+                            let code = (bytes[i % 4] >> (2 * (i / 4))) & 3;
+                            codes[(RUN * run + i) * stride + r] = code;
+                        }
+                    }
+                }
+                Panels::pack_pair(blocks, &codes, stride);
+            });
+        t
+    }
+
     /// Padded columns: what each token's activation row must hold at least.
     pub fn padded_cols(&self) -> usize {
         self.nq * RUN
@@ -457,6 +493,33 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::testing::lcg;
+
+    /// The transpose holds code (r, c) at (c, r), by the layout's definition, and code 1
+    /// (weight 0) in every padded row and column, on shapes that end mid-run and mid-pair.
+    #[test]
+    fn transposed_moves_every_code_and_pads_with_zero_weights() {
+        for (rows, cols, seed) in [
+            (1, 1, 1),
+            (5, 37, 2),
+            (33, 16, 3),
+            (70, 100, 4),
+            (64, 64, 5),
+        ] {
+            let (w, codes) = random_panels(rows, cols, seed);
+            let t = w.transposed();
+            assert_eq!((t.rows, t.cols), (cols, rows));
+            for c in 0..t.pairs() * PAIR {
+                for r in 0..t.nq * RUN {
+                    let want = if c < cols && r < rows {
+                        codes[r * cols + c]
+                    } else {
+                        1
+                    };
+                    assert_eq!(t.get(c, r), want, "({c}, {r}) of {rows}×{cols}ᵀ");
+                }
+            }
+        }
+    }
 
     /// Codes from values in [-1, 1): {0, 1, 2}.
     fn random_panels(rows: usize, cols: usize, seed: u64) -> (Panels, Vec<u8>) {
