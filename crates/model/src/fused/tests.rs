@@ -448,6 +448,32 @@ fn f32_values_are_in_row_major_order_even_for_a_view() {
     }
 }
 
+/// The tied head (`head`) or a BitLinear at precision `p` on fresh leaves: its output and the
+/// gradients of x and w from `Σ y ⊙ probe`.
+fn products_and_gradients(
+    x: &Tensor<3>,
+    w: &Tensor<2>,
+    probe: &Tensor<3>,
+    head: bool,
+    p: Precision,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (wl, xl) = (
+        w.clone().detach().require_grad(),
+        x.clone().detach().require_grad(),
+    );
+    let y = if head {
+        linear(xl.clone(), wl.clone(), p)
+    } else {
+        bitlinear(xl.clone(), wl.clone(), p)
+    };
+    let g = (y.clone() * probe.clone()).sum().backward();
+    (
+        vals(y),
+        vals(xl.grad(&g).unwrap()),
+        vals(wl.grad(&g).unwrap()),
+    )
+}
+
 /// The bf16 training path (AMX or AVX512-BF16) against the f32 one on the same BitLinear and head: the forward
 /// of BitLinear is the same int8 product (equal), the head's forward and every gradient differ by
 /// bf16 operand rounding only: a relative error near 2⁻⁹ (the unit roundoff of bf16), not more,
@@ -465,23 +491,7 @@ fn bf16_products_stay_within_bf16_rounding_of_f32() {
     let w = normal([n, k], 0.02, &dev);
     let probe = normal([2, t, n], 1.0, &dev);
     for head in [false, true] {
-        let go = |p: Precision| {
-            let (wl, xl) = (
-                w.clone().detach().require_grad(),
-                x.clone().detach().require_grad(),
-            );
-            let y = if head {
-                linear(xl.clone(), wl.clone(), p)
-            } else {
-                bitlinear(xl.clone(), wl.clone(), p)
-            };
-            let g = (y.clone() * probe.clone()).sum().backward();
-            (
-                vals(y),
-                vals(xl.grad(&g).unwrap()),
-                vals(wl.grad(&g).unwrap()),
-            )
-        };
+        let go = |p: Precision| products_and_gradients(&x, &w, &probe, head, p);
         let (y32, dx32, dw32) = go(Precision::F32);
         let (y16, dx16, dw16) = go(Precision::Bf16);
         if head {
@@ -519,23 +529,7 @@ fn int8_input_gradients_stay_within_int8_rounding_of_dy() {
     let probe = normal([2, t, n], 1.0, &dev);
     let float = Precision::Int8.effective();
     for head in [false, true] {
-        let go = |p: Precision| {
-            let (wl, xl) = (
-                w.clone().detach().require_grad(),
-                x.clone().detach().require_grad(),
-            );
-            let y = if head {
-                linear(xl.clone(), wl.clone(), p)
-            } else {
-                bitlinear(xl.clone(), wl.clone(), p)
-            };
-            let g = (y.clone() * probe.clone()).sum().backward();
-            (
-                vals(y),
-                vals(xl.grad(&g).unwrap()),
-                vals(wl.grad(&g).unwrap()),
-            )
-        };
+        let go = |p: Precision| products_and_gradients(&x, &w, &probe, head, p);
         let (y8, dx8, dw8) = go(Precision::Int8);
         let (yf, dxf, dwf) = go(float);
         assert_eq!(y8, yf, "forward (head: {head})");
