@@ -278,43 +278,43 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (m, n, k) = (x.rows, w.rows, w.cols);
     assert_eq!(dy.len(), m * n, "output gradient length");
-    let int8 = p.int8_input_gradients();
+    if p.int8_input_gradients() {
+        return rayon::join(
+            || want_dx.then(|| backward_dx_int8(isa, dy, m, w)),
+            || want_dw.then(|| backward_dw(p, dy, x, n)),
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     if p.effective() == crate::dense::Precision::Bf16 {
-        use crate::bf16;
         let alone = !(want_dx && want_dw);
-        let dx = || {
-            want_dx.then(|| match int8 {
-                true => backward_dx_int8(isa, dy, m, w),
-                false => backward_dx_bf16(dy, m, w, alone),
-            })
-        };
-        let dw = || {
-            want_dw.then(|| {
-                // B = q_x / s: row t is token t.
-                let b = bf16::pack_rows(m, k, |t, dst| {
-                    bf16::int8_over_scale(&x.q[t * x.stride..][..k], x.scale[t], dst)
-                });
-                bf16::product_packed(n, crate::dense::Operand::t(dy), &b, false)
-            })
-        };
-        return rayon::join(dx, dw);
-    }
-    if int8 {
-        let dw = || {
-            want_dw.then(|| {
-                let xd = x.dequantize();
-                let (_, dw) = crate::dense::linear_backward(p, dy, Some(&xd), None, m, n, k);
-                dw.expect("asked for dW")
-            })
-        };
-        return rayon::join(|| want_dx.then(|| backward_dx_int8(isa, dy, m, w)), dw);
+        return rayon::join(
+            || want_dx.then(|| backward_dx_bf16(dy, m, w, alone)),
+            || want_dw.then(|| backward_dw(p, dy, x, n)),
+        );
     }
     let (wd, xd) = rayon::join(
         || want_dx.then(|| w.dequantize()),
         || want_dw.then(|| x.dequantize()),
     );
     crate::dense::linear_backward(p, dy, xd.as_deref(), wd.as_deref(), m, n, k)
+}
+
+/// `dW = dYᵀ · (q_x / s)` alone, `[n, x.cols]`, in the float products' arithmetic: in bf16 the
+/// activations go from their int8 codes straight into the tile layout.
+fn backward_dw(p: crate::dense::Precision, dy: &[f32], x: &QuantizedRows, n: usize) -> Vec<f32> {
+    let (m, k) = (x.rows, x.cols);
+    #[cfg(target_arch = "x86_64")]
+    if p.effective() == crate::dense::Precision::Bf16 {
+        use crate::bf16;
+        // B = q_x / s: row t is token t.
+        let b = bf16::pack_rows(m, k, |t, dst| {
+            bf16::int8_over_scale(&x.q[t * x.stride..][..k], x.scale[t], dst)
+        });
+        return bf16::product_packed(n, crate::dense::Operand::t(dy), &b, false);
+    }
+    let xd = x.dequantize();
+    let (_, dw) = crate::dense::linear_backward(p, dy, Some(&xd), None, m, n, k);
+    dw.expect("asked for dW")
 }
 
 /// `dX = dY · (q_w·g)` alone, for a frozen (packed) layer: the input's gradient only. Under

@@ -58,6 +58,49 @@ impl Panels {
     /// Packs a matrix given a row at a time: `row(r, dst)` writes row `r`'s `cols` codes
     /// (`q + 1`). Row pairs in parallel.
     pub fn from_rows(rows: usize, cols: usize, row: impl Fn(usize, &mut [u8]) + Sync) -> Panels {
+        Panels::from_pairs(rows, cols, |pair, codes, stride| {
+            for (i, dst) in codes.chunks_mut(stride).enumerate() {
+                let r = PAIR * pair + i;
+                if r >= rows {
+                    break;
+                }
+                row(r, &mut dst[..cols]);
+            }
+        })
+    }
+
+    /// The transpose, `[cols, rows]`, in this layout. A pair of the result (32 of this matrix's
+    /// columns: two runs) reads four bytes of each of this matrix's rows per run, so the whole
+    /// matrix is read once, and its 32 rows of codes (32 × `rows` bytes: L2-sized) are packed.
+    pub fn transposed(&self) -> Panels {
+        Panels::from_pairs(self.cols, self.rows, |p, codes, stride| {
+            for r in 0..self.rows {
+                let (src, h, j) = (self.pair(r / PAIR), (r % PAIR) / 16, r % 16);
+                for run in 0..2 {
+                    let q = 2 * p + run;
+                    if q >= self.nq {
+                        break;
+                    }
+                    let bytes = &src[2 * q + h].0[4 * j..4 * j + 4];
+                    for i in 0..RUN {
+                        // Column 16q + i of row r: byte i % 4, bits 2·(i / 4). Past `cols` it
+                        // is padding (code 1), as the result's padding rows must be.
+                        let code = (bytes[i % 4] >> (2 * (i / 4))) & 3;
+                        codes[(RUN * run + i) * stride + r] = code;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Packs a matrix a row pair at a time, in parallel: `fill(p, codes, stride)` writes the
+    /// codes of rows `32p..32p + 32` into `codes` (32 rows of `stride` ≥ `cols`, all code 1 to
+    /// begin with, so what it leaves is padding).
+    fn from_pairs(
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [u8], usize) + Sync,
+    ) -> Panels {
         use rayon::prelude::*;
         let mut p = Panels::zeros(rows, cols);
         let stride = p.nq * RUN;
@@ -69,52 +112,10 @@ impl Panels {
             .enumerate()
             .for_each(|(pair, blocks)| {
                 let mut codes = vec![1u8; PAIR * stride];
-                for (i, dst) in codes.chunks_mut(stride).enumerate() {
-                    let r = PAIR * pair + i;
-                    if r >= rows {
-                        break;
-                    }
-                    row(r, &mut dst[..cols]);
-                }
+                fill(pair, &mut codes, stride);
                 Panels::pack_pair(blocks, &codes, stride);
             });
         p
-    }
-
-    /// The transpose, `[cols, rows]`, in this layout. A pair of the result (32 of this matrix's
-    /// columns: two runs) reads four bytes of each of this matrix's rows per run, so the whole
-    /// matrix is read once, and its 32 rows of codes (32 × `rows` bytes: L2-sized) are packed.
-    pub fn transposed(&self) -> Panels {
-        use rayon::prelude::*;
-        let mut t = Panels::zeros(self.cols, self.rows);
-        let stride = t.nq * RUN;
-        if self.rows == 0 {
-            return t;
-        }
-        t.blocks
-            .par_chunks_mut(2 * t.nq)
-            .enumerate()
-            .for_each(|(p, blocks)| {
-                let mut codes = vec![1u8; PAIR * stride];
-                for r in 0..self.rows {
-                    let (src, h, j) = (self.pair(r / PAIR), (r % PAIR) / 16, r % 16);
-                    for run in 0..2 {
-                        let q = 2 * p + run;
-                        if q >= self.nq {
-                            break;
-                        }
-                        let bytes = &src[2 * q + h].0[4 * j..4 * j + 4];
-                        for i in 0..RUN {
-                            // Column 16q + i of row r: byte i % 4, bits 2·(i / 4). Past `cols`
-                            // it is padding (code 1), as the result's padding rows must be.
-                            let code = (bytes[i % 4] >> (2 * (i / 4))) & 3;
-                            codes[(RUN * run + i) * stride + r] = code;
-                        }
-                    }
-                }
-                Panels::pack_pair(blocks, &codes, stride);
-            });
-        t
     }
 
     /// Padded columns: what each token's activation row must hold at least.
