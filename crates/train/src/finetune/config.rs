@@ -119,8 +119,9 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub skip_invalid: bool,
     /// The training products' arithmetic, as `precision` in a training run's [train]: "f32",
-    /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither), or "int8" (as bf16 here: its
-    /// int8 input gradients are for trainable BitLinear layers, and the base is frozen).
+    /// "bf16" (AMX tiles or AVX512-BF16; f32 on a CPU with neither), or "int8" (bf16, and the input
+    /// gradients of the BitLinear layers being trained as int8 × ternary: `method = "full"`
+    /// only, since a LoRA run's base is frozen and would gain nothing).
     #[serde(default)]
     pub precision: tritium_model::Precision,
     /// Activation checkpointing, as in a training run's [train] (see
@@ -183,6 +184,14 @@ impl FinetuneConfig {
             .or_else(|| {
                 (!(0.0..1.0).contains(&self.dropout))
                     .then(|| format!("[finetune].dropout = {}: must be in [0, 1)", self.dropout))
+            })
+            .or_else(|| {
+                (self.method == Method::Lora && self.precision == tritium_model::Precision::Int8).then(|| {
+                    "[finetune].precision = \"int8\": its int8 products are the input gradients \
+                     of BitLinear layers being trained, and LoRA freezes them; use \"bf16\" (or \
+                     method = \"full\")"
+                        .to_string()
+                })
             })
             .or_else(|| {
                 (self.method == Method::Lora && self.target.is_empty()).then(|| {
@@ -270,6 +279,7 @@ mod tests {
             ("seq_len = 1", "seq_len"),
             ("dropout = 1.0", "dropout"),
             ("grad_clip = -1.0", "grad_clip"),
+            ("precision = \"int8\"", "precision"),
         ] {
             std::fs::write(p, format!("[finetune]\n{body}\n")).unwrap();
             let e = FinetuneConfig::load(p).unwrap_err().to_string();
@@ -277,5 +287,7 @@ mod tests {
         }
         std::fs::write(p, "[finetune]\nmethod = \"full\"\ntarget = []\n").unwrap();
         FinetuneConfig::load(p).expect("full fine-tuning has no targets to name");
+        std::fs::write(p, "[finetune]\nmethod = \"full\"\nprecision = \"int8\"\n").unwrap();
+        FinetuneConfig::load(p).expect("full fine-tuning trains BitLinear layers: int8 applies");
     }
 }
