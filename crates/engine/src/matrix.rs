@@ -214,7 +214,8 @@ impl TernaryMatrix {
                 let t0 = c * per;
                 let n = dst.len() / self.rows;
                 let xs: Vec<&[i8]> = (t0..t0 + n).map(|t| a.row(t)).collect();
-                panels::product(isa, p, &xs, &a.sums()[t0..t0 + n], &ones[..n], dst);
+                let out = crate::kernels::fill::uninit(dst);
+                panels::product(isa, p, &xs, &a.sums()[t0..t0 + n], &ones[..n], out);
                 self.rescale_panels(a, t0, 0..self.rows, dst);
             });
             return;

@@ -215,14 +215,20 @@ unsafe fn rope_out(
     for p in 0..s.t {
         let gr = &g[p * hd..][..hd];
         let (c, sn) = (&cos[p * half..][..half], &sin[p * half..][..half]);
-        // SAFETY: this row of this head is inside dst and written by this task alone.
+        // SAFETY: this row of this head is inside dst and written by this task alone. It may
+        // not be initialized yet: it is only written, as `MaybeUninit`, every element of it.
         let d = unsafe {
-            std::slice::from_raw_parts_mut(dst.ptr().add(((b * s.t + p) * heads + head) * hd), hd)
+            std::slice::from_raw_parts_mut(
+                dst.ptr()
+                    .add(((b * s.t + p) * heads + head) * hd)
+                    .cast::<std::mem::MaybeUninit<f32>>(),
+                hd,
+            )
         };
         for i in 0..half {
             let (g1, g2) = (gr[i], gr[i + half]);
-            d[i] = g1 * c[i] + g2 * sn[i];
-            d[i + half] = g2 * c[i] - g1 * sn[i];
+            d[i].write(g1 * c[i] + g2 * sn[i]);
+            d[i + half].write(g2 * c[i] - g1 * sn[i]);
         }
     }
 }
@@ -281,8 +287,10 @@ pub fn forward(
             "a start past its own position"
         );
     }
+    // At least one query head per key/value head: the backward's first query head of each group
+    // is what writes that group's dV.
     assert!(
-        hd % 2 == 0 && kv > 0 && h % kv == 0,
+        hd % 2 == 0 && kv > 0 && h % kv == 0 && h >= kv,
         "attention shape {s:?}"
     );
     assert!(
@@ -301,7 +309,9 @@ pub fn forward(
         rope_in(q, &s, h, (i / h, i % h), &rope, d)
     });
 
-    let mut o = vec![0f32; b * t * h * hd];
+    // Not zeroed: the value products below store every element (see the `set_len`).
+    let len = b * t * h * hd;
+    let mut o = Vec::<f32>::with_capacity(len);
     let out = Out(o.as_mut_ptr());
     let (probs, _) = par_parts(b * h * t * t, t * t, |i, p: &mut [f32]| {
         let (bi, hh) = (i / h, i % h);
@@ -352,6 +362,11 @@ pub fn forward(
             };
         }
     });
+    // SAFETY: task (bi, hh) stored rows r0..r1 of head hh of batch row bi, hd wide, for blocks
+    // that cover 0..t, with `accumulate` false (gemm then writes without reading); the tasks
+    // cover every (bi, hh), so all b·t·h·hd elements are initialized. A panicking task leaves
+    // through the loop above, before this.
+    unsafe { o.set_len(len) };
     (
         o,
         Saved {
@@ -382,9 +397,11 @@ pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, V
     );
     let rope = &saved.rope;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq = vec![0f32; b * t * h * hd];
-    let mut dk = vec![0f32; b * t * kv * hd];
-    let mut dv = vec![0f32; b * t * kv * hd];
+    // Not zeroed: every element is stored below (see the `set_len`s).
+    let (q_len, kv_len) = (b * t * h * hd, b * t * kv * hd);
+    let mut dq = Vec::<f32>::with_capacity(q_len);
+    let mut dk = Vec::<f32>::with_capacity(kv_len);
+    let mut dv = Vec::<f32>::with_capacity(kv_len);
     let (dq_out, dk_out, dv_out) = (
         Out(dq.as_mut_ptr()),
         Out(dk.as_mut_ptr()),
@@ -498,6 +515,16 @@ pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, V
         // SAFETY: head g of batch row bi of dk is this task's alone.
         unsafe { rope_out(&dkr, &s, kv, (bi, g), rope, dk_out) };
     });
+    // SAFETY: task (bi, g) wrote, for every query head hh of its group, head hh of batch row bi
+    // of dq (all t rows, by `rope_out`), head g of dk likewise, and head g of dv: its first
+    // query head (r = 0) stores key blocks covering 0..t with `accumulate` false. The tasks cover
+    // every (bi, g) and the groups every query head, so all elements are initialized. A
+    // panicking task leaves through the loop above, before this.
+    unsafe {
+        dq.set_len(q_len);
+        dk.set_len(kv_len);
+        dv.set_len(kv_len);
+    }
     (dq, dk, dv)
 }
 

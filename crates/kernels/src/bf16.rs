@@ -21,6 +21,7 @@ use std::mem::MaybeUninit;
 
 use crate::Block64;
 use crate::dense::Operand;
+use crate::fill::uninit;
 use crate::panels::Panels;
 
 /// Rows (and columns) of a tile, and `k` per tile.
@@ -429,13 +430,6 @@ impl Config {
         }
         Config(c)
     }
-}
-
-/// `out` as storage that is only written: sound, since `MaybeUninit<f32>` has `f32`'s layout
-/// and nothing reads through the result.
-fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same length, layout and lifetime; every value written is an initialized f32.
-    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `out = a · b` (`a` read as `m × k`, `b` as `k × n`, `out` row-major `[m, n]`) on a chosen path

@@ -250,7 +250,7 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
     if n == 0 {
         return Vec::new();
     }
-    let task = |c: usize, out: &mut [f32]| {
+    let task = |c: usize, out: &mut [std::mem::MaybeUninit<f32>]| {
         let t0 = c * TOKENS_PER_TASK;
         let tokens = out.len() / n;
         let xs: Vec<&[i8]> = (t0..t0 + tokens)
@@ -259,7 +259,8 @@ pub fn matmul(isa: Isa, x: &QuantizedRows, w: &TernaryMatrix) -> Vec<f32> {
         let factor: Vec<f32> = (t0..t0 + tokens).map(|t| w.scale / x.scale[t]).collect();
         panels::product(isa, &w.panels, &xs, &x.sum[t0..t0 + tokens], &factor, out);
     };
-    crate::fill::par_parts(x.rows * n, TOKENS_PER_TASK * n, task).0
+    // SAFETY: `panels::product` stores all `w.rows` outputs of every token of its part.
+    unsafe { crate::fill::par_parts_written(x.rows * n, TOKENS_PER_TASK * n, task).0 }
 }
 
 /// The straight-through backward of [`matmul`] for `dy: [x.rows, w.rows]`:

@@ -19,16 +19,44 @@ where
     T: Copy + Default + Send,
     R: Send,
 {
+    // SAFETY: `zeroed` initializes every element of each part before `f` sees it.
+    unsafe { par_parts_written(len, part, |i, p| f(i, zeroed(p))) }
+}
+
+/// [`par_parts`] for tasks that write every element of their part themselves: nothing is
+/// zeroed first. For the largest outputs of a training step (each BitLinear's product), whose
+/// kernels store every element, the zeroing was a second pass over the output.
+///
+/// # Safety
+/// `f` initializes every element of the part it is given.
+pub unsafe fn par_parts_written<T, R>(
+    len: usize,
+    part: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>]) -> R + Sync,
+) -> (Vec<T>, Vec<R>)
+where
+    T: Send,
+    R: Send,
+{
     let mut v = Vec::with_capacity(len);
     let results = v.spare_capacity_mut()[..len]
         .par_chunks_mut(part.max(1))
         .enumerate()
-        .map(|(i, p)| f(i, zeroed(p)))
+        .map(|(i, p)| f(i, p))
         .collect();
-    // SAFETY: the parts cover the first `len` elements and `zeroed` initialized each of them. If
-    // a task panics, the panic leaves through `collect` before this and `v` drops empty.
+    // SAFETY: the parts cover the first `len` elements and `f` initialized each of them (the
+    // caller's contract). If a task panics, the panic leaves through `collect` before this and
+    // `v` drops empty.
     unsafe { v.set_len(len) };
     (v, results)
+}
+
+/// Initialized storage seen as storage that is only written, for kernels that store into
+/// either kind: sound, since `MaybeUninit<T>` has `T`'s layout and the kernels write only
+/// initialized values through it.
+pub fn uninit<T: Copy>(out: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same length, layout and lifetime; every value written is an initialized T.
+    unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// Two vectors cut into the same number of parts (`a`'s of `part_a` elements, `b`'s of

@@ -20,6 +20,8 @@
 //! against those four activations of one token. Padding is code 1 (weight 0). As in the engine,
 //! `Σ q·x = Σ code·x − Σ x`, so callers pass each token's activation sum.
 
+use std::mem::MaybeUninit;
+
 use crate::{Block64, Isa};
 
 /// Rows per pair of 16-row groups: the row tile of the SIMD kernels.
@@ -207,10 +209,17 @@ pub fn preferred(isa: Isa) -> bool {
 /// `out[t·rows + r] = (Σ_c code(r, c)·xs[t][c] − sums[t]) as f32 · factor[t]`: the dequantized
 /// product of `xs.len()` int8 token rows (each at least [`Panels::padded_cols`] long, zero past
 /// `cols`) with the ternary matrix. Integer sums are exact, so every ISA gives the same bits.
-pub fn product(isa: Isa, w: &Panels, xs: &[&[i8]], sums: &[i32], factor: &[f32], out: &mut [f32]) {
+pub fn product(
+    isa: Isa,
+    w: &Panels,
+    xs: &[&[i8]],
+    sums: &[i32],
+    factor: &[f32],
+    out: &mut [MaybeUninit<f32>],
+) {
     assert_eq!(out.len(), xs.len() * w.rows, "panel product output length");
-    let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(w.rows).collect();
-    product_pairs(isa, w, 0..w.pairs(), xs, sums, factor, &mut rows);
+    let mut rows: Vec<_> = out.chunks_exact_mut(w.rows).collect();
+    products(isa, w, 0..w.pairs(), xs, sums, factor, &mut rows);
 }
 
 /// [`product`] for the row pairs `pairs` only (rows `32·pairs.start ..` up to `w.rows`): row `r`
@@ -224,6 +233,21 @@ pub fn product_pairs(
     sums: &[i32],
     factor: &[f32],
     out: &mut [&mut [f32]],
+) {
+    let mut rows: Vec<_> = out.iter_mut().map(|o| crate::fill::uninit(o)).collect();
+    products(isa, w, pairs, xs, sums, factor, &mut rows);
+}
+
+/// [`product_pairs`] into storage that is only written: every output row of the pairs, of
+/// every token, is stored (the kernels below all do).
+fn products(
+    isa: Isa,
+    w: &Panels,
+    pairs: std::ops::Range<usize>,
+    xs: &[&[i8]],
+    sums: &[i32],
+    factor: &[f32],
+    out: &mut [&mut [MaybeUninit<f32>]],
 ) {
     let kp = w.padded_cols();
     let rows = crate::elems(&[PAIR, pairs.end])
@@ -262,7 +286,7 @@ fn product_scalar(
     xs: &[&[i8]],
     sums: &[i32],
     factor: &[f32],
-    out: &mut [&mut [f32]],
+    out: &mut [&mut [MaybeUninit<f32>]],
 ) {
     let (n, r0) = (w.rows, PAIR * pairs.start);
     let mut acc = [0i32; PAIR];
@@ -282,7 +306,7 @@ fn product_scalar(
             for (i, a) in acc.iter().enumerate() {
                 let r = PAIR * p + i;
                 if r < n {
-                    out[t][r - r0] = (a - sums[t]) as f32 * factor[t];
+                    out[t][r - r0].write((a - sums[t]) as f32 * factor[t]);
                 }
             }
         }
@@ -292,6 +316,7 @@ fn product_scalar(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{PAIR, Panels, RUN};
 
@@ -310,7 +335,7 @@ mod x86 {
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
-        out: &mut [&mut [f32]],
+        out: &mut [&mut [MaybeUninit<f32>]],
     ) {
         let r0 = PAIR * pairs.start;
         // Tokens outer: a tile's activations (8 × padded cols bytes) stay in L1 while the packed
@@ -320,7 +345,7 @@ mod x86 {
             let nt = (xs.len() - t).min(T512);
             let mut ptrs = [std::ptr::null_mut(); T512];
             for (p, o) in ptrs.iter_mut().zip(&mut out[t..t + nt]) {
-                *p = o.as_mut_ptr();
+                *p = o.as_mut_ptr().cast::<f32>();
             }
             let o = Out { ptrs, r0 };
             for p in pairs.clone() {
@@ -439,7 +464,7 @@ mod x86 {
         xs: &[&[i8]],
         sums: &[i32],
         factor: &[f32],
-        out: &mut [&mut [f32]],
+        out: &mut [&mut [MaybeUninit<f32>]],
     ) {
         let (n, r0) = (w.rows, PAIR * pairs.start);
         let m3 = _mm256_set1_epi8(3);
@@ -482,7 +507,7 @@ mod x86 {
                 for (i, v) in lanes.iter().enumerate() {
                     let r = PAIR * p + i;
                     if r < n {
-                        out[t][r - r0] = (v - sums[t]) as f32 * factor[t];
+                        out[t][r - r0].write((v - sums[t]) as f32 * factor[t]);
                     }
                 }
             }
@@ -600,7 +625,7 @@ mod tests {
             }
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; m * n];
-                product(isa, &w, &xs, &sums, &factor, &mut out);
+                product(isa, &w, &xs, &sums, &factor, crate::fill::uninit(&mut out));
                 assert_eq!(out, want, "{} at {m}×{k}×{n}", isa.name());
                 // Each pair range alone, written at a wider stride: that range's columns of
                 // `want`, and nothing outside them.
