@@ -312,6 +312,8 @@ pub fn forward(
     // Not zeroed: the value products below store every element (see the `set_len`).
     let len = b * t * h * hd;
     let mut o = Vec::<f32>::with_capacity(len);
+    #[cfg(test)]
+    crate::fill::poison(o.spare_capacity_mut());
     let out = Out(o.as_mut_ptr());
     let (probs, _) = par_parts(b * h * t * t, t * t, |i, p: &mut [f32]| {
         let (bi, hh) = (i / h, i % h);
@@ -402,6 +404,10 @@ pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, V
     let mut dq = Vec::<f32>::with_capacity(q_len);
     let mut dk = Vec::<f32>::with_capacity(kv_len);
     let mut dv = Vec::<f32>::with_capacity(kv_len);
+    #[cfg(test)]
+    for v in [&mut dq, &mut dk, &mut dv] {
+        crate::fill::poison(v.spare_capacity_mut());
+    }
     let (dq_out, dk_out, dv_out) = (
         Out(dq.as_mut_ptr()),
         Out(dk.as_mut_ptr()),

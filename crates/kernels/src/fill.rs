@@ -39,6 +39,9 @@ where
     R: Send,
 {
     let mut v = Vec::with_capacity(len);
+    // Tests start from all-ones bits (NaN as f32), so an element a task skips shows.
+    #[cfg(test)]
+    poison(v.spare_capacity_mut());
     let results = v.spare_capacity_mut()[..len]
         .par_chunks_mut(part.max(1))
         .enumerate()
@@ -49,6 +52,14 @@ where
     // `v` drops empty.
     unsafe { v.set_len(len) };
     (v, results)
+}
+
+/// Every byte of `spare` set to 0xff: storage a kernel must overwrite, made conspicuous in tests.
+#[cfg(test)]
+pub(crate) fn poison<T>(spare: &mut [MaybeUninit<T>]) {
+    // SAFETY: `spare` is writable for its whole length; bytes written into `MaybeUninit` storage
+    // need not form a valid T.
+    unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0xff, spare.len()) };
 }
 
 /// Initialized storage seen as storage that is only written, for kernels that store into
