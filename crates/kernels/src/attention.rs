@@ -45,11 +45,16 @@ impl Shape {
 /// kernel and the engine's KV cache all use these, so their rotations are the same to the bit.
 pub fn rope_tables(start: usize, len: usize, hd: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
     let half = hd / 2;
+    // Each frequency once, not once a position: a training step builds these tables in every
+    // layer, on one thread.
+    let freq: Vec<f64> = (0..half)
+        .map(|i| (theta as f64).powf(-2.0 * i as f64 / hd as f64))
+        .collect();
     let mut cos = Vec::with_capacity(len * half);
     let mut sin = Vec::with_capacity(len * half);
     for p in start..start + len {
-        for i in 0..half {
-            let a = p as f64 * (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+        for f in &freq {
+            let a = p as f64 * f;
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);
         }
@@ -651,6 +656,22 @@ mod tests {
         let (_, saved) = forward(s, &q, &k, &k, 10000.0, None);
         // Too short by one head row: the value products would read past its end.
         backward(&saved, &k[..12], &lcg(3, 32));
+    }
+
+    /// The tables are the definition's f64 angles rounded to f32, to the bit (the engine's KV
+    /// cache and training must rotate alike), from a start past 0.
+    #[test]
+    fn rope_tables_are_the_definition_to_the_bit() {
+        let (start, len, hd, theta) = (5, 7, 12, 10000.0f32);
+        let (cos, sin) = rope_tables(start, len, hd, theta);
+        for p in 0..len {
+            for i in 0..hd / 2 {
+                let a = (start + p) as f64 * (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+                assert_eq!(cos[p * hd / 2 + i].to_bits(), (a.cos() as f32).to_bits());
+                assert_eq!(sin[p * hd / 2 + i].to_bits(), (a.sin() as f32).to_bits());
+            }
+        }
+        assert_eq!(cos.len(), len * hd / 2);
     }
 
     #[test]
