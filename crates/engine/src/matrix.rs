@@ -214,7 +214,7 @@ impl TernaryMatrix {
                 let t0 = c * per;
                 let n = dst.len() / self.rows;
                 let xs: Vec<&[i8]> = (t0..t0 + n).map(|t| a.row(t)).collect();
-                let out = crate::kernels::fill::uninit(dst);
+                let out = kernels::fill::uninit(dst);
                 panels::product(isa, p, &xs, &a.sums()[t0..t0 + n], &ones[..n], out);
                 self.rescale_panels(a, t0, 0..self.rows, dst);
             });
@@ -264,7 +264,15 @@ impl TernaryMatrix {
                         }
                         let xs = &xs[..t1 - t0];
                         let ones = &ones[..t1 - t0];
-                        panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, part);
+                        // The rows as write-only storage, on the stack (no allocation a call).
+                        let mut rows = part.iter_mut();
+                        let mut out: [&mut [std::mem::MaybeUninit<f32>]; TILE] =
+                            std::array::from_fn(|_| {
+                                rows.next()
+                                    .map_or(&mut [][..], |r| kernels::fill::uninit(r))
+                            });
+                        let out = &mut out[..t1 - t0];
+                        panels::product_pairs(isa, p, pairs.clone(), xs, &sums[t0..t1], ones, out);
                     }
                     for (t, part) in parts.iter_mut().enumerate() {
                         self.rescale_panels(a, t, rows.clone(), part);

@@ -231,7 +231,7 @@ mod overflowing_shapes {
     fn panel_pairs() {
         let w = panels::Panels::zeros(usize::MAX, 0);
         let pairs = (1 << 59) - 1..1 << 59; // 32 · 2^59 wraps to 0
-        let mut out = [0f32; 1];
+        let mut out = [std::mem::MaybeUninit::new(0f32); 1];
         panels::product_pairs(
             Isa::detect(),
             &w,

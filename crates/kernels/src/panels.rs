@@ -219,28 +219,15 @@ pub fn product(
 ) {
     assert_eq!(out.len(), xs.len() * w.rows, "panel product output length");
     let mut rows: Vec<_> = out.chunks_exact_mut(w.rows).collect();
-    products(isa, w, 0..w.pairs(), xs, sums, factor, &mut rows);
+    product_pairs(isa, w, 0..w.pairs(), xs, sums, factor, &mut rows);
 }
 
 /// [`product`] for the row pairs `pairs` only (rows `32·pairs.start ..` up to `w.rows`): row `r`
 /// (counted from the pairs' first row) of token `t` goes to `out[t][r]`. A thread's share of a
 /// batch of a few tokens, which threads split by rows, written straight into each token's row.
+/// Every row of the pairs, of every token, is stored, so `out` need not be initialized
+/// ([`crate::fill::uninit`] views storage that is).
 pub fn product_pairs(
-    isa: Isa,
-    w: &Panels,
-    pairs: std::ops::Range<usize>,
-    xs: &[&[i8]],
-    sums: &[i32],
-    factor: &[f32],
-    out: &mut [&mut [f32]],
-) {
-    let mut rows: Vec<_> = out.iter_mut().map(|o| crate::fill::uninit(o)).collect();
-    products(isa, w, pairs, xs, sums, factor, &mut rows);
-}
-
-/// [`product_pairs`] into storage that is only written: every output row of the pairs, of
-/// every token, is stored (the kernels below all do).
-fn products(
     isa: Isa,
     w: &Panels,
     pairs: std::ops::Range<usize>,
@@ -634,7 +621,8 @@ mod tests {
                     let (r0, r1) = (PAIR * pairs.start, (PAIR * pairs.end).min(n));
                     let stride = r1 - r0 + 3;
                     let mut out = vec![f32::NAN; m * stride];
-                    let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(stride).collect();
+                    let uninit = crate::fill::uninit(&mut out);
+                    let mut rows: Vec<_> = uninit.chunks_exact_mut(stride).collect();
                     product_pairs(isa, &w, pairs.clone(), &xs, &sums, &factor, &mut rows);
                     for t in 0..m {
                         let row = &out[t * stride..(t + 1) * stride];
