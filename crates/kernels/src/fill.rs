@@ -81,6 +81,27 @@ where
     A: Copy + Default + Send,
     B: Copy + Default + Send,
 {
+    // SAFETY: `zeroed` initializes every element of both parts before `f` sees them.
+    unsafe {
+        par_parts2_written((len_a, part_a), (len_b, part_b), |i, a, b| {
+            f(i, zeroed(a), zeroed(b))
+        })
+    }
+}
+
+/// [`par_parts2`] for tasks that write every element of both their parts: nothing is zeroed.
+///
+/// # Safety
+/// `f` initializes every element of the two parts it is given.
+pub unsafe fn par_parts2_written<A, B>(
+    (len_a, part_a): (usize, usize),
+    (len_b, part_b): (usize, usize),
+    f: impl Fn(usize, &mut [MaybeUninit<A>], &mut [MaybeUninit<B>]) + Sync,
+) -> (Vec<A>, Vec<B>)
+where
+    A: Send,
+    B: Send,
+{
     let (part_a, part_b) = (part_a.max(1), part_b.max(1));
     assert_eq!(
         len_a.div_ceil(part_a),
@@ -88,13 +109,19 @@ where
         "both outputs have one part per task"
     );
     let (mut a, mut b) = (Vec::with_capacity(len_a), Vec::with_capacity(len_b));
+    #[cfg(test)]
+    {
+        poison(a.spare_capacity_mut());
+        poison(b.spare_capacity_mut());
+    }
     a.spare_capacity_mut()[..len_a]
         .par_chunks_mut(part_a)
         .zip(b.spare_capacity_mut()[..len_b].par_chunks_mut(part_b))
         .enumerate()
-        .for_each(|(i, (pa, pb))| f(i, zeroed(pa), zeroed(pb)));
-    // SAFETY: as in `par_parts`: equally many parts on both sides (asserted), so the zip paired
-    // every part of each vector, and `zeroed` initialized all of it.
+        .for_each(|(i, (pa, pb))| f(i, pa, pb));
+    // SAFETY: equally many parts on both sides (asserted), so the zip paired every part of each
+    // vector, and `f` initialized all of them (the caller's contract). A panicking task leaves
+    // through `for_each` before this, and both vectors drop empty.
     unsafe {
         a.set_len(len_a);
         b.set_len(len_b);
@@ -102,11 +129,20 @@ where
     (a, b)
 }
 
+/// A part whose every element the caller has written, seen as initialized.
+///
+/// # Safety
+/// Every element of `p` has been written.
+pub unsafe fn written<T>(p: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: initialized (the caller's contract), and `MaybeUninit<T>` has `T`'s layout.
+    unsafe { &mut *(p as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// The part with every element set to `T::default()`, as initialized storage.
 fn zeroed<T: Copy + Default>(p: &mut [MaybeUninit<T>]) -> &mut [T] {
     p.fill(MaybeUninit::new(T::default()));
-    // SAFETY: every element was written just above, and `MaybeUninit<T>` has `T`'s layout.
-    unsafe { &mut *(p as *mut [MaybeUninit<T>] as *mut [T]) }
+    // SAFETY: every element was written just above.
+    unsafe { written(p) }
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
-use crate::fill::{par_parts, par_parts2};
+use std::mem::MaybeUninit;
+
+use crate::fill::{par_parts_written, par_parts2_written, uninit, written};
 
 /// Rows per parallel task, for row lengths in the hundreds to thousands.
 const ROWS_PER_TASK: usize = 16;
@@ -99,30 +101,34 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
     let task = d * ROWS_PER_TASK;
-    par_parts2((x.len(), task), (rows, ROWS_PER_TASK), |i, y, r| {
+    let part = |i: usize, y: &mut [MaybeUninit<f32>], r: &mut [MaybeUninit<f32>]| {
         rms_rows(y, r, &x[i * task..][..y.len()], gamma, eps)
-    })
+    };
+    // SAFETY: `rms_rows` writes every element of `y` and one `r` a row, and a part holds
+    // `ROWS_PER_TASK` rows of each.
+    unsafe { par_parts2_written((x.len(), task), (rows, ROWS_PER_TASK), part) }
 }
 
 /// [`rms_norm`] on the calling thread, into `y`, without the `r` it keeps for training: the
 /// inference engine's norm, so it rounds as training does.
 pub fn rms_norm_into(y: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
-    rms_rows(y, &mut [], x, gamma, eps)
+    rms_rows(uninit(y), &mut [], x, gamma, eps)
 }
 
 crate::multiversion! {
-    /// `r` may be shorter than the rows (the engine keeps none).
-    fn rms_rows(y: &mut [f32], r: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
+    /// Writes every element of `y` and of `r`, which may be shorter than the rows (the engine
+    /// keeps none).
+    fn rms_rows(y: &mut [MaybeUninit<f32>], r: &mut [MaybeUninit<f32>], x: &[f32], gamma: &[f32], eps: f32) {
         let d = gamma.len();
         for (i, (y, x)) in y.chunks_mut(d).zip(x.chunks(d)).enumerate() {
             let ms = sum_map(x, |v| v * v) / d as f32;
             // The reference divides by the root; so do we, to round the same way.
             let rms = (ms + eps).sqrt();
             if let Some(r) = r.get_mut(i) {
-                *r = 1.0 / rms;
+                r.write(1.0 / rms);
             }
             for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
-                *y = x / rms * g;
+                y.write(x / rms * g);
             }
         }
     }
@@ -133,10 +139,12 @@ crate::multiversion! {
 pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let task = d * ROWS_PER_TASK;
-    let (dx, parts) = par_parts(x.len(), task, |i, dx| {
+    let part = |i: usize, dx: &mut [MaybeUninit<f32>]| {
         let (x, dy) = (&x[i * task..][..dx.len()], &dy[i * task..][..dx.len()]);
         rms_rows_backward(dx, x, dy, &r[i * ROWS_PER_TASK..], gamma)
-    });
+    };
+    // SAFETY: `rms_rows_backward` writes every element of its part.
+    let (dx, parts) = unsafe { par_parts_written(x.len(), task, part) };
     // Summed serially in part order: a rayon reduction's tree depends on work stealing, and
     // training must be bit-reproducible (resumed runs equal straight ones).
     let dgamma = parts.into_iter().fold(vec![0f32; d], |mut a, b| {
@@ -147,16 +155,19 @@ pub fn rms_norm_backward(x: &[f32], gamma: &[f32], r: &[f32], dy: &[f32]) -> (Ve
 }
 
 crate::multiversion! {
-    /// One task's rows of the backward: writes `dx`, returns this task's part of `dγ`.
-    fn rms_rows_backward(dx: &mut [f32], x: &[f32], dy: &[f32], r: &[f32], gamma: &[f32]) -> Vec<f32> {
+    /// One task's rows of the backward: writes every element of `dx` (whole rows), returns this
+    /// task's part of `dγ`.
+    fn rms_rows_backward(dx: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32], r: &[f32], gamma: &[f32]) -> Vec<f32> {
         let d = gamma.len();
         let mut dg = vec![0f32; d];
         for (((dx, x), dy), r) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)).zip(r) {
             for j in 0..d {
                 dg[j] += dy[j] * x[j] * r;
                 // γ ⊙ dy, kept in dx for the dot product and the update below.
-                dx[j] = gamma[j] * dy[j];
+                dx[j].write(gamma[j] * dy[j]);
             }
+            // SAFETY: the loop above wrote all `d` elements of the row.
+            let dx = unsafe { written(dx) };
             let c = r * r * r * crate::dot_body(dx, x) / d as f32;
             for j in 0..d {
                 dx[j] = r * dx[j] - x[j] * c;
@@ -167,38 +178,38 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    fn swiglu_chunk(h: &mut [f32], g: &[f32], u: &[f32]) {
+    fn swiglu_chunk(h: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
-            *h = g * sigmoid(*g) * u;
+            h.write(g * sigmoid(*g) * u);
         }
     }
 }
 
 crate::multiversion! {
-    fn swiglu_backward_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dh: &[f32]) {
+    fn swiglu_backward_chunk(dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], dh: &[f32]) {
         for i in 0..g.len().min(dg.len()).min(du.len()).min(u.len()).min(dh.len()) {
             let s = sigmoid(g[i]);
-            du[i] = dh[i] * g[i] * s;
-            dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            du[i].write(dh[i] * g[i] * s);
+            dg[i].write(dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s)));
         }
     }
 }
 
 crate::multiversion! {
-    fn relu2_chunk(h: &mut [f32], g: &[f32], u: &[f32]) {
+    fn relu2_chunk(h: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
             let r = g.max(0.0);
-            *h = r * r * u;
+            h.write(r * r * u);
         }
     }
 }
 
 crate::multiversion! {
-    fn relu2_backward_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dh: &[f32]) {
+    fn relu2_backward_chunk(dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32], dh: &[f32]) {
         for i in 0..g.len().min(dg.len()).min(du.len()).min(u.len()).min(dh.len()) {
             let r = g[i].max(0.0);
-            du[i] = dh[i] * (r * r);
-            dg[i] = dh[i] * u[i] * (2.0 * r);
+            du[i].write(dh[i] * (r * r));
+            dg[i].write(dh[i] * u[i] * (2.0 * r));
         }
     }
 }
@@ -212,9 +223,9 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    fn softmax_grad_row(dz: &mut [f32], z: &[f32], lse: f32, scale: f32) {
+    fn softmax_grad_row(dz: &mut [MaybeUninit<f32>], z: &[f32], lse: f32, scale: f32) {
         for (d, z) in dz.iter_mut().zip(z) {
-            *d = exp(z - lse) * scale;
+            d.write(exp(z - lse) * scale);
         }
     }
 }
@@ -231,15 +242,21 @@ pub enum Gate {
 /// The gate `h = act(g) ⊙ u`, elementwise.
 pub fn gate(act: Gate, g: &[f32], u: &[f32]) -> Vec<f32> {
     const C: usize = 1 << 14;
-    par_parts(g.len(), C, |i, h| {
-        gate_into(act, h, &g[i * C..][..h.len()], &u[i * C..][..h.len()])
-    })
-    .0
+    let part = |i: usize, h: &mut [MaybeUninit<f32>]| {
+        gate_chunk(act, h, &g[i * C..][..h.len()], &u[i * C..][..h.len()])
+    };
+    // SAFETY: `gate_chunk` writes every element of its part.
+    unsafe { par_parts_written(g.len(), C, part) }.0
 }
 
 /// [`gate`] on the calling thread, into `h`: the inference engine's gate, so it computes what
 /// training computes, element for element.
 pub fn gate_into(act: Gate, h: &mut [f32], g: &[f32], u: &[f32]) {
+    gate_chunk(act, uninit(h), g, u)
+}
+
+/// Writes every element of `h` (as long as `g` and `u`).
+fn gate_chunk(act: Gate, h: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
     match act {
         Gate::Silu => swiglu_chunk(h, g, u),
         Gate::Relu2 => relu2_chunk(h, g, u),
@@ -250,14 +267,17 @@ pub fn gate_into(act: Gate, h: &mut [f32], g: &[f32], u: &[f32]) {
 /// `dg = dh ⊙ u ⊙ 2·relu(g)`, `du = dh ⊙ relu(g)²`.
 pub fn gate_backward(act: Gate, g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
     const C: usize = 1 << 14;
-    par_parts2((g.len(), C), (g.len(), C), |i, dg, du| {
+    let part = |i: usize, dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>]| {
         let n = dg.len();
         let (g, u, dh) = (&g[i * C..][..n], &u[i * C..][..n], &dh[i * C..][..n]);
         match act {
             Gate::Silu => swiglu_backward_chunk(dg, du, g, u, dh),
             Gate::Relu2 => relu2_backward_chunk(dg, du, g, u, dh),
         }
-    })
+    };
+    // SAFETY: both parts and the three inputs' slices are `n` long, and the kernels write
+    // elements `0..n` of `dg` and `du`.
+    unsafe { par_parts2_written((g.len(), C), (g.len(), C), part) }
 }
 
 /// Mean cross-entropy of `logits: [rows, v]` against `targets`, and each row's log-sum-exp for
@@ -345,15 +365,21 @@ fn nll_backward(
     scale: impl Fn(usize) -> Option<f32> + Sync,
 ) -> Vec<f32> {
     assert_eq!(logits.len(), targets.len() * v, "logits length");
-    par_parts(logits.len(), v, |i, dz| {
-        let Some(scale) = scale(i) else { return };
+    let row = |i: usize, dz: &mut [MaybeUninit<f32>]| {
+        let Some(scale) = scale(i) else {
+            dz.fill(MaybeUninit::new(0.0));
+            return;
+        };
         softmax_grad_row(dz, &logits[i * v..][..v], lse[i], scale);
+        // SAFETY: `softmax_grad_row` wrote all `v` elements of the row.
+        let dz = unsafe { written(dz) };
         match dz.get_mut(targets[i]) {
             Some(d) => *d -= scale,
             None => dz.fill(f32::NAN),
         }
-    })
-    .0
+    };
+    // SAFETY: each part is one row of `v` elements, written whole on every path of `row`.
+    unsafe { par_parts_written(logits.len(), v, row) }.0
 }
 
 #[cfg(test)]
