@@ -19,7 +19,7 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use crate::fill::par_parts;
+use crate::fill::{par_parts, unwritten};
 
 use crate::dot_body as dot;
 use crate::rows::{exp, max_map, sum_map};
@@ -316,9 +316,7 @@ pub fn forward(
 
     // Not zeroed: the value products below store every element (see the `set_len`).
     let len = b * t * h * hd;
-    let mut o = Vec::<f32>::with_capacity(len);
-    #[cfg(test)]
-    crate::fill::poison(o.spare_capacity_mut());
+    let mut o = unwritten::<f32>(len);
     let out = Out(o.as_mut_ptr());
     let (probs, _) = par_parts(b * h * t * t, t * t, |i, p: &mut [f32]| {
         let (bi, hh) = (i / h, i % h);
@@ -406,13 +404,9 @@ pub fn backward(saved: &Saved, v: &[f32], d_o: &[f32]) -> (Vec<f32>, Vec<f32>, V
     let scale = 1.0 / (hd as f32).sqrt();
     // Not zeroed: every element is stored below (see the `set_len`s).
     let (q_len, kv_len) = (b * t * h * hd, b * t * kv * hd);
-    let mut dq = Vec::<f32>::with_capacity(q_len);
-    let mut dk = Vec::<f32>::with_capacity(kv_len);
-    let mut dv = Vec::<f32>::with_capacity(kv_len);
-    #[cfg(test)]
-    for v in [&mut dq, &mut dk, &mut dv] {
-        crate::fill::poison(v.spare_capacity_mut());
-    }
+    let mut dq = unwritten::<f32>(q_len);
+    let mut dk = unwritten::<f32>(kv_len);
+    let mut dv = unwritten::<f32>(kv_len);
     let (dq_out, dk_out, dv_out) = (
         Out(dq.as_mut_ptr()),
         Out(dk.as_mut_ptr()),

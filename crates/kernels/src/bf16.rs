@@ -21,7 +21,7 @@ use std::mem::MaybeUninit;
 
 use crate::Block64;
 use crate::dense::Operand;
-use crate::fill::uninit;
+use crate::fill::{uninit, unwritten};
 use crate::panels::Panels;
 
 /// Rows (and columns) of a tile, and `k` per tile.
@@ -181,14 +181,9 @@ fn tiles<E: Copy + Default + Send>(
 ) -> Vec<E> {
     use rayon::prelude::*;
     let total = extent.div_ceil(2 * T) * 2 * kt * len;
-    let mut p = Vec::with_capacity(total);
-    let spare = &mut p.spare_capacity_mut()[..total];
     // Tests pack into all-ones bits (bf16 NaN), so an element `fill` skips shows in the product.
-    #[cfg(test)]
-    // SAFETY: `spare` is `total` elements of plain integers, for which any bits are a value.
-    unsafe {
-        std::ptr::write_bytes(spare.as_mut_ptr(), 0xff, total)
-    };
+    let mut p = unwritten(total);
+    let spare = &mut p.spare_capacity_mut()[..total];
     // In parallel: the tied head's weight is 0.3 G elements, packed twice a training step.
     spare
         .par_chunks_exact_mut(len)
@@ -535,7 +530,7 @@ pub fn pack_ternary(w: &Panels, g: u16) -> PackedB {
             n,
         };
     }
-    let mut data: Vec<u32> = Vec::with_capacity(nt * per);
+    let mut data: Vec<u32> = unwritten(nt * per);
     data.spare_capacity_mut()[..nt * per]
         .par_chunks_mut(per)
         .enumerate()
@@ -605,7 +600,7 @@ pub fn product_packed(m: usize, a: Operand, b: &PackedB, split: bool) -> Vec<f32
     if m == 0 || n == 0 || k == 0 {
         return vec![0.0; mn];
     }
-    let mut out = Vec::with_capacity(mn);
+    let mut out = unwritten(mn);
     let dst = &mut out.spare_capacity_mut()[..mn];
     if split && !a.t && m >= 2 {
         let half = m / 2;

@@ -138,7 +138,7 @@ fn product(p: Precision, m: usize, n: usize, k: usize, a: Operand, b: Operand) -
         return crate::bf16::product_packed(m, a, &crate::bf16::pack(b, k, n), false);
     }
     let _ = p;
-    let mut out = Vec::with_capacity(mn);
+    let mut out = crate::fill::unwritten(mn);
     // SAFETY: the capacity is m·n elements, owned here and disjoint from the inputs. With k ≥ 1
     // and `read_dst` false gemm stores every element of the m×n output, so all m·n are
     // initialized when `set_len` runs.

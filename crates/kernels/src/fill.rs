@@ -38,10 +38,7 @@ where
     T: Send,
     R: Send,
 {
-    let mut v = Vec::with_capacity(len);
-    // Tests start from all-ones bits (NaN as f32), so an element a task skips shows.
-    #[cfg(test)]
-    poison(v.spare_capacity_mut());
+    let mut v = unwritten(len);
     let results = v.spare_capacity_mut()[..len]
         .par_chunks_mut(part.max(1))
         .enumerate()
@@ -54,12 +51,20 @@ where
     (v, results)
 }
 
-/// Every byte of `spare` set to 0xff: storage a kernel must overwrite, made conspicuous in tests.
-#[cfg(test)]
-pub(crate) fn poison<T>(spare: &mut [MaybeUninit<T>]) {
-    // SAFETY: `spare` is writable for its whole length; bytes written into `MaybeUninit` storage
-    // need not form a valid T.
-    unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0xff, spare.len()) };
+/// An empty vector with room for `len` elements, for a kernel to store into its spare capacity
+/// before `set_len`. Tests start that storage as all-ones bits (NaN as a float), so an element
+/// the kernel skips shows.
+pub(crate) fn unwritten<T>(len: usize) -> Vec<T> {
+    #[allow(unused_mut)]
+    let mut v = Vec::with_capacity(len);
+    #[cfg(test)]
+    {
+        let spare = v.spare_capacity_mut();
+        // SAFETY: `spare` is writable for its whole length; bytes written into `MaybeUninit`
+        // storage need not form a valid T.
+        unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0xff, spare.len()) };
+    }
+    v
 }
 
 /// Initialized storage seen as storage that is only written, for kernels that store into
@@ -108,12 +113,7 @@ where
         len_b.div_ceil(part_b),
         "both outputs have one part per task"
     );
-    let (mut a, mut b) = (Vec::with_capacity(len_a), Vec::with_capacity(len_b));
-    #[cfg(test)]
-    {
-        poison(a.spare_capacity_mut());
-        poison(b.spare_capacity_mut());
-    }
+    let (mut a, mut b) = (unwritten(len_a), unwritten(len_b));
     a.spare_capacity_mut()[..len_a]
         .par_chunks_mut(part_a)
         .zip(b.spare_capacity_mut()[..len_b].par_chunks_mut(part_b))
