@@ -568,6 +568,10 @@ const FLOAT_BLOCK: usize = 96 << 10;
 /// - 2560-wide f16 head (2B4T, 657 MB): 12 KiB into L1 (2 rows, inside the 4-row group) left the
 ///   head at 23–24 GB/s beside a plain read's 52; 48 KiB into L2 gave 36–39 GB/s. Both at once
 ///   gained nothing over the better one. On the Xeon, 40 KiB into L1 had been evicted before use.
+/// - The 125m head fetched non-temporally (`_MM_HINT_NTA` for T0), meant to stop its 49.6 MB
+///   from evicting the 21 MB of ternary rows out of the 32 MiB L3 between tokens, gained nothing:
+///   four alternating rounds, 470–518 tok/s against T0's 510–569 (the L2 streamer fetches the
+///   same lines normally anyway).
 #[derive(Clone, Copy)]
 struct Ahead {
     at: *const i8,
