@@ -129,6 +129,28 @@ fn one_token_matvec_equals_one_dot_per_row() {
     }
 }
 
+/// The one-token path at its extremes, against sums worked out by hand: every code 3 against −128,
+/// every code 2 against 127, and code 3 in the top plane only, over rows of 64 blocks.
+#[test]
+fn one_token_matvec_extremes() {
+    let nb = 64; // 16384 weights a row
+    // (every byte, every activation, a row's sum): 3 · −128 · 16384; 2 · 127 · 16384; code 3 in
+    // the top plane only, so 4096 products of 3 · −128.
+    for (byte, act, sum) in [
+        (0xffu8, -128i8, -6_291_456),
+        (0xaa, 127, 4_161_536),
+        (0xc0, -128, -1_572_864),
+    ] {
+        let w = vec![Block64([byte; 64]); 2 * nb];
+        let x = vec![act; nb * 256];
+        for &isa in &Isa::available() {
+            let mut got = vec![0i32; 2];
+            kernels::ternary_matvec(isa, &w, nb, &x, &mut got);
+            assert_eq!(got, [sum; 2], "{isa:?} byte {byte:#x}");
+        }
+    }
+}
+
 #[test]
 fn scaled_block_rows_equal_the_per_block_sum() {
     let mut rng = Rng(5);

@@ -226,6 +226,12 @@ pub unsafe fn ternary_rows_avx512(w: &[Block64], nb: usize, xs: &[&[i8]], out: &
     }
 }
 
+/// One token against one row, four accumulators (one per code plane) so the `vpdpbusd` chains
+/// overlap. Masking each plane in place instead (plane `l` multiplying as `4^l · code`, each
+/// accumulator shifted back once at the end) drops the three shifts a block: over rows held in
+/// L3 the matvec went from 35–45 to 47–53 GB/s (`bw_probe` at bitnet-125m's shape), but decode
+/// did not follow (125m 541–591 against 556–616 tok/s, 2B4T 24.6–31.5 against 26.0–35.9; three
+/// or four alternating rounds, Zen 4): it streams from memory, where the shifts are free.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn one512(w: &[Block64], x: &[i8]) -> i32 {
