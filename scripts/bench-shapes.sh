@@ -8,17 +8,19 @@
 # shapes are also written as I2_S and run by tritium and bitnet.cpp. Everything alternates within
 # a round, so each comparison sees the same machine state.
 #
-#   scripts/bench-shapes.sh [ROUNDS]        (files under WORK, default runs/shapes; TG default 64)
+#   scripts/bench-shapes.sh [ROUNDS]        (files under WORK, default runs/shapes; TG default 64;
+#                                            SHAPES default "125m 700m 2b4t")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-1}
 work=${WORK:-runs/shapes}
 threads=${THREADS:-2}
 tg=${TG:-64}
+shapes=${SHAPES:-125m 700m 2b4t}
 mkdir -p "$work"
 cargo build --release -q -p tritium-cli -p tritium-engine --examples --bins
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads"
-for shape in 125m 700m 2b4t; do
+for shape in $shapes; do
   [ -f "$work/$shape.gguf" ] || target/release/examples/make_model "$shape" "$work/$shape.gguf"
   if [ -n "${BITNET_BENCH:-}" ] && [ ! -f "$work/$shape-i2s.gguf" ]; then
     target/release/examples/make_model "$shape" "$work/$shape-i2s.gguf" i2_s
@@ -32,7 +34,7 @@ llama_rows() {
     { echo "  $name gave no result on $f:"; tail -3 "$work/llama-bench.err"; }
 }
 for r in $(seq "$rounds"); do
-  for shape in 125m 700m 2b4t; do
+  for shape in $shapes; do
     f="$work/$shape.gguf"
     echo "== round $r, $shape TQ2_0: tritium"
     target/release/tritium bench "$f" -t "$threads" --pp 128 --tg "$tg" --bandwidth | tail -3
