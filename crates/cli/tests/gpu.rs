@@ -49,6 +49,7 @@ val_every = 10
 max_steps = 3
 batch_size = 4
 seq_len = 64
+precision = "f32"   # both devices' f32 steps, compared below (flex alone defaults to int8)
 lr = 3e-3
 min_lr = 3e-4
 warmup_steps = 1

@@ -112,6 +112,15 @@ fn resume_after_ctrl_c_and_after_sigkill_matches_a_straight_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let want = losses(&straight);
     assert_eq!(want.train.len(), 60);
+    // The config names no precision: on the fused CPU ops the run takes int8 input gradients
+    // (with bf16 or f32 for the rest, as the CPU allows), says so, and records it for --resume.
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(
+        said.contains("training products: BitLinear input gradients int8 × ternary"),
+        "{said}"
+    );
+    let saved = std::fs::read_to_string(straight.join("config.toml")).unwrap();
+    assert!(saved.contains("precision = \"int8\""), "{saved}");
 
     // Ctrl-C (SIGINT) a second run mid-way: it checkpoints at the next step boundary and exits 0.
     let broken = d.path().join("broken");

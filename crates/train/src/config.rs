@@ -98,9 +98,10 @@ pub struct TrainConfig {
     /// (operands rounded to bf16, f32 accumulation, as PyTorch's autocast; AMX tiles or AVX512-BF16,
     /// f32 on a CPU with neither), or "int8" (bf16, and each BitLinear's input gradient as int8 ×
     /// ternary, dY quantized per token: SwitchBack's scheme). Weights, optimizer state, the loss
-    /// and evaluation stay f32.
-    #[serde(default)]
-    pub precision: tritium_model::Precision,
+    /// and evaluation stay f32. Absent: `bitlinear::pretraining_default` (int8 on the fused CPU
+    /// ops, f32 elsewhere); the run's own config.toml records what it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<tritium_model::Precision>,
     /// Activation checkpointing (see [`Checkpointing`]).
     #[serde(default)]
     pub gradient_checkpointing: Checkpointing,

@@ -118,8 +118,10 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
     };
     let device = backends[0].device()?.autodiff();
     check_devices(&backends, t.grad_accum)?;
-    let products =
-        tritium_model::bitlinear::products(t.precision, opts.fused, &device, backends[0])?;
+    let precision = t
+        .precision
+        .unwrap_or_else(|| tritium_model::bitlinear::pretraining_default(opts.fused, &device));
+    let products = tritium_model::bitlinear::products(precision, opts.fused, &device, backends[0])?;
     let adam = AdamWConfig {
         beta1: t.beta1,
         beta2: t.beta2,
@@ -165,7 +167,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         let model = ckpt
             .load_model(&device)?
             .with_fused(opts.fused)
-            .with_precision(t.precision);
+            .with_precision(precision);
         let optim = optim::load_from_checkpoint(adam, &ckpt.dir, &model, &device)?;
         // Rows logged after that checkpoint (before a crash) are recomputed, so drop them.
         metrics::truncate_after(&metrics_path, state.step).map_err(io(&metrics_path))?;
@@ -177,7 +179,7 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         (
             Transformer::seeded(&cfg.model, t.seed, &device)
                 .with_fused(opts.fused)
-                .with_precision(t.precision),
+                .with_precision(precision),
             AdamW::new(adam),
             0usize,
             0u64,
@@ -206,7 +208,10 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
         )
     });
     let config_path = run.join("config.toml");
-    let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    // With the precision it resolved to, so that a resume on another machine or backend keeps it.
+    let mut resolved = cfg.clone();
+    resolved.train.precision = Some(precision);
+    let text = toml::to_string_pretty(&resolved).map_err(|e| TrainError::Config(e.to_string()))?;
     write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
 
     let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
@@ -220,13 +225,13 @@ pub fn train(opts: TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summ
             val_tokens: data.val.len(),
             unigram_entropy: data.val.unigram_entropy(),
         },
-        products: (t.precision != tritium_model::Precision::F32).then_some(products),
+        products: (precision != tritium_model::Precision::F32).then_some(products),
     });
 
     let mut best_val: Option<f64> = resumed_best;
     let mut last_val = None;
     let provenance = Provenance {
-        run: serde_json::to_value(cfg).unwrap_or_default(),
+        run: serde_json::to_value(&resolved).unwrap_or_default(),
         ..Provenance::new(Origin::Train, Some(cfg.data.tokenizer.clone()))
     };
     let save = |model: &Transformer, optim: &AdamW, step: usize, tokens: u64, best: Option<f64>| {
