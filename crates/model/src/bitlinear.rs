@@ -227,12 +227,6 @@ pub(crate) fn product<const D: usize>(x: Tensor<D>, w: Tensor<2>, p: Precision) 
     }
 }
 
-/// What the linear products of a model at precision `p` (with the fused ops if `fused`) run as on
-/// `device` (called `name` in errors), in words for reports: the fused CPU kernels' path where
-/// they run, else the tensor-op model's [`product`]. Refuses, before any step, what cannot run:
-/// bf16 in the tensor-op model needs bf16 arithmetic on the device (CUDA has it; a Vulkan adapter
-/// such as lavapipe may store bf16 but not compute in it, and Burn then panics in the first
-/// product). The fused CPU kernels fall back to f32 themselves, and the words say so.
 /// The products' precision of a pretraining run whose `[train]` names none: the fastest whose
 /// learning this repository has checked on that path. On the fused CPU ops that is int8 input
 /// gradients with bf16 for the rest (`scripts/learning-bf16.sh`: tiny, five seeds, step-300 and
@@ -247,6 +241,12 @@ pub fn pretraining_default(fused: bool, device: &Device) -> Precision {
     }
 }
 
+/// What the linear products of a model at precision `p` (with the fused ops if `fused`) run as on
+/// `device` (called `name` in errors), in words for reports: the fused CPU kernels' path where
+/// they run, else the tensor-op model's [`product`]. Refuses, before any step, what cannot run:
+/// bf16 in the tensor-op model needs bf16 arithmetic on the device (CUDA has it; a Vulkan adapter
+/// such as lavapipe may store bf16 but not compute in it, and Burn then panics in the first
+/// product). The fused CPU kernels fall back to f32 themselves, and the words say so.
 pub fn products(
     p: Precision,
     fused: bool,
