@@ -9,7 +9,11 @@
 # ANCHORS at the anchor scripts (default: ../shared/anchors). 2 threads, pp 128, tg 128, 3 reps per
 # round, like anchors/RESULTS.md. LLAMA_BENCH=/path/to/llama-bench runs llama.cpp's own benchmark
 # instead of llama-cpp-python. tritium runs with its default f32 KV cache and with f16 (llama.cpp's).
-# The last lines give tritium (f16 cache) over llama.cpp round by round, and their median.
+# The last lines give tritium (f16 cache) over llama.cpp round by round, and their median, then
+# each decoder's roofline fraction round by round: bytes a decoded token reads × tokens/s over the
+# plain two-thread read `tritium bench --bandwidth` measures in the f16 run. llama.cpp is credited
+# with tritium's bytes a token, within 1% of its own (its TQ2_0 blocks carry a scale per 256
+# weights where tritium's rows carry one per row; the f16 head and f16 cache are the same).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -23,7 +27,7 @@ if [ -z "$file" ]; then
 fi
 # Each round's figures, llama.cpp's and tritium's with the f16 cache (llama.cpp's), for the ratios
 # printed at the end: "pp tg" per line.
-theirs=() ours=()
+theirs=() ours=() roof=()
 # The last cell of a llama-bench row: "| 851.74 ± 57.44 |".
 cell() { awk -F'|' '{ split($(NF - 1), v, " "); print v[1] }'; }
 for r in $(seq "$rounds"); do
@@ -42,10 +46,14 @@ for r in $(seq "$rounds"); do
   fi
   for kv in f32 f16; do
     echo "== round $r: tritium (--kv-cache $kv)"
-    out=$(target/release/tritium bench "$file" --threads "$THREADS" --pp 128 --tg 128 --reps 3 --kv-cache $kv)
+    bw=""
+    if [ $kv = f16 ]; then bw=--bandwidth; fi
+    out=$(target/release/tritium bench "$file" --threads "$THREADS" --pp 128 --tg 128 --reps 3 --kv-cache $kv $bw)
     echo "$out"
   done
   ours+=("$(echo "$out" | awk '$1 == "pp128" { pp = $2 } $1 == "tg128" { tg = $2 } END { print pp, tg }')")
+  # "77.9 MB read per token" and "the measured 33.5 GB/s" of the f16 run's last line.
+  roof+=("$(echo "$out" | sed -nE 's/.* ([0-9.]+) MB read per token.* measured ([0-9.]+) GB\/s.*/\1 \2/p')")
 done
 # tritium (f16 cache) over llama.cpp per round, then the median of the rounds.
 for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]}"; done | awk '
@@ -57,4 +65,17 @@ for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]}"; done | awk '
   END {
     printf "tritium (f16 cache) / llama.cpp, round by round: pp128%s, tg128%s\n", ps, ts
     printf "median of %d rounds: pp128 %.2f, tg128 %.2f\n", NR, median(pp, NR), median(tg, NR)
+  }'
+# Roofline fractions: tritium's tg and llama.cpp's, each × MB a token / the round's read.
+for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]} ${roof[$i]}"; done | awk '
+  NF == 6 { n++; a[n] = $2 * $5 / 1e3 / $6; b[n] = $4 * $5 / 1e3 / $6
+            as = as sprintf(" %.0f%%", 100 * a[n]); bs = bs sprintf(" %.0f%%", 100 * b[n]) }
+  function median(v, k,   i, j, t) {
+    for (i = 2; i <= k; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+  }
+  END {
+    if (!n) exit
+    printf "decode roofline (bytes a token x tok/s / the read), round by round: tritium%s; llama.cpp%s\n", as, bs
+    printf "median of %d rounds: tritium %.0f%%, llama.cpp %.0f%%\n", n, 100 * median(a, n), 100 * median(b, n)
   }'

@@ -404,6 +404,10 @@ fn decode_attention<T: CacheElem>(
     // takes next (threads claim tasks in turn) while it works, so that one does not start cold.
     // Measured on Zen 4, eight f16 caches at 96 positions, DRAM-resident: 1.9-2.1 ms of
     // attention a step became 1.2-1.5 ms (prefetching the very next task instead: 1.45-1.57).
+    // Each thread's first task still starts cold (125m, one sequence: 6-9 µs against 3.4 for
+    // the others). Fetching those two during the QKV matvec made attention ~20% faster but the
+    // whole token 0.5-1% slower (per-token A/B in one process, 16 reps): decode is bound by the
+    // bytes a token moves, and this only moved some earlier.
     let reads: Vec<kernels::Trickle> = tasks
         .iter()
         .map(|t| {
@@ -558,6 +562,9 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// the head in 4 or 16 segments, last to first on every other token so that the tail a token
 /// left in the L3 would be read first by the next, was slower (125m decode, f16 cache, Zen 4:
 /// 406–446 against 417–525 tok/s, 4 alternating rounds; 4 segments 412–470 against 475–494).
+/// Nor can the ternary rows be kept in L3 by evicting the head's lines as it goes (`clflushopt`
+/// a line after use): in a two-thread C model of the step (21 MB of rows, then 50 MB flushed),
+/// the rows came back at DRAM speed all the same and the flushes added 0.5 ms a pass.
 fn lm_head(rt: &Runtime, w: kernels::FloatRows, d: usize, xs: &[&[f32]], outs: Vec<&mut [f32]>) {
     let isa = rt.isa;
     // The rows on cache lines: every vector load of them then reads one line.
