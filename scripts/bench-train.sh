@@ -6,6 +6,10 @@
 #   scripts/bench-train.sh 125m   [BATCH SEQ]   # configs/bitnet-125m.toml vs --config 125m
 #   ROUNDS=3 scripts/bench-train.sh ...          # then two more rounds of the headline pair
 #
+# Without BATCH SEQ, the shapes issue 20's goal names: tiny 8 x 128 and 125m 4 x 512. (Tiny's
+# default was 8 x 256 until session 52, where compiled PyTorch gains on us: 1.23x against 1.63x
+# at 8 x 128 the same hour.)
+#
 # The table runs every row once, one after another. This project's hosts drift by 15-30% within
 # minutes, so ROUNDS=N follows it with N-1 alternating rounds of just tritium bf16, tritium int8
 # and PyTorch compiled bf16 (the fastest PyTorch row on every run so far) and prints each
@@ -21,7 +25,7 @@ PY=${PY:-python3}
 ANCHORS=${ANCHORS:-../shared/anchors}
 BIN=target/release/tritium
 case $which in
-  tiny) cfg=configs/tiny.toml; batch=${2:-8}; seq=${3:-256}; torch="--config tiny --set ffn=768 --set vocab=4096"; steps=10; windows=5 ;;
+  tiny) cfg=configs/tiny.toml; batch=${2:-8}; seq=${3:-128}; torch="--config tiny --set ffn=768 --set vocab=4096"; steps=10; windows=5 ;;
   125m) cfg=configs/bitnet-125m.toml; batch=${2:-4}; seq=${3:-512}; torch="--config 125m --set vocab=50257"; steps=2; windows=3 ;;
   *) echo "usage: $0 tiny|125m [BATCH SEQ]" >&2; exit 2 ;;
 esac
