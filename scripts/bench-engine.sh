@@ -55,19 +55,10 @@ for r in $(seq "$rounds"); do
   # "77.9 MB read per token" and "the measured 33.5 GB/s" of the f16 run's last line.
   roof+=("$(echo "$out" | sed -nE 's/.* ([0-9.]+) MB read per token.* measured ([0-9.]+) GB\/s.*/\1 \2/p')")
 done
-# tritium (f16 cache) over llama.cpp per round, then the median of the rounds.
-for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]}"; done | awk '
-  { pp[NR] = $1 / $3; tg[NR] = $2 / $4; ps = ps sprintf(" %.2f", pp[NR]); ts = ts sprintf(" %.2f", tg[NR]) }
-  function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
-  END {
-    printf "tritium (f16 cache) / llama.cpp, round by round: pp128%s, tg128%s\n", ps, ts
-    printf "median of %d rounds: pp128 %.2f, tg128 %.2f\n", NR, median(pp, NR), median(tg, NR)
-  }'
-# Roofline fractions: tritium's tg and llama.cpp's, each × MB a token / the round's read.
+# Per round "pp tg llama-pp llama-tg MB-a-token read-GB/s": tritium (f16 cache) over llama.cpp,
+# then each decoder's roofline fraction (its tg × MB a token / the round's read); then medians.
 for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]} ${roof[$i]}"; done | awk '
+  { pp[NR] = $1 / $3; tg[NR] = $2 / $4; ps = ps sprintf(" %.2f", pp[NR]); ts = ts sprintf(" %.2f", tg[NR]) }
   NF == 6 { n++; a[n] = $2 * $5 / 1e3 / $6; b[n] = $4 * $5 / 1e3 / $6
             as = as sprintf(" %.0f%%", 100 * a[n]); bs = bs sprintf(" %.0f%%", 100 * b[n]) }
   function median(v, k,   i, j, t) {
@@ -75,6 +66,8 @@ for i in "${!ours[@]}"; do echo "${ours[$i]} ${theirs[$i]} ${roof[$i]}"; done | 
     return k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
   }
   END {
+    printf "tritium (f16 cache) / llama.cpp, round by round: pp128%s, tg128%s\n", ps, ts
+    printf "median of %d rounds: pp128 %.2f, tg128 %.2f\n", NR, median(pp, NR), median(tg, NR)
     if (!n) exit
     printf "decode roofline (bytes a token x tok/s / the read), round by round: tritium%s; llama.cpp%s\n", as, bs
     printf "median of %d rounds: tritium %.0f%%, llama.cpp %.0f%%\n", n, 100 * median(a, n), 100 * median(b, n)
